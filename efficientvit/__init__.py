@@ -1,0 +1,1 @@
+"""efficientvit-lab."""

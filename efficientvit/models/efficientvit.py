@@ -1,0 +1,236 @@
+"""EfficientViT: Memory Efficient Vision Transformer with Cascaded Group Attention (Liu et al., CVPR 2023).
+
+Read bottom-up: the sandwich block, the subsample block, the stage, the model, then the Table 1 configurations
+and their registered constructors. Parameter counts and outputs equal the official release's (M0..M5); the
+ablations of Table 6 and Fig. 7 are constructor arguments.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import ATTENTION_KINDS, LocalWindowAttention
+from .layers import ConvNorm, NormLinear, PatchMerging, Residual, depthwise_residual, ffn_residual, make_activation
+from .registry import register_model
+
+TOTAL_STRIDE = 64  # 16 in the patch embedding, then 2 at each of the two subsample blocks
+BLOCK_LAYOUTS = ("sandwich", "alternate")
+
+
+def halve(size: int) -> int:
+    """Output size of a 3x3 stride-2 conv with padding 1."""
+    return (size + 1) // 2
+
+
+class EfficientViTBlock(nn.Sequential):
+    """The sandwich layout (Sec. 3.1): N x (DW conv + FFN), one attention layer, N x (DW conv + FFN).
+
+    Children are named dw0, ffn0, mixer, dw1, ffn1 for N = 1, as in the official code and timm. The `alternate`
+    layout is the Swin-like ablation of Table 6: attention then one (DW conv +) FFN.
+    """
+
+    def __init__(self, dim: int, mixer: nn.Module, sandwich: int, layout: str, token_interaction: bool,
+                 mlp_ratio: float, act: str, norm: str, drop_path: float):
+        def dw_ffn(i: int):
+            if token_interaction:
+                yield f"dw{i}", depthwise_residual(dim, 0.0, norm, drop_path)
+            yield f"ffn{i}", ffn_residual(dim, mlp_ratio, act, norm, drop_path)
+
+        if layout == "sandwich":
+            before = [layer for i in range(sandwich) for layer in dw_ffn(i)]
+            after = [layer for i in range(sandwich, 2 * sandwich) for layer in dw_ffn(i)]
+        else:
+            before, after = [], list(dw_ffn(0))
+        super().__init__(OrderedDict([*before, ("mixer", Residual(mixer, drop_path)), *after]))
+
+
+class Subsample(nn.Module):
+    """The subsample block between stages: (DW + FFN) -> PatchMerging (stride 2) -> (DW + FFN)."""
+
+    def __init__(self, in_dim: int, out_dim: int, token_interaction: bool, mlp_ratio: float, act: str, norm: str):
+        super().__init__()
+
+        def dw_ffn(dim: int) -> nn.Sequential:
+            # The official code leaves these depthwise norms at weight 1 (unlike the blocks' zero init).
+            dw = [depthwise_residual(dim, 1.0, norm, 0.0)] if token_interaction else []
+            return nn.Sequential(*dw, ffn_residual(dim, mlp_ratio, act, norm, 0.0))
+
+        self.res1 = dw_ffn(in_dim)
+        self.patchmerge = PatchMerging(in_dim, out_dim, act=act, norm=norm)
+        self.res2 = dw_ffn(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res2(self.patchmerge(self.res1(x)))
+
+
+class EfficientViTStage(nn.Module):
+    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]):
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))
+
+
+def patch_embed(in_chans: int, dim: int, act: str, norm: str) -> nn.Sequential:
+    """Four 3x3 stride-2 Conv-BN layers (total stride 16) widening to dim/8, dim/4, dim/2, dim."""
+    widths = [in_chans, dim // 8, dim // 4, dim // 2, dim]
+    layers = []
+    for i in range(4):
+        layers.append((f"conv{i + 1}", ConvNorm(widths[i], widths[i + 1], 3, 2, 1, norm=norm)))
+        if i < 3:
+            layers.append((f"act{i + 1}", make_activation(act)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def as_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class EfficientViT(nn.Module):
+    """EfficientViT. Defaults are M0; the ablation knobs (Table 6, Fig. 7):
+
+    sandwich: N, the number of DW+FFN pairs on each side of the attention (1; Table 6 tries 2 and 3)
+    block_layout: "sandwich", or "alternate" for the Swin-like attention/FFN alternation
+    attention: "cascade" (CGA), "split" (no cascade) or "full" (standard MHSA over all channels)
+    qkv_allocation: False gives Q, K and V the head width C/H instead of qk_dim and v_ratio * C/H
+    key_dim: the Q/K width per head (16); v_ratio: V width per head as a multiple of C/H (1.0)
+    mlp_ratio: FFN expansion (2); token_interaction: the DW convs before each FFN; q_dwconv: the DW conv on Q
+    norm: "bn" or "ln"; act: "relu" or "hardswish"
+    """
+
+    def __init__(
+        self,
+        embed_dim: tuple[int, ...] = (64, 128, 192),
+        depth: tuple[int, ...] = (1, 2, 3),
+        num_heads: tuple[int, ...] = (4, 4, 4),
+        key_dim: int = 16,
+        window_size: int = 7,
+        q_kernels: tuple[int, ...] = (5, 5, 5, 5),
+        mlp_ratio: float = 2.0,
+        img_size: int | tuple[int, int] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        distillation: bool = False,
+        drop_path_rate: float = 0.0,
+        attention: str = "cascade",
+        sandwich: int = 1,
+        block_layout: str = "sandwich",
+        qkv_allocation: bool = True,
+        v_ratio: float = 1.0,
+        token_interaction: bool = True,
+        q_dwconv: bool = True,
+        norm: str = "bn",
+        act: str = "relu",
+    ):
+        super().__init__()
+        if not len(embed_dim) == len(depth) == len(num_heads):
+            raise ValueError("embed_dim, depth and num_heads need one entry per stage")
+        if attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
+        if block_layout not in BLOCK_LAYOUTS:
+            raise ValueError(f"block_layout must be one of {BLOCK_LAYOUTS}, got {block_layout!r}")
+        if sandwich < 1:
+            raise ValueError(f"sandwich (N DW+FFN pairs per side) must be at least 1, got {sandwich}")
+        img_size = as_pair(img_size)
+        if min(img_size) < TOTAL_STRIDE:
+            raise ValueError(f"img_size {img_size} is smaller than the model's total stride {TOTAL_STRIDE}")
+        self.num_classes = num_classes
+        self.num_features = embed_dim[-1]
+        self.distillation = distillation
+
+        self.patch_embed = patch_embed(in_chans, embed_dim[0], act, norm)
+        resolution = img_size
+        for _ in range(4):
+            resolution = (halve(resolution[0]), halve(resolution[1]))
+
+        drop_paths = torch.linspace(0, drop_path_rate, sum(depth)).tolist()
+        stages, self.stage_info = [], []
+        for i, (dim, n_blocks, heads) in enumerate(zip(embed_dim, depth, num_heads)):
+            if i > 0:
+                downsample = Subsample(embed_dim[i - 1], dim, token_interaction, mlp_ratio, act, norm)
+                resolution = (halve(resolution[0]), halve(resolution[1]))
+            else:
+                downsample = nn.Identity()
+            head_dim = dim // heads
+            attention_args = dict(
+                num_heads=heads,
+                resolution=resolution,
+                window_size=window_size,
+                key_dim=key_dim if qkv_allocation else head_dim,
+                value_dim=int(v_ratio * dim / heads) if qkv_allocation else head_dim,
+                q_kernels=q_kernels,
+                kind=attention,
+                q_dwconv=q_dwconv,
+                act=act,
+                norm=norm,
+            )
+            blocks = []
+            for _ in range(n_blocks):
+                mixer = LocalWindowAttention(dim, **attention_args)
+                blocks.append(EfficientViTBlock(dim, mixer, sandwich, block_layout, token_interaction, mlp_ratio,
+                                                act, norm, drop_paths.pop(0)))
+            stages.append(EfficientViTStage(downsample, blocks))
+            window = (min(window_size, resolution[0]), min(window_size, resolution[1]))
+            self.stage_info.append(dict(stage=i + 1, resolution=resolution, width=dim, depth=n_blocks,
+                                        heads=heads, window=window))
+        self.stages = nn.Sequential(*stages)
+        self.head = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if distillation:
+            self.head_dist = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {name for name, _ in self.named_parameters() if "attention_biases" in name}
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if self.distillation:
+            self.head_dist = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.patch_embed(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        if pre_logits:
+            return x
+        if not self.distillation:
+            return self.head(x)
+        logits, logits_dist = self.head(x), self.head_dist(x)
+        # DeiT-style: both heads while training (the loss uses both), their mean at inference.
+        return (logits, logits_dist) if self.training else (logits + logits_dist) / 2
+
+    def forward(self, x: torch.Tensor):
+        return self.forward_head(self.forward_features(x))
+
+
+# Table 1 of the paper (../shared/paper/table1_variants.csv): widths, depths and heads per stage, and the kernel
+# size of the depthwise conv on Q of each head. All use key_dim 16, window 7, FFN ratio 2.
+CONFIGS = {
+    "efficientvit_m0": dict(embed_dim=(64, 128, 192), depth=(1, 2, 3), num_heads=(4, 4, 4), q_kernels=(5, 5, 5, 5)),
+    "efficientvit_m1": dict(embed_dim=(128, 144, 192), depth=(1, 2, 3), num_heads=(2, 3, 3), q_kernels=(7, 5, 3, 3)),
+    "efficientvit_m2": dict(embed_dim=(128, 192, 224), depth=(1, 2, 3), num_heads=(4, 3, 2), q_kernels=(7, 5, 3, 3)),
+    "efficientvit_m3": dict(embed_dim=(128, 240, 320), depth=(1, 2, 3), num_heads=(4, 3, 4), q_kernels=(5, 5, 5, 5)),
+    "efficientvit_m4": dict(embed_dim=(128, 256, 384), depth=(1, 2, 3), num_heads=(4, 4, 4), q_kernels=(7, 5, 3, 3)),
+    "efficientvit_m5": dict(embed_dim=(192, 288, 384), depth=(1, 3, 4), num_heads=(3, 3, 4), q_kernels=(7, 5, 3, 3)),
+}
+
+
+def _register(name: str) -> None:
+    def build(**kwargs) -> EfficientViT:
+        return EfficientViT(**{**CONFIGS[name], **kwargs})
+
+    build.__name__ = name
+    build.__doc__ = f"EfficientViT-{name[-2:].upper()} (Table 1): {CONFIGS[name]}"
+    register_model(name, family="efficientvit")(build)
+
+
+for _name in CONFIGS:
+    _register(_name)

@@ -1,0 +1,148 @@
+"""The small blocks every model in this package is built from.
+
+Names follow the EfficientViT paper (Liu et al., CVPR 2023) and timm's port of it, so that state dicts in timm's
+layout load by name; the official release's cryptic names (`c`, `l`, numbered stem) are converted at the edge, in
+`efficientvit/checkpoint.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import SqueezeExcitation, stochastic_depth
+
+ACTIVATIONS = {"relu": nn.ReLU, "hardswish": nn.Hardswish, "gelu": nn.GELU}
+NORMS = ("bn", "ln")
+
+
+def make_activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]()
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of every pixel of a (B, C, H, W) map: the `BN -> LN` ablation of Table 6."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNorm(nn.Module):
+    """Conv2d without bias followed by a norm (BatchNorm by default), the unit of every EfficientViT layer.
+
+    `bn_weight_init=0` starts a residual branch as the identity, as the official code does. `efficientvit.fuse`
+    folds the BatchNorm into the conv for inference (the norm becomes an Identity and the conv gets a bias).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        bn_weight_init: float = 1.0,
+        norm: str = "bn",
+    ):
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, stride, padding, groups=groups, bias=False)
+        if norm == "bn":
+            self.bn = nn.BatchNorm2d(out_dim)
+        elif norm == "ln":
+            self.bn = LayerNorm2d(out_dim)
+        else:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        nn.init.constant_(self.bn.weight, bn_weight_init)
+        nn.init.zeros_(self.bn.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class NormLinear(nn.Module):
+    """BatchNorm1d then Linear: the classifier head (and the distillation head)."""
+
+    def __init__(self, in_dim: int, out_dim: int, std: float = 0.02):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(in_dim)
+        self.linear = nn.Linear(in_dim, out_dim)
+        nn.init.trunc_normal_(self.linear.weight, std=std)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.bn(x))
+
+
+class Residual(nn.Module):
+    """x + m(x), with stochastic depth (drop path) on the branch while training."""
+
+    def __init__(self, m: nn.Module, drop_path: float = 0.0):
+        super().__init__()
+        self.m = m
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + stochastic_depth(self.m(x), self.drop_path, "row", self.training)
+
+
+class FFN(nn.Module):
+    """Pointwise expand, activation, pointwise project; the projection's norm starts at zero (residual branch)."""
+
+    def __init__(self, dim: int, hidden_dim: int, act: str = "relu", norm: str = "bn"):
+        super().__init__()
+        self.pw1 = ConvNorm(dim, hidden_dim, norm=norm)
+        self.act = make_activation(act)
+        self.pw2 = ConvNorm(hidden_dim, dim, bn_weight_init=0.0, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pw2(self.act(self.pw1(x)))
+
+
+def depthwise_residual(dim: int, bn_weight_init: float, norm: str, drop_path: float) -> Residual:
+    """The 3x3 depthwise token interaction placed before every FFN (Sec. 3.1, "sandwich layout")."""
+    return Residual(ConvNorm(dim, dim, 3, 1, 1, groups=dim, bn_weight_init=bn_weight_init, norm=norm), drop_path)
+
+
+def ffn_residual(dim: int, mlp_ratio: float, act: str, norm: str, drop_path: float) -> Residual:
+    return Residual(FFN(dim, int(dim * mlp_ratio), act=act, norm=norm), drop_path)
+
+
+def se_channels(dim: int, ratio: float = 0.25, divisor: int = 8) -> int:
+    """Squeeze width as the official code (timm's SqueezeExcite) rounds it: nearest multiple of 8, at least 8."""
+    return max(divisor, int(dim * ratio + divisor / 2) // divisor * divisor)
+
+
+class PatchMerging(nn.Module):
+    """EfficientViT's down-sampling: 1x1 conv to 4C, 3x3 depthwise stride 2, squeeze-excite 0.25, 1x1 conv."""
+
+    def __init__(self, dim: int, out_dim: int, act: str = "relu", norm: str = "bn"):
+        super().__init__()
+        hidden_dim = dim * 4
+        self.conv1 = ConvNorm(dim, hidden_dim, norm=norm)
+        self.act1 = make_activation(act)
+        self.conv2 = ConvNorm(hidden_dim, hidden_dim, 3, 2, 1, groups=hidden_dim, norm=norm)
+        self.act2 = make_activation(act)
+        self.se = SqueezeExcitation(hidden_dim, se_channels(hidden_dim), activation=ACTIVATIONS[act])
+        self.conv3 = ConvNorm(hidden_dim, out_dim, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.conv1(x))
+        x = self.act2(self.conv2(x))
+        return self.conv3(self.se(x))
+
+
+class Tap(nn.Identity):
+    """A pass-through point that analyses hook (DESIGN.md: "analyses see heads through taps").
+
+    Attention modules check `listening` and only then compute what the tap shows (per-head maps, per-head
+    outputs); with no hook attached they keep the fused fast path.
+    """
+
+    @property
+    def listening(self) -> bool:
+        return bool(self._forward_hooks or self._forward_pre_hooks)

@@ -1,0 +1,48 @@
+"""Named model constructors: `create_model("efficientvit_m4", num_classes=10, img_size=128)`."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable
+
+from torch import nn
+
+from ..errors import UserError
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_FAMILIES: dict[str, str] = {}
+
+
+def register_model(name: str, family: str):
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _MODELS[name] = fn
+        _FAMILIES[name] = family
+        return fn
+
+    return add
+
+
+def list_models(family: str | None = None) -> list[str]:
+    return sorted(name for name in _MODELS if family is None or _FAMILIES[name] == family)
+
+
+def model_family(name: str) -> str:
+    return _FAMILIES[check_model_name(name)]
+
+
+def check_model_name(name: str) -> str:
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, _MODELS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"unknown model {name!r}.{hint} Valid names: {', '.join(list_models())}.")
+    return name
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model. Keyword arguments override its configuration (num_classes, img_size, knobs).
+
+    The model remembers how it was built (`model.config`), so checkpoints saved from it rebuild it.
+    """
+    model = _MODELS[check_model_name(name)](**kwargs)
+    model.config = {"name": name, "kwargs": dict(kwargs)}
+    return model
