@@ -90,19 +90,11 @@ class CascadedGroupAttention(nn.Module):
         self.register_buffer("attention_bias_idxs", relative_offset_index(*window), persistent=False)
         self.attn_tap = Tap()
         self.head_tap = Tap()
-        self._bias_cache: tuple | None = None
 
     def attention_bias(self) -> torch.Tensor:
-        """The (heads, N, N) bias. Cached for inference, and the cache is keyed on the table's storage and version
-        counter, so loading weights, `.to()`, or any in-place change invalidates it (the official cache goes stale)."""
-        table = self.attention_biases
-        if self.training or torch.is_grad_enabled():
-            return table[:, self.attention_bias_idxs]
-        key = (table.untyped_storage().data_ptr(), table._version, table.dtype, table.device)
-        if self._bias_cache is None or self._bias_cache[0] != key:
-            # The cache holds the table's storage, so its address cannot be reused by another tensor.
-            self._bias_cache = (key, table[:, self.attention_bias_idxs], table.untyped_storage())
-        return self._bias_cache[1]
+        """The (heads, N, N) bias, gathered from the table at every call. The gather costs microseconds, and not
+        caching it means it can never go stale (the official eval-mode cache does, after loading or `.to()`)."""
+        return self.attention_biases[:, self.attention_bias_idxs]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape

@@ -140,6 +140,7 @@ class EfficientViT(nn.Module):
         img_size = as_pair(img_size)
         if min(img_size) < TOTAL_STRIDE:
             raise ValueError(f"img_size {img_size} is smaller than the model's total stride {TOTAL_STRIDE}")
+        self.img_size = img_size
         self.num_classes = num_classes
         self.num_features = embed_dim[-1]
         self.distillation = distillation

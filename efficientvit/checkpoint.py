@@ -1,0 +1,187 @@
+"""Load any supported checkpoint into a model, and save the project's own checkpoints atomically.
+
+Formats, detected from the file itself:
+  efficientvit-lab   our own: {"format": "efficientvit-lab", "model_config": ..., "model": state_dict, ...};
+                     it rebuilds its model (`model_from_checkpoint`)
+  official           the Cream release of EfficientViT: {"model": state_dict}, keys like
+                     `blocks2.3.mixer.m.attn.qkvs.0.c.weight`
+  timm               timm's state dicts; for EfficientViT the layout is ours, key for key
+
+Attention-bias tables are resized when the checkpoint was trained at another input size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import CheckpointError
+
+FORMAT = "efficientvit-lab"
+IGNORED_KEYS = ("attention_bias_idxs", "relative_position_index")  # buffers rebuilt by the model itself
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """torch.load with weights_only=True, turning every failure into one readable sentence."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load fails in many ways on a damaged file; all mean the same to the user
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"could not read checkpoint {path}: the file is corrupt, truncated or not a PyTorch checkpoint "
+            f"({reason[:200]})"
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> Path:
+    """Write our format atomically (temporary file, then rename): an interrupted save leaves no broken file.
+
+    `extra` (epoch, optimizer state, ...) is stored beside the weights.
+    """
+    payload = {"format": FORMAT, "model_config": getattr(model, "config", None), "model": model.state_dict(), **extra}
+    return atomic_save(payload, path)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def unwrap(obj: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict inside a checkpoint, and the checkpoint's format."""
+    if obj.get("format") == FORMAT:
+        return obj["model"], FORMAT
+    for key in ("model", "state_dict", "model_ema", "state_dict_ema"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError("the checkpoint does not contain a state dict of tensors")
+    if any(k.startswith("blocks1.") for k in obj):
+        return obj, "official"
+    return obj, "timm"
+
+
+def official_efficientvit_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the Cream release's keys: blocksK.* -> stages.(K-1).*, `c` -> conv, `l` -> linear, stem 0/2/4/6."""
+
+    def rename(key: str) -> str:
+        key = re.sub(r"^patch_embed\.(\d)\.", lambda m: f"patch_embed.conv{int(m[1]) // 2 + 1}.", key)
+        match = re.match(r"^blocks(\d)\.(\d+)\.(.*)$", key)
+        if match:
+            stage, index, rest = int(match[1]) - 1, int(match[2]), match[3]
+            if stage > 0 and index < 3:  # the subsample block opens every stage after the first
+                key = f"stages.{stage}.downsample.{('res1', 'patchmerge', 'res2')[index]}.{rest}"
+            else:
+                key = f"stages.{stage}.blocks.{index - 3 if stage > 0 else index}.{rest}"
+        return ".".join({"c": "conv", "l": "linear"}.get(part, part) for part in key.split("."))
+
+    return {rename(k): v for k, v in state.items()}
+
+
+def convert(state: dict[str, torch.Tensor], fmt: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Bring a state dict of a known format into the model's own layout."""
+    state = {k: v for k, v in state.items() if not k.endswith(IGNORED_KEYS)}
+    if fmt == "official":
+        state = official_efficientvit_to_ours(state)
+    return state
+
+
+def resize_attention_biases(table: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """Interpolate a (heads, h*w) table of |dy|,|dx| offset biases, trained on a square window, to another window."""
+    side = math.isqrt(table.shape[1])
+    if side * side != table.shape[1]:
+        raise CheckpointError(f"cannot resize an attention-bias table of {table.shape[1]} entries (not a square)")
+    grid = table.reshape(1, table.shape[0], side, side).float()
+    resized = F.interpolate(grid, size=window, mode="bicubic", align_corners=False)
+    return resized.reshape(table.shape[0], -1).to(table.dtype)
+
+
+def fit_to_model(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Resize attention-bias tables whose window differs from the model's (other input resolution)."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key.endswith("attention_biases") and key in own and value.shape != own[key].shape:
+            window = model.get_submodule(key.rsplit(".", 1)[0]).window
+            if value.shape[0] == own[key].shape[0]:
+                state[key] = resize_attention_biases(value, window)
+    return state
+
+
+def describe_mismatch(state: dict[str, torch.Tensor], model: nn.Module) -> str | None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    misshaped = [f"{k}: {list(state[k].shape)} vs {list(own[k].shape)}" for k in state
+                 if k in own and state[k].shape != own[k].shape]
+    if not (missing or unexpected or misshaped):
+        return None
+
+    def few(label: str, items: list[str]) -> str:
+        more = f", ... ({len(items) - 3} more)" if len(items) > 3 else ""
+        return f"{len(items)} {label} ({'; '.join(items[:3])}{more})"
+
+    return ", ".join(few(label, items) for label, items in
+                     (("missing", missing), ("unexpected", unexpected), ("mis-shaped, checkpoint vs model", misshaped))
+                     if items)
+
+
+def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | dict[str, Any], strict: bool = True) -> str:
+    """Load a checkpoint file or an in-memory checkpoint/state dict into `model`; returns the format detected.
+
+    Strict by default: any missing, unexpected or mis-shaped key raises one CheckpointError that names the
+    format and a few keys of each kind.
+    """
+    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
+    obj = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    state, fmt = unwrap(obj)
+    state = fit_to_model(convert(state, fmt, model), model)
+    problem = describe_mismatch(state, model)
+    if problem and strict:
+        name = getattr(model, "config", {}).get("name", type(model).__name__)
+        held = (obj.get("model_config") or {}) if fmt == FORMAT else {}
+        holds = f" (it holds {held['name']})" if held.get("name") and held.get("name") != name else ""
+        raise CheckpointError(f"checkpoint {source} ({fmt} format){holds} does not fit model {name}: {problem}")
+    model.load_state_dict(state, strict=False)
+    return fmt
+
+
+def model_from_checkpoint(checkpoint: str | os.PathLike, **overrides: Any) -> nn.Module:
+    """Rebuild the model a checkpoint of ours was saved from, and load its weights."""
+    from .models import create_model
+
+    obj = read_checkpoint(checkpoint)
+    config = obj.get("model_config") if obj.get("format") == FORMAT else None
+    if not config:
+        raise CheckpointError(
+            f"{checkpoint} does not say which model it holds (not an {FORMAT} checkpoint): build the model with "
+            "create_model(name) and load it with load_checkpoint(model, path)"
+        )
+    model = create_model(config["name"], **{**config["kwargs"], **overrides})
+    load_checkpoint(model, obj)
+    return model

@@ -1,0 +1,36 @@
+"""Fold every BatchNorm into the conv or linear layer next to it, for inference."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .models.layers import ConvNorm, NormLinear
+
+
+def bn_scale_shift(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm in eval mode as y = x * scale + shift."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+@torch.no_grad()
+def fuse(model: nn.Module) -> nn.Module:
+    """A copy of `model` in eval mode in which Conv->BN becomes one conv with bias and the head's BN->Linear one
+    Linear. Norms that cannot be folded (LayerNorm) are left in place."""
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        if isinstance(module, ConvNorm) and isinstance(module.bn, nn.BatchNorm2d):
+            scale, shift = bn_scale_shift(module.bn)
+            module.conv.weight.mul_(scale[:, None, None, None])
+            module.conv.bias = nn.Parameter(shift)
+            module.bn = nn.Identity()
+        elif isinstance(module, NormLinear) and isinstance(module.bn, nn.BatchNorm1d):
+            scale, shift = bn_scale_shift(module.bn)
+            linear = module.linear
+            linear.bias.add_(linear.weight @ shift)
+            linear.weight.mul_(scale[None, :])
+            module.bn = nn.Identity()
+    return model

@@ -1,0 +1,227 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import efficientvit
+from efficientvit.flops import count_flops, count_params
+from efficientvit.models.attention import CascadedGroupAttention, relative_offset_index
+from efficientvit.models.efficientvit import CONFIGS
+from efficientvit.models.layers import LayerNorm2d
+
+from .official_reference import official_forward, offset_index, random_official_state_dict
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+MODELS = [f"efficientvit_m{i}" for i in range(6)]
+# The official code's exact parameter counts and fvcore FLOPs (../shared/paper/table2_efficientvit.csv).
+PARAMS = dict(zip(MODELS, [2_349_436, 2_980_560, 4_187_554, 6_900_722, 8_804_228, 12_473_772]))
+PARAMS_FUSED = dict(zip(MODELS, [2_334_916, 2_964_256, 4_168_338, 6_875_890, 8_776_340, 12_436_260]))
+MFLOPS_FUSED = dict(zip(MODELS, [79.20, 167.05, 201.04, 262.67, 299.31, 521.59]))
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_parameter_counts_equal_the_official_code(name):
+    model = efficientvit.create_model(name)
+    assert count_params(model) == PARAMS[name]
+    assert count_params(efficientvit.fuse(model)) == PARAMS_FUSED[name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_fused_fvcore_flops_within_one_percent_of_the_official(name):
+    flops = count_flops(efficientvit.fuse(efficientvit.create_model(name))) / 1e6
+    assert flops == pytest.approx(MFLOPS_FUSED[name], rel=0.01)
+
+
+def test_state_dict_layout_is_timms_key_for_key():
+    timm_keys = json.loads((FIXTURES / "timm_efficientvit_m0_keys.json").read_text())
+    ours = {k: list(v.shape) for k, v in efficientvit.create_model("efficientvit_m0").state_dict().items()}
+    assert ours == timm_keys
+
+
+def test_reference_writes_the_official_layout():
+    """The test helper that writes official-layout files must agree with the real official key list."""
+    official = json.loads((FIXTURES / "official_m0_keys.json").read_text())
+    sd = random_official_state_dict(efficientvit.create_model("efficientvit_m0"))
+    assert {k: list(v.shape) for k, v in sd.items()} == official
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("size", [224, 256])
+def test_same_function_as_the_official_implementation(name, size):
+    model = efficientvit.create_model(name, img_size=size).double()
+    sd = random_official_state_dict(model)
+    efficientvit.load_checkpoint(model, {"model": sd})
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    expected = official_forward({k: v.double() if v.is_floating_point() else v for k, v in sd.items()},
+                                CONFIGS[name]["depth"], CONFIGS[name]["q_kernels"], x)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), expected, atol=1e-9, rtol=1e-7)
+
+
+def test_offset_index_matches_the_official_discovery_order():
+    for side in (1, 4, 7):
+        assert torch.equal(relative_offset_index(side, side), offset_index(side))
+
+
+def test_initialisation_matches_the_official_code():
+    model = efficientvit.create_model("efficientvit_m0")
+    block = model.stages[1].blocks[0]
+    # zero-init norms close every residual branch of the blocks, and the attention projection
+    for name in ("dw0.m.bn", "ffn0.m.pw2.bn", "dw1.m.bn", "ffn1.m.pw2.bn", "mixer.m.attn.proj.1.bn"):
+        assert torch.all(block.get_submodule(name).weight == 0), name
+    assert torch.all(block.get_submodule("ffn0.m.pw1.bn").weight == 1)
+    # the official subsample block leaves its depthwise norm at one
+    assert torch.all(model.stages[1].downsample.res1[0].m.bn.weight == 1)
+    assert torch.all(model.head.linear.bias == 0) and model.head.linear.weight.std() < 0.03
+
+
+@pytest.mark.parametrize("size", [160, 192, 200, 288, 320, (224, 320)])
+def test_any_input_size_runs(size):
+    model = efficientvit.create_model("efficientvit_m0", img_size=size, num_classes=7).eval()
+    h, w = (size, size) if isinstance(size, int) else size
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, h, w))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+
+
+def test_image_smaller_than_the_total_stride_is_refused():
+    with pytest.raises(ValueError, match="total stride"):
+        efficientvit.create_model("efficientvit_m0", img_size=48)
+
+
+def test_unknown_model_lists_the_valid_names():
+    with pytest.raises(efficientvit.UserError, match="efficientvit_m0, efficientvit_m1"):
+        efficientvit.create_model("efficientvit_m9")
+
+
+def test_bias_cache_is_never_stale():
+    torch.manual_seed(0)
+    model = efficientvit.create_model("efficientvit_m0", img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        model(x)  # fills the inference cache
+    other = randomize_batchnorm(efficientvit.create_model("efficientvit_m0", img_size=64))
+    for p in other.parameters():
+        p.data.normal_(0, 0.05)
+    model.load_state_dict(other.state_dict())  # weights loaded after .eval(): the official cache goes stale here
+    with torch.no_grad():
+        expected = other.eval()(x)
+        assert torch.equal(model(x), expected)
+        model.train(), model.eval()
+        assert torch.equal(model(x), expected)
+        model.double()
+        assert torch.allclose(model(x.double()), expected.double(), atol=1e-5)
+        attn = model.stages[0].blocks[0].mixer.m.attn
+        attn.attention_biases.data.add_(1.0)  # an edit through .data bumps no version counter
+        assert torch.equal(attn.attention_bias(), attn.attention_biases[:, attn.attention_bias_idxs])
+
+
+def test_taps_see_per_head_maps_and_agree_with_the_fast_path():
+    model = randomize_batchnorm(efficientvit.create_model("efficientvit_m0", img_size=128)).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.1)
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        fast = model(x)
+        seen = {}
+        attn = model.stages[0].blocks[0].mixer.m.attn
+        attn.attn_tap.register_forward_hook(lambda m, i, o: seen.setdefault("maps", o))
+        attn.head_tap.register_forward_hook(lambda m, i, o: seen.setdefault("heads", o))
+        tapped = model(x)
+    assert torch.allclose(fast, tapped, atol=1e-5)
+    windows = 2 * 2 * 2  # batch 2, an 8x8 map in 7x7 windows
+    assert seen["maps"].shape == (windows, 4, 49, 49)
+    assert torch.allclose(seen["maps"].sum(-1), torch.ones(windows, 4, 49), atol=1e-5)
+    assert seen["heads"].shape == (windows, 4, 49, 16)
+
+
+def attention_modules(model):
+    return [m for m in model.modules() if isinstance(m, CascadedGroupAttention)]
+
+
+def test_knob_attention_kind_changes_what_each_head_sees():
+    base = attention_modules(efficientvit.create_model("efficientvit_m0"))[0]
+    full = attention_modules(efficientvit.create_model("efficientvit_m0", attention="full"))[0]
+    split = attention_modules(efficientvit.create_model("efficientvit_m0", attention="split"))[0]
+    assert base.qkvs[0].conv.in_channels == split.qkvs[0].conv.in_channels == 16
+    assert full.qkvs[0].conv.in_channels == 64
+    # split: head 1 is blind to channels of split 0; cascade: it sees them through head 0's output
+    for module, sees_split0 in ((split, False), (base, True)):
+        randomize_batchnorm(module).eval()
+        x = torch.randn(1, 64, 7, 7, requires_grad=True)
+        heads = {}
+        module.head_tap.register_forward_hook(lambda m, i, o: heads.setdefault("out", o))
+        module(x)
+        heads["out"][0, 1].sum().backward()
+        assert (x.grad[0, :16].abs().sum() > 0) == sees_split0
+        assert x.grad[0, 16:32].abs().sum() > 0 and x.grad[0, 32:].abs().sum() == 0
+
+
+def test_knob_qkv_allocation_off_gives_qkv_the_head_width():
+    attn = attention_modules(efficientvit.create_model("efficientvit_m0", qkv_allocation=False))[0]
+    assert (attn.key_dim, attn.value_dim) == (16, 16)  # C/H = 64/4: only stage 1 coincides with the default
+    attn3 = attention_modules(efficientvit.create_model("efficientvit_m0", qkv_allocation=False))[-1]
+    assert (attn3.key_dim, attn3.value_dim) == (48, 48)
+    assert attn3.qkvs[0].conv.out_channels == 3 * 48
+
+
+def test_knob_qk_dim_and_v_ratio():
+    model = efficientvit.create_model("efficientvit_m4", key_dim=32, v_ratio=0.5)
+    attn = attention_modules(model)[-1]  # stage 3: C=384, H=4, so C/H = 96
+    assert (attn.key_dim, attn.value_dim) == (32, 48)
+    assert attn.qkvs[0].conv.out_channels == 2 * 32 + 48 and attn.dws[0].conv.in_channels == 32
+    assert attn.proj[1].conv.in_channels == 4 * 48
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_knob_sandwich_n(n):
+    block = efficientvit.create_model("efficientvit_m0", sandwich=n).stages[0].blocks[0]
+    names = [name for name, _ in block.named_children()]
+    ffns = [f"ffn{i}" for i in range(2 * n)]
+    assert names.index("mixer") == 2 * n and [x for x in names if x.startswith("ffn")] == ffns
+
+
+def test_knob_swin_like_alternation_and_no_token_interaction():
+    block = efficientvit.create_model("efficientvit_m0", block_layout="alternate").stages[0].blocks[0]
+    assert [name for name, _ in block.named_children()] == ["mixer", "dw0", "ffn0"]
+    model = efficientvit.create_model("efficientvit_m0", token_interaction=False)
+    assert [name for name, _ in model.stages[0].blocks[0].named_children()] == ["ffn0", "mixer", "ffn1"]
+    assert len(attention_modules(model)[0].dws) == 4  # the DW conv on Q is a separate knob
+    assert len(attention_modules(efficientvit.create_model("efficientvit_m0", q_dwconv=False))[0].dws) == 0
+
+
+def test_knob_mlp_ratio_norm_and_activation():
+    model = efficientvit.create_model("efficientvit_m0", mlp_ratio=4, norm="ln", act="hardswish")
+    assert model.stages[0].blocks[0].ffn0.m.pw1.conv.out_channels == 256
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, LayerNorm2d) for m in model.modules())
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(torch.randn(1, 3, 128, 128))).all()
+
+
+def test_distillation_head_averages_at_inference():
+    model = randomize_batchnorm(efficientvit.create_model("efficientvit_m0", img_size=64, distillation=True))
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+    logits, logits_dist = model(x)
+    model.eval()
+    with torch.no_grad():
+        feats = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert torch.allclose(model(x), (model.head(feats) + model.head_dist(feats)) / 2)
