@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError
+from .models.attention import join_qkv, split_qkv
 
 FORMAT = "efficientvit-lab"
-IGNORED_KEYS = ("attention_bias_idxs", "relative_position_index")  # buffers rebuilt by the model itself
+IGNORED_KEYS = ("attention_bias_idxs", "relative_position_index", "attn_mask")  # buffers rebuilt by the model itself
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -105,31 +106,46 @@ def official_efficientvit_to_ours(state: dict[str, torch.Tensor]) -> dict[str, t
 
 
 def convert(state: dict[str, torch.Tensor], fmt: str, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Bring a state dict of a known format into the model's own layout."""
+    """Bring a state dict of a known format into the model's own layout, including fused vs separate q/k/v."""
     state = {k: v for k, v in state.items() if not k.endswith(IGNORED_KEYS)}
     if fmt == "official":
         state = official_efficientvit_to_ours(state)
+    elif fmt == "timm" and hasattr(model, "from_timm_layout"):
+        state = model.from_timm_layout(state)
+    own = model.state_dict()
+    if any(k.endswith(".qkv.weight") and k not in own for k in state):
+        state = split_qkv(state)
+    elif any(k.endswith(".q.weight") and k not in own for k in state):
+        state = join_qkv(state)
     return state
 
 
-def resize_attention_biases(table: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
-    """Interpolate a (heads, h*w) table of |dy|,|dx| offset biases, trained on a square window, to another window."""
+def resize_grid(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of a (channels, n) table laid out on a square grid of n = side * side entries."""
     side = math.isqrt(table.shape[1])
     if side * side != table.shape[1]:
-        raise CheckpointError(f"cannot resize an attention-bias table of {table.shape[1]} entries (not a square)")
+        raise CheckpointError(f"cannot resize a table of {table.shape[1]} entries: it is not a square grid")
     grid = table.reshape(1, table.shape[0], side, side).float()
-    resized = F.interpolate(grid, size=window, mode="bicubic", align_corners=False)
+    resized = F.interpolate(grid, size=size, mode="bicubic", align_corners=False)
     return resized.reshape(table.shape[0], -1).to(table.dtype)
 
 
 def fit_to_model(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Resize attention-bias tables whose window differs from the model's (other input resolution)."""
+    """Resize what depends on the input resolution when the checkpoint was trained at another one: EfficientViT's
+    attention-bias tables, Swin's relative position tables (other window) and DeiT's position embeddings."""
     own = model.state_dict()
     for key, value in state.items():
-        if key.endswith("attention_biases") and key in own and value.shape != own[key].shape:
-            window = model.get_submodule(key.rsplit(".", 1)[0]).window
-            if value.shape[0] == own[key].shape[0]:
-                state[key] = resize_attention_biases(value, window)
+        if key not in own or value.shape == own[key].shape:
+            continue
+        owner = key.rsplit(".", 1)[0]
+        if key.endswith("attention_biases") and value.shape[0] == own[key].shape[0]:
+            state[key] = resize_grid(value, model.get_submodule(owner).window)
+        elif key.endswith("relative_position_bias_table") and value.shape[1] == own[key].shape[1]:
+            wh, ww = model.get_submodule(owner).window
+            state[key] = resize_grid(value.t(), (2 * wh - 1, 2 * ww - 1)).t()
+        elif key == "pos_embed" and value.shape[2] == own[key].shape[2]:
+            patches = resize_grid(value[0, 1:].t(), model.grid).t()
+            state[key] = torch.cat([value[0, :1], patches])[None]
     return state
 
 

@@ -76,6 +76,51 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(table.to_string(index=False, formatters={c: "{:,}".format for c in ("params", "params_fused")}))
 
 
+def cmd_make_data(args: argparse.Namespace) -> None:
+    import time
+
+    from .data.synthetic import make_synthetic
+
+    started = time.perf_counter()
+    out = make_synthetic(args.out, classes=args.classes, train=args.train, val=args.val, size=args.size,
+                         seed=args.seed, workers=args.workers)
+    print(f"{out}: {args.train} train + {args.val} val images of {args.classes} classes at {args.size} px "
+          f"({time.perf_counter() - started:.1f} s)")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import run
+
+    run(args)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from torch.optim.swa_utils import AveragedModel
+    from torch.utils.data import DataLoader
+
+    from .checkpoint import model_from_checkpoint, read_checkpoint
+    from .data.pipeline import collate, eval_transform, image_folder
+    from .train import evaluate
+
+    model = model_from_checkpoint(args.checkpoint)
+    if args.ema:
+        ema_state = read_checkpoint(args.checkpoint).get("ema")
+        if not ema_state:
+            raise UserError(f"checkpoint {args.checkpoint} holds no EMA weights (trained with ema_decay: null)")
+        averaged = AveragedModel(model)
+        averaged.load_state_dict(ema_state)
+        model = averaged.module
+    dataset = image_folder(args.data, args.split, eval_transform(model.img_size[0]))
+    if len(dataset.classes) != model.num_classes:
+        raise UserError(f"{args.data}/{args.split} has {len(dataset.classes)} classes but the model predicts "
+                        f"{model.num_classes}")
+    loader = DataLoader(dataset, args.batch_size, num_workers=args.workers, collate_fn=collate)
+    metrics = evaluate(model, loader, torch.device("cpu"), args.skip_bad, distributed=False)
+    skipped = f", {metrics['skipped']} unreadable skipped" if metrics["skipped"] else ""
+    print(f"{args.checkpoint}{' (EMA)' if args.ema else ''} on {args.data}/{args.split} ({len(dataset)} images"
+          f"{skipped}): top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}  loss {metrics['loss']:.4f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="efficientvit",
@@ -97,6 +142,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time the BN-fused model on this CPU (batch 16, about one second per model)")
     p.add_argument("--threads", type=int, help="CPU threads for --throughput (default: torch's choice)")
     p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("make-data", help="generate a dataset (the shapes-in-relation set for CPU runs)",
+                       description="Write an ImageFolder tree (train/<class>/*.png, val/<class>/*.png) and "
+                                   "manifest.json. synthetic: each image holds three shapes (circle, square, "
+                                   "triangle, cross); the class is their top-to-bottom order, over random "
+                                   "textures, colours, sizes and noise. Same arguments, same bytes.")
+    p.add_argument("kind", choices=["synthetic"], help="which dataset (only synthetic so far)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder to create (written to a hidden sibling, then renamed: never half-written)")
+    p.add_argument("--classes", type=int, default=10, help="number of classes, 2 to 24 (default 10)")
+    p.add_argument("--train", type=int, default=10000, help="training images, spread evenly over classes (10000)")
+    p.add_argument("--val", type=int, default=2000, help="validation images (2000)")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (64)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (0)")
+    p.add_argument("--workers", type=int, help="processes drawing images (default: one per CPU core)")
+    p.set_defaults(run=cmd_make_data)
+
+    from .train import add_arguments
+
+    p = sub.add_parser("train", help="train a model with the official recipe (also under torchrun)",
+                       description="Train with the official EfficientViT recipe. Writes <out>/checkpoint.pth "
+                                   "and <out>/metrics.csv after every epoch. For many processes: "
+                                   "torchrun --nproc_per_node N -m efficientvit.train --config ...")
+    add_arguments(p)
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1, top-5 and loss of a trained checkpoint on an ImageFolder split",
+                       description="Rebuild the model a checkpoint of `efficientvit train` holds and evaluate it "
+                                   "with the official eval transform (resize by 256/224, centre crop).")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint written by efficientvit train")
+    p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder root (DIR/<split>/<class>/<image>)")
+    p.add_argument("--split", default="val", help="split folder to evaluate (default val)")
+    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights instead of the trained ones")
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch (256)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (2)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (and count them) instead of stopping")
+    p.set_defaults(run=cmd_eval)
     return parser
 
 

@@ -1,6 +1,6 @@
 """Model families (one per file) and the registry of named constructors."""
 
-from . import efficientvit  # noqa: F401  (registers efficientvit_m0..m5)
+from . import deit, efficientvit, swin  # noqa: F401  (they register their models)
 from .registry import create_model, list_models, model_family, register_model
 
 __all__ = ["create_model", "list_models", "model_family", "register_model"]

@@ -29,13 +29,25 @@ def relative_offset_index(height: int, width: int) -> torch.Tensor:
     return (ys[:, None] - ys[None, :]).abs() * width + (xs[:, None] - xs[None, :]).abs()
 
 
-def fit_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """Truncate or zero-pad dim 1 to `channels`: lets a cascade run when V is wider or narrower than a split."""
-    if x.shape[1] == channels:
-        return x
-    if x.shape[1] > channels:
-        return x[:, :channels]
-    return F.pad(x, (0, 0, 0, 0, 0, channels - x.shape[1]))
+def fit_channels(x: torch.Tensor, channels: int, dim: int = 1) -> torch.Tensor:
+    """Truncate or zero-pad `dim` to `channels`: lets a cascade run when V is wider or narrower than a split."""
+    size = x.shape[dim]
+    if size >= channels:
+        return x.narrow(dim, 0, channels)
+    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, channels - size]
+    return F.pad(x, pad)
+
+
+def attend(q, k, v, bias: torch.Tensor | None, scale: float, keep_map: bool):
+    """softmax(q k^T * scale + bias) v, and the attention map when asked for it (a tap listens); otherwise the
+    fused `F.scaled_dot_product_attention` runs and no map is materialised."""
+    if not keep_map:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale), None
+    attn = (q @ k.transpose(-2, -1)) * scale
+    if bias is not None:
+        attn = attn + bias
+    attn = attn.softmax(dim=-1)
+    return attn @ v, attn
 
 
 class CascadedGroupAttention(nn.Module):
@@ -113,12 +125,8 @@ class CascadedGroupAttention(nn.Module):
             if self.dws:
                 q = self.dws[i](q)
             q, k, v = (t.flatten(2).transpose(1, 2) for t in (q, k, v))  # (B, N, channels)
-            if listening:
-                attn = ((q @ k.transpose(1, 2)) * self.scale + bias[i]).softmax(dim=-1)
-                maps.append(attn)
-                out = attn @ v
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[i], scale=self.scale)
+            out, attn = attend(q, k, v, bias[i], self.scale, listening)
+            maps.append(attn)
             outputs.append(out.transpose(1, 2).reshape(B, self.value_dim, H, W))
         if listening:
             self.attn_tap(torch.stack(maps, dim=1))
@@ -153,3 +161,122 @@ class LocalWindowAttention(nn.Module):
         x = self.attn(x)
         x = x.view(B, nh, nw, C, wh, ww).permute(0, 3, 1, 4, 2, 5).reshape(B, C, nh * wh, nw * ww)
         return x[:, :, :H, :W]
+
+
+class TokenAttention(nn.Module):
+    """Multi-head self-attention over tokens (..., N, C), as in DeiT and Swin, in any of the three kinds.
+
+    `full` projects Q, K, V with one `qkv` Linear (timm's layout) or, with `fused_qkv=False`, with separate `q`,
+    `k`, `v` Linears (the pruning analysis prunes them independently). `split` and `cascade` give every head
+    its own Linear on its channel split (`qkvs`). With `window` set, a Swin relative position bias is added.
+    Taps as in CascadedGroupAttention: maps (B', heads, N, N) and per-head outputs (B', heads, N, head_dim),
+    with B' all leading dimensions (batch x windows) flattened.
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, kind: str = "full",
+                 fused_qkv: bool = True, window: tuple[int, int] | None = None, qkv_bias: bool = True):
+        super().__init__()
+        if kind not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {kind!r}")
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
+        if kind != "full" and not fused_qkv:
+            raise ValueError("separate q/k/v projections (fused_qkv=False) exist for attention='full' only")
+        self.kind = kind
+        self.num_heads = num_heads
+        self.head_dim = head_dim or dim // num_heads
+        self.split_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        inner = num_heads * self.head_dim
+        if kind != "full":
+            self.qkvs = nn.ModuleList(nn.Linear(self.split_dim, 3 * self.head_dim, bias=qkv_bias)
+                                      for _ in range(num_heads))
+        elif fused_qkv:
+            self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        else:
+            self.q, self.k, self.v = (nn.Linear(dim, inner, bias=qkv_bias) for _ in range(3))
+        self.proj = nn.Linear(inner, dim)
+        self.window = window
+        if window is not None:
+            wh, ww = window
+            self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
+            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+            self.register_buffer("relative_position_index", relative_position_index(wh, ww), persistent=False)
+        self.attn_tap = Tap()
+        self.head_tap = Tap()
+
+    def position_bias(self) -> torch.Tensor | None:
+        if self.window is None:
+            return None
+        n = self.relative_position_index.shape[0]
+        return self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+
+    def heads_qkv(self, x: torch.Tensor):
+        """Q, K, V as (..., heads, N, head_dim) for the full kind."""
+        if hasattr(self, "qkv"):
+            q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
+        else:
+            q, k, v = (proj(x).unflatten(-1, (self.num_heads, self.head_dim)) for proj in (self.q, self.k, self.v))
+        return (t.transpose(-3, -2) for t in (q, k, v))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (..., N, C); mask: added to the logits, broadcastable to (..., heads, N, N) (Swin's shift mask)."""
+        bias = self.position_bias()
+        if mask is not None:
+            bias = mask if bias is None else bias + mask
+        listening = self.attn_tap.listening or self.head_tap.listening
+        if self.kind == "full":
+            out, maps = attend(*self.heads_qkv(x), bias, self.scale, listening)  # (..., heads, N, head_dim)
+        else:
+            outs, maps = [], []
+            splits = x.chunk(self.num_heads, dim=-1)
+            for i, qkv in enumerate(self.qkvs):
+                head_in = splits[i]
+                if self.kind == "cascade" and i > 0:
+                    head_in = head_in + fit_channels(outs[-1], self.split_dim, dim=-1)
+                q, k, v = qkv(head_in).chunk(3, dim=-1)
+                out_i, map_i = attend(q, k, v, None if bias is None else bias[..., i, :, :], self.scale, listening)
+                outs.append(out_i)
+                maps.append(map_i)
+            out = torch.stack(outs, dim=-3)
+            maps = torch.stack(maps, dim=-3) if listening else None
+        if listening:
+            n = out.shape[-2]
+            self.attn_tap(maps.reshape(-1, self.num_heads, n, n))
+            out = self.head_tap(out.reshape(-1, *out.shape[-3:])).view(out.shape)
+        return self.proj(out.transpose(-3, -2).flatten(-2))
+
+
+def relative_position_index(height: int, width: int) -> torch.Tensor:
+    """Swin's (N, N) index into a ((2h-1)(2w-1), heads) table of signed offsets between window tokens."""
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    dy = ys[:, None] - ys[None, :] + height - 1
+    dx = xs[:, None] - xs[None, :] + width - 1
+    return dy * (2 * width - 1) + dx
+
+
+def split_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fused `qkv` projections -> separate `q`, `k`, `v` (timm packs them in that order)."""
+    out = {}
+    for key, value in state.items():
+        prefix, _, param = key.rpartition(".qkv.")
+        if _ and param in ("weight", "bias"):
+            for name, part in zip("qkv", value.chunk(3, dim=0)):
+                out[f"{prefix}.{name}.{param}"] = part.clone()
+        else:
+            out[key] = value
+    return out
+
+
+def join_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Separate `q`, `k`, `v` projections -> one fused `qkv`."""
+    out = {}
+    for key, value in state.items():
+        prefix, _, param = key.rpartition(".q.")
+        if _ and param in ("weight", "bias"):
+            parts = [state[f"{prefix}.{name}.{param}"] for name in "qkv"]
+            out[f"{prefix}.qkv.{param}"] = torch.cat(parts, dim=0)
+        elif not (key.rpartition(".k.")[1] or key.rpartition(".v.")[1]):
+            out[key] = value
+    return out

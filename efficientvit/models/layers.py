@@ -146,3 +146,74 @@ class Tap(nn.Identity):
     @property
     def listening(self) -> bool:
         return bool(self._forward_hooks or self._forward_pre_hooks)
+
+
+def parse_layout(layout: str, where: str = "layout") -> str:
+    """A layout is a string of layers: `A` (attention) or `F` (FFN), e.g. DeiT-T is "AF" * 12."""
+    layout = layout.upper()
+    if not layout:
+        raise ValueError(f"{where} is empty: give at least one layer, A (attention) or F (FFN)")
+    if set(layout) - {"A", "F"}:
+        raise ValueError(f"{where} {layout!r} may only contain A (attention) and F (FFN)")
+    return layout
+
+
+def mhsa_proportion(layouts: str | list[str]) -> float:
+    """Share of layers that are attention layers (the x-axis of the paper's Fig. 3)."""
+    text = "".join(layouts) if not isinstance(layouts, str) else layouts
+    return text.count("A") / len(text)
+
+
+def spread_layout(n_layers: int, n_attention: int) -> str:
+    """A layout of `n_layers` with `n_attention` A layers spread evenly through it (Fig. 3's subnets)."""
+    if not 0 <= n_attention <= n_layers:
+        raise ValueError(f"cannot place {n_attention} attention layers among {n_layers}")
+    slots = {int((i + 0.5) * n_layers / n_attention) for i in range(n_attention)} if n_attention else set()
+    return "".join("A" if i in slots else "F" for i in range(n_layers))
+
+
+class Mlp(nn.Module):
+    """The transformer FFN on tokens: Linear, GELU, Linear (timm's `fc1`/`fc2`)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class FFNLayer(nn.Module):
+    """An `F` layer: x + FFN(LayerNorm(x)), with drop path."""
+
+    def __init__(self, dim: int, mlp_ratio: float, drop_path: float = 0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + stochastic_depth(self.mlp(self.norm(x)), self.drop_path, "row", self.training)
+
+
+class AttentionLayer(nn.Module):
+    """An `A` layer on a token sequence: x + Attention(LayerNorm(x)), with drop path."""
+
+    def __init__(self, dim: int, attn: nn.Module, drop_path: float = 0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = attn
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + stochastic_depth(self.attn(self.norm(x)), self.drop_path, "row", self.training)
+
+
+def init_transformer_weights(module: nn.Module) -> None:
+    """timm's ViT/Swin initialisation: truncated normal 0.02 for Linear weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

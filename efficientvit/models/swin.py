@@ -1,0 +1,241 @@
+"""Swin Transformer (Liu et al., 2021) with an editable layout of attention (A) and FFN (F) layers per stage.
+
+Attention runs in windows with a relative position bias; every other attention layer of a stage shifts its
+windows by half a window. The standard Swin-T is "AF" * (2, 2, 6, 2); the paper's Fig. 3 subnets change the share
+of A layers and the widths. timm's layout (`layers.s.blocks.b.norm1/attn/norm2/mlp`) loads through
+`efficientvit.load_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+from torchvision.ops import stochastic_depth
+
+from .attention import TokenAttention, join_qkv
+from .efficientvit import as_pair
+from .layers import FFNLayer, init_transformer_weights, parse_layout
+from .registry import register_model
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B, windows, window * window, C)."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // window, window, W // window, window, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B, -1, window * window, C)
+
+
+def window_reverse(x: torch.Tensor, window: int, H: int, W: int) -> torch.Tensor:
+    B, C = x.shape[0], x.shape[-1]
+    x = x.view(B, H // window, W // window, window, window, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B, H, W, C)
+
+
+def shift_mask(resolution: tuple[int, int], window: int, shift: int) -> torch.Tensor:
+    """(windows, 1, N, N) logits mask: after the cyclic shift, tokens only attend within their original region."""
+    H, W = resolution
+    regions = torch.zeros(1, H, W, 1)
+    label = 0
+    for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+        for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+            regions[:, hs, ws, :] = label
+            label += 1
+    regions = window_partition(regions, window).squeeze(-1)[0]  # (windows, N)
+    different = regions[:, None, :] != regions[:, :, None]
+    return torch.zeros(different.shape).masked_fill(different, -100.0).unsqueeze(1)
+
+
+class WindowAttentionLayer(nn.Module):
+    """An `A` layer of Swin on (B, H, W, C): x + WindowAttention(LayerNorm(x)), windows shifted by `shift`."""
+
+    def __init__(self, dim: int, resolution: tuple[int, int], num_heads: int, head_dim: int | None, window: int,
+                 shift: int, kind: str, fused_qkv: bool, drop_path: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = TokenAttention(dim, num_heads, head_dim, kind, fused_qkv, window=(window, window))
+        self.window, self.shift, self.drop_path = window, shift, drop_path
+        self.register_buffer("attn_mask", shift_mask(resolution, window, shift) if shift else None, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        y = self.norm(x)
+        if self.shift:
+            y = torch.roll(y, (-self.shift, -self.shift), dims=(1, 2))
+        y = window_reverse(self.attn(window_partition(y, self.window), mask=self.attn_mask), self.window, H, W)
+        if self.shift:
+            y = torch.roll(y, (self.shift, self.shift), dims=(1, 2))
+        return x + stochastic_depth(y, self.drop_path, "row", self.training)
+
+
+class PatchMerging(nn.Module):
+    """Swin's down-sampling: concatenate each 2x2 neighbourhood (4C), LayerNorm, Linear to the next width."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.reduction(self.norm(x))
+
+
+class SwinStage(nn.Module):
+    def __init__(self, downsample: nn.Module, layers: list[nn.Module]):
+        super().__init__()
+        self.downsample = downsample
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.downsample(x))
+
+
+def parse_stage_layouts(layout: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Per-stage layouts as a list, or one string with stages separated by commas ("AFAF,AFAF,...")."""
+    stages = layout.split(",") if isinstance(layout, str) else list(layout)
+    return [parse_layout(s.strip(), f"layout of stage {i + 1}") for i, s in enumerate(stages)]
+
+
+class Swin(nn.Module):
+    """Swin Transformer; `layout` holds one A/F string per stage."""
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: tuple[int, ...] = (96, 192, 384, 768),
+        num_heads: tuple[int, ...] = (3, 6, 12, 24),
+        head_dim: int | None = None,
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        layout: str | list[str] | tuple[str, ...] = ("AF" * 2, "AF" * 2, "AF" * 6, "AF" * 2),
+        attention: str = "full",
+        fused_qkv: bool = True,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        layouts = parse_stage_layouts(layout)
+        if not len(layouts) == len(embed_dim) == len(num_heads):
+            raise ValueError(f"layout ({len(layouts)} stages), embed_dim ({len(embed_dim)}) and num_heads "
+                             f"({len(num_heads)}) need one entry per stage")
+        img_size = as_pair(img_size)
+        stride = patch_size * 2 ** (len(layouts) - 1)
+        if img_size[0] % stride or img_size[1] % stride:
+            raise ValueError(f"img_size {img_size} must be a multiple of patch_size x 2^(stages-1) = {stride}")
+        self.layout = layouts
+        self.img_size = img_size
+        self.num_classes = num_classes
+        self.num_features = embed_dim[-1]
+
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim[0], patch_size, patch_size)
+        self.patch_embed.norm = nn.LayerNorm(embed_dim[0])
+        drop_paths = torch.linspace(0, drop_path_rate, sum(map(len, layouts))).tolist()
+        resolution = (img_size[0] // patch_size, img_size[1] // patch_size)
+        stages, self.stage_info = [], []
+        for s, (stage_layout, dim, heads) in enumerate(zip(layouts, embed_dim, num_heads)):
+            if dim % heads:
+                raise ValueError(f"embed_dim {dim} of stage {s + 1} is not divisible by num_heads {heads}")
+            downsample = nn.Identity()
+            if s > 0:
+                downsample = PatchMerging(embed_dim[s - 1], dim)
+                resolution = (resolution[0] // 2, resolution[1] // 2)
+            # As in Swin: a map no larger than the window is one window, and is not shifted.
+            window = min(window_size, *resolution)
+            if resolution[0] % window or resolution[1] % window:
+                raise ValueError(f"window_size {window_size} does not tile stage {s + 1}'s {resolution[0]}x"
+                                 f"{resolution[1]} map: use an img_size that gives multiples of the window "
+                                 f"(e.g. {stride * window_size}) or a window_size dividing {resolution[0]}")
+            shift = window // 2 if min(resolution) > window_size else 0
+            layers, n_attention = [], 0
+            for kind in stage_layout:
+                dp = drop_paths.pop(0)
+                if kind == "A":
+                    layers.append(WindowAttentionLayer(dim, resolution, heads, head_dim, window,
+                                                       shift if n_attention % 2 else 0, attention, fused_qkv, dp))
+                    n_attention += 1
+                else:
+                    layers.append(FFNLayer(dim, mlp_ratio, dp))
+            stages.append(SwinStage(downsample, layers))
+            self.stage_info.append(dict(stage=s + 1, resolution=resolution, width=dim, layout=stage_layout,
+                                        heads=heads, window=(window, window)))
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(init_transformer_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {name for name, _ in self.named_parameters() if "relative_position_bias_table" in name}
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed.norm(self.patch_embed.proj(x).permute(0, 2, 3, 1))
+        return self.norm(self.stages(x))  # (B, H, W, C)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=(1, 2))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # -- timm's layout: layers.s.blocks.b = (norm1, attn) + (norm2, mlp) = our stages.s.layers 2b and 2b+1 ---------
+    def from_timm_layout(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        def rename(key: str) -> str:
+            key = re.sub(r"^head\.fc\.", "head.", key)
+            key = re.sub(r"^layers\.(\d+)\.downsample\.", r"stages.\1.downsample.", key)
+            m = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(norm1|attn|norm2|mlp)\.(.*)$", key)
+            if not m:
+                return key
+            layer = 2 * int(m[2]) + (0 if m[3] in ("norm1", "attn") else 1)
+            part = "norm" if m[3].startswith("norm") else m[3]
+            return f"stages.{m[1]}.layers.{layer}.{part}.{m[4]}"
+
+        return {rename(k): v for k, v in state.items() if not k.endswith("attn_mask")}
+
+    def to_timm_layout(self) -> dict[str, torch.Tensor]:
+        if any(s != "AF" * (len(s) // 2) for s in self.layout):
+            raise ValueError(f"only standard layouts (AF...AF per stage) have a timm equivalent, not {self.layout}")
+        if self.stages[0].layers[0].attn.kind != "full":
+            raise ValueError("timm's layout exists for attention='full' only")
+
+        def rename(key: str) -> str:
+            key = re.sub(r"^head\.", "head.fc.", key)
+            key = re.sub(r"^stages\.(\d+)\.downsample\.", r"layers.\1.downsample.", key)
+            m = re.match(r"^stages\.(\d+)\.layers\.(\d+)\.(norm|attn|mlp)\.(.*)$", key)
+            if not m:
+                return key
+            block, second = divmod(int(m[2]), 2)
+            part = {"norm": "norm2" if second else "norm1"}.get(m[3], m[3])
+            return f"layers.{m[1]}.blocks.{block}.{part}.{m[4]}"
+
+        return {rename(k): v for k, v in join_qkv(self.state_dict()).items()}
+
+
+CONFIGS = {
+    "swin_tiny": dict(embed_dim=(96, 192, 384, 768), num_heads=(3, 6, 12, 24),
+                      layout=("AF" * 2, "AF" * 2, "AF" * 6, "AF" * 2)),
+    "swin_small": dict(embed_dim=(96, 192, 384, 768), num_heads=(3, 6, 12, 24),
+                       layout=("AF" * 2, "AF" * 2, "AF" * 18, "AF" * 2)),
+}
+
+
+def _register(name: str) -> None:
+    def build(**kwargs) -> Swin:
+        return Swin(**{**CONFIGS[name], **kwargs})
+
+    build.__name__ = name
+    register_model(name, family="swin")(build)
+
+
+for _name in CONFIGS:
+    _register(_name)

@@ -1,0 +1,467 @@
+"""The official EfficientViT training recipe, for any registered model, on one device or many under torchrun.
+
+    efficientvit train --config experiments/cpu/efficientvit_m0.yaml [--set epochs=5] [--resume]
+    torchrun --nproc_per_node 8 -m efficientvit.train --config experiments/paper/efficientvit_m4.yaml
+
+`train` is one straight line: config, data, model, optimizer, resume, loop, checkpoint. The recipe (Liu et al.
+2023, after DeiT): AdamW at 1e-3 per 512 images of global batch, weight decay 0.025 except on norms, biases and
+attention-bias tables; 5 warm-up epochs from 1e-6, then cosine down to 1e-5; label smoothing 0.1; MixUp 0.8 /
+CutMix 1.0; RandAugment m9; random erasing 0.25; repeated augmentation; EMA of the weights (decay 0.99996);
+adaptive gradient clipping at 0.02. The learning rate is stepped every iteration (the official code steps it
+per epoch; per iteration gives the same curve at ImageNet scale and a smooth warm-up on short CPU runs).
+
+Every epoch ends with a checkpoint (<out>/checkpoint.pth) and a metrics table (<out>/metrics.csv), both written
+atomically by rank 0. Resuming is exact: the sample order and the DataLoader workers' seeds of each epoch derive
+from (seed, epoch, rank) and the checkpoint holds every other random state, so on the CPU a run stopped after
+any epoch and resumed ends with the same weights, bit for bit, as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import difflib
+import io
+import os
+import random
+import sys
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
+from .data.pipeline import (RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate, eval_transform,
+                            image_folder, train_transform)
+from .errors import UserError
+from .models import create_model
+
+CLIP_MODES = ("agc", "norm")
+METRICS = ("epoch", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "ema_top1", "epoch_seconds")
+
+
+def knob(default, help: str):
+    """A config field; `help` is shown by `efficientvit train --help`."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Defaults are the official ImageNet recipe (Cream's EfficientViT main.py)."""
+
+    model: str = knob("efficientvit_m4", "registered model name (efficientvit list)")
+    model_kwargs: dict = knob({}, "extra constructor arguments, the ablation knobs, e.g. {attention: split}")
+    data: str = knob("data/imagenet", "ImageFolder root holding train/<class>/* and val/<class>/*")
+    out: str = knob("runs/efficientvit_m4", "run folder: checkpoint.pth, metrics.csv, config.yaml")
+    img_size: int = knob(224, "training and evaluation image size (eval resizes to size x 256/224, then crops)")
+    epochs: int = knob(300, "training epochs")
+    batch_size: int = knob(256, "images per step per process (global batch = batch_size x processes)")
+    workers: int = knob(8, "DataLoader worker processes per training process (0 loads in the main process)")
+    lr: float = knob(1e-3, "learning rate for a global batch of 512; the run uses lr x global batch / 512")
+    min_lr: float = knob(1e-5, "learning rate at the end of the cosine schedule")
+    warmup_lr: float = knob(1e-6, "learning rate at the start of the linear warm-up")
+    warmup_epochs: int = knob(5, "epochs of linear warm-up")
+    weight_decay: float = knob(0.025, "AdamW weight decay; norms, biases and no_weight_decay() names get none")
+    clip_grad: typing.Optional[float] = knob(0.02, "gradient clipping threshold (null: none)")
+    clip_mode: str = knob("agc", "agc: adaptive, unit-wise ratio of gradient to weight norm; norm: global norm")
+    smoothing: float = knob(0.1, "label smoothing")
+    mixup: float = knob(0.8, "MixUp alpha (0 turns it off); MixUp or CutMix is picked per batch")
+    cutmix: float = knob(1.0, "CutMix alpha (0 turns it off)")
+    randaug_magnitude: typing.Optional[int] = knob(9, "RandAugment magnitude (null: no RandAugment)")
+    reprob: float = knob(0.25, "random-erasing probability")
+    crop_scale: list = knob([0.08, 1.0], "RandomResizedCrop area range, as fractions of the image")
+    repeated_aug: bool = knob(True, "repeated augmentation: each image 3 times per epoch on different processes")
+    drop_path: float = knob(0.0, "stochastic-depth rate (passed to the model as drop_path_rate when > 0)")
+    ema_decay: typing.Optional[float] = knob(0.99996, "EMA decay per step (null: no EMA)")
+    teacher: typing.Optional[str] = knob(None, "checkpoint of ours to distil from, DeiT hard distillation "
+                                               "(the model gets a distillation head)")
+    distillation_alpha: float = knob(0.5, "weight of the distillation loss")
+    skip_bad: bool = knob(False, "skip unreadable images (and count them) instead of stopping")
+    seed: int = knob(0, "seed of everything random")
+    amp: bool = knob(True, "bfloat16 autocast on the GPU (ignored on the CPU)")
+
+
+def config_help() -> str:
+    lines = ["config keys (defaults: the official ImageNet recipe):"]
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        lines.append(f"  {f.name} ({yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()})"
+                     f"\n      {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def coerce(key: str, value, hint):
+    """Check a config value against its field's type; YAML reads 1e-3 as text, so numbers may come as strings."""
+    options = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise UserError(f"config key {key} needs a value")
+    kind = options[0]
+    try:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and not isinstance(value, bool) and float(value) == int(float(value)):
+            return int(float(value))
+        if kind is float and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+        if kind is list and isinstance(value, (list, tuple)):
+            return [float(v) for v in value]
+        if kind is dict and isinstance(value, dict):
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise UserError(f"config key {key} must be {'a list of numbers' if kind is list else kind.__name__}"
+                    f"{' or null' if type(None) in options else ''}, got {value!r}")
+
+
+def make_config(values: dict) -> TrainConfig:
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(names)}")
+    hints = typing.get_type_hints(TrainConfig)
+    config = TrainConfig(**{key: coerce(key, value, hints[key]) for key, value in values.items()})
+    if config.clip_mode not in CLIP_MODES:
+        raise UserError(f"clip_mode must be one of {', '.join(CLIP_MODES)}, got {config.clip_mode!r}")
+    for key in ("epochs", "batch_size"):
+        if getattr(config, key) < 1:
+            raise UserError(f"{key} must be at least 1, got {getattr(config, key)}")
+    if len(config.crop_scale) != 2 or not 0 < config.crop_scale[0] <= config.crop_scale[1] <= 1:
+        raise UserError(f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {config.crop_scale}")
+    return config
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
+    """A YAML file of config keys, then `key=value` overrides (values read as YAML)."""
+    values = {}
+    if path:
+        if not Path(path).is_file():
+            raise UserError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise UserError(f"config file {path} must be a mapping of keys to values")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise UserError(f"--set takes key=value, got {item!r}")
+        values[key.strip()] = yaml.safe_load(text)
+    return make_config(values)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay only on weight matrices and kernels: not on norms, biases (1-d) or no_weight_decay() names."""
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
+    """Norm per output unit (row of a matrix, output channel of a kernel); whole-tensor norm for vectors."""
+    if x.ndim <= 1:
+        return x.norm()
+    return x.norm(dim=tuple(range(1, x.ndim)), keepdim=True)
+
+
+@torch.no_grad()
+def adaptive_clip_grad_(parameters, clip_factor: float = 0.02, eps: float = 1e-3) -> None:
+    """Adaptive gradient clipping (Brock et al. 2021, NFNets): scale each unit's gradient down to at most
+    clip_factor x the unit's weight norm (weights below eps count as eps, so zero-init units can still move)."""
+    for p in parameters:
+        if p.grad is None:
+            continue
+        max_norm = unitwise_norm(p).clamp(min=eps).mul(clip_factor)
+        grad_norm = unitwise_norm(p.grad)
+        scale = (max_norm / grad_norm.clamp(min=1e-6)).clamp(max=1.0)
+        p.grad.mul_(scale)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRICS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def describe_model(config: dict | None) -> str:
+    if not config:
+        return "an unnamed model"
+    kwargs = ", ".join(f"{k}={v}" for k, v in sorted(config["kwargs"].items()))
+    return f"{config['name']}({kwargs})"
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, skip_bad: bool,
+             distributed: bool) -> dict:
+    """Top-1, top-5 (%) and mean cross-entropy over this process's share of the data, summed over processes."""
+    model.eval()
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, loss, images, skipped
+    for images, targets, bad in loader:
+        sums[4] += check_bad_images(bad, skip_bad)
+        if images is None:
+            continue
+        images, targets = images.to(device), targets.to(device)
+        logits = model(images).float()
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
+        sums[0] += hits[:, 0].sum()
+        sums[1] += hits.any(dim=1).sum()
+        sums[2] += F.cross_entropy(logits, targets, reduction="sum")
+        sums[3] += len(targets)
+    if distributed:
+        dist.all_reduce(sums)
+    top1, top5, loss, count, skipped = sums.tolist()
+    count = max(count, 1)
+    return {"top1": 100 * top1 / count, "top5": 100 * top5 / count, "loss": loss / count, "skipped": int(skipped)}
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment; a plain run is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world, device
+
+
+def train(config: TrainConfig, resume: bool | str = False) -> list[dict]:
+    """Train as configured; returns the metrics of every epoch. `resume`: True for <out>/checkpoint.pth, or a path."""
+    rank, world, device = setup_distributed()
+    try:
+        return train_process(config, resume, rank, world, device)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int, device: torch.device) -> list[dict]:
+    main = rank == 0
+    out = Path(config.out)
+    checkpoint_path = out / "checkpoint.pth"
+    resume_path = Path(resume) if isinstance(resume, str) else checkpoint_path if resume else None
+    if resume_path is None and checkpoint_path.exists():
+        raise UserError(f"{out} already holds a checkpoint; continue it with --resume, or set another out")
+    if resume is True and not checkpoint_path.exists():
+        if main:
+            print(f"nothing to resume in {out}: starting from scratch")
+        resume_path = None
+    torch.manual_seed(config.seed + rank)
+    random.seed(config.seed + rank)
+
+    # Data. Training batches drop the ragged end (as the official code); evaluation sees every image once, each
+    # process a strided share, so the summed counts are exact.
+    transform = train_transform(config.img_size, config.randaug_magnitude, config.reprob, config.crop_scale)
+    train_set = image_folder(config.data, "train", transform)
+    val_set = image_folder(config.data, "val", eval_transform(config.img_size), classes=train_set.classes)
+    num_classes = len(train_set.classes)
+    if config.repeated_aug:
+        sampler = RepeatedAugmentationSampler(train_set, world, rank, config.seed)
+    else:
+        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=config.seed)
+    if len(sampler) < config.batch_size:
+        raise UserError(f"the training split has {len(train_set)} images, fewer than one batch of {config.batch_size} "
+                        f"per process; lower batch_size")
+    loader_generator = torch.Generator()  # reseeded every epoch: it seeds the workers' augmentations
+    train_loader = DataLoader(train_set, config.batch_size, sampler=sampler, num_workers=config.workers,
+                              collate_fn=collate, generator=loader_generator, drop_last=True,
+                              pin_memory=device.type == "cuda")
+    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), config.batch_size,
+                            num_workers=config.workers, collate_fn=collate,
+                            generator=torch.Generator().manual_seed(config.seed))
+
+    # Model, teacher, EMA, optimizer, schedule.
+    kwargs = {**config.model_kwargs, **({"drop_path_rate": config.drop_path} if config.drop_path > 0 else {}),
+              **({"distillation": True} if config.teacher else {})}
+    model = create_model(config.model, num_classes=num_classes, img_size=config.img_size, **kwargs).to(device)
+    teacher = None
+    if config.teacher:
+        teacher = model_from_checkpoint(config.teacher).to(device).eval().requires_grad_(False)
+        if teacher.num_classes != num_classes:
+            raise UserError(f"teacher {config.teacher} predicts {teacher.num_classes} classes, the data has {num_classes}")
+    ema = None
+    if config.ema_decay is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    ddp_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    lr = config.lr * config.batch_size * world / 512
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=lr)
+    steps = len(train_loader)
+    warmup_steps = config.warmup_epochs * steps
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, config.epochs * steps - warmup_steps), eta_min=config.min_lr)
+    scheduler = cosine
+    if warmup_steps:
+        warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=min(1.0, config.warmup_lr / lr),
+                                                   total_iters=warmup_steps)
+        scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.smoothing)  # also smooths MixUp's soft targets
+    mixing = batch_mixing(num_classes, config.mixup, config.cutmix)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
+
+    start_epoch, history = 0, []
+    if resume_path is not None:
+        checkpoint = read_checkpoint(resume_path)
+        if checkpoint.get("model_config") != model.config:
+            raise UserError(f"cannot resume from {resume_path}: it holds {describe_model(checkpoint.get('model_config'))}"
+                            f" but this run builds {describe_model(model.config)}; resume with the config it was "
+                            "trained with, or set another out")
+        load_checkpoint(model, checkpoint)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(checkpoint["ema"])
+        start_epoch, history = checkpoint["epoch"], checkpoint["history"]
+        if rank < len(checkpoint["rng"]):
+            set_rng_state(checkpoint["rng"][rank])
+        if main:
+            print(f"resumed {resume_path} after epoch {start_epoch}")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        loader_generator.manual_seed(epoch_seed(config.seed, epoch, rank))
+        ddp_model.train()
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss x images, images, skipped
+        for images, targets, bad in tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                                         disable=not main, dynamic_ncols=True):
+            sums[2] += check_bad_images(bad, config.skip_bad)
+            if images is None:
+                continue
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            if mixing is not None:
+                images, targets = mixing(images, targets)
+            with autocast:
+                outputs = ddp_model(images)
+                if teacher is None:
+                    loss = criterion(outputs, targets)
+                else:  # DeiT hard distillation: the second head learns the teacher's top class
+                    logits, logits_dist = outputs
+                    teacher_labels = teacher(images).argmax(dim=1)
+                    loss = ((1 - config.distillation_alpha) * criterion(logits, targets)
+                            + config.distillation_alpha * F.cross_entropy(logits_dist, teacher_labels))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_grad is not None:
+                if config.clip_mode == "agc":
+                    adaptive_clip_grad_(model.parameters(), config.clip_grad)
+                else:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            sums[0] += loss.detach() * len(images)
+            sums[1] += len(images)
+        if world > 1:
+            dist.all_reduce(sums)
+
+        val = evaluate(model, val_loader, device, config.skip_bad, world > 1)
+        ema_val = evaluate(ema.module, val_loader, device, config.skip_bad, world > 1) if ema is not None else None
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": sums[0].item() / sums[1].item(),
+               "val_top1": val["top1"], "val_top5": val["top5"], "val_loss": val["loss"],
+               "ema_top1": ema_val["top1"] if ema_val else None, "epoch_seconds": time.perf_counter() - started}
+        history.append(row)
+        rngs = [None] * world
+        if world > 1:
+            dist.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        if main:
+            save_checkpoint(checkpoint_path, model, optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), ema=ema.state_dict() if ema is not None else None,
+                            epoch=epoch + 1, history=history, rng=rngs, config=dataclasses.asdict(config))
+            write_metrics(out / "metrics.csv", history)
+            skipped = int(sums[2].item()) + val["skipped"]
+            print(f"epoch {epoch + 1}/{config.epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.3f}  "
+                  f"val top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}  loss {val['loss']:.3f}"
+                  + (f"  EMA top-1 {ema_val['top1']:.2f}" if ema_val else "")
+                  + (f"  skipped {skipped} unreadable images" if skipped else "")
+                  + f"  ({row['epoch_seconds']:.0f} s)", flush=True)
+    return history
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = config_help()
+    parser.add_argument("--config", metavar="YAML", help="configuration file (see experiments/); keys listed below")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, VALUE read as YAML (repeatable): --set epochs=3 "
+                             "--set model_kwargs='{attention: split}'")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                        help="continue from CHECKPOINT (without one: <out>/checkpoint.pth, or start afresh if "
+                             "there is none yet); the run ends as if it had never stopped")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    train(load_config(args.config, args.set), args.resume)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(
+        prog="python -m efficientvit.train",
+        description="Train a registered model with the official EfficientViT recipe (alone or under torchrun)."))
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except UserError as e:
+        print(f"efficientvit train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
