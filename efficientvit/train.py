@@ -183,7 +183,7 @@ def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
     """Norm per output unit (row of a matrix, output channel of a kernel); whole-tensor norm for vectors."""
     if x.ndim <= 1:
         return x.norm()
-    return x.norm(dim=tuple(range(1, x.ndim)), keepdim=True)
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
 
 
 @torch.no_grad()
