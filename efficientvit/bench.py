@@ -27,3 +27,16 @@ def measure_throughput(model: nn.Module, batch_size: int = 16, img_size: tuple[i
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return batches * batch_size / elapsed
+
+
+def interleaved_throughput(models: list[nn.Module], rounds: int = 3, **kwargs) -> list[list[float]]:
+    """Throughput of several models measured in turns (A, B, A, B, ...), `rounds` times each.
+
+    Timing on shared machines drifts by tens of percent between passes; interleaving exposes every model to the
+    same drift, so ratios of per-round figures (or of medians) are far steadier than separate runs.
+    """
+    samples: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for model, runs in zip(models, samples):
+            runs.append(measure_throughput(model, **kwargs))
+    return samples

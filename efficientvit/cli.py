@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -119,6 +120,26 @@ def cmd_eval(args: argparse.Namespace) -> None:
     skipped = f", {metrics['skipped']} unreadable skipped" if metrics["skipped"] else ""
     print(f"{args.checkpoint}{' (EMA)' if args.ema else ''} on {args.data}/{args.split} ({len(dataset)} images"
           f"{skipped}): top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}  loss {metrics['loss']:.4f}")
+
+
+def cmd_subnet(args: argparse.Namespace) -> None:
+    from .subnet import find_subnet, save_model_config
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    result = find_subnet(args.family, args.speedup, args.mhsa, img_size=args.img_size, device=args.device,
+                         cache=None if args.no_cache else args.cache)
+    out = args.out or f"runs/subnets/{args.family}_{args.speedup}x_mhsa{args.mhsa}.yaml"
+    path = save_model_config(result, out)
+    print(f"{args.family} subnet for {args.speedup}x, MHSA proportion {args.mhsa}:")
+    for key, value in result["kwargs"].items():
+        print(f"  {key}: {value}")
+    print(f"achieved speed-up {result['speedup_measured']}x ({result['throughput']} vs "
+          f"{result['full_throughput']} img/s, batch 16, {args.device})")
+    if not result["met"]:
+        print(f"the target {args.speedup}x cannot be met within 7% at this MHSA proportion; "
+              "this is the nearest configuration found")
+    print(f"configuration written to {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:

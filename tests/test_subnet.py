@@ -1,0 +1,43 @@
+import time
+
+import pytest
+import yaml
+
+import efficientvit
+from efficientvit.models.layers import mhsa_proportion
+from efficientvit.subnet import find_subnet, load_model_config, save_model_config
+
+TINY_DEIT = dict(img_size=32, patch_size=8, embed_dim=48, num_heads=3, layout="AF" * 4)
+BUDGET = dict(seconds=0.02, rounds=1, steps=3, batch_size=4)
+
+
+def test_subnet_has_the_proportion_and_is_cached(tmp_path):
+    cache = tmp_path / "cache.json"
+    result = find_subnet("deit_tiny", 1.25, 0.25, base=TINY_DEIT, cache=cache, **BUDGET)
+    kwargs = result["kwargs"]
+    assert mhsa_proportion(kwargs["layout"]) == 0.25 and len(kwargs["layout"]) == 8
+    assert kwargs["embed_dim"] % 6 == 0 and result["speedup_measured"] > 0
+    start = time.perf_counter()
+    assert find_subnet("deit_tiny", 1.25, 0.25, base=TINY_DEIT, cache=cache, **BUDGET) == result
+    assert time.perf_counter() - start < 1.0  # served from the cache, no timing
+
+
+def test_swin_subnet_spreads_attention_over_stages_and_builds_from_yaml(tmp_path):
+    base = dict(img_size=32, patch_size=2, embed_dim=(12, 24), num_heads=(2, 4), window_size=4, layout="AFAF,AF")
+    result = find_subnet("swin_tiny", 1.5, 0.5, base=base, cache=None, **BUDGET)
+    assert mhsa_proportion(result["kwargs"]["layout"]) == 0.5
+    path = save_model_config(result, tmp_path / "subnet.yaml")
+    name, kwargs = load_model_config(path)
+    model = efficientvit.create_model(name, **kwargs)
+    assert model.layout == list(result["kwargs"]["layout"])
+    assert yaml.safe_load(path.read_text())["model"] == "swin_tiny"
+
+
+@pytest.mark.parametrize("args,message", [
+    (("deit_tiny", 1.25, 1.5), "within \\[0, 1\\]"),
+    (("deit_tiny", 0.8, 0.5), "at least 1"),
+    (("resnet50", 1.25, 0.5), "unknown family"),
+])
+def test_bad_requests_are_one_sentence(args, message):
+    with pytest.raises(efficientvit.UserError, match=message):
+        find_subnet(*args, cache=None)

@@ -1,0 +1,156 @@
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from efficientvit import cli, train as train_module
+from efficientvit.checkpoint import read_checkpoint
+from efficientvit.data.synthetic import make_synthetic
+from efficientvit.errors import UserError
+from efficientvit.models import create_model
+from efficientvit.train import adaptive_clip_grad_, load_config, make_config, param_groups, train
+
+# A few steps of M0 at its smallest input: 3 classes, 24 training images in batches of 8.
+TINY = dict(model="efficientvit_m0", img_size=64, epochs=2, batch_size=8, workers=1, warmup_epochs=1,
+            ema_decay=0.9, repeated_aug=False)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_synthetic(tmp_path_factory.mktemp("synth") / "d", classes=3, train=24, val=9, workers=1)
+
+
+@pytest.fixture(scope="module")
+def straight_run(data, tmp_path_factory):
+    """Two epochs without stopping; returns the run folder."""
+    out = tmp_path_factory.mktemp("straight")
+    train(make_config({**TINY, "data": str(data), "out": str(out)}))
+    return out
+
+
+def test_unknown_config_key_lists_valid_keys_and_suggests_the_closest():
+    with pytest.raises(UserError, match=r"unknown config key 'wieght_decay' \(did you mean 'weight_decay'\?\); "
+                                        r"valid keys: model, model_kwargs, data"):
+        load_config(None, ["wieght_decay=0.05"])
+
+
+def test_config_file_then_overrides_with_types_checked(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: efficientvit_m1\nlr: 1e-3\nepochs: 10\nclip_grad: null\n")
+    config = load_config(str(path), ["epochs=3", "model_kwargs={attention: split}"])
+    assert (config.model, config.lr, config.epochs, config.clip_grad) == ("efficientvit_m1", 0.001, 3, None)
+    assert config.model_kwargs == {"attention": "split"} and config.weight_decay == 0.025
+    with pytest.raises(UserError, match="epochs must be int"):
+        load_config(str(path), ["epochs=many"])
+    with pytest.raises(UserError, match="clip_mode must be one of"):
+        load_config(None, ["clip_mode=value"])
+
+
+def test_no_weight_decay_on_norms_biases_and_attention_bias_tables():
+    model = create_model("efficientvit_m0", num_classes=3, img_size=64)
+    decay, no_decay = param_groups(model, 0.025)
+    names = {id(p): n for n, p in model.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert no_decay["weight_decay"] == 0 and decay["weight_decay"] == 0.025
+    assert model.no_weight_decay() <= skipped and any("attention_biases" in n for n in skipped)
+    assert all(p.ndim > 1 for p in decay["params"]) and all(names[id(p)] not in skipped for p in decay["params"])
+    assert "patch_embed.conv1.bn.weight" in skipped and "head.linear.bias" in skipped
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_adaptive_gradient_clipping_caps_each_unit_relative_to_its_weights():
+    layer = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0]]))
+    layer.weight.grad = torch.tensor([[10.0, 0, 0, 0], [0, 0.01, 0, 0]])
+    adaptive_clip_grad_(layer.parameters(), clip_factor=0.02)
+    # row 0: |g| = 10 > 0.02 x |w| = 0.02, scaled to 0.02; row 1: |g| = 0.01 < 0.04, left alone
+    assert torch.allclose(layer.weight.grad, torch.tensor([[0.02, 0, 0, 0], [0, 0.01, 0, 0]]))
+
+
+def test_checkpoint_and_metrics_after_every_epoch(straight_run):
+    rows = list(csv.DictReader((straight_run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert list(rows[0]) == ["epoch", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "ema_top1",
+                             "epoch_seconds"]
+    assert float(rows[1]["lr"]) == pytest.approx(1e-5)  # the cosine ends at min_lr
+    checkpoint = read_checkpoint(straight_run / "checkpoint.pth")
+    assert checkpoint["epoch"] == 2 and checkpoint["model_config"]["kwargs"] == {"num_classes": 3, "img_size": 64}
+    assert {"optimizer", "scheduler", "ema", "rng", "config"} <= set(checkpoint)
+    assert not [p for p in straight_run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resume_after_an_epoch_ends_with_bitwise_the_same_weights(data, straight_run, tmp_path, monkeypatch):
+    class Stop(Exception):
+        pass
+
+    real_save = train_module.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        real_save(*args, **kwargs)
+        if kwargs["epoch"] == 1:
+            raise Stop
+
+    config = make_config({**TINY, "data": str(data), "out": str(tmp_path)})
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+    with pytest.raises(Stop):
+        train(config)
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="already holds a checkpoint"):
+        train(config)
+    train(config, resume=True)
+
+    straight, resumed = (read_checkpoint(p / "checkpoint.pth") for p in (straight_run, tmp_path))
+    for key in ("model", "ema"):
+        assert straight[key].keys() == resumed[key].keys()
+        assert all(torch.equal(straight[key][k], resumed[key][k]) for k in straight[key]), key
+    drop_time = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa: E731
+    assert drop_time(straight["history"]) == drop_time(resumed["history"])
+
+
+def test_resume_from_another_models_checkpoint_is_one_sentence(data, straight_run, tmp_path):
+    config = make_config({**TINY, "model": "efficientvit_m1", "data": str(data), "out": str(tmp_path)})
+    with pytest.raises(UserError, match=r"holds efficientvit_m0\(.*\) but this run builds efficientvit_m1"):
+        train(config, resume=str(straight_run / "checkpoint.pth"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_command_reports_top1_of_a_checkpoint(data, straight_run, capsys):
+    assert cli.main(["eval", "--checkpoint", str(straight_run / "checkpoint.pth"), "--data", str(data),
+                     "--workers", "0"]) == 0
+    assert "(9 images): top-1" in capsys.readouterr().out
+    assert cli.main(["eval", "--checkpoint", str(straight_run / "checkpoint.pth"), "--data", str(data / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_hard_distillation_from_a_teacher_checkpoint(data, straight_run, tmp_path):
+    config = make_config({**TINY, "epochs": 1, "warmup_epochs": 0, "data": str(data), "out": str(tmp_path),
+                          "teacher": str(straight_run / "checkpoint.pth")})
+    history = train(config)
+    assert len(history) == 1
+    assert "head_dist.linear.weight" in read_checkpoint(tmp_path / "checkpoint.pth")["model"]
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    settings = {**TINY, "epochs": 1, "warmup_epochs": 0, "batch_size": 4, "workers": 0, "repeated_aug": True,
+                "data": str(data), "out": str(tmp_path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "efficientvit.train"]
+    for key, value in settings.items():
+        command += ["--set", f"{key}={value}"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = read_checkpoint(tmp_path / "checkpoint.pth")
+    assert checkpoint["epoch"] == 1 and len(checkpoint["rng"]) == 2
+    # 24 images, 2 processes x 3 steps of 4: lr scaled by the global batch of 8
+    assert checkpoint["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(1e-3 * 8 / 512)
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert len(rows) == 1 and 0 <= float(rows[0]["val_top1"]) <= 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth", "config.yaml", "metrics.csv"]
