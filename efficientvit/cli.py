@@ -63,14 +63,19 @@ def cmd_info(args: argparse.Namespace) -> None:
     if len(rows) == 1:
         row = rows[0]
         print(f"{row['model']}  ({row['img_size']} input)")
-        print(f"  parameters  {row['params']:,}   (BN fused: {row['params_fused']:,})")
-        print(f"  FLOPs       {row['mflops_fused']} M BN fused   ({row['mflops_unfused']} M unfused; fvcore)")
+        if row["params"] == row["params_fused"]:  # no BatchNorm to fold
+            print(f"  parameters  {row['params']:,}")
+            print(f"  FLOPs       {row['mflops_fused']} M (fvcore)")
+        else:
+            print(f"  parameters  {row['params']:,}   (BN fused: {row['params_fused']:,})")
+            print(f"  FLOPs       {row['mflops_fused']} M BN fused   ({row['mflops_unfused']} M unfused; fvcore)")
         if "cpu_img_s_b16_fused" in row:
             print(f"  throughput  {row['cpu_img_s_b16_fused']} img/s (CPU, batch 16, fused, {torch.get_num_threads()} threads)")
         if getattr(model, "stage_info", None):
             stages = pd.DataFrame(model.stage_info)
             for col in ("resolution", "window"):
-                stages[col] = stages[col].map(lambda hw: f"{hw[0]}x{hw[1]}")
+                if col in stages:
+                    stages[col] = stages[col].map(lambda hw: f"{hw[0]}x{hw[1]}")
             print("\n" + stages.to_string(index=False))
     else:
         table = pd.DataFrame(rows)
@@ -200,6 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (2)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (and count them) instead of stopping")
     p.set_defaults(run=cmd_eval)
+
+    from .subnet import DEFAULT_CACHE, FAMILIES
+
+    p = sub.add_parser("subnet", help="a throughput-matched DeiT/Swin subnet with a given MHSA proportion (Fig. 3)",
+                       description="Keep the full model's number of layers, make a share --mhsa of them attention "
+                                   "layers (spread evenly), and search the width until the subnet runs --speedup "
+                                   "times faster than the full model on this device (interleaved timing). Writes "
+                                   "the configuration as YAML; results are cached.")
+    p.add_argument("--family", required=True, choices=FAMILIES, help="the full model to shrink")
+    p.add_argument("--speedup", type=float, required=True, help="target speed-up over the full model, e.g. 1.25")
+    p.add_argument("--mhsa", type=float, required=True, help="share of attention layers, 0 to 1")
+    p.add_argument("--img-size", type=int, help="input size (default 224)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to time the models")
+    p.add_argument("--out", help="YAML to write (default runs/subnets/<family>_<speedup>x_mhsa<p>.yaml)")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"timing cache (default {DEFAULT_CACHE})")
+    p.add_argument("--no-cache", action="store_true", help="measure again even if the cache has this call")
+    p.set_defaults(run=cmd_subnet)
     return parser
 
 

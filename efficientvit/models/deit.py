@@ -60,6 +60,7 @@ class DeiT(nn.Module):
         ))
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.stage_info = [dict(stage=1, resolution=self.grid, width=embed_dim, layout=self.layout, heads=num_heads)]
         self.apply(init_transformer_weights)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
