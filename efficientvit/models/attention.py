@@ -144,6 +144,8 @@ class LocalWindowAttention(nn.Module):
     window is 4x4, as in the official code). Feature maps of other sizes are padded to whole windows.
     """
 
+    profile_scope = "attention"
+
     def __init__(self, dim: int, num_heads: int, resolution: tuple[int, int], window_size: int = 7, **kwargs):
         super().__init__()
         self.window = (min(window_size, resolution[0]), min(window_size, resolution[1]))

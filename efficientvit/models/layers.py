@@ -93,6 +93,8 @@ class Residual(nn.Module):
 class FFN(nn.Module):
     """Pointwise expand, activation, pointwise project; the projection's norm starts at zero (residual branch)."""
 
+    profile_scope = "ffn"
+
     def __init__(self, dim: int, hidden_dim: int, act: str = "relu", norm: str = "bn"):
         super().__init__()
         self.pw1 = ConvNorm(dim, hidden_dim, norm=norm)
@@ -119,6 +121,8 @@ def se_channels(dim: int, ratio: float = 0.25, divisor: int = 8) -> int:
 
 class PatchMerging(nn.Module):
     """EfficientViT's down-sampling: 1x1 conv to 4C, 3x3 depthwise stride 2, squeeze-excite 0.25, 1x1 conv."""
+
+    profile_scope = "patch_merging"
 
     def __init__(self, dim: int, out_dim: int, act: str = "relu", norm: str = "bn"):
         super().__init__()
@@ -188,6 +192,8 @@ class Mlp(nn.Module):
 class FFNLayer(nn.Module):
     """An `F` layer: x + FFN(LayerNorm(x)), with drop path."""
 
+    profile_scope = "ffn"
+
     def __init__(self, dim: int, mlp_ratio: float, drop_path: float = 0.0):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
@@ -200,6 +206,8 @@ class FFNLayer(nn.Module):
 
 class AttentionLayer(nn.Module):
     """An `A` layer on a token sequence: x + Attention(LayerNorm(x)), with drop path."""
+
+    profile_scope = "attention"
 
     def __init__(self, dim: int, attn: nn.Module, drop_path: float = 0.0):
         super().__init__()

@@ -50,6 +50,8 @@ def shift_mask(resolution: tuple[int, int], window: int, shift: int) -> torch.Te
 class WindowAttentionLayer(nn.Module):
     """An `A` layer of Swin on (B, H, W, C): x + WindowAttention(LayerNorm(x)), windows shifted by `shift`."""
 
+    profile_scope = "attention"
+
     def __init__(self, dim: int, resolution: tuple[int, int], num_heads: int, head_dim: int | None, window: int,
                  shift: int, kind: str, fused_qkv: bool, drop_path: float):
         super().__init__()
@@ -71,6 +73,8 @@ class WindowAttentionLayer(nn.Module):
 
 class PatchMerging(nn.Module):
     """Swin's down-sampling: concatenate each 2x2 neighbourhood (4C), LayerNorm, Linear to the next width."""
+
+    profile_scope = "patch_merging"
 
     def __init__(self, dim: int, out_dim: int):
         super().__init__()

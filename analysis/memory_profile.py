@@ -1,0 +1,346 @@
+"""Figure 2: how much of a ViT's runtime goes to memory-bound operations.
+
+The paper (Sec. 2, "Memory efficiency") profiles Swin-T and DeiT-T with the PyTorch profiler and finds that
+reshaping, element-wise addition, copying and normalization take a large share of the time, mostly inside MHSA.
+This script repeats that measurement for any registered model or layout:
+
+1. warm forward passes in eval mode (BatchNorm fused, as deployed) under `torch.profiler`;
+2. every operator's self time is put in a category (reshape, copy, elementwise, normalization, softmax,
+   activation, matmul, convolution, other) and in the scope it ran in (attention, ffn, token_interaction,
+   patch_embed, patch_merging, head), from the `profile_scope` the model classes declare;
+3. memory-bound is measured, not only assumed: one more pass under a dispatch mode records every operator's bytes
+   moved (inputs + outputs) and FLOPs, so each row carries an arithmetic intensity to compare with the machine's
+   balance point (peak matmul FLOP/s over copy bandwidth, measured once, in the JSON sidecar).
+
+Output: results/memory_profile/<run>.csv, one row per (model, scope, category), and <run>.json.
+Example: python analysis/memory_profile.py --models deit_tiny swin_tiny efficientvit_m4 --device cpu --batch 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+from tqdm import tqdm
+
+import efficientvit
+from efficientvit.errors import UserError
+from efficientvit.models.layers import mhsa_proportion
+from efficientvit.results import read_results, write_results
+from efficientvit.subnet import load_model_config
+
+CATEGORIES = ("reshape", "copy", "elementwise", "normalization", "softmax", "activation", "matmul", "convolution",
+              "other")
+MEMORY_BOUND = {"reshape", "copy", "elementwise", "normalization"}  # the set the paper names
+OP_CATEGORY = {
+    "reshape": "view reshape _reshape_alias permute transpose t flatten unflatten squeeze unsqueeze expand split "
+               "split_with_sizes chunk narrow slice select unbind as_strided view_as _unsafe_view alias movedim "
+               "detach lift_fresh",
+    "copy": "copy_ contiguous clone cat stack to _to_copy index index_select roll constant_pad_nd pad "
+            "masked_fill zero_ fill_ empty_like",
+    "elementwise": "add add_ sub sub_ rsub mul mul_ div div_ neg ne eq where",
+    "normalization": "batch_norm native_batch_norm _native_batch_norm_legit_no_training _batch_norm_impl_index "
+                     "layer_norm native_layer_norm group_norm native_group_norm",
+    "softmax": "softmax _softmax _safe_softmax log_softmax",
+    "activation": "relu relu_ gelu hardswish hardswish_ sigmoid silu hardsigmoid",
+    "matmul": "matmul mm bmm addmm linear baddbmm scaled_dot_product_attention "
+              "_scaled_dot_product_flash_attention_for_cpu _scaled_dot_product_attention_math "
+              "_scaled_dot_product_flash_attention _scaled_dot_product_efficient_attention",
+    "convolution": "conv2d convolution _convolution mkldnn_convolution _mkldnn_convolution cudnn_convolution "
+                   "_nnpack_spatial_convolution thnn_conv2d",
+}
+CATEGORY_OF = {op: category for category, ops in OP_CATEGORY.items() for op in ops.split()}
+COLUMNS = ["model", "layout", "mhsa_proportion", "device", "batch", "img_size", "threads", "category",
+           "memory_bound", "scope", "calls", "self_time_us", "share", "bytes", "flops", "arithmetic_intensity"]
+
+
+def op_name(name: str) -> str:
+    """'aten::addmm' or 'aten.addmm.default' -> 'addmm'."""
+    name = name.split("::")[-1]
+    return name.split(".")[1] if name.startswith("aten.") else name
+
+
+def category(name: str) -> str:
+    return CATEGORY_OF.get(op_name(name), "other")
+
+
+def scope_of(name: str, module: nn.Module) -> str | None:
+    """The layer kind a module's time is attributed to: declared by the model classes (`profile_scope`), or
+    recognised by name for modules shared by several roles (the depthwise token interaction, stem, head)."""
+    if hasattr(module, "profile_scope"):
+        return module.profile_scope
+    if name == "patch_embed":
+        return "patch_embed"
+    if name in ("head", "head_dist", "norm"):
+        return "head"
+    if re.search(r"\.dw\d+$|\.res[12]\.0$", name) and not re.search(r"ffn", name):
+        return "token_interaction"
+    return None
+
+
+@contextlib.contextmanager
+def scopes(model: nn.Module, stack: list[str]):
+    """Wrap every scoped module's forward in `record_function("scope::<name>")` and keep `stack` current."""
+    handles, frames = [], []
+
+    def enter(scope):
+        def hook(module, inputs):
+            frame = torch.profiler.record_function(f"scope::{scope}")
+            frame.__enter__()
+            frames.append(frame)
+            stack.append(scope)
+        return hook
+
+    def leave(module, inputs, output):
+        frames.pop().__exit__(None, None, None)
+        stack.pop()
+
+    for name, module in model.named_modules():
+        scope = scope_of(name, module)
+        if scope:
+            handles.append(module.register_forward_pre_hook(enter(scope)))
+            handles.append(module.register_forward_hook(leave))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class BytesAndFlops(TorchDispatchMode):
+    """Records, per (scope, category), the bytes every operator reads and writes and its FLOPs.
+
+    Views move no data: their bytes are 0. FLOPs of matmuls, convolutions and attention come from torch's own
+    flop counter (2 per multiply-add); every other operator is counted as one FLOP per output element.
+    """
+
+    def __init__(self, stack: list[str]):
+        super().__init__()
+        self.stack = stack
+        self.bytes = defaultdict(int)
+        self.flops = defaultdict(int)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        key = (self.stack[-1] if self.stack else "other", category(str(func)))
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        outputs = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        if key[1] != "reshape":
+            self.bytes[key] += sum(t.numel() * t.element_size() for t in tensors)
+        if "scaled_dot_product" in str(func):  # fused attention: Q @ K^T and attn @ V
+            q, k, v = args[:3]
+            self.flops[key] += 2 * q.shape[:-1].numel() * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+        elif func.overloadpacket in flop_registry:
+            self.flops[key] += int(flop_registry[func.overloadpacket](*args, **kwargs, out_val=out))
+        else:
+            self.flops[key] += sum(t.numel() for t in outputs)
+        return out
+
+
+def profile_model(model: nn.Module, batch: int, img_size: tuple[int, int], device: torch.device, iters: int,
+                  warmup: int) -> pd.DataFrame:
+    """Per (scope, category): calls and self time per forward pass, share of the total, bytes and FLOPs."""
+    model = efficientvit.fuse(model).to(device).eval()
+    x = torch.randn(batch, 3, *img_size, device=device)
+    stack: list[str] = []
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    # no_grad rather than inference_mode, in both passes: under inference_mode composite operators (linear,
+    # conv2d) are not decomposed into the kernels (addmm, convolution) whose FLOPs torch's counter knows, and the
+    # two passes must see the same operators for bytes and times to line up.
+    with torch.no_grad(), scopes(model, stack):
+        for _ in range(warmup):
+            model(x)
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(iters):
+                model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+    counter = BytesAndFlops(stack)
+    with torch.no_grad(), scopes(model, stack), counter:
+        model(x)
+
+    # An operator's self time goes to the category of the outermost operator the model called (a copy_ inside
+    # addmm is part of the matmul; a copy_ inside contiguous is a copy), in the scope around it.
+    time_us, calls = defaultdict(float), defaultdict(int)
+    for event in prof.events():
+        if event.name.startswith("scope::"):
+            continue
+        self_time = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+        outermost, parent, scope = event, event.cpu_parent, "other"
+        while parent is not None:
+            if parent.name.startswith("scope::"):
+                scope = parent.name.removeprefix("scope::")
+                break
+            if parent.name.startswith("aten::"):
+                outermost = parent
+            parent = parent.cpu_parent
+        key = (scope, category(outermost.name))
+        time_us[key] += self_time / iters
+        calls[key] += outermost is event
+    total = sum(time_us.values())
+    rows = [dict(scope=scope, category=cat, memory_bound=cat in MEMORY_BOUND, calls=calls[(scope, cat)] // iters,
+                 self_time_us=round(t, 2), share=t / total, bytes=counter.bytes[(scope, cat)],
+                 flops=counter.flops[(scope, cat)])
+            for (scope, cat), t in time_us.items()]
+    frame = pd.DataFrame(rows)
+    frame["arithmetic_intensity"] = frame["flops"] / frame["bytes"].where(frame["bytes"] > 0)
+    return frame
+
+
+def machine_balance(device: torch.device, seconds: float = 0.5) -> dict[str, float]:
+    """Peak fp32 matmul FLOP/s and copy bandwidth of this device, and their ratio (the balance point: operators
+    with fewer FLOPs per byte than this are memory-bound here)."""
+
+    def rate(fn, work: float) -> float:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        runs, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            fn()
+            runs += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return work * runs / (time.perf_counter() - start)
+
+    n = 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    src = torch.randn(32 * 2**20, device=device)  # 128 MiB, far beyond the caches
+    dst = torch.empty_like(src)
+    peak = rate(lambda: a @ b, 2 * n**3)
+    bandwidth = rate(lambda: dst.copy_(src), 2 * src.numel() * src.element_size())
+    return {"peak_matmul_flops": peak, "copy_bandwidth_bytes_s": bandwidth, "balance_flops_per_byte": peak / bandwidth}
+
+
+def model_specs(names: list[str], layout: str | None, subnet_configs: list[str]) -> list[tuple[str, dict]]:
+    specs = []
+    for name in names:
+        efficientvit.models.registry.check_model_name(name)
+        family = efficientvit.models.model_family(name)
+        if layout and family in ("deit", "swin"):
+            specs.append((name, {"layout": layout}))
+        else:
+            specs.append((name, {}))
+    if layout and not any(kwargs for _, kwargs in specs):
+        raise UserError("--layout applies to DeiT and Swin models; none was given in --models")
+    specs += [load_model_config(path) for path in subnet_configs]
+    return specs
+
+
+def describe_layout(model: nn.Module) -> tuple[str, float]:
+    """The model's A/F layout and its MHSA proportion (for EfficientViT: attention layers among A + FFN layers)."""
+    if hasattr(model, "layout"):
+        layout = model.layout if isinstance(model.layout, str) else ",".join(model.layout)
+        return layout, mhsa_proportion(layout.replace(",", ""))
+    kinds = [m.profile_scope for m in model.modules() if getattr(m, "profile_scope", None) in ("attention", "ffn")]
+    return "sandwich", kinds.count("attention") / len(kinds)
+
+
+def run(specs: list[tuple[str, dict]], device: torch.device, batch: int, img_size: int, threads: int | None,
+        iters: int, warmup: int, done: pd.DataFrame | None = None, on_model=None) -> pd.DataFrame:
+    if threads:
+        torch.set_num_threads(threads)
+    frames = [] if done is None else [done]
+    for name, kwargs in tqdm(specs, desc="profiling", unit="model"):
+        model = efficientvit.create_model(name, **{**kwargs, "img_size": img_size})
+        layout, proportion = describe_layout(model)
+        if done is not None and ((done["model"] == name) & (done["layout"] == layout)).any():
+            continue  # profiled in an earlier, interrupted run
+        try:
+            frame = profile_model(model, batch, model.img_size, device, iters, warmup)
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if "memory" in str(e).lower() or isinstance(e, torch.OutOfMemoryError):
+                raise UserError(f"batch {batch} does not fit in {device.type} memory for {name}: lower --batch") from None
+            raise
+        frame.insert(0, "model", name)
+        frame.insert(1, "layout", layout)
+        frame.insert(2, "mhsa_proportion", round(proportion, 4))
+        for column, value in (("device", device.type), ("batch", batch), ("img_size", img_size),
+                              ("threads", torch.get_num_threads())):
+            frame[column] = value
+        frames.append(frame[COLUMNS])
+        if on_model:
+            on_model(pd.concat(frames, ignore_index=True))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Profile where a model's inference time goes, by operator category and layer scope "
+                    "(the paper's Fig. 2); writes results/memory_profile/<run>.csv and .json.")
+    parser.add_argument("--models", nargs="+", default=["deit_tiny", "swin_tiny", "efficientvit_m4"],
+                        help="registered model names (default: deit_tiny swin_tiny efficientvit_m4)")
+    parser.add_argument("--layout", help="A/F layout for the DeiT/Swin models (Swin: stages separated by commas)")
+    parser.add_argument("--subnet-config", nargs="*", default=[], metavar="YAML",
+                        help="model configurations written by `efficientvit subnet`, profiled too")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where to run (cpu)")
+    parser.add_argument("--batch", type=int, default=16, help="images per forward pass (16, the paper's CPU batch)")
+    parser.add_argument("--img-size", type=int, default=224, help="input size (224)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--iters", type=int, default=5, help="profiled forward passes per model (5)")
+    parser.add_argument("--warmup", type=int, default=2, help="forward passes before profiling (2)")
+    parser.add_argument("--show", nargs="*", default=[], metavar="CATEGORY",
+                        help=f"also print the share of these categories ({', '.join(CATEGORIES)})")
+    parser.add_argument("--out", type=Path, help="CSV path (default results/memory_profile/<device>_b<batch>_"
+                                                  "<img>.csv); models already in it are skipped (resume)")
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing CSV instead of resuming it")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        unknown = sorted(set(args.show) - set(CATEGORIES))
+        if unknown:
+            raise UserError(f"unknown category {', '.join(unknown)}: choose from {', '.join(CATEGORIES)}")
+        if args.batch < 1 or args.iters < 1:
+            raise UserError("--batch and --iters must be at least 1")
+        device = pick_device(args.device)
+        specs = model_specs(args.models, args.layout, args.subnet_config)
+        out = args.out or Path("results/memory_profile") / f"{device.type}_b{args.batch}_{args.img_size}.csv"
+        done = None if args.fresh else read_results(out)
+        balance = machine_balance(device)
+        arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+        def save(frame: pd.DataFrame) -> None:
+            write_results(frame, out, arguments, {"machine_balance": balance})
+
+        frame = run(specs, device, args.batch, args.img_size, args.threads, args.iters, args.warmup, done, save)
+    except UserError as e:
+        print(f"memory_profile: error: {e}", file=sys.stderr)
+        return 2
+    summary = frame.groupby(["model", "layout"], sort=False).apply(
+        lambda g: g.loc[g["memory_bound"], "share"].sum(), include_groups=False).rename("memory_bound_share")
+    print(summary.to_string(float_format=lambda v: f"{100 * v:.1f}%"))
+    for cat in args.show:
+        shares = frame[frame["category"] == cat].groupby("model", sort=False)["share"].sum()
+        print(f"{cat}: " + ", ".join(f"{m} {100 * s:.1f}%" for m, s in shares.items()))
+    print(f"balance point {balance['balance_flops_per_byte']:.1f} FLOP/byte "
+          f"({balance['peak_matmul_flops'] / 1e9:.0f} GFLOP/s matmul, "
+          f"{balance['copy_bandwidth_bytes_s'] / 1e9:.1f} GB/s copy); written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
