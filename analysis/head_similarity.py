@@ -1,0 +1,208 @@
+"""Figure 4: how similar the attention heads of a block are.
+
+The paper (Sec. 3.2, Fig. 4) measures, per block, for each head i the maximum over the other heads j of the
+cosine similarity between the heads' features, and plots the average of that maximum over the heads: high values
+mean redundant heads. Feeding each head its own channel split (`attention="split"`) lowers it.
+
+Here the features of a head are its attention map (`--feature attention`, N x N per window) or its output
+(`--feature output`, N x head_dim per window), read through the models' head taps. For every image, the cosine
+similarity of every pair of heads is computed per window and averaged over the windows; means and standard
+deviations over images are accumulated in streaming fashion (memory does not grow with --images), so the result
+does not depend on the batch size. Per block, the summary's `mean_max_similarity` is the paper's plotted value
+(mean over heads i of max over j != i of the mean cosine) and `max_max_similarity` the largest over heads.
+
+Output: results/head_similarity/<run>_pairwise.csv and <run>_summary.csv, with JSON sidecars.
+Example: python analysis/head_similarity.py --model deit_tiny --checkpoint runs/deit/checkpoint.pth --data data/synth
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+import efficientvit
+from efficientvit.checkpoint import FORMAT, read_checkpoint
+from efficientvit.data.pipeline import check_bad_images, collate, eval_transform, image_folder
+from efficientvit.errors import UserError
+from efficientvit.models.attention import CascadedGroupAttention, TokenAttention
+from efficientvit.results import write_results
+from efficientvit.subnet import load_model_config
+
+FEATURES = {"attention": "attn_tap", "output": "head_tap"}
+
+
+class PairwiseCosine:
+    """Streaming mean and standard deviation, over images, of the heads x heads cosine similarity matrix."""
+
+    def __init__(self):
+        self.total = self.total_sq = None
+        self.images = 0
+
+    def update(self, features: torch.Tensor) -> None:
+        """features: (images, windows, heads, dim); per image the window-averaged cosine matrix is accumulated."""
+        unit = F.normalize(features.double(), dim=-1)
+        per_image = (unit @ unit.transpose(-1, -2)).mean(dim=1)  # (images, heads, heads)
+        if self.total is None:
+            self.total = torch.zeros(per_image.shape[1:], dtype=torch.float64)
+            self.total_sq = torch.zeros_like(self.total)
+        self.total += per_image.sum(0).cpu()
+        self.total_sq += (per_image**2).sum(0).cpu()
+        self.images += per_image.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        return self.total / self.images
+
+    def std(self) -> torch.Tensor:
+        return (self.total_sq / self.images - self.mean() ** 2).clamp(min=0).sqrt()
+
+
+def attention_blocks(model: nn.Module) -> list[tuple[str, int, nn.Module]]:
+    """(name, stage, module) of every attention module, in forward order."""
+    blocks = []
+    for name, module in model.named_modules():
+        if isinstance(module, (CascadedGroupAttention, TokenAttention)):
+            match = re.search(r"stages\.(\d+)\.", name)
+            blocks.append((name, int(match[1]) + 1 if match else 1, module))
+    return blocks
+
+
+def head_similarity(model: nn.Module, loader: DataLoader, feature: str = "attention", images: int | None = None,
+                    device: torch.device | str = "cpu", skip_bad: bool = False) -> pd.DataFrame:
+    """Pairwise head similarity of every attention block of `model` over the images of `loader` (pairwise rows)."""
+    blocks = attention_blocks(model)
+    if not blocks:
+        raise UserError("the model has no attention layers, so there are no heads to compare")
+    model = model.to(device).eval()
+    stats = [PairwiseCosine() for _ in blocks]
+    batch_size = [0]
+
+    def record(index: int):
+        def hook(module, inputs, output):
+            # the tap sees (batch x windows, heads, ...): regroup the windows of each image
+            per_window = output.flatten(2)
+            stats[index].update(per_window.view(batch_size[0], -1, *per_window.shape[1:]))
+        return hook
+
+    handles = [getattr(module, FEATURES[feature]).register_forward_hook(record(i))
+               for i, (_, _, module) in enumerate(blocks)]
+    seen = 0
+    try:
+        with torch.no_grad():
+            for x, _, bad in tqdm(loader, desc="head similarity", unit="batch", leave=False):
+                check_bad_images(bad, skip_bad)
+                if x is None:
+                    continue
+                if images is not None:
+                    x = x[: images - seen]
+                batch_size[0] = x.shape[0]
+                model(x.to(device))
+                seen += x.shape[0]
+                if images is not None and seen >= images:
+                    break
+    finally:
+        for handle in handles:
+            handle.remove()
+    if seen == 0:
+        raise UserError("no images were read from the data split")
+    rows = []
+    for block, ((name, stage, module), stat) in enumerate(zip(blocks, stats), start=1):
+        mean, std = stat.mean(), stat.std()
+        for i in range(mean.shape[0]):
+            for j in range(mean.shape[1]):
+                rows.append(dict(attention_kind=module.kind, feature=feature, stage=stage, block=block, module=name,
+                                 head_i=i, head_j=j, cosine_mean=mean[i, j].item(), cosine_std=std[i, j].item(),
+                                 n_images=stat.images))
+    return pd.DataFrame(rows)
+
+
+def summarize(pairwise: pd.DataFrame) -> pd.DataFrame:
+    """Per block: mean over heads of the max similarity to another head (the paper's plot), and the max."""
+    others = pairwise[pairwise["head_i"] != pairwise["head_j"]]
+    keys = [c for c in ("model", "checkpoint", "attention_kind", "feature", "stage", "block") if c in others]
+    per_head = others.groupby(keys + ["head_i"])["cosine_mean"].max().rename("max_similarity").reset_index()
+    summary = per_head.groupby(keys)["max_similarity"].agg(mean_max_similarity="mean", max_max_similarity="max")
+    heads = per_head.groupby(keys)["head_i"].nunique().rename("heads")
+    images = pairwise.groupby(keys)["n_images"].first()
+    return pd.concat([summary, heads, images], axis=1).reset_index()
+
+
+def build_model(name: str | None, checkpoint: str | None, model_config: str | None, img_size: int | None) -> nn.Module:
+    """Our own checkpoints rebuild their model; other checkpoints (official, timm) load into `--model`."""
+    if checkpoint and read_checkpoint(checkpoint).get("format") == FORMAT:
+        return efficientvit.model_from_checkpoint(checkpoint, **({"img_size": img_size} if img_size else {}))
+    kwargs = {}
+    if model_config:
+        name, kwargs = load_model_config(model_config)
+    if not name:
+        raise UserError("give --model (or --model-config) to say which model the checkpoint is for")
+    model = efficientvit.create_model(name, **{**kwargs, **({"img_size": img_size} if img_size else {})})
+    if checkpoint:
+        efficientvit.load_checkpoint(model, checkpoint)
+    return model
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Per-head cosine similarity of every attention block (the paper's Fig. 4); writes "
+                    "results/head_similarity/<run>_pairwise.csv and <run>_summary.csv with JSON sidecars.")
+    parser.add_argument("--model", help="registered model name (not needed for checkpoints of this project)")
+    parser.add_argument("--model-config", help="model YAML (e.g. from `efficientvit subnet`) instead of --model")
+    parser.add_argument("--checkpoint", help="weights: this project's, timm's or the official release's")
+    parser.add_argument("--data", required=True, help="ImageFolder root (DATA/<split>/<class>/<image>)")
+    parser.add_argument("--split", default="val", help="split to read (val)")
+    parser.add_argument("--images", type=int, default=1000, help="images to average over (1000)")
+    parser.add_argument("--batch", type=int, default=64, help="images per forward pass (64); results do not depend on it")
+    parser.add_argument("--feature", default="attention", choices=sorted(FEATURES),
+                        help="compare the heads' attention maps or their outputs (attention)")
+    parser.add_argument("--img-size", type=int, help="input size (default: the model's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cpu)")
+    parser.add_argument("--workers", type=int, default=2, help="data loading processes (2)")
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+    parser.add_argument("--run", help="run name (default <model>_<checkpoint>_<feature>)")
+    parser.add_argument("--out-dir", type=Path, default=Path("results/head_similarity"), help="where to write")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+        if args.images < 1 or args.batch < 1:
+            raise UserError("--images and --batch must be at least 1")
+        model = build_model(args.model, args.checkpoint, args.model_config, args.img_size)
+        name = model.config["name"]
+        dataset = image_folder(args.data, args.split, eval_transform(model.img_size[0]))
+        if args.images > len(dataset):
+            print(f"the {args.split} split has {len(dataset)} images, fewer than --images {args.images}: using all")
+        dataset = Subset(dataset, range(min(args.images, len(dataset))))
+        loader = DataLoader(dataset, batch_size=args.batch, num_workers=args.workers, collate_fn=collate)
+        pairwise = head_similarity(model, loader, args.feature, device=args.device, skip_bad=args.skip_bad)
+    except UserError as e:
+        print(f"head_similarity: error: {e}", file=sys.stderr)
+        return 2
+    checkpoint = Path(args.checkpoint).stem if args.checkpoint else "random_init"
+    pairwise.insert(0, "model", name)
+    pairwise.insert(1, "checkpoint", checkpoint)
+    summary = summarize(pairwise)
+    run = args.run or f"{name}_{checkpoint}_{args.feature}"
+    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    write_results(pairwise, args.out_dir / f"{run}_pairwise.csv", arguments)
+    write_results(summary, args.out_dir / f"{run}_summary.csv", arguments)
+    print(summary[["stage", "block", "heads", "mean_max_similarity", "max_max_similarity"]].to_string(
+        index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"written to {args.out_dir / run}_pairwise.csv and _summary.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
