@@ -123,12 +123,13 @@ def write_cache(path: Path | None, content: dict[str, Any]) -> None:
 
 
 def save_model_config(result: dict[str, Any], path: Path) -> Path:
-    """YAML that `load_model_config` (and `create_model`) builds: {model: name, kwargs: {...}}."""
+    """YAML that `load_model_config` (and `create_model`) builds: {model: name, model_kwargs: {...}}, the same
+    keys as a training config, so the file also works as one's model part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     comment = (f"# {result['model']} subnet: {result['speedup_target']}x target, measured "
                f"{result['speedup_measured']}x, MHSA proportion {result['mhsa_proportion']}\n")
-    plain = json.loads(json.dumps({"model": result["model"], "kwargs": result["kwargs"]}))  # tuples -> lists
+    plain = json.loads(json.dumps({"model": result["model"], "model_kwargs": result["kwargs"]}))  # tuples -> lists
     tmp = path.with_suffix(".tmp")
     tmp.write_text(comment + yaml.safe_dump(plain, sort_keys=False))
     os.replace(tmp, path)
@@ -143,4 +144,4 @@ def load_model_config(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     content = yaml.safe_load(path.read_text()) or {}
     if "model" not in content:
         raise UserError(f"model configuration {path} has no `model:` entry naming a registered model")
-    return content["model"], dict(content.get("kwargs") or {})
+    return content["model"], dict(content.get("model_kwargs") or {})

@@ -13,7 +13,7 @@ from torch import nn
 
 from .attention import TokenAttention, join_qkv
 from .efficientvit import as_pair
-from .layers import AttentionLayer, FFNLayer, init_transformer_weights, parse_layout
+from .layers import AttentionLayer, FFNLayer, init_transformer_weights, layer_dims_for, parse_layout
 from .registry import register_model
 
 
@@ -34,6 +34,7 @@ class DeiT(nn.Module):
         attention: str = "full",
         fused_qkv: bool = True,
         drop_path_rate: float = 0.0,
+        layer_dims: list | None = None,
     ):
         super().__init__()
         img_size = as_pair(img_size)
@@ -53,10 +54,12 @@ class DeiT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], embed_dim))
         drop_paths = torch.linspace(0, drop_path_rate, len(self.layout)).tolist()
+        dims = layer_dims_for(self.layout, layer_dims)
         self.layers = nn.Sequential(*(
-            AttentionLayer(embed_dim, TokenAttention(embed_dim, num_heads, head_dim, attention, fused_qkv), dp)
-            if kind == "A" else FFNLayer(embed_dim, mlp_ratio, dp)
-            for kind, dp in zip(self.layout, drop_paths)
+            AttentionLayer(embed_dim, TokenAttention(embed_dim, num_heads, head_dim, attention, fused_qkv,
+                                                     **dict(zip(("qk_dim", "v_dim"), d or ()))), dp)
+            if kind == "A" else FFNLayer(embed_dim, mlp_ratio, dp, hidden_dim=d)
+            for kind, dp, d in zip(self.layout, drop_paths, dims)
         ))
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()

@@ -16,7 +16,7 @@ from torchvision.ops import stochastic_depth
 
 from .attention import TokenAttention, join_qkv
 from .efficientvit import as_pair
-from .layers import FFNLayer, init_transformer_weights, parse_layout
+from .layers import FFNLayer, init_transformer_weights, layer_dims_for, parse_layout
 from .registry import register_model
 
 
@@ -53,10 +53,11 @@ class WindowAttentionLayer(nn.Module):
     profile_scope = "attention"
 
     def __init__(self, dim: int, resolution: tuple[int, int], num_heads: int, head_dim: int | None, window: int,
-                 shift: int, kind: str, fused_qkv: bool, drop_path: float):
+                 shift: int, kind: str, fused_qkv: bool, drop_path: float, dims: list | None = None):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.attn = TokenAttention(dim, num_heads, head_dim, kind, fused_qkv, window=(window, window))
+        self.attn = TokenAttention(dim, num_heads, head_dim, kind, fused_qkv, window=(window, window),
+                                   **dict(zip(("qk_dim", "v_dim"), dims or ())))
         self.window, self.shift, self.drop_path = window, shift, drop_path
         self.register_buffer("attn_mask", shift_mask(resolution, window, shift) if shift else None, persistent=False)
 
@@ -121,6 +122,7 @@ class Swin(nn.Module):
         attention: str = "full",
         fused_qkv: bool = True,
         drop_path_rate: float = 0.0,
+        layer_dims: list | None = None,
     ):
         super().__init__()
         layouts = parse_stage_layouts(layout)
@@ -140,6 +142,7 @@ class Swin(nn.Module):
         self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim[0], patch_size, patch_size)
         self.patch_embed.norm = nn.LayerNorm(embed_dim[0])
         drop_paths = torch.linspace(0, drop_path_rate, sum(map(len, layouts))).tolist()
+        dims = layer_dims_for("".join(layouts), layer_dims)
         resolution = (img_size[0] // patch_size, img_size[1] // patch_size)
         stages, self.stage_info = [], []
         for s, (stage_layout, dim, heads) in enumerate(zip(layouts, embed_dim, num_heads)):
@@ -158,13 +161,13 @@ class Swin(nn.Module):
             shift = window // 2 if min(resolution) > window_size else 0
             layers, n_attention = [], 0
             for kind in stage_layout:
-                dp = drop_paths.pop(0)
+                dp, d = drop_paths.pop(0), dims.pop(0)
                 if kind == "A":
                     layers.append(WindowAttentionLayer(dim, resolution, heads, head_dim, window,
-                                                       shift if n_attention % 2 else 0, attention, fused_qkv, dp))
+                                                       shift if n_attention % 2 else 0, attention, fused_qkv, dp, d))
                     n_attention += 1
                 else:
-                    layers.append(FFNLayer(dim, mlp_ratio, dp))
+                    layers.append(FFNLayer(dim, mlp_ratio, dp, hidden_dim=d))
             stages.append(SwinStage(downsample, layers))
             self.stage_info.append(dict(stage=s + 1, resolution=resolution, width=dim, layout=stage_layout,
                                         heads=heads, window=(window, window)))

@@ -106,7 +106,7 @@ def test_bad_input(data, tmp_path, capsys, extra, message):
 
 def write_ffn_only(tmp_path):
     path = tmp_path / "ffn.yaml"
-    path.write_text("model: deit_tiny\nkwargs: {layout: FF, embed_dim: 24, num_heads: 3, img_size: 64}\n")
+    path.write_text("model: deit_tiny\nmodel_kwargs: {layout: FF, embed_dim: 24, num_heads: 3, img_size: 64}\n")
     return path
 
 

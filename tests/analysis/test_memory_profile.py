@@ -13,7 +13,7 @@ TINY = dict(embed_dim=32, num_heads=2, patch_size=8)
 
 
 def write_config(path: Path, layout: str) -> str:
-    path.write_text(yaml.safe_dump({"model": "deit_tiny", "kwargs": {**TINY, "layout": layout}}))
+    path.write_text(yaml.safe_dump({"model": "deit_tiny", "model_kwargs": {**TINY, "layout": layout}}))
     return str(path)
 
 

@@ -1,0 +1,135 @@
+"""From Taylor pruning ratios to a new EfficientViT configuration (the paper's parameter reallocation, Sec. 3.3).
+
+The paper reads Fig. 5 as: Q/K can be narrow, V should stay about as wide as the input, FFN needs less than 4x;
+hence EfficientViT's QK dim 16, V width = input width, FFN ratio 2. This script does that reading on a pruning
+run (results/taylor_pruning/<run>.csv):
+
+  key_dim    the median Q/K width kept per head, rounded to a multiple of 4 (at least 4)
+  v_ratio    the median kept V width over the block's input width, rounded to a quarter (0.25 .. 2)
+  mlp_ratio  the median kept FFN width over the input width, rounded to a half (0.5 .. 4)
+
+Widths, depths and heads come from a base EfficientViT (--base, default efficientvit_m0); with --target-flops
+the stage widths are scaled (multiples of 8 x heads) until the fused model has about that many FLOPs.
+The configuration is written as YAML (`model:` + `model_kwargs:`) that `create_model` builds and that works as a
+training config fragment; params, FLOPs and measured CPU throughput are printed beside M0..M5.
+Example: python analysis/design_variant.py --pruning results/taylor_pruning/swin_tiny_ratio_0.4.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+import efficientvit
+from efficientvit.bench import interleaved_throughput
+from efficientvit.errors import UserError
+from efficientvit.flops import count_flops, count_params
+from efficientvit.models.efficientvit import CONFIGS
+from efficientvit.results import atomic_write_text
+
+REQUIRED = ("in_width", "heads", "qk_kept", "v_ratio", "ffn_ratio")
+
+
+def clip(value: float, low: float, high: float) -> float:
+    return max(low, min(high, value))
+
+
+def reallocation(pruning: pd.DataFrame) -> dict[str, float]:
+    """key_dim, v_ratio and mlp_ratio read off the kept widths of a pruning run."""
+    missing = [c for c in REQUIRED if c not in pruning]
+    if missing:
+        raise UserError(f"the pruning CSV lacks columns {', '.join(missing)}: is it from analysis/taylor_pruning.py?")
+    blocks = pruning.dropna(subset=["qk_kept"])
+    if blocks.empty:
+        raise UserError("the pruning CSV has no attention blocks")
+    qk_per_head = statistics.median(blocks["qk_kept"] / blocks["heads"])
+    return {
+        "key_dim": int(max(4, round(qk_per_head / 4) * 4)),
+        "v_ratio": clip(round(statistics.median(blocks["v_ratio"]) * 4) / 4, 0.25, 2.0),
+        "mlp_ratio": clip(round(statistics.median(pruning["ffn_ratio"].dropna()) * 2) / 2, 0.5, 4.0),
+    }
+
+
+def scaled_widths(base: dict, scale: float) -> list[int]:
+    return [max(8 * h, int(round(w * scale / (8 * h))) * 8 * h) for w, h in zip(base["embed_dim"], base["num_heads"])]
+
+
+def design(pruning: pd.DataFrame, base_name: str = "efficientvit_m0", target_flops: float | None = None,
+           img_size: int = 224) -> dict:
+    """Constructor arguments of the designed variant."""
+    if base_name not in CONFIGS:
+        raise UserError(f"--base must be one of {', '.join(CONFIGS)}, got {base_name!r}")
+    base = CONFIGS[base_name]
+    kwargs = {"embed_dim": list(base["embed_dim"]), "depth": list(base["depth"]),
+              "num_heads": list(base["num_heads"]), "q_kernels": list(base["q_kernels"]), **reallocation(pruning)}
+    if target_flops:
+        low, high = 0.25, 4.0
+        for _ in range(8):  # FLOPs grow with the width scale: bisect it
+            scale = (low * high) ** 0.5
+            trial = {**kwargs, "embed_dim": scaled_widths(base, scale), "img_size": img_size}
+            flops = count_flops(efficientvit.fuse(efficientvit.create_model(base_name, **trial)))
+            low, high = (scale, high) if flops < target_flops else (low, scale)
+        kwargs["embed_dim"] = scaled_widths(base, (low * high) ** 0.5)
+    return {"model": base_name, "model_kwargs": kwargs}
+
+
+def compare(variant: dict, name: str, img_size: int, seconds: float, others: list[str]) -> pd.DataFrame:
+    """Params, fused FLOPs and interleaved CPU throughput (batch 16) of the variant beside `others` (M0..M5)."""
+    models = {n: efficientvit.create_model(n, img_size=img_size) for n in others}
+    models[name] = efficientvit.create_model(variant["model"], img_size=img_size, **variant["model_kwargs"])
+    fused = {n: efficientvit.fuse(m) for n, m in models.items()}
+    runs = interleaved_throughput(list(fused.values()), rounds=3, seconds=seconds, batch_size=16)
+    return pd.DataFrame([dict(model=n, params=count_params(models[n]), mflops_fused=round(count_flops(f) / 1e6, 1),
+                              cpu_img_s=round(statistics.median(r), 1))
+                         for (n, f), r in zip(fused.items(), runs)])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Turn Taylor pruning ratios into an EfficientViT configuration "
+                                                 "and compare it with M0..M5.")
+    parser.add_argument("--pruning", required=True, help="CSV written by analysis/taylor_pruning.py")
+    parser.add_argument("--base", default="efficientvit_m0", help="EfficientViT whose widths/depths/heads to start "
+                                                                  "from (efficientvit_m0)")
+    parser.add_argument("--stages", type=int, default=3, help="stages of the variant; EfficientViT has 3 (3)")
+    parser.add_argument("--target-flops", type=float, help="scale the widths to about this many fused FLOPs")
+    parser.add_argument("--name", help="variant name (default <pruning run>_variant)")
+    parser.add_argument("--out-dir", type=Path, default=Path("experiments/variants"), help="where the YAML goes")
+    parser.add_argument("--img-size", type=int, default=224, help="input size of the comparison (224)")
+    parser.add_argument("--seconds", type=float, default=0.5, help="timing budget per model and round (0.5)")
+    parser.add_argument("--compare", nargs="*", default=list(CONFIGS), metavar="MODEL",
+                        help="models to show beside the variant (efficientvit_m0 .. m5)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.stages != 3:
+            raise UserError("EfficientViT variants have 3 stages (--stages 3)")
+        path = Path(args.pruning)
+        if not path.exists():
+            raise UserError(f"pruning CSV {path} does not exist: run analysis/taylor_pruning.py first")
+        variant = design(pd.read_csv(path), args.base, args.target_flops, args.img_size)
+        name = args.name or f"{path.stem}_variant"
+        table = compare(variant, name, args.img_size, args.seconds, args.compare)
+    except UserError as e:
+        print(f"design_variant: error: {e}", file=sys.stderr)
+        return 2
+    out = args.out_dir / f"{name}.yaml"
+    header = (f"# Designed by analysis/design_variant.py from {path} (Taylor pruning ratios).\n"
+              f"# Build: create_model(model, **model_kwargs); train: merge into a training config.\n")
+    atomic_write_text(out, header + yaml.safe_dump(variant, sort_keys=False))
+    print(yaml.safe_dump(variant["model_kwargs"], sort_keys=False, default_flow_style=None).strip())
+    print(f"\n{table.to_string(index=False)}\n(CPU, batch 16, {torch.get_num_threads()} threads, interleaved medians)")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

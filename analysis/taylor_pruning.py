@@ -1,0 +1,431 @@
+"""Figure 5: which channels Taylor structured pruning keeps in each block of a DeiT or Swin model.
+
+The paper prunes Swin-T with Taylor structured pruning (Molchanov et al., CVPR 2019) and plots, per block, the
+kept Q/K, V and FFN widths relative to the block's input width: Q/K and FFN are cut hard, V is kept until the last
+blocks. That is the evidence for EfficientViT's parameter reallocation (QK dim 16, V = input width, FFN ratio 2).
+
+Channel groups, pruned independently, with the same head dim kept by every head of a block:
+  qk   channel c of Q and of K in every head (Q and K must keep equal widths: the logits are their dot product)
+  v    channel c of V in every head, and the matching input column of the output projection
+  ffn  hidden unit u of an FFN: row u of fc1 and column u of fc2
+
+Importance (first-order Taylor, gradients accumulated over --batches batches of the training split):
+  I(group) = sum over the group's rows/columns r of | sum_{w in r} w * dL/dw |
+which is torch-pruning's GroupTaylorImportance(multivariable=True, group_reduction="sum", normalizer=None). For
+FFN units it is computed by torch-pruning on its dependency graph (fc1 out <-> fc2 in); Q/K-per-head-index and
+V-per-head-index groups are couplings the graph cannot express, so they are scored directly with the same formula
+(a test checks that both computations agree on FFN groups).
+
+Global ranking under a resource budget: all groups of all blocks are ranked together by importance per FLOP they
+cost (so the budget flows to where it buys the least loss), and the lowest are removed until the budget is met
+(--ratio of the prunable channels, --target-flops, or --target-speedup as a FLOPs reduction); every group kind
+keeps at least one channel per layer. --iterative N prunes in N rounds, rescoring in between.
+
+Output: results/taylor_pruning/<run>.csv (one row per block) + .json (params, FLOPs, accuracy before/after), and
+the pruned model as a checkpoint of ours that rebuilds itself (runs/pruned/<run>.pth by default).
+Example: python analysis/taylor_pruning.py --model swin_tiny --checkpoint swin.pth --data data/synth --ratio 0.4
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+import efficientvit
+from efficientvit.checkpoint import FORMAT, read_checkpoint
+from efficientvit.data.pipeline import check_bad_images, collate, eval_transform, image_folder
+from efficientvit.errors import UserError
+from efficientvit.flops import count_flops, count_params
+from efficientvit.models.attention import TokenAttention
+from efficientvit.models.layers import FFNLayer
+from efficientvit.results import write_results
+
+KINDS = ("qk", "v", "ffn")
+
+
+@dataclass
+class Layer:
+    """One A or F layer of the model, with what its channels cost per image."""
+
+    module: nn.Module
+    kind: str  # "A" or "F"
+    stage: int
+    width: int  # the layer's input (residual) width
+    tokens: int  # tokens per image
+    keys: int  # keys each query attends to (window size for Swin)
+
+
+def model_layers(model: nn.Module) -> list[Layer]:
+    layers = []
+    if hasattr(model, "stages") and all(hasattr(stage, "layers") for stage in model.stages):  # Swin
+        for info, stage in zip(model.stage_info, model.stages):
+            tokens = info["resolution"][0] * info["resolution"][1]
+            keys = info["window"][0] * info["window"][1]
+            for layer in stage.layers:
+                kind = "F" if isinstance(layer, FFNLayer) else "A"
+                layers.append(Layer(layer, kind, info["stage"], info["width"], tokens, keys))
+    elif hasattr(model, "layers"):  # DeiT
+        tokens = model.grid[0] * model.grid[1] + 1
+        for layer in model.layers:
+            kind = "F" if isinstance(layer, FFNLayer) else "A"
+            layers.append(Layer(layer, kind, 1, model.num_features, tokens, tokens))
+    else:
+        raise UserError("Taylor pruning here supports DeiT and Swin models (separate q/k/v projections); "
+                        f"{model.config['name']} is not one")
+    for layer in layers:
+        if layer.kind == "A" and not hasattr(layer.module.attn, "q"):
+            raise UserError("prune a model with attention='full' (every head sees all channels); split and "
+                            "cascaded heads have no shared Q/K/V channels to rank")
+    if not any(layer.kind == "A" for layer in layers):
+        raise UserError("the model has no attention layers to prune")
+    return layers
+
+
+def group_costs(layer: Layer) -> dict[str, float]:
+    """Multiply-adds per image that one channel group of each kind costs in this layer."""
+    T, C, N = layer.tokens, layer.width, layer.keys
+    if layer.kind == "F":
+        return {"ffn": 2 * T * C}
+    heads = layer.module.attn.num_heads
+    return {"qk": heads * (2 * T * C + T * N), "v": heads * (2 * T * C + T * N)}
+
+
+def row_taylor(weight: nn.Parameter) -> torch.Tensor:
+    """| sum over a row of w * dL/dw |, for every output row (channel) of a Linear weight."""
+    return (weight.detach() * weight.grad).sum(dim=1).abs()
+
+
+def column_taylor(weight: nn.Parameter) -> torch.Tensor:
+    """| sum over a column of w * dL/dw |, for every input column (channel) of a Linear weight."""
+    return (weight.detach() * weight.grad).sum(dim=0).abs()
+
+
+def direct_scores(layer: Layer) -> dict[str, torch.Tensor]:
+    """Per-group importance of an A layer's qk and v groups, or an F layer's units, computed directly."""
+    if layer.kind == "F":
+        mlp = layer.module.mlp
+        return {"ffn": row_taylor(mlp.fc1.weight) + column_taylor(mlp.fc2.weight)}
+    attn = layer.module.attn
+    per_head = lambda scores: scores.view(attn.num_heads, -1).sum(0)  # noqa: E731  (the same index in every head)
+    qk = per_head(row_taylor(attn.q.weight)) + per_head(row_taylor(attn.k.weight))
+    v = per_head(row_taylor(attn.v.weight)) + per_head(column_taylor(attn.proj.weight))
+    return {"qk": qk, "v": v}
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    """Raise TimeoutError in the main thread after `seconds` (guards torch-pruning's graph construction)."""
+    def expire(signum, frame):
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def dependency_graph(model: nn.Module, seconds: int = 120) -> tp.DependencyGraph | None:
+    """torch-pruning's dependency graph, or None if it cannot be built in time (then FFN units are scored
+    directly, with the same formula)."""
+    example = torch.zeros(1, 3, *model.img_size, device=next(model.parameters()).device)
+    try:
+        with time_limit(seconds), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # it warns about the class token and position embedding, not pruned here
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    except Exception as e:  # the graph tracer fails in many ways on models it does not know; scoring goes on
+        print(f"torch-pruning's dependency graph unavailable ({type(e).__name__}); scoring FFN units directly")
+        return None
+
+
+def ffn_scores_from_torch_pruning(graph: tp.DependencyGraph, layer: Layer) -> torch.Tensor:
+    fc1 = layer.module.mlp.fc1
+    group = graph.get_pruning_group(fc1, tp.prune_linear_out_channels, idxs=list(range(fc1.out_features)))
+    scorer = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None, multivariable=True)
+    return scorer(group)
+
+
+def taylor_scores(model: nn.Module, layers: list[Layer], loader: DataLoader, batches: int, device: torch.device,
+                  graph: tp.DependencyGraph | None, skip_bad: bool) -> list[dict[str, torch.Tensor]]:
+    """Gradients of the cross-entropy accumulated over `batches` batches, then per-layer group importances."""
+    model.eval()
+    model.zero_grad()
+    done = 0
+    for x, y, bad in tqdm(loader, total=batches, desc="taylor scores", unit="batch", leave=False):
+        check_bad_images(bad, skip_bad)
+        if x is None:
+            continue
+        F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        done += 1
+        if done >= batches:
+            break
+    if done == 0:
+        raise UserError("no images were read from the training split")
+    scores = []
+    for layer in layers:
+        layer_scores = direct_scores(layer)
+        if graph is not None and layer.kind == "F":
+            layer_scores["ffn"] = ffn_scores_from_torch_pruning(graph, layer)
+        scores.append(layer_scores)
+    model.zero_grad()
+    return scores
+
+
+def widths(layer: Layer) -> dict[str, int]:
+    if layer.kind == "F":
+        return {"ffn": layer.module.mlp.fc1.out_features}
+    return {"qk": layer.module.attn.qk_dim, "v": layer.module.attn.v_dim}
+
+
+def channels(layer: Layer, kind: str) -> int:
+    """Channels (rows) one group of `kind` holds: every head's for qk (Q and K) and v."""
+    if kind == "ffn":
+        return 1
+    return layer.module.attn.num_heads * (2 if kind == "qk" else 1)
+
+
+def choose(layers: list[Layer], scores: list[dict[str, torch.Tensor]], budget: str, amount: float) -> dict:
+    """Global ranking: the groups to remove, {(layer index, kind): [channel indices]}, until the budget is met.
+
+    budget "channels": remove `amount` prunable channels; "flops": remove `amount` multiply-adds per image."""
+    candidates = []
+    for i, (layer, layer_scores) in enumerate(zip(layers, scores)):
+        costs = group_costs(layer)
+        for kind, values in layer_scores.items():
+            for index, value in enumerate(values.tolist()):
+                candidates.append((value / costs[kind], i, kind, index))
+    candidates.sort()
+    remaining = {(i, kind): w for i, layer in enumerate(layers) for kind, w in widths(layer).items()}
+    chosen, removed = {}, 0.0
+    for _, i, kind, index in candidates:
+        if removed >= amount:
+            break
+        if remaining[(i, kind)] <= 1:
+            continue  # keep every layer runnable
+        remaining[(i, kind)] -= 1
+        chosen.setdefault((i, kind), []).append(index)
+        removed += group_costs(layers[i])[kind] if budget == "flops" else channels(layers[i], kind)
+    return chosen
+
+
+def prune_layer(layer: Layer, kind: str, indices: list[int]) -> None:
+    """Remove channel groups with torch-pruning's layer functions, and record the new widths on the modules."""
+    if kind == "ffn":
+        mlp = layer.module.mlp
+        tp.prune_linear_out_channels(mlp.fc1, indices)
+        tp.prune_linear_in_channels(mlp.fc2, indices)
+        return
+    attn: TokenAttention = layer.module.attn
+    width = attn.qk_dim if kind == "qk" else attn.v_dim
+    rows = [h * width + c for h in range(attn.num_heads) for c in indices]
+    if kind == "qk":
+        tp.prune_linear_out_channels(attn.q, rows)
+        tp.prune_linear_out_channels(attn.k, rows)
+        attn.qk_dim -= len(indices)
+    else:
+        tp.prune_linear_out_channels(attn.v, rows)
+        tp.prune_linear_in_channels(attn.proj, rows)
+        attn.v_dim -= len(indices)
+
+
+def layer_dims(layers: list[Layer]) -> list:
+    return [widths(l)["ffn"] if l.kind == "F" else [widths(l)["qk"], widths(l)["v"]] for l in layers]
+
+
+def block_table(layers: list[Layer], before: list, after: list) -> pd.DataFrame:
+    """One row per block: an attention layer and the FFN layers after it (standard layouts: A then F)."""
+    rows, block = [], None
+    for layer, b, a in zip(layers, before, after):
+        if layer.kind == "A" or block is None:
+            block = dict(block=len(rows) + 1, stage=layer.stage, in_width=layer.width, ffn_before=0, ffn_kept=0)
+            rows.append(block)
+        if layer.kind == "A":
+            heads = layer.module.attn.num_heads
+            block.update(heads=heads, qk_before=b[0] * heads, qk_kept=a[0] * heads, v_before=b[1] * heads,
+                         v_kept=a[1] * heads)
+        else:
+            block["ffn_before"] += b
+            block["ffn_kept"] += a
+    frame = pd.DataFrame(rows)
+    for kind in KINDS:
+        frame[f"{kind}_ratio"] = frame[f"{kind}_kept"] / frame["in_width"]
+    return frame
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, skip_bad: bool) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y, bad in loader:
+        check_bad_images(bad, skip_bad)
+        if x is None:
+            continue
+        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+        total += len(y)
+    return 100.0 * correct / max(total, 1)
+
+
+def separate_qkv_model(name: str | None, checkpoint: str | None, num_classes: int, img_size: int | None):
+    """The model to prune, rebuilt with separate q/k/v projections (weights converted)."""
+    if checkpoint and read_checkpoint(checkpoint).get("format") == FORMAT:
+        saved = read_checkpoint(checkpoint)["model_config"]
+        name, kwargs = saved["name"], dict(saved["kwargs"])
+    elif name:
+        kwargs = {"num_classes": num_classes}
+    else:
+        raise UserError("give --model, or a --checkpoint of this project (it names its model)")
+    if efficientvit.models.model_family(name) not in ("deit", "swin"):
+        raise UserError(f"Taylor pruning here supports DeiT and Swin models; {name} is not one")
+    if kwargs.get("attention", "full") != "full":
+        raise UserError("prune a model with attention='full'; split and cascaded heads share no Q/K/V channels")
+    kwargs.update(fused_qkv=False, **({"img_size": img_size} if img_size else {}))
+    model = efficientvit.create_model(name, **kwargs)
+    if checkpoint:
+        efficientvit.load_checkpoint(model, checkpoint)
+    return model
+
+
+def parse_budget(args: argparse.Namespace) -> tuple[str, float]:
+    chosen = [b for b in ("ratio", "target_flops", "target_speedup") if getattr(args, b) is not None]
+    if len(chosen) != 1:
+        raise UserError("give exactly one budget: --ratio, --target-flops or --target-speedup")
+    if args.ratio is not None and not 0 < args.ratio < 1:
+        raise UserError(f"--ratio must be within (0, 1), got {args.ratio}")
+    if args.target_speedup is not None and args.target_speedup <= 1:
+        raise UserError(f"--target-speedup must be above 1, got {args.target_speedup}")
+    return chosen[0], getattr(args, chosen[0])
+
+
+def parse_flops(text: str) -> float:
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:].upper(), 1.0)
+    try:
+        return float(text[:-1] if scale != 1.0 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"FLOPs must be a number with an optional K/M/G suffix, got {text!r}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Taylor structured pruning of a DeiT/Swin model with a global ranking (the paper's Fig. 5): "
+                    "per block, the Q/K, V and FFN widths kept. Writes results/taylor_pruning/<run>.csv and .json "
+                    "and the pruned checkpoint.")
+    parser.add_argument("--model", help="deit_tiny, swin_tiny, ... (not needed for checkpoints of this project)")
+    parser.add_argument("--checkpoint", help="weights to prune: this project's or timm's")
+    parser.add_argument("--data", required=True, help="ImageFolder root with train/ (scores) and val/ (accuracy)")
+    budget = parser.add_argument_group("budget (exactly one)")
+    budget.add_argument("--ratio", type=float, help="fraction of the prunable channels to remove, in (0, 1)")
+    budget.add_argument("--target-flops", type=parse_flops, help="multiply-adds per image to reach, e.g. 30M")
+    budget.add_argument("--target-speedup", type=float, help="FLOPs reduction factor to reach, e.g. 1.5")
+    parser.add_argument("--batches", type=int, default=10, help="batches whose gradients score the channels (10)")
+    parser.add_argument("--batch", type=int, default=32, help="images per batch (32)")
+    parser.add_argument("--iterative", type=int, default=1, metavar="STEPS",
+                        help="prune in STEPS rounds, rescoring after each (1)")
+    parser.add_argument("--eval-images", type=int, default=2000, help="validation images for accuracy (2000)")
+    parser.add_argument("--finetune-config", help="training YAML to fine-tune the pruned model with afterwards")
+    parser.add_argument("--img-size", type=int, help="input size (default: the model's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cpu)")
+    parser.add_argument("--workers", type=int, default=2, help="data loading processes (2)")
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+    parser.add_argument("--run", help="run name (default <model>_<budget>)")
+    parser.add_argument("--out-dir", type=Path, default=Path("results/taylor_pruning"), help="CSV folder")
+    parser.add_argument("--save", type=Path, help="pruned checkpoint (default runs/pruned/<run>.pth)")
+    return parser.parse_args(argv)
+
+
+def prune(model: nn.Module, train_loader: DataLoader, budget: str, amount: float, steps: int, device: torch.device,
+          skip_bad: bool = False, batches: int = 10) -> tuple[list[Layer], list, list]:
+    """Prune `model` in place; returns its layers and their widths before and after."""
+    layers = model_layers(model)
+    before = layer_dims(layers)
+    if budget == "ratio":
+        total = sum(channels(l, kind) * w for l in layers for kind, w in widths(l).items())
+        kind, goal = "channels", amount * total
+    else:
+        base = count_flops(model)
+        target = amount if budget == "target_flops" else base / amount
+        if target >= base:
+            raise UserError(f"the model already has {base / 1e6:.1f} M FLOPs, within the target {target / 1e6:.1f} M")
+        prunable = sum(group_costs(l)[k] * w for l in layers for k, w in widths(l).items())
+        if base - target > prunable - sum(group_costs(l)[k] for l in layers for k in widths(l)):
+            raise UserError(f"the target {target / 1e6:.1f} M FLOPs cannot be reached by pruning Q/K, V and FFN "
+                            f"channels (at least {(base - prunable) / 1e6:.1f} M remain)")
+        kind, goal = "flops", base - target
+    graph = dependency_graph(model)
+    for step in range(steps):
+        scores = taylor_scores(model, layers, train_loader, batches, device, graph, skip_bad)
+        done = goal * step / steps
+        chosen = choose(layers, scores, kind, goal * (step + 1) / steps - done)
+        for (i, group_kind), indices in chosen.items():
+            prune_layer(layers[i], group_kind, indices)
+        if graph is not None and steps > 1:
+            graph = dependency_graph(model)
+    model.config = {"name": model.config["name"], "kwargs": {**model.config["kwargs"], "layer_dims": layer_dims(layers)}}
+    return layers, before, layer_dims(layers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        budget, amount = parse_budget(args)
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+        device = torch.device(args.device)
+        probe = image_folder(args.data, "train", None)
+        model = separate_qkv_model(args.model, args.checkpoint, len(probe.classes), args.img_size).to(device)
+        size = model.img_size[0]
+        train = image_folder(args.data, "train", eval_transform(size))
+        val = image_folder(args.data, "val", eval_transform(size), classes=train.classes)
+        val = Subset(val, range(min(args.eval_images, len(val))))
+        generator = torch.Generator().manual_seed(0)
+        train_loader = DataLoader(train, batch_size=args.batch, shuffle=True, generator=generator,
+                                  num_workers=args.workers, collate_fn=collate)
+        val_loader = DataLoader(val, batch_size=64, num_workers=args.workers, collate_fn=collate)
+        name = model.config["name"]
+        stats = {"params_before": count_params(model), "flops_before": count_flops(model),
+                 "top1_before": accuracy(model, val_loader, device, args.skip_bad)}
+        layers, before, after = prune(model, train_loader, budget, amount, args.iterative, device, args.skip_bad,
+                                      args.batches)
+        stats.update(params_after=count_params(model), flops_after=count_flops(model),
+                     top1_after=accuracy(model, val_loader, device, args.skip_bad))
+        run = args.run or f"{name}_{budget}_{amount:g}"
+        save = args.save or Path("runs/pruned") / f"{run}.pth"
+        efficientvit.save_checkpoint(save, model, pruning=stats)
+        if args.finetune_config:
+            from efficientvit.train import load_config, train as train_model
+
+            config = load_config(args.finetune_config, [f"init={save}", f"model={name}",
+                                                        f"out={save.with_suffix('')}_finetuned"])
+            history = train_model(config)
+            stats["top1_finetuned"] = history[-1]["val_top1"]
+    except UserError as e:
+        print(f"taylor_pruning: error: {e}", file=sys.stderr)
+        return 2
+    table = block_table(layers, before, after)
+    table.insert(0, "model", name)
+    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    out = write_results(table, args.out_dir / f"{run}.csv", arguments, {"pruning": stats, "checkpoint": str(save)})
+    print(table[["block", "stage", "in_width", "qk_ratio", "v_ratio", "ffn_ratio"]].to_string(
+        index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"params {stats['params_before']:,} -> {stats['params_after']:,}; FLOPs {stats['flops_before'] / 1e6:.1f} M"
+          f" -> {stats['flops_after'] / 1e6:.1f} M; top-1 {stats['top1_before']:.1f} -> {stats['top1_after']:.1f}")
+    print(f"written to {out}; pruned model: {save}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
