@@ -1,0 +1,147 @@
+"""ImageFolder data with the official EfficientViT/DeiT transforms, MixUp/CutMix and repeated augmentation.
+
+Train: RandomResizedCrop (bicubic), horizontal flip, RandAugment (magnitude 9), ImageNet normalisation,
+RandomErasing (p 0.25, random pixels). Eval: resize to size x 256/224 (bicubic), centre crop. MixUp (alpha 0.8)
+or CutMix (alpha 1.0), one or the other per batch, are applied to whole batches in the training loop.
+
+An unreadable image does not stop a worker: the dataset hands back a `BadImage` in its place, `collate` moves it
+out of the batch, and the training loop either stops with the file's name or counts it (`skip_bad`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import torch
+from torch.utils.data import Sampler, default_collate
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from ..errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EVAL_CROP_RATIO = 224 / 256
+
+
+def train_transform(img_size: int, randaug_magnitude: int | None = 9, reprob: float = 0.25,
+                    crop_scale: tuple[float, float] = (0.08, 1.0)) -> v2.Compose:
+    """The official training augmentation; randaug_magnitude None leaves RandAugment out."""
+    steps = [v2.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=v2.InterpolationMode.BICUBIC),
+             v2.RandomHorizontalFlip()]
+    if randaug_magnitude is not None:
+        steps.append(v2.RandAugment(magnitude=randaug_magnitude))
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if reprob > 0:
+        # value="random" fills the erased box with normal noise, the official code's "pixel" mode.
+        steps.append(v2.RandomErasing(p=reprob, value="random"))
+    return v2.Compose(steps)
+
+
+def eval_transform(img_size: int) -> v2.Compose:
+    return v2.Compose([
+        v2.Resize(int(img_size / EVAL_CROP_RATIO), interpolation=v2.InterpolationMode.BICUBIC),
+        v2.CenterCrop(img_size),
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def batch_mixing(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0) -> v2.Transform | None:
+    """MixUp or CutMix, chosen with equal chance per batch (only the ones with alpha > 0); None if neither.
+
+    Called on (images, labels) it returns mixed images and soft labels of shape (batch, num_classes).
+    """
+    mixers = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []) + \
+             ([v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else [])
+    return v2.RandomChoice(mixers) if mixers else None
+
+
+class BadImage(NamedTuple):
+    path: str
+    reason: str
+
+
+class ImageFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder, except that an image that cannot be decoded comes back as a BadImage."""
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        try:
+            image = self.loader(path)
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+            return BadImage(path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return self.transform(image), target
+
+
+def image_folder(root: str | Path, split: str, transform, classes: list[str] | None = None) -> ImageFolder:
+    """The `split` folder of an ImageFolder root (root/split/<class>/<image>), checked with readable errors.
+
+    `classes`, if given, are the training classes: the split must have the same ones.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"data directory {root} does not exist")
+    folder = root / split
+    if not folder.is_dir():
+        found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "no folders"
+        raise UserError(f"data directory {root} has no {split!r} split (found {found}); "
+                        f"expected {root}/{split}/<class>/<image>")
+    try:
+        dataset = ImageFolder(folder, transform=transform)
+    except FileNotFoundError as e:  # torchvision: no class folders, or class folders without images
+        raise UserError(f"split {folder} has no classes with images ({e}); expected {folder}/<class>/<image>") from None
+    if classes is not None and dataset.classes != classes:
+        raise UserError(f"split {folder} has classes {short_list(dataset.classes)} but training has "
+                        f"{short_list(classes)}; both splits need the same class folders")
+    return dataset
+
+
+def short_list(names: list[str], keep: int = 4) -> str:
+    return "[" + ", ".join(names[:keep]) + (f", ... ({len(names)} in all)" if len(names) > keep else "") + "]"
+
+
+def collate(samples: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list[BadImage]]:
+    """default_collate over the readable samples; the unreadable ones are returned beside the batch."""
+    good = [s for s in samples if not isinstance(s, BadImage)]
+    bad = [s for s in samples if isinstance(s, BadImage)]
+    images, targets = default_collate(good) if good else (None, None)
+    return images, targets, bad
+
+
+def check_bad_images(bad: list[BadImage], skip_bad: bool) -> int:
+    """Stop at the first unreadable image unless skipping them; returns how many were skipped."""
+    if bad and not skip_bad:
+        raise UserError(f"cannot read image {bad[0].path} ({bad[0].reason}); remove or replace it, "
+                        "or set skip_bad to skip unreadable images")
+    return len(bad)
+
+
+class RepeatedAugmentationSampler(Sampler[int]):
+    """Repeated augmentation (Hoffer et al. 2020; DeiT's RASampler): each epoch draws len/repeats images and
+    shows each `repeats` times, its copies going to different processes (so they get different augmentations).
+
+    Each process gets ceil(len(dataset) / num_replicas) indices per epoch, as with DistributedSampler; the order
+    depends only on (seed, epoch), so set_epoch makes it reproducible.
+    """
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0, repeats: int = 3):
+        self.dataset_len = len(dataset)
+        self.num_replicas, self.rank, self.seed, self.repeats = num_replicas, rank, seed, repeats
+        self.num_samples = math.ceil(self.dataset_len / num_replicas)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.dataset_len, generator=generator)
+        repeated = order.repeat_interleave(self.repeats).tolist()  # copies side by side: dealt to different ranks
+        needed = self.num_samples * self.num_replicas
+        repeated = (repeated * math.ceil(needed / len(repeated)))[:needed]
+        return iter(repeated[self.rank::self.num_replicas])
+
+    def __len__(self) -> int:
+        return self.num_samples

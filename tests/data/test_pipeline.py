@@ -1,0 +1,82 @@
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from efficientvit.data.pipeline import (RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate,
+                                        eval_transform, image_folder, train_transform)
+from efficientvit.data.synthetic import make_synthetic
+from efficientvit.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_synthetic(tmp_path_factory.mktemp("synth") / "d", classes=3, train=6, val=3, workers=1)
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_transforms_follow_the_configured_image_size(data, size):
+    train = image_folder(data, "train", train_transform(size))
+    val = image_folder(data, "val", eval_transform(size), classes=train.classes)
+    image, label = train[0]
+    assert image.shape == (3, size, size) and image.dtype == torch.float32 and label == 0
+    assert val[0][0].shape == (3, size, size)
+    assert eval_transform(size).transforms[0].size == [int(size * 256 / 224)]
+
+
+def test_mixup_cutmix_turn_labels_into_soft_targets():
+    images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 1])
+    mixed, targets = batch_mixing(3)(images, labels)
+    assert mixed.shape == images.shape and targets.shape == (4, 3)
+    assert torch.allclose(targets.sum(1), torch.ones(4))
+    assert batch_mixing(3, mixup=0, cutmix=0) is None
+
+
+def test_missing_data_directory_and_split(tmp_path, data):
+    with pytest.raises(UserError, match="does not exist"):
+        image_folder(tmp_path / "nowhere", "train", None)
+    with pytest.raises(UserError, match="no 'test' split"):
+        image_folder(data, "test", None)
+
+
+def test_split_without_classes(tmp_path):
+    (tmp_path / "train").mkdir()
+    with pytest.raises(UserError, match="has no classes"):
+        image_folder(tmp_path, "train", None)
+    (tmp_path / "train" / "cat").mkdir()
+    with pytest.raises(UserError, match="has no classes"):
+        image_folder(tmp_path, "train", None)
+
+
+def test_splits_must_share_classes(tmp_path, data):
+    train = image_folder(data, "train", None)
+    with pytest.raises(UserError, match="same class folders"):
+        image_folder(data, "val", None, classes=train.classes[:2])
+
+
+def test_an_unreadable_image_is_named_or_skipped_and_counted(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+    good = make_synthetic(tmp_path / "src", classes=2, train=2, val=2, workers=1)
+    for i, png in enumerate(sorted((good / "train").rglob("*.png"))):
+        (tmp_path / "train" / "ab"[i] / "ok.png").write_bytes(png.read_bytes())
+    broken = tmp_path / "train" / "b" / "broken.png"
+    broken.write_bytes(b"not a png")
+    loader = DataLoader(image_folder(tmp_path, "train", eval_transform(64)), batch_size=3, collate_fn=collate)
+    images, targets, bad = next(iter(loader))
+    assert images.shape == (2, 3, 64, 64) and targets.tolist() == [0, 1]
+    with pytest.raises(UserError, match=str(broken)):
+        check_bad_images(bad, skip_bad=False)
+    assert check_bad_images(bad, skip_bad=True) == 1
+
+
+def test_repeated_augmentation_sends_copies_to_different_processes():
+    dataset = list(range(10))
+    samplers = [RepeatedAugmentationSampler(dataset, num_replicas=3, rank=r, seed=1) for r in range(3)]
+    for s in samplers:
+        s.set_epoch(2)
+    shares = [list(s) for s in samplers]
+    assert all(len(share) == 4 for share in shares)  # ceil(10 / 3), as DistributedSampler
+    assert [shares[r][0] for r in range(3)] == [shares[0][0]] * 3  # first image's 3 copies, one per process
+    assert shares == [list(s) for s in samplers]
+    samplers[0].set_epoch(3)
+    assert list(samplers[0]) != shares[0]
