@@ -1,0 +1,78 @@
+import pandas as pd
+import pytest
+import yaml
+
+from analysis import mhsa_sweep
+from efficientvit.data.synthetic import make_synthetic
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    data = make_synthetic(tmp / "data", classes=4, train=16, val=8, size=64, seed=0)
+    sweep = {
+        "runs": str(tmp / "runs"),
+        "families": {"deit_tiny": dict(img_size=64, patch_size=16, embed_dim=24, num_heads=3, layout="AFAF")},
+        "subnet": dict(seconds=0.01, rounds=1, steps=2, batch_size=2, cache=str(tmp / "cache.json")),
+        "train": dict(data=str(data), img_size=64, epochs=1, batch_size=8, workers=0, warmup_epochs=0,
+                      mixup=0.0, cutmix=0.0, randaug_magnitude=None, reprob=0.0, repeated_aug=False,
+                      ema_decay=None),
+    }
+    path = tmp / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+ARGS = ["--families", "deit_tiny", "--speedups", "1.25", "1.5", "--proportions", "0.25", "0.75"]
+
+
+def test_grid_runs_every_point_and_resumes_after_a_crash(config, tmp_path, monkeypatch):
+    out = tmp_path / "sweep.csv"
+    real = mhsa_sweep.run_point
+    calls = []
+
+    def crash_on_third(point, sweep, device):
+        calls.append(point)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed in the middle of the sweep
+        return real(point, sweep, device)
+
+    monkeypatch.setattr(mhsa_sweep, "run_point", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        mhsa_sweep.main([*ARGS, "--config", str(config), "--out", str(out)])
+    assert len(pd.read_csv(out)) == 2
+    monkeypatch.setattr(mhsa_sweep, "run_point", real)
+    assert mhsa_sweep.main([*ARGS, "--config", str(config), "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    assert len(frame) == 4 and not frame.duplicated(subset=mhsa_sweep.KEY).any()
+    assert set(frame["mhsa_proportion"]) == {0.25, 0.75} and set(frame["speedup_target"]) == {1.25, 1.5}
+    assert list(frame.columns) == mhsa_sweep.COLUMNS
+    assert frame["top1"].between(0, 100).all() and (frame["epochs"] == 1).all()
+    assert all(layout.count("A") == round(p * 4) for layout, p in zip(frame["layout"], frame["mhsa_proportion"]))
+
+
+def test_shards_merge_into_the_whole_grid(config, tmp_path):
+    shards = [tmp_path / f"shard{i}.csv" for i in range(2)]
+    for i, shard in enumerate(shards):
+        assert mhsa_sweep.main([*ARGS, "--config", str(config), "--shard", f"{i}/2", "--out", str(shard)]) == 0
+    assert [len(pd.read_csv(s)) for s in shards] == [2, 2]
+    merged = tmp_path / "merged.csv"
+    assert mhsa_sweep.main(["--merge", *map(str, shards), "--out", str(merged)]) == 0
+    assert len(pd.read_csv(merged)) == 4
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--proportions", "1.5"], "within \\[0, 1\\]"),
+    (["--speedups", "0.5"], "at least 1"),
+    (["--families", "resnet"], "unknown family"),
+])
+def test_bad_grids_are_one_sentence(config, args, message, capsys):
+    assert mhsa_sweep.main([*args, "--config", str(config)]) == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_config_without_data_path(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: {epochs: 1}\n")
+    assert mhsa_sweep.main(["--config", str(path)]) == 2
+    assert "train.data" in capsys.readouterr().err
