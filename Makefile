@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test clean
 
 demo: $(STAMP)
-	$(BIN)/efficientvit info efficientvit_m0 efficientvit_m1 efficientvit_m2 efficientvit_m3 efficientvit_m4 efficientvit_m5 --throughput
+	$(BIN)/efficientvit reproduce --preset cpu
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -121,7 +121,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise UserError(f"{args.data}/{args.split} has {len(dataset.classes)} classes but the model predicts "
                         f"{model.num_classes}")
     loader = DataLoader(dataset, args.batch_size, num_workers=args.workers, collate_fn=collate)
-    metrics = evaluate(model, loader, torch.device("cpu"), args.skip_bad, distributed=False)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    metrics = evaluate(model.to(device), loader, device, args.skip_bad, distributed=False)
     skipped = f", {metrics['skipped']} unreadable skipped" if metrics["skipped"] else ""
     print(f"{args.checkpoint}{' (EMA)' if args.ema else ''} on {args.data}/{args.split} ({len(dataset)} images"
           f"{skipped}): top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}  loss {metrics['loss']:.4f}")
@@ -171,13 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-data", help="generate a dataset (the shapes-in-relation set for CPU runs)",
                        description="Write an ImageFolder tree (train/<class>/*.png, val/<class>/*.png) and "
-                                   "manifest.json. synthetic: each image holds three shapes (circle, square, "
-                                   "triangle, cross); the class is their top-to-bottom order, over random "
-                                   "textures, colours, sizes and noise. Same arguments, same bytes.")
+                                   "manifest.json. synthetic: each image holds two shapes (circle, square, "
+                                   "triangle, cross); the class is which lies above the other, over random "
+                                   "positions, textures, colours, sizes and noise. Same arguments, same bytes.")
     p.add_argument("kind", choices=["synthetic"], help="which dataset (only synthetic so far)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder to create (written to a hidden sibling, then renamed: never half-written)")
-    p.add_argument("--classes", type=int, default=10, help="number of classes, 2 to 24 (default 10)")
+    p.add_argument("--classes", type=int, default=10, help="number of classes, 2 to 12 (ordered pairs of 4 shapes; default 10)")
     p.add_argument("--train", type=int, default=10000, help="training images, spread evenly over classes (10000)")
     p.add_argument("--val", type=int, default=2000, help="validation images (2000)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (64)")
@@ -222,6 +223,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"timing cache (default {DEFAULT_CACHE})")
     p.add_argument("--no-cache", action="store_true", help="measure again even if the cache has this call")
     p.set_defaults(run=cmd_subnet)
+
+    from .reproduce import add_arguments as add_reproduce_arguments, run as run_reproduce
+
+    p = sub.add_parser("reproduce", help="run every analysis of the paper end to end, with figures and a report",
+                       description="Make the data, train the proxies, run Figs. 2-5 and the variant designer, "
+                                   "execute the notebooks (figures in <out>/figures) and write <out>/REPORT.md. "
+                                   "Interrupted, it continues where it stopped when run again.")
+    add_reproduce_arguments(p)
+    p.set_defaults(run=run_reproduce)
+
+    from . import bench, export
+
+    p = sub.add_parser("bench", help="throughput, latency, memory and share of peak, models timed in turns",
+                       description="The paper's protocol: random weights, eval mode, warm-up, then batches until a "
+                                   "time budget; the models (and --vs references) are timed in turns for --rounds "
+                                   "rounds, so their ratios come from one run. Names: `efficientvit list`, "
+                                   f"{', '.join(bench.TORCHVISION_MODELS)} (torchvision), timm:<name> (timm). "
+                                   "Modes: " + "; ".join(f"{k}: {v}" for k, v in bench.MODE_HELP.items()) + ".")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="models to time")
+    p.add_argument("--vs", nargs="+", metavar="MODEL", help="references: also timed, and every model's speed-up over "
+                                                            "each is printed (each side in its fastest mode)")
+    p.add_argument("--mode", nargs="+", default=["channels_last"], choices=bench.MODES, metavar="MODE",
+                   help=f"one or more of {', '.join(bench.MODES)} (default channels_last: fused, the best eager "
+                        "layout of every model here on CPU)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--batch", type=int, help="images per batch (default 16 on CPU, 2048 on CUDA under AMP)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime (default: torch's choice)")
+    p.add_argument("--img-size", type=int, default=224, help="input side in pixels (224)")
+    p.add_argument("--seconds", type=float, default=1.0, help="time budget of one measurement, after warm-up (1.0)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians and spreads are over them (5)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (a process per entry)")
+    p.add_argument("--out", metavar="CSV", help="write every round's sample (long format, plus a .json sidecar)")
+    p.set_defaults(run=bench.cli_main)
+
+    p = sub.add_parser("export", help="export a model to ONNX or TorchScript, checked against PyTorch",
+                       description="Trace a registered model (random weights, or --checkpoint) and write it "
+                                   "atomically; the file is then run (onnxruntime / torch.jit.load) and the max abs "
+                                   "difference to PyTorch printed. Time an ONNX graph with `bench --mode onnxruntime`.")
+    p.add_argument("format", choices=export.FORMATS, help="onnx or torchscript")
+    p.add_argument("name", metavar="NAME", help="registered model name (see `efficientvit list`)")
+    p.add_argument("--checkpoint", metavar="PATH", help="weights to load (ours, official or timm layout)")
+    p.add_argument("--fuse", action="store_true", help="fold BatchNorm into the convs first (for inference)")
+    p.add_argument("--dynamic-batch", action="store_true", help="ONNX: leave the batch dimension free")
+    p.add_argument("--opset", type=int, default=export.DEFAULT_OPSET, help=f"ONNX opset ({export.DEFAULT_OPSET})")
+    p.add_argument("--img-size", type=int, default=224, help="input side in pixels (224)")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write (never left half-written)")
+    p.set_defaults(run=export.cli_main)
     return parser
 
 

@@ -1,0 +1,245 @@
+"""`efficientvit reproduce`: every analysis of the paper, end to end, as one resumable pipeline.
+
+Stages: make (or find) the data, train the proxies, Fig. 2 (memory-bound profile), Fig. 3 (MHSA sweep), Fig. 4
+(head similarity), Fig. 5 (Taylor pruning and the variant designer), the notebooks (headless, writing
+results/figures/*.png), and results/REPORT.md with our numbers beside the paper's. Everything a preset needs is
+in its YAML (experiments/reproduce/<preset>.yaml): the CPU default, a quick first look, and the paper's scale.
+
+Every stage skips work already done (each tool resumes by itself: trainings from their checkpoints, the sweep
+and the profile from their CSVs), so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+PRESETS = Path(__file__).resolve().parents[1] / "experiments" / "reproduce"
+FIGURES = ("fig2", "fig3", "fig4", "fig5")
+
+
+def load_preset(name: str) -> dict:
+    path = Path(name) if name.endswith(".yaml") else PRESETS / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        raise UserError(f"unknown preset {name!r}: choose one of {known}, or give a YAML path")
+    return yaml.safe_load(path.read_text())
+
+
+class Progress:
+    """One line per stage: its number, the time so far, and an estimate of what is left (from the preset's
+    expected minutes per stage, rescaled by how the finished stages compared with their estimates)."""
+
+    def __init__(self, stages: list[tuple[str, float]]):
+        self.stages, self.start, self.done_expected, self.done_actual = stages, time.perf_counter(), 0.0, 0.0
+
+    def begin(self, index: int) -> float:
+        name, _ = self.stages[index]
+        elapsed = time.perf_counter() - self.start
+        pace = self.done_actual / self.done_expected if self.done_expected else 1.0
+        left = pace * sum(minutes for _, minutes in self.stages[index:]) * 60
+        print(f"[{index + 1}/{len(self.stages)}] {name}: {elapsed / 60:.1f} min elapsed, about "
+              f"{left / 60:.0f} min left", flush=True)
+        return time.perf_counter()
+
+    def end(self, index: int, started: float) -> None:
+        self.done_expected += self.stages[index][1] * 60
+        self.done_actual += time.perf_counter() - started
+
+
+def make_data(preset: dict) -> Path:
+    data = preset["data"]
+    path = Path(data["path"])
+    if (path / "train").is_dir() and (path / "val").is_dir():
+        return path
+    if "synthetic" not in data:
+        raise UserError(f"data directory {path} does not exist; point `data.path` (or --data) at an ImageFolder "
+                        "root with train/ and val/")
+    from .data.synthetic import make_synthetic
+
+    return make_synthetic(path, **data["synthetic"])
+
+
+def train_proxies(preset: dict, data: Path) -> dict[str, Path]:
+    """Train (or finish training) every proxy of the preset; returns their checkpoints."""
+    from .train import make_config, train
+
+    checkpoints = {}
+    for name, spec in preset.get("proxies", {}).items():
+        values = yaml.safe_load(Path(spec["config"]).read_text())
+        config = make_config({**values, **preset.get("train_overrides", {}), **spec.get("set", {}),
+                              "data": str(data), "out": str(Path(preset["runs"]) / name)})
+        checkpoint = Path(config.out) / "checkpoint.pth"
+        if not finished(Path(config.out), config.epochs):
+            print(f"  training {name} ({config.model}, {config.epochs} epochs)", flush=True)
+            train(config, resume=True)
+        checkpoints[name] = checkpoint
+    return checkpoints
+
+
+def finished(out: Path, epochs: int) -> bool:
+    metrics = out / "metrics.csv"
+    if not metrics.exists():
+        return False
+    import pandas as pd
+
+    frame = pd.read_csv(metrics)
+    return len(frame) > 0 and int(frame["epoch"].iloc[-1]) >= epochs
+
+
+def run_tool(main, argv: list[str]) -> None:
+    print("  " + " ".join([main.__module__.replace(".", "/") + ".py", *argv]), flush=True)
+    if main(argv) != 0:
+        raise UserError(f"{main.__module__} failed (see above)")
+
+
+def fig2(preset: dict, out: Path) -> None:
+    from analysis import memory_profile
+    from .subnet import find_subnet, save_model_config
+
+    spec = preset["fig2"]
+    configs = []
+    for proportion in spec.get("subnet_proportions", []):
+        result = find_subnet(spec["subnet_family"], spec["subnet_speedup"], proportion,
+                             base={"img_size": spec["img_size"]}, **spec.get("subnet", {}))
+        path = out / "memory_profile" / "subnets" / f"{spec['subnet_family']}_{spec['subnet_speedup']}x_p{proportion}.yaml"
+        configs.append(str(save_model_config(result, path)))
+    run_tool(memory_profile.main, ["--models", *spec["models"], "--batch", str(spec["batch"]), "--img-size",
+                                   str(spec["img_size"]), "--iters", str(spec.get("iters", 3)), "--device",
+                                   preset.get("device", "cpu"), "--out", str(out / "memory_profile" / "profile.csv"),
+                                   *(["--subnet-config", *configs] if configs else [])])
+
+
+def fig3(preset: dict, out: Path, data: Path) -> None:
+    from analysis import mhsa_sweep
+
+    spec = preset["fig3"]
+    sweep = yaml.safe_load(Path(spec["config"]).read_text())
+    sweep["train"] = {**sweep["train"], **spec.get("train_overrides", {}), "data": str(data)}
+    sweep["runs"] = str(Path(preset["runs"]) / "mhsa_sweep")
+    config = out / "mhsa_sweep" / "sweep_config.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    run_tool(mhsa_sweep.main, ["--config", str(config), "--families", *spec["families"],
+                               "--speedups", *map(str, spec["speedups"]), "--proportions",
+                               *map(str, spec["proportions"]), "--seeds", *map(str, spec.get("seeds", [0])),
+                               "--device", preset.get("device", "cpu"), "--out", str(out / "mhsa_sweep" / "sweep.csv")])
+
+
+def fig4(preset: dict, out: Path, data: Path, checkpoints: dict[str, Path]) -> None:
+    from analysis import head_similarity
+
+    spec = preset["fig4"]
+    for proxy in spec["proxies"]:
+        run = f"{proxy}_{spec.get('feature', 'attention')}"
+        if (out / "head_similarity" / f"{run}_summary.csv").exists():
+            continue
+        run_tool(head_similarity.main, ["--checkpoint", str(checkpoints[proxy]), "--data", str(data),
+                                        "--images", str(spec["images"]), "--feature", spec.get("feature", "attention"),
+                                        "--device", preset.get("device", "cpu"), "--run", run,
+                                        "--out-dir", str(out / "head_similarity")])
+
+
+def fig5(preset: dict, out: Path, data: Path, checkpoints: dict[str, Path]) -> None:
+    from analysis import design_variant, taylor_pruning
+
+    spec = preset["fig5"]
+    run = f"{spec['proxy']}_ratio_{spec['ratio']}"
+    table = out / "taylor_pruning" / f"{run}.csv"
+    if not table.exists():
+        run_tool(taylor_pruning.main, ["--checkpoint", str(checkpoints[spec["proxy"]]), "--data", str(data),
+                                       "--ratio", str(spec["ratio"]), "--batches", str(spec.get("batches", 10)),
+                                       "--device", preset.get("device", "cpu"), "--run", run,
+                                       "--out-dir", str(out / "taylor_pruning"),
+                                       "--save", str(Path(preset["runs"]) / "pruned" / f"{run}.pth")])
+    variant = out / "variants" / f"{run}_variant.yaml"
+    if not variant.exists():
+        run_tool(design_variant.main, ["--pruning", str(table), "--out-dir", str(out / "variants"),
+                                       "--img-size", str(spec.get("variant_img_size", 224)),
+                                       "--seconds", str(spec.get("variant_seconds", 0.3))])
+
+
+def notebooks(out: Path) -> None:
+    """Execute every notebook headless against `out`; each writes its figures to out/figures."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    folder = Path(__file__).resolve().parents[1] / "notebooks"
+    os.environ["EFFICIENTVIT_RESULTS"] = str(out.resolve())
+    for path in sorted(folder.glob("fig*.ipynb")):
+        analysis = {"fig2": "memory_profile", "fig3": "mhsa_sweep", "fig4": "head_similarity",
+                    "fig5": "taylor_pruning"}[path.stem[:4]]
+        if not any((out / analysis).glob("*.csv")):
+            continue
+        print(f"  {path.name}", flush=True)
+        notebook = nbformat.read(path, as_version=4)
+        NotebookClient(notebook, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(folder)}}).execute()
+
+
+def reproduce(preset_name: str, out: Path, only: list[str], data_override: str | None = None,
+              fresh: bool = False) -> Path:
+    from .report import write_report
+
+    preset = load_preset(preset_name)
+    if data_override:
+        preset["data"] = {"path": data_override}
+    if fresh:
+        for folder in (out, Path(preset["runs"])):
+            shutil.rmtree(folder, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    minutes = preset.get("minutes", {})
+    stages = [("data", minutes.get("data", 1)), ("proxies", minutes.get("proxies", 1))]
+    stages += [(f, minutes.get(f, 1)) for f in FIGURES if f in only]
+    stages += [("notebooks and report", minutes.get("report", 1))]
+    progress = Progress(stages)
+    data = checkpoints = None
+    for index, (stage, _) in enumerate(stages):
+        started = progress.begin(index)
+        if stage == "data":
+            data = make_data(preset)
+        elif stage == "proxies":
+            checkpoints = train_proxies(preset, data) if {"fig4", "fig5"} & set(only) else {}
+        elif stage == "fig2":
+            fig2(preset, out)
+        elif stage == "fig3":
+            fig3(preset, out, data)
+        elif stage == "fig4":
+            fig4(preset, out, data, checkpoints)
+        elif stage == "fig5":
+            fig5(preset, out, data, checkpoints)
+        else:
+            notebooks(out)
+            report = write_report(out, preset_name, time.perf_counter() - progress.start)
+        progress.end(index, started)
+    print(f"done in {(time.perf_counter() - progress.start) / 60:.1f} min: {report} and {out / 'figures'}")
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="cpu", help="cpu (default, ~25 min on 2 cores), quick (~3 min), "
+                                                        "paper (ImageNet, GPUs), or a preset YAML")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (results/)")
+    parser.add_argument("--only", default=",".join(FIGURES), help="figures to run, e.g. fig2,fig4 (all)")
+    parser.add_argument("--data", help="ImageFolder root to use instead of the preset's (e.g. ImageNet)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run (the default: finished work is always kept)")
+    parser.add_argument("--fresh", action="store_true", help="delete the preset's results and runs, start over")
+
+
+def run(args: argparse.Namespace) -> None:
+    only = [f.strip() for f in args.only.split(",") if f.strip()]
+    unknown = sorted(set(only) - set(FIGURES))
+    if unknown:
+        raise UserError(f"--only takes {', '.join(FIGURES)}; unknown: {', '.join(unknown)}")
+    if args.resume and args.fresh:
+        raise UserError("--resume and --fresh contradict each other")
+    reproduce(args.preset, args.out, only, args.data, args.fresh)
