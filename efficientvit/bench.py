@@ -1,11 +1,200 @@
-"""Throughput as the paper measures it: random weights, eval mode, warm-up, then timed batches."""
+"""Throughput as the paper measures it: random weights, eval mode, warm-up, then timed batches until a time budget.
+
+CPU: batch 16; GPU: batch 2048 under AMP (fp16). Models compared in one call are timed in turns, round after
+round, so every model sees the same drift of a shared machine and their ratio is measured, not inferred.
+
+A bench entry is a model name and a mode (`MODE_HELP`). Names: every registered model, torchvision's mobile CNNs,
+and timm's models as `timm:<name>`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import difflib
+import math
+import multiprocessing
+import os
+import resource
+import statistics
+import tempfile
 import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from .errors import UserError
+
+MODE_HELP = {
+    "eager": "the model as built",
+    "fused": "BatchNorm folded (ours: efficientvit.fuse; timm: its reparameterize_model; torchvision: torch.fx "
+             "conv-BN folding)",
+    "channels_last": "fused, weights and input channels-last: the best eager layout of every model here on CPU",
+    "compile": "channels_last through torch.compile (inductor, with weight freezing on CPU)",
+    "onnxruntime": "the fused model exported to ONNX and run by onnxruntime",
+    "bf16": "channels_last with weights and activations in bfloat16 (AMX/AVX-512 BF16 on recent Xeons)",
+}
+MODES = tuple(MODE_HELP)
+TORCHVISION_MODELS = ("mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf")
+TIMM_PREFIX = "timm:"
+BENCH_EXTRA = "pip install 'efficientvit-lab[bench]'"
+# How far a mode's logits may stray from eager fp32, relative to the largest |logit| (what tests hold modes to).
+MODE_TOLERANCE = {"eager": 0.0, "fused": 1e-4, "channels_last": 1e-4, "compile": 1e-4, "onnxruntime": 1e-4,
+                  "bf16": 0.1}
+
+
+def model_names() -> list[str]:
+    from .models import list_models
+
+    names = list_models() + list(TORCHVISION_MODELS)
+    with contextlib.suppress(ImportError):
+        import timm
+
+        names += [TIMM_PREFIX + n for n in timm.list_models("efficientvit_m*")]
+    return names
+
+
+def require(module: str, what: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise UserError(f"{what} needs {module}, which is not installed: {BENCH_EXTRA}") from None
+
+
+def build_model(name: str, img_size: int = 224) -> nn.Module:
+    """A bench model with random weights in eval mode."""
+    from .models import create_model, list_models
+
+    if name in list_models():
+        return create_model(name, img_size=img_size).eval()
+    if name in TORCHVISION_MODELS:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None).eval()
+    if name.startswith(TIMM_PREFIX):
+        timm = require("timm", f"model {name!r}")
+        timm_name = name[len(TIMM_PREFIX):]
+        if timm_name not in timm.list_models():
+            raise UserError(f"timm has no model {timm_name!r}")
+        kwargs = {"img_size": img_size} if "efficientvit_m" in timm_name else {}
+        return timm.create_model(timm_name, pretrained=False, **kwargs).eval()
+    close = difflib.get_close_matches(name, model_names(), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UserError(f"unknown model {name!r}.{hint} Choose from: {', '.join(model_names())}.")
+
+
+def fold_norms(model: nn.Module, name: str) -> nn.Module:
+    """A copy of `model` with its BatchNorms folded, by the model family's own tool."""
+    from .fuse import fuse
+    from .models import list_models
+
+    if name in list_models():
+        return fuse(model)
+    if name.startswith(TIMM_PREFIX):
+        from timm.utils.model import reparameterize_model
+
+        return reparameterize_model(model).eval()
+    from torch.fx.experimental.optimization import fuse as fx_fuse
+
+    return fx_fuse(copy.deepcopy(model).eval())
+
+
+def perturb_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BatchNorm statistics and affine weights, in place. Random-init models start every residual branch
+    at zero (zero-init BN) and give near-zero logits; this makes every layer count when comparing modes."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    return model
+
+
+@dataclass
+class Entry:
+    """One model prepared in one mode: `run()` pushes the prepared batch through it and returns the logits."""
+
+    name: str
+    mode: str
+    run: Callable[[], Any]
+    batch: int
+    graph: nn.Module  # the module whose FLOPs are counted
+
+
+def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, device: str):
+    """An onnxruntime session on the ONNX export of `model` for inputs shaped like `x` (the file is temporary)."""
+    ort = require("onnxruntime", "--mode onnxruntime")
+    from .export import export_onnx
+
+    tmp = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)
+    tmp.close()
+    export_onnx(model, tmp.name, x)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(tmp.name, options, providers=providers)
+    os.unlink(tmp.name)
+    return session
+
+
+def prepare(model: nn.Module, name: str, mode: str, device: str = "cpu", batch: int = 16, img_size: int = 224,
+            threads: int | None = None, x: torch.Tensor | None = None) -> Entry:
+    """Turn an eval-mode `model` into a bench entry for `mode` (the model itself is left untouched)."""
+    if mode not in MODES:
+        raise UserError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+    threads = threads or torch.get_num_threads()
+    dev = torch.device(device)
+    x = torch.randn(batch, 3, img_size, img_size) if x is None else x
+    graph = model if mode == "eager" else fold_norms(model, name)
+    if mode == "onnxruntime":
+        session = onnx_session(graph, x, threads, device)
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        return Entry(name, mode, lambda: torch.from_numpy(session.run(None, feed)[0]), batch, graph)
+    graph = graph.to(dev)
+    x = x.to(dev)
+    if mode in ("channels_last", "compile", "bf16"):
+        graph = graph.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if mode == "bf16":
+        graph, x = graph.to(torch.bfloat16), x.to(torch.bfloat16)
+    module = graph
+    if mode == "compile":
+        if dev.type == "cpu":
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True  # constant weights: prepacked, BN/ReLU/add fused into the convs
+        module = torch.compile(graph)
+    # The paper's GPU protocol runs under AMP; bf16 already chose its precision.
+    amp = dev.type == "cuda" and mode != "bf16"
+
+    @torch.inference_mode()
+    def run():
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            out = module(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return out.float()
+
+    return Entry(name, mode, run, batch, graph)
+
+
+def time_entry(entry: Entry, seconds: float, warmup: int = 2) -> tuple[float, float]:
+    """(images per second, median milliseconds per batch): `warmup` batches, then batches for `seconds`."""
+    for _ in range(warmup):
+        entry.run()
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds or not times:
+        t0 = time.perf_counter()
+        entry.run()
+        times.append(time.perf_counter() - t0)
+    return len(times) * entry.batch / (time.perf_counter() - start), statistics.median(times) * 1e3
 
 
 @torch.inference_mode()
@@ -16,17 +205,13 @@ def measure_throughput(model: nn.Module, batch_size: int = 16, img_size: tuple[i
     height, width = img_size or model.img_size
     device = next(model.parameters()).device
     x = torch.randn(batch_size, 3, height, width, device=device)
-    for _ in range(warmup):
+
+    def run():
         model(x)
-    batches, start = 0, time.perf_counter()
-    while True:
-        model(x)
-        batches += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return batches * batch_size / elapsed
+
+    return time_entry(Entry("", "eager", run, batch_size, model), seconds, warmup)[0]
 
 
 def interleaved_throughput(models: list[nn.Module], rounds: int = 3, **kwargs) -> list[list[float]]:
@@ -40,3 +225,231 @@ def interleaved_throughput(models: list[nn.Module], rounds: int = 3, **kwargs) -
         for model, runs in zip(models, samples):
             runs.append(measure_throughput(model, **kwargs))
     return samples
+
+
+def peak_matmul_macs(device: str = "cpu", seconds: float = 1.0, dtype: torch.dtype = torch.float32) -> float:
+    """Multiply-adds per second of a large square matmul (2048 on CPU, 8192 on GPU): the machine's practical peak,
+    in the unit fvcore counts model FLOPs in."""
+    n = 8192 if device == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    sync()
+    return count * n**3 / (time.perf_counter() - start)
+
+
+def count_macs(entry: Entry, img_size: int) -> float:
+    """fvcore multiply-adds per image of the entry's float32 graph (NaN where fvcore cannot trace it)."""
+    from .flops import count_flops
+
+    graph = copy.deepcopy(entry.graph).float().cpu().to(memory_format=torch.contiguous_format)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(count_flops(graph, (img_size, img_size)))
+    except Exception:  # an untraceable third-party model only loses its share-of-peak column
+        return math.nan
+
+
+def _child_peak_rss(name: str, mode: str, batch: int, img_size: int, threads: int) -> float:
+    torch.set_num_threads(threads)
+    entry = prepare(build_model(name, img_size), name, mode, "cpu", batch, img_size, threads)
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    entry.run()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+
+
+def peak_memory_mb(name: str, mode: str, device: str, batch: int, img_size: int, threads: int) -> float:
+    """Memory one batch takes beyond the prepared model. CUDA: `torch.cuda.max_memory_allocated`. CPU: in a fresh
+    process, the rise of the peak resident set (getrusage ru_maxrss) over the resident set before the batch;
+    tracemalloc cannot see torch's allocations. NaN for compile, whose compilation would dominate the figure."""
+    if mode == "compile":
+        return math.nan
+    if device == "cuda":
+        entry = prepare(build_model(name, img_size), name, mode, device, batch, img_size, threads)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        entry.run()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_child_peak_rss, (name, mode, batch, img_size, threads)) / 2**20
+
+
+def out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
+
+
+def check_device(device: str) -> None:
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {device!r}: choose cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+
+
+def run_bench(models: list[str], modes: list[str] | dict[str, list[str]], device: str = "cpu", batch: int | None = None,
+              threads: int | None = None, img_size: int = 224, seconds: float = 1.0, rounds: int = 5,
+              memory: bool = True, log: Callable[[str], None] = lambda s: None):
+    """Time every (model, mode) in turns for `rounds` rounds. Returns (samples, peak): one row per entry and
+    round, in long format, and the measured peak multiply-adds per second of the device. `modes` is one list for
+    every model, or a list per model.
+
+    Weights are random, with random BatchNorm statistics (`perturb_norms`) so that every layer shapes the logits:
+    each mode's `max_logit_diff` is its largest |logit - eager fp32 logit| on the timed batch.
+    """
+    import pandas as pd
+
+    check_device(device)
+    modes = modes if isinstance(modes, dict) else {name: modes for name in models}
+    for mode in {m for name in models for m in modes[name]}:
+        if mode not in MODES:
+            raise UserError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    batch = batch or (2048 if device == "cuda" else 16)
+    if batch < 1 or seconds <= 0 or rounds < 1:
+        raise UserError("--batch and --rounds must be at least 1 and --seconds above 0")
+    entries, info = [], {}
+    for name in dict.fromkeys(models):
+        model = perturb_norms(build_model(name, img_size)).to(device)
+        try:
+            x = torch.randn(batch, 3, img_size, img_size)
+            with torch.inference_mode():
+                reference = model(x.to(device)).float().cpu()
+            for mode in modes[name]:
+                log(f"preparing {name} ({mode})")
+                entry = prepare(model, name, mode, device, batch, img_size, threads, x=x)
+                out = entry.run().cpu()  # the first call also compiles (compile)
+                entries.append(entry)
+                info[name, mode] = {
+                    "macs_per_img": count_macs(entry, img_size),
+                    "max_logit_diff": (out - reference).abs().max().item(),
+                    "max_abs_logit": reference.abs().max().item(),
+                    "peak_mem_mb": peak_memory_mb(name, mode, device, batch, img_size, threads) if memory
+                    else math.nan,
+                }
+        except (RuntimeError, MemoryError) as e:
+            if isinstance(e, MemoryError) or out_of_memory(e):
+                raise UserError(f"batch {batch} of {name} does not fit in {device} memory; lower --batch") from None
+            raise
+    log("measuring the peak matmul rate")
+    peak = peak_matmul_macs(device)
+    rows = []
+    for r in range(rounds):
+        log(f"round {r + 1}/{rounds}")
+        for entry in entries:
+            img_s, latency = time_entry(entry, seconds)
+            rows.append({"model": entry.name, "mode": entry.mode, "round": r, "img_s": img_s,
+                         "latency_ms": latency, **info[entry.name, entry.mode]})
+    samples = pd.DataFrame(rows)
+    samples["share_of_peak"] = samples["macs_per_img"] * samples["img_s"] / peak
+    meta = {"device": device, "batch": batch, "threads": threads, "img_size": img_size, "seconds": seconds,
+            "peak_gmac_s": round(peak / 1e9, 2), "memory_method": "cuda max_memory_allocated" if device == "cuda"
+            else "getrusage ru_maxrss rise over the batch, in a fresh process"}
+    for key, value in meta.items():
+        samples[key] = value
+    return samples, peak
+
+
+def summarize(samples):
+    """Median and spread (min-max over rounds) of every entry."""
+    g = samples.groupby(["model", "mode"], sort=False)
+    out = g.agg(img_s=("img_s", "median"), img_s_min=("img_s", "min"), img_s_max=("img_s", "max"),
+                latency_ms=("latency_ms", "median"), peak_mem_mb=("peak_mem_mb", "first"),
+                gmacs=("macs_per_img", "first"), share_of_peak=("share_of_peak", "median"),
+                max_logit_diff=("max_logit_diff", "first"), max_abs_logit=("max_abs_logit", "first"),
+                rounds=("round", "count")).reset_index()
+    out["gmacs"] = out["gmacs"] / 1e9
+    return out
+
+
+def best_modes(samples) -> dict[str, str]:
+    """Each model's fastest mode by median throughput (how a baseline gets its best layout)."""
+    medians = samples.groupby(["model", "mode"], sort=False)["img_s"].median().reset_index()
+    return {m: rows.sort_values("img_s").iloc[-1]["mode"] for m, rows in medians.groupby("model", sort=False)}
+
+
+def ratios(samples, models: list[str], references: list[str], modes: dict[str, str] | None = None):
+    """Speed of each model over each reference, from per-round ratios (both timed in the same round): median and
+    min-max. Each side runs in `modes[name]`, by default its fastest mode."""
+    import pandas as pd
+
+    modes = modes or best_modes(samples)
+    by = samples.set_index(["model", "mode", "round"])["img_s"].sort_index()
+    rows = []
+    for model in models:
+        for ref in references:
+            if model == ref:
+                continue
+            per_round = (by[model, modes[model]] / by[ref, modes[ref]]).dropna()
+            rows.append({"model": model, "mode": modes[model], "reference": ref, "reference_mode": modes[ref],
+                         "speedup": per_round.median(), "speedup_min": per_round.min(),
+                         "speedup_max": per_round.max()})
+    return pd.DataFrame(rows)
+
+
+def write_csv(frame, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
+    """Write atomically (a temporary sibling renamed into place), with a JSON sidecar of how it was made."""
+    import json
+    import platform
+
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    if meta is not None:
+        meta = {**meta, "torch": torch.__version__, "python": platform.python_version(),
+                "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+        sidecar = os.path.splitext(path)[0] + ".json"
+        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
+        with os.fdopen(fd, "w") as f:
+            json.dump(meta, f, indent=2, default=str)
+        os.replace(tmp, sidecar)
+
+
+def cli_main(args) -> None:
+    """`efficientvit bench`: the summary and ratio tables on stdout, progress on stderr, samples to --out."""
+    import sys
+
+    say = (lambda text: print(text, file=sys.stderr, flush=True))
+    models = list(dict.fromkeys(args.models + (args.vs or [])))
+    samples, peak = run_bench(models, args.mode, args.device, args.batch, args.threads, args.img_size,
+                              args.seconds, args.rounds, memory=not args.no_memory, log=say)
+    meta = samples.iloc[0]
+    summary = summarize(samples)
+    print(f"{args.device}, batch {meta['batch']}, {meta['threads']} threads, {args.img_size} px, "
+          f"{args.rounds} interleaved rounds of {args.seconds} s; img/s median [min-max]")
+    table = summary.assign(**{
+        "img/s": summary["img_s"].map("{:.1f}".format),
+        "[min-max]": [f"[{a:.1f}-{b:.1f}]" for a, b in zip(summary["img_s_min"], summary["img_s_max"])],
+        "ms/batch": summary["latency_ms"].map("{:.1f}".format),
+        "peak MB": summary["peak_mem_mb"].map("{:.0f}".format),
+        "GMACs": summary["gmacs"].map("{:.3f}".format),
+        "% of peak": (100 * summary["share_of_peak"]).map("{:.1f}".format),
+        "max logit diff": summary["max_logit_diff"].map("{:.1e}".format),
+    })
+    print(table[["model", "mode", "img/s", "[min-max]", "ms/batch", "peak MB", "GMACs", "% of peak",
+                 "max logit diff"]].to_string(index=False))
+    print(f"peak: {peak / 1e9:.1f} GMAC/s (fp32 matmul on this {args.device}); % of peak = fvcore multiply-adds "
+          f"x img/s / peak; peak MB: {meta['memory_method']}; max logit diff: vs eager fp32 on the timed batch "
+          f"(logits up to {summary['max_abs_logit'].max():.2g})")
+    if args.vs:
+        table = ratios(samples, list(dict.fromkeys(args.models)), list(dict.fromkeys(args.vs)))
+        if len(table):
+            print("\nspeed-up, per-round ratios (each model in its fastest mode): median [min-max]")
+            for row in table.itertuples():
+                print(f"  {row.model} ({row.mode}) vs {row.reference} ({row.reference_mode}): {row.speedup:.2f}x "
+                      f"[{row.speedup_min:.2f}-{row.speedup_max:.2f}]")
+    if args.out:
+        write_csv(samples, args.out, meta={k: v for k, v in vars(args).items() if k != "run"})
+        print(f"samples written to {args.out}")

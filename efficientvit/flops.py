@@ -1,8 +1,8 @@
 """Parameter and FLOP counts through fvcore, with the attention matmuls counted.
 
 fvcore counts one multiply-add as one FLOP, as the paper does. It does not know
-`aten::scaled_dot_product_attention` (it warns and counts nothing), so we give it a handle: Q @ K^T and
-attn @ V are two batched matmuls.
+`aten::scaled_dot_product_attention` or `aten::baddbmm` (it warns and counts nothing), so we give them handles:
+Q @ K^T and attn @ V are two batched matmuls, and baddbmm is one (its bias add is not a multiply-add).
 """
 
 from __future__ import annotations
@@ -30,11 +30,17 @@ def sdpa_flops(inputs, outputs) -> int:
     return queries * k[-2] * q[-1] + queries * k[-2] * v[-1]
 
 
+def baddbmm_flops(inputs, outputs) -> int:
+    batch, n, inner = get_shape(inputs[1])
+    return batch * n * inner * get_shape(inputs[2])[-1]
+
+
 def flop_analysis(model: nn.Module, img_size: tuple[int, int] | None = None) -> FlopCountAnalysis:
     """fvcore's analysis of one image through `model` in eval mode (for per-module breakdowns)."""
     height, width = img_size or model.img_size
     analysis = FlopCountAnalysis(model.eval(), torch.zeros(1, 3, height, width))
     analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flops)
+    analysis.set_op_handle("aten::baddbmm", baddbmm_flops)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     return analysis

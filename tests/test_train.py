@@ -51,6 +51,22 @@ def test_config_file_then_overrides_with_types_checked(tmp_path):
         load_config(None, ["clip_mode=value"])
 
 
+OUR_PRESETS = sorted(str(p) for p in (Path(__file__).parent.parent / "experiments").rglob("efficientvit_m*.yaml"))
+
+
+@pytest.mark.parametrize("preset", OUR_PRESETS)
+def test_presets_are_valid_configs_of_registered_models(preset):
+    config = load_config(preset)
+    create_model(config.model, **config.model_kwargs)  # the name and knobs are known
+
+
+def test_paper_presets_follow_the_official_recipe():
+    config = load_config(str(Path(__file__).parent.parent / "experiments/paper/efficientvit_m4.yaml"))
+    assert (config.epochs, config.batch_size * 8, config.lr, config.weight_decay, config.clip_grad) == \
+        (300, 2048, 1e-3, 0.025, 0.02)
+    assert (config.mixup, config.cutmix, config.randaug_magnitude, config.reprob) == (0.8, 1.0, 9, 0.25)
+
+
 def test_no_weight_decay_on_norms_biases_and_attention_bias_tables():
     model = create_model("efficientvit_m0", num_classes=3, img_size=64)
     decay, no_decay = param_groups(model, 0.025)

@@ -84,7 +84,7 @@ def patch_embed(in_chans: int, dim: int, act: str, norm: str) -> nn.Sequential:
     for i in range(4):
         layers.append((f"conv{i + 1}", ConvNorm(widths[i], widths[i + 1], 3, 2, 1, norm=norm)))
         if i < 3:
-            layers.append((f"act{i + 1}", make_activation(act)))
+            layers.append((f"act{i + 1}", make_activation(act, inplace=True)))
     return nn.Sequential(OrderedDict(layers))
 
 

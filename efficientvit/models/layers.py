@@ -16,10 +16,12 @@ ACTIVATIONS = {"relu": nn.ReLU, "hardswish": nn.Hardswish, "gelu": nn.GELU}
 NORMS = ("bn", "ln")
 
 
-def make_activation(name: str) -> nn.Module:
+def make_activation(name: str, inplace: bool = False) -> nn.Module:
+    """`inplace=True` where the input is a fresh conv output nobody else reads: it saves a full-size allocation,
+    which on CPU costs as much as the activation itself."""
     if name not in ACTIVATIONS:
         raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {name!r}")
-    return ACTIVATIONS[name]()
+    return ACTIVATIONS[name](inplace=True) if inplace and name != "gelu" else ACTIVATIONS[name]()
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -127,7 +129,7 @@ class FFN(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, act: str = "relu", norm: str = "bn"):
         super().__init__()
         self.pw1 = ConvNorm(dim, hidden_dim, norm=norm)
-        self.act = make_activation(act)
+        self.act = make_activation(act, inplace=True)
         self.pw2 = ConvNorm(hidden_dim, dim, bn_weight_init=0.0, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,9 +159,9 @@ class PatchMerging(nn.Module):
         super().__init__()
         hidden_dim = dim * 4
         self.conv1 = ConvNorm(dim, hidden_dim, norm=norm)
-        self.act1 = make_activation(act)
+        self.act1 = make_activation(act, inplace=True)
         self.conv2 = ConvNorm(hidden_dim, hidden_dim, 3, 2, 1, groups=hidden_dim, norm=norm)
-        self.act2 = make_activation(act)
+        self.act2 = make_activation(act, inplace=True)
         self.se = SqueezeExcitation(hidden_dim, se_channels(hidden_dim), activation=ACTIVATIONS[act])
         self.conv3 = ConvNorm(hidden_dim, out_dim, norm=norm)
 

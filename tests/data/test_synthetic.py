@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from efficientvit.data import synthetic
-from efficientvit.data.synthetic import make_synthetic, manifest
+from efficientvit.data.synthetic import make_synthetic
 from efficientvit.errors import UserError
 
 SMALL = dict(classes=4, train=12, val=8, size=64)
@@ -33,7 +33,7 @@ def test_tree_is_an_image_folder_with_balanced_classes_and_a_manifest(tmp_path):
         assert sorted(p.name for p in (out / split).iterdir()) == folders
         assert [len(list((out / split / f).glob("*.png"))) for f in folders] == [count // 4] * 4
     # every class is two different shapes in an order; some classes hold the same shapes in the other order
-    orders = [tuple(c["top_to_bottom"]) for c in manifest(10, 10, 10, 64, 0)["classes"]]
+    orders = [tuple(c["top_to_bottom"]) for c in synthetic.manifest(10, 10, 10, 64, 0)["classes"]]
     assert all(len(set(o)) == 2 for o in orders) and len(set(orders)) == 10
     assert any(o[::-1] in orders for o in orders)
 

@@ -1,0 +1,102 @@
+import math
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from efficientvit import bench
+from efficientvit.cli import main
+
+TINY = ["--img-size", "64", "--batch", "2", "--seconds", "0.05", "--threads", "1", "--no-memory"]
+
+
+def test_bench_times_models_in_turns_and_writes_every_round(tmp_path, capsys):
+    out = tmp_path / "bench.csv"
+    assert main(["bench", "efficientvit_m0", "--vs", "efficientvit_m1", "--mode", "fused", "channels_last",
+                 "--rounds", "2", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "efficientvit_m0" in printed and "vs efficientvit_m1" in printed and "GMAC/s" in printed
+    samples = pd.read_csv(out)
+    assert len(samples) == 2 * 2 * 2  # models x modes x rounds
+    assert list(samples["round"][:4]) == [0, 0, 0, 0]  # a round visits every entry before the next round
+    assert (samples["img_s"] > 0).all() and (samples["share_of_peak"] > 0).all()
+    assert (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.parametrize("mode", ["fused", "channels_last", "onnxruntime", "bf16"])
+def test_modes_give_eager_logits_within_their_tolerance(mode):
+    model = bench.perturb_norms(bench.build_model("efficientvit_m0", 64))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        reference = model(x)
+    out = bench.prepare(model, "efficientvit_m0", mode, batch=2, img_size=64, threads=1, x=x).run()
+    assert reference.abs().max() > 0.1  # perturbed norms: the comparison is not between near-zero logits
+    assert (out - reference).abs().max() <= bench.MODE_TOLERANCE[mode] * reference.abs().max()
+
+
+@pytest.mark.slow
+def test_compile_mode_gives_eager_logits():
+    model = bench.perturb_norms(bench.build_model("efficientvit_m0", 64))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        reference = model(x)
+    out = bench.prepare(model, "efficientvit_m0", "compile", batch=2, img_size=64, threads=1, x=x).run()
+    assert (out - reference).abs().max() <= bench.MODE_TOLERANCE["compile"] * reference.abs().max()
+
+
+def test_baselines_build_and_fold():
+    for name in ("mobilenet_v2", "timm:efficientvit_m0"):
+        pytest.importorskip("timm") if name.startswith("timm:") else None
+        model = bench.perturb_norms(bench.build_model(name, 64))
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            assert torch.allclose(bench.fold_norms(model, name)(x), model(x), atol=1e-4)
+
+
+def test_ratios_are_medians_of_per_round_ratios():
+    samples = pd.DataFrame({"model": ["a", "b"] * 3, "mode": "fused", "round": [0, 0, 1, 1, 2, 2],
+                            "img_s": [10.0, 5.0, 30.0, 10.0, 8.0, 8.0]})
+    row = bench.ratios(samples, ["a"], ["b"]).iloc[0]
+    assert (row.speedup, row.speedup_min, row.speedup_max) == (2.0, 1.0, 3.0)
+
+
+def test_peak_matmul_and_memory_are_measured():
+    assert bench.peak_matmul_macs(seconds=0.05) > 1e8
+
+
+@pytest.mark.slow
+def test_peak_memory_is_measured_in_a_fresh_process():
+    mb = bench.peak_memory_mb("efficientvit_m0", "fused", "cpu", 4, 64, 1)
+    assert 0 < mb < 1000 and not math.isnan(mb)
+
+
+def one_line_exit_2(capsys, argv, *words):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    for word in words:
+        assert word in err
+
+
+def test_unknown_model_or_mode_is_one_sentence_and_exit_2(capsys):
+    one_line_exit_2(capsys, ["bench", "efficientvit_m9", *TINY], "unknown model", "efficientvit_m0")
+    with pytest.raises(SystemExit) as e:  # argparse rejects the mode before anything runs
+        main(["bench", "efficientvit_m0", "--mode", "turbo", *TINY])
+    assert e.value.code == 2
+
+
+def test_batch_that_does_not_fit_says_to_lower_it(capsys):
+    one_line_exit_2(capsys, ["bench", "efficientvit_m0", *TINY, "--batch", str(10**9)], "--batch")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_but_absent(capsys):
+    one_line_exit_2(capsys, ["bench", "efficientvit_m0", "--device", "cuda", *TINY], "no CUDA")
+
+
+def test_missing_optional_packages_name_the_extra(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    one_line_exit_2(capsys, ["bench", "timm:efficientvit_m0", *TINY], "efficientvit-lab[bench]")
+    one_line_exit_2(capsys, ["bench", "efficientvit_m0", "--mode", "onnxruntime", *TINY], "efficientvit-lab[bench]")
