@@ -64,26 +64,36 @@ def require(module: str, what: str):
         raise UserError(f"{what} needs {module}, which is not installed: {BENCH_EXTRA}") from None
 
 
+def check_name(name: str) -> None:
+    from .models import list_models
+
+    if name in list_models() or name in TORCHVISION_MODELS:
+        return
+    if name.startswith(TIMM_PREFIX):
+        timm = require("timm", f"model {name!r}")
+        if name[len(TIMM_PREFIX):] in timm.list_models():
+            return
+    close = difflib.get_close_matches(name, model_names(), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UserError(f"unknown model {name!r}.{hint} Choose from: {', '.join(model_names())}.")
+
+
 def build_model(name: str, img_size: int = 224) -> nn.Module:
     """A bench model with random weights in eval mode."""
     from .models import create_model, list_models
 
+    check_name(name)
     if name in list_models():
         return create_model(name, img_size=img_size).eval()
     if name in TORCHVISION_MODELS:
         import torchvision
 
         return torchvision.models.get_model(name, weights=None).eval()
-    if name.startswith(TIMM_PREFIX):
-        timm = require("timm", f"model {name!r}")
-        timm_name = name[len(TIMM_PREFIX):]
-        if timm_name not in timm.list_models():
-            raise UserError(f"timm has no model {timm_name!r}")
-        kwargs = {"img_size": img_size} if "efficientvit_m" in timm_name else {}
-        return timm.create_model(timm_name, pretrained=False, **kwargs).eval()
-    close = difflib.get_close_matches(name, model_names(), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise UserError(f"unknown model {name!r}.{hint} Choose from: {', '.join(model_names())}.")
+    import timm
+
+    timm_name = name[len(TIMM_PREFIX):]
+    kwargs = {"img_size": img_size} if "efficientvit_m" in timm_name else {}
+    return timm.create_model(timm_name, pretrained=False, **kwargs).eval()
 
 
 def fold_norms(model: nn.Module, name: str) -> nn.Module:
@@ -123,7 +133,6 @@ class Entry:
     mode: str
     run: Callable[[], Any]
     batch: int
-    graph: nn.Module  # the module whose FLOPs are counted
 
 
 def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, device: str):
@@ -156,7 +165,7 @@ def prepare(model: nn.Module, name: str, mode: str, device: str = "cpu", batch: 
     if mode == "onnxruntime":
         session = onnx_session(graph, x, threads, device)
         feed = {session.get_inputs()[0].name: x.numpy()}
-        return Entry(name, mode, lambda: torch.from_numpy(session.run(None, feed)[0]), batch, graph)
+        return Entry(name, mode, lambda: torch.from_numpy(session.run(None, feed)[0]), batch)
     graph = graph.to(dev)
     x = x.to(dev)
     if mode in ("channels_last", "compile", "bf16"):
@@ -182,7 +191,7 @@ def prepare(model: nn.Module, name: str, mode: str, device: str = "cpu", batch: 
             torch.cuda.synchronize()
         return out.float()
 
-    return Entry(name, mode, run, batch, graph)
+    return Entry(name, mode, run, batch)
 
 
 def time_entry(entry: Entry, seconds: float, warmup: int = 2) -> tuple[float, float]:
@@ -211,7 +220,7 @@ def measure_throughput(model: nn.Module, batch_size: int = 16, img_size: tuple[i
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    return time_entry(Entry("", "eager", run, batch_size, model), seconds, warmup)[0]
+    return time_entry(Entry("", "eager", run, batch_size), seconds, warmup)[0]
 
 
 def interleaved_throughput(models: list[nn.Module], rounds: int = 3, **kwargs) -> list[list[float]]:
@@ -243,11 +252,11 @@ def peak_matmul_macs(device: str = "cpu", seconds: float = 1.0, dtype: torch.dty
     return count * n**3 / (time.perf_counter() - start)
 
 
-def count_macs(entry: Entry, img_size: int) -> float:
-    """fvcore multiply-adds per image of the entry's float32 graph (NaN where fvcore cannot trace it)."""
+def count_macs(model: nn.Module, img_size: int) -> float:
+    """fvcore multiply-adds per image (NaN where fvcore cannot trace the model)."""
     from .flops import count_flops
 
-    graph = copy.deepcopy(entry.graph).float().cpu().to(memory_format=torch.contiguous_format)
+    graph = copy.deepcopy(model).float().cpu()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -311,6 +320,10 @@ def run_bench(models: list[str], modes: list[str] | dict[str, list[str]], device
     for mode in {m for name in models for m in modes[name]}:
         if mode not in MODES:
             raise UserError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        if mode == "onnxruntime":
+            require("onnxruntime", "--mode onnxruntime")
+    for name in models:  # fail on a bad name before minutes of preparing the others
+        check_name(name)
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
@@ -324,13 +337,14 @@ def run_bench(models: list[str], modes: list[str] | dict[str, list[str]], device
             x = torch.randn(batch, 3, img_size, img_size)
             with torch.inference_mode():
                 reference = model(x.to(device)).float().cpu()
+            macs = count_macs(fold_norms(model, name), img_size)  # of the BN-fused graph, whatever the mode
             for mode in modes[name]:
                 log(f"preparing {name} ({mode})")
                 entry = prepare(model, name, mode, device, batch, img_size, threads, x=x)
                 out = entry.run().cpu()  # the first call also compiles (compile)
                 entries.append(entry)
                 info[name, mode] = {
-                    "macs_per_img": count_macs(entry, img_size),
+                    "macs_per_img": macs,
                     "max_logit_diff": (out - reference).abs().max().item(),
                     "max_abs_logit": reference.abs().max().item(),
                     "peak_mem_mb": peak_memory_mb(name, mode, device, batch, img_size, threads) if memory

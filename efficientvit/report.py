@@ -78,20 +78,21 @@ def fig4_section(out: Path) -> list[str]:
     if frame is None:
         return ["Not run."]
     frame["family"] = frame["model"].str.split("_").str[0]
-    lines = ["| family | heads | mean over blocks of the max head similarity | per block |", "|---|---|---|---|"]
+    lines = ["| family | feature | heads | mean over blocks of the max head similarity | per block (%) |",
+             "|---|---|---|---|---|"]
     verdicts = []
     means = {}
-    for (family, kind), group in frame.groupby(["family", "attention_kind"]):
-        means[(family, kind)] = group["mean_max_similarity"].mean()
+    for (family, feature, kind), group in frame.groupby(["family", "feature", "attention_kind"]):
+        means[(family, feature, kind)] = group["mean_max_similarity"].mean()
         per_block = " ".join(f"{100 * v:.0f}" for v in group.sort_values("block")["mean_max_similarity"])
-        lines.append(f"| {family} | {kind} | {100 * means[(family, kind)]:.1f}% | {per_block} |")
+        lines.append(f"| {family} | {feature} | {kind} | {100 * means[(family, feature, kind)]:.1f}% | {per_block} |")
     paper = pd.read_csv(PAPER / "fig4_head_similarity.csv", comment="#")
     paper_means = paper.groupby(["model", "heads"])["similarity_pct"].mean()
-    for family in sorted({f for f, _ in means}):
-        if (family, "full") in means and (family, "split") in means:
-            drop = 100 * (means[(family, "full")] - means[(family, "split")])
-            verdicts.append(f"{family}: split heads {'lower' if drop > 0 else 'raise'} it by {abs(drop):.1f} points "
-                            f"({verdict(drop > 0)})")
+    for family, feature in sorted({(f, feat) for f, feat, _ in means}):
+        if (family, feature, "full") in means and (family, feature, "split") in means:
+            drop = 100 * (means[(family, feature, "full")] - means[(family, feature, "split")])
+            verdicts.append(f"{family} ({feature}): split heads {'lower' if drop > 0 else 'raise'} it by "
+                            f"{abs(drop):.1f} points ({verdict(drop > 0)})")
     lines += ["", "Paper (ImageNet, mean over 12 blocks): "
               + ", ".join(f"{m} {h} {v:.1f}%" for (m, h), v in paper_means.items()) + ".",
               "Finding \"feeding each head its own channel split lowers head similarity\": "

@@ -137,13 +137,14 @@ def fig4(preset: dict, out: Path, data: Path, checkpoints: dict[str, Path]) -> N
 
     spec = preset["fig4"]
     for proxy in spec["proxies"]:
-        run = f"{proxy}_{spec.get('feature', 'attention')}"
-        if (out / "head_similarity" / f"{run}_summary.csv").exists():
-            continue
-        run_tool(head_similarity.main, ["--checkpoint", str(checkpoints[proxy]), "--data", str(data),
-                                        "--images", str(spec["images"]), "--feature", spec.get("feature", "attention"),
-                                        "--device", preset.get("device", "cpu"), "--run", run,
-                                        "--out-dir", str(out / "head_similarity")])
+        for feature in spec.get("features", ["attention"]):
+            run = f"{proxy}_{feature}"
+            if (out / "head_similarity" / f"{run}_summary.csv").exists():
+                continue
+            run_tool(head_similarity.main, ["--checkpoint", str(checkpoints[proxy]), "--data", str(data),
+                                            "--images", str(spec["images"]), "--feature", feature,
+                                            "--device", preset.get("device", "cpu"), "--run", run,
+                                            "--out-dir", str(out / "head_similarity")])
 
 
 def fig5(preset: dict, out: Path, data: Path, checkpoints: dict[str, Path]) -> None:
