@@ -13,7 +13,8 @@ from torch import nn
 
 from .attention import TokenAttention, join_qkv
 from .efficientvit import as_pair
-from .layers import AttentionLayer, FFNLayer, init_transformer_weights, layer_dims_for, parse_layout
+from .layers import (AttentionLayer, FFNLayer, init_transformer_weights, layer_dims_for, layer_to_timm_block,
+                     parse_layout, timm_block_to_layer)
 from .registry import register_model
 
 
@@ -94,9 +95,7 @@ class DeiT(nn.Module):
             m = re.match(r"^blocks\.(\d+)\.(norm1|attn|norm2|mlp)\.(.*)$", key)
             if not m:
                 return key
-            first = m[2] in ("norm1", "attn")
-            layer = 2 * int(m[1]) + (0 if first else 1)
-            part = "norm" if m[2].startswith("norm") else m[2]
+            layer, part = timm_block_to_layer(int(m[1]), m[2])
             return f"layers.{layer}.{part}.{m[3]}"
 
         return {rename(k): v for k, v in state.items()}
@@ -111,8 +110,7 @@ class DeiT(nn.Module):
             m = re.match(r"^layers\.(\d+)\.(norm|attn|mlp)\.(.*)$", key)
             if not m:
                 return key
-            block, second = divmod(int(m[1]), 2)
-            part = {"norm": "norm2" if second else "norm1"}.get(m[2], m[2])
+            block, part = layer_to_timm_block(int(m[1]), m[2])
             return f"blocks.{block}.{part}.{m[3]}"
 
         return {rename(k): v for k, v in join_qkv(self.state_dict()).items()}

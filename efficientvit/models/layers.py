@@ -206,6 +206,18 @@ def layer_dims_for(layout: str, layer_dims: list | None, where: str = "layer_dim
     return list(layer_dims)
 
 
+def timm_block_to_layer(block: int, part: str) -> tuple[int, str]:
+    """timm's transformer block b (norm1, attn, norm2, mlp) is our A layer 2b (norm, attn) and F layer 2b+1
+    (norm, mlp)."""
+    second = part in ("norm2", "mlp")
+    return 2 * block + second, "norm" if part.startswith("norm") else part
+
+
+def layer_to_timm_block(layer: int, part: str) -> tuple[int, str]:
+    block, second = divmod(layer, 2)
+    return block, {"norm": "norm2" if second else "norm1"}.get(part, part)
+
+
 def mhsa_proportion(layouts: str | list[str]) -> float:
     """Share of layers that are attention layers (the x-axis of the paper's Fig. 3)."""
     text = "".join(layouts) if not isinstance(layouts, str) else layouts

@@ -16,7 +16,8 @@ from torchvision.ops import stochastic_depth
 
 from .attention import TokenAttention, join_qkv
 from .efficientvit import as_pair
-from .layers import FFNLayer, init_transformer_weights, layer_dims_for, parse_layout
+from .layers import (FFNLayer, init_transformer_weights, layer_dims_for, layer_to_timm_block, parse_layout,
+                     timm_block_to_layer)
 from .registry import register_model
 
 
@@ -203,8 +204,7 @@ class Swin(nn.Module):
             m = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(norm1|attn|norm2|mlp)\.(.*)$", key)
             if not m:
                 return key
-            layer = 2 * int(m[2]) + (0 if m[3] in ("norm1", "attn") else 1)
-            part = "norm" if m[3].startswith("norm") else m[3]
+            layer, part = timm_block_to_layer(int(m[2]), m[3])
             return f"stages.{m[1]}.layers.{layer}.{part}.{m[4]}"
 
         return {rename(k): v for k, v in state.items() if not k.endswith("attn_mask")}
@@ -221,8 +221,7 @@ class Swin(nn.Module):
             m = re.match(r"^stages\.(\d+)\.layers\.(\d+)\.(norm|attn|mlp)\.(.*)$", key)
             if not m:
                 return key
-            block, second = divmod(int(m[2]), 2)
-            part = {"norm": "norm2" if second else "norm1"}.get(m[3], m[3])
+            block, part = layer_to_timm_block(int(m[2]), m[3])
             return f"layers.{m[1]}.blocks.{block}.{part}.{m[4]}"
 
         return {rename(k): v for k, v in join_qkv(self.state_dict()).items()}
