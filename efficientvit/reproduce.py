@@ -42,7 +42,8 @@ class Progress:
     def begin(self, index: int) -> float:
         name, _ = self.stages[index]
         elapsed = time.perf_counter() - self.start
-        pace = self.done_actual / self.done_expected if self.done_expected else 1.0
+        # finished stages recalibrate the estimates, once they are long enough to say something
+        pace = self.done_actual / self.done_expected if self.done_actual > 60 else 1.0
         left = pace * sum(minutes for _, minutes in self.stages[index:]) * 60
         print(f"[{index + 1}/{len(self.stages)}] {name}: {elapsed / 60:.1f} min elapsed, about "
               f"{left / 60:.0f} min left", flush=True)
