@@ -9,21 +9,7 @@ from efficientvit.cli import main
 ort = pytest.importorskip("onnxruntime")
 
 
-def test_onnx_export_runs_in_onnxruntime_like_pytorch_at_any_batch(tmp_path, capsys):
-    out = tmp_path / "m0.onnx"
-    assert main(["export", "onnx", "efficientvit_m0", "--img-size", "64", "--fuse", "--dynamic-batch",
-                 "--out", str(out)]) == 0
-    assert "max abs difference" in capsys.readouterr().out
-    model = efficientvit.fuse(efficientvit.create_model("efficientvit_m0", img_size=64))
-    x = torch.randn(3, 3, 64, 64)
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": x.numpy()})[0]
-    with torch.no_grad():
-        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-5)
-    assert [p.name for p in tmp_path.iterdir()] == ["m0.onnx"]  # no temporary file left behind
-
-
-def test_exports_carry_checkpoint_weights(tmp_path):
+def test_exports_carry_checkpoint_weights_and_match_pytorch(tmp_path, capsys):
     model = perturb_norms(efficientvit.create_model("efficientvit_m0", img_size=64)).eval()
     for p in model.parameters():
         p.data.normal_(0, 0.05)
@@ -36,11 +22,16 @@ def test_exports_carry_checkpoint_weights(tmp_path):
                  str(tmp_path / "ckpt.pth"), "--out", str(tmp_path / "m0.pt")]) == 0
     with torch.no_grad():
         assert torch.allclose(torch.jit.load(str(tmp_path / "m0.pt"))(x), expected, atol=1e-5)
-    assert main(["export", "onnx", "efficientvit_m0", "--img-size", "64", "--checkpoint", str(tmp_path / "ckpt.pth"),
-                 "--fuse", "--opset", "17", "--out", str(tmp_path / "m0.onnx")]) == 0
-    session = ort.InferenceSession(str(tmp_path / "m0.onnx"), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": x[:1].numpy()})[0]  # exported without --dynamic-batch: batch 1
-    np.testing.assert_allclose(got, expected[:1].numpy(), atol=1e-4)
+    for dynamic in ([], ["--dynamic-batch"]):
+        assert main(["export", "onnx", "efficientvit_m0", "--img-size", "64", "--checkpoint",
+                     str(tmp_path / "ckpt.pth"), "--fuse", "--opset", "17", *dynamic,
+                     "--out", str(tmp_path / "m0.onnx")]) == 0
+        assert "max abs difference" in capsys.readouterr().out
+        session = ort.InferenceSession(str(tmp_path / "m0.onnx"), providers=["CPUExecutionProvider"])
+        batch = x if dynamic else x[:1]  # traced on one image: without --dynamic-batch the batch is fixed at 1
+        np.testing.assert_allclose(session.run(None, {"input": batch.numpy()})[0], expected[:len(batch)].numpy(),
+                                   atol=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth", "m0.onnx", "m0.pt"]  # no temporary left
 
 
 def test_bad_export_input_is_one_sentence_and_exit_2(tmp_path, capsys):
