@@ -5,7 +5,7 @@ import yaml
 
 from efficientvit.reproduce import reproduce
 
-TINY_DEIT = dict(img_size=64, patch_size=16, embed_dim=24, num_heads=3, layout="AFAF")
+TINY_DEIT = dict(patch_size=16, embed_dim=24, num_heads=3, layout="AFAF")  # img_size comes from the training config
 TRAIN = dict(img_size=64, epochs=1, batch_size=8, workers=0, warmup_epochs=0, mixup=0.0, cutmix=0.0,
              randaug_magnitude=None, reprob=0.0, repeated_aug=False, ema_decay=None)
 
@@ -15,7 +15,8 @@ def preset(tmp_path):
     proxy = tmp_path / "proxy.yaml"
     proxy.write_text(yaml.safe_dump({"model": "deit_tiny", "model_kwargs": TINY_DEIT, **TRAIN}))
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump({"families": {"deit_tiny": TINY_DEIT}, "train": {"data": "unused", **TRAIN},
+    sweep.write_text(yaml.safe_dump({"families": {"deit_tiny": {**TINY_DEIT, "img_size": 64}},
+                                     "train": {"data": "unused", **TRAIN},
                                      "subnet": dict(seconds=0.01, rounds=1, steps=2, batch_size=2,
                                                     cache=str(tmp_path / "cache.json"))}))
     micro = {
