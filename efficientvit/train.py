@@ -86,6 +86,8 @@ class TrainConfig:
     repeated_aug: bool = knob(True, "repeated augmentation: each image 3 times per epoch on different processes")
     drop_path: float = knob(0.0, "stochastic-depth rate (passed to the model as drop_path_rate when > 0)")
     ema_decay: typing.Optional[float] = knob(0.99996, "EMA decay per step (null: no EMA)")
+    init: typing.Optional[str] = knob(None, "checkpoint of ours to start from, e.g. a pruned model: its architecture "
+                                            "and weights replace model/model_kwargs")
     teacher: typing.Optional[str] = knob(None, "checkpoint of ours to distil from, DeiT hard distillation "
                                                "(the model gets a distillation head)")
     distillation_alpha: float = knob(0.5, "weight of the distillation loss")
@@ -320,9 +322,16 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
                             generator=torch.Generator().manual_seed(config.seed))
 
     # Model, teacher, EMA, optimizer, schedule.
-    kwargs = {**config.model_kwargs, **({"drop_path_rate": config.drop_path} if config.drop_path > 0 else {}),
+    extras = {**({"drop_path_rate": config.drop_path} if config.drop_path > 0 else {}),
               **({"distillation": True} if config.teacher else {})}
-    model = create_model(config.model, num_classes=num_classes, img_size=config.img_size, **kwargs).to(device)
+    if config.init:  # a checkpoint of ours (e.g. a pruned model) brings its own architecture and weights
+        model = model_from_checkpoint(config.init, img_size=config.img_size, **extras).to(device)
+        if model.num_classes != num_classes:
+            raise UserError(f"init checkpoint {config.init} predicts {model.num_classes} classes, the data has "
+                            f"{num_classes}")
+    else:
+        model = create_model(config.model, num_classes=num_classes, img_size=config.img_size,
+                             **config.model_kwargs, **extras).to(device)
     teacher = None
     if config.teacher:
         teacher = model_from_checkpoint(config.teacher).to(device).eval().requires_grad_(False)

@@ -120,3 +120,20 @@ def test_models_without_prunable_attention_and_missing_data(data, tmp_path, caps
     assert "supports DeiT and Swin" in capsys.readouterr().err
     assert tpr.main(["--model", "deit_tiny", "--data", str(tmp_path / "nowhere"), "--ratio", "0.5"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_pruned_model_fine_tunes_with_the_training_pipeline(data, tmp_path):
+    checkpoint = efficientvit.save_checkpoint(tmp_path / "deit.pth",
+                                              efficientvit.create_model("deit_tiny", **{**TINY, "img_size": 64}))
+    finetune = tmp_path / "finetune.yaml"
+    finetune.write_text(f"data: {data}\nimg_size: 64\nepochs: 1\nbatch_size: 8\nworkers: 0\nwarmup_epochs: 0\n"
+                        "mixup: 0.0\ncutmix: 0.0\nrandaug_magnitude: null\nreprob: 0.0\nrepeated_aug: false\n")
+    assert tpr.main(["--checkpoint", str(checkpoint), "--data", str(data), "--ratio", "0.3", "--batches", "1",
+                     "--batch", "8", "--workers", "0", "--out-dir", str(tmp_path), "--run", "r",
+                     "--save", str(tmp_path / "pruned.pth"), "--finetune-config", str(finetune)]) == 0
+    import json
+    stats = json.loads((tmp_path / "r.json").read_text())["pruning"]
+    assert 0 <= stats["top1_finetuned"] <= 100
+    tuned = efficientvit.model_from_checkpoint(tmp_path / "pruned_finetuned" / "checkpoint.pth")
+    assert tuned.config["kwargs"]["layer_dims"] == efficientvit.model_from_checkpoint(
+        tmp_path / "pruned.pth").config["kwargs"]["layer_dims"]
