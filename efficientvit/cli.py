@@ -32,7 +32,8 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"{name:24s} {model_family(name)}")
 
 
-def describe(name: str, img_size: tuple[int, int] | None, throughput: bool, threads: int | None) -> tuple[dict, "torch.nn.Module"]:
+def describe(name: str, img_size: tuple[int, int] | None, throughput: bool,
+             threads: int | None) -> tuple[dict, torch.nn.Module]:
     from .bench import measure_throughput
     from .flops import count_flops, count_params
     from .fuse import fuse
