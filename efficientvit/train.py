@@ -46,6 +46,7 @@ from .data.pipeline import (RepeatedAugmentationSampler, batch_mixing, check_bad
                             image_folder, train_transform)
 from .errors import UserError
 from .models import create_model
+from .results import atomic_write_text
 
 CLIP_MODES = ("agc", "norm")
 METRICS = ("epoch", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "ema_top1", "epoch_seconds")
@@ -217,12 +218,6 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
