@@ -227,7 +227,7 @@ def reproduce(preset_name: str, out: Path, only: list[str], data_override: str |
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="cpu", help="cpu (default, ~25 min on 2 cores), quick (~3 min), "
+    parser.add_argument("--preset", default="cpu", help="cpu (default, ~30 min on 2 cores), quick (smaller), "
                                                         "paper (ImageNet, GPUs), or a preset YAML")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (results/)")
     parser.add_argument("--only", default=",".join(FIGURES), help="figures to run, e.g. fig2,fig4 (all)")
