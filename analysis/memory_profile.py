@@ -161,7 +161,7 @@ def explicit_attention(model: nn.Module) -> list:
 def profile_model(model: nn.Module, batch: int, img_size: tuple[int, int], device: torch.device, iters: int,
                   warmup: int, fused_attention: bool = False) -> pd.DataFrame:
     """Per (scope, category): calls and self time per forward pass, share of the total, bytes and FLOPs."""
-    model = efficientvit.fuse(model).to(device).eval()
+    model = efficientvit.fuse(model, channels_last=False).to(device).eval()  # the NCHW graph the paper profiled
     if not fused_attention:
         explicit_attention(model)
     x = torch.randn(batch, 3, *img_size, device=device)

@@ -60,18 +60,19 @@ def report(samples, peak, args) -> str:
         f"{meta['threads']} threads ({os.cpu_count()} cores on this machine, {torch.__version__}), warm-up then "
         f"batches for {args.seconds} s; all {len(summary)} entries below were timed in turns, {args.rounds} rounds. "
         "Figures are medians over rounds with [min-max]; a speed-up is the median of per-round ratios (both sides "
-        "timed in the same round). The machine was shared with other jobs while measuring, so absolute img/s are "
-        "low and noisy; the ratios are what this page is for. BatchNorm is folded in every mode but `eager`. "
-        "Every model, ours and the baselines alike, gets its best layout: each table names the mode it used.",
+        "timed in the same round), so drifts of the machine during the run cancel. BatchNorm is folded in every "
+        "mode but `eager`. Every model, ours and the baselines alike, gets its best layout: each table names the "
+        "mode it used.",
         "",
         *noisy_warning(summary),
         "## Ours vs timm's port, fused eager, same weights",
         "",
-        "timm's `efficientvit_m*` folded with timm's own `reparameterize_model`; ours with `efficientvit.fuse`. "
-        "Best eager layout of each side (channels_last or NCHW `fused`); the NCHW-vs-NCHW column compares both "
-        "in plain `fused` mode.",
+        "timm's `efficientvit_m*` folded with timm's own `reparameterize_model`; ours with `efficientvit.fuse`, "
+        "which also stores the conv weights channels-last (the network then runs channels-last from the stem on, "
+        "whatever the input's layout). First ratio: the best eager layout of each side (`channels_last` input or "
+        "plain `fused`); second: each side's folding tool as a user calls it, on an NCHW input.",
         "",
-        "| model | ours img/s (mode) | timm img/s (mode) | ours / timm | NCHW ours / timm |",
+        "| model | ours img/s (mode) | timm img/s (mode) | ours / timm, best layouts | ours / timm, as folded |",
         "|---|---|---|---|---|",
     ]
     for ours, timm in zip(OURS, TIMM):

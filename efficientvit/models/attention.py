@@ -99,7 +99,7 @@ class CascadedGroupAttention(nn.Module):
             ConvNorm(key_dim, key_dim, k, 1, k // 2, groups=key_dim, norm=norm) for k in q_kernels[:num_heads]
         ) if q_dwconv else nn.ModuleList()
         self.proj = nn.Sequential(
-            make_activation(act), ConvNorm(self.value_dim * num_heads, dim, bn_weight_init=0.0, norm=norm)
+            make_activation(act, inplace=True), ConvNorm(self.value_dim * num_heads, dim, bn_weight_init=0.0, norm=norm)
         )
         self.window = tuple(window)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, window[0] * window[1]))

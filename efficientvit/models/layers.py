@@ -118,6 +118,9 @@ class Residual(nn.Module):
         self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training or torch.is_grad_enabled()):
+            # Inference: the branch output is a fresh tensor, so adding into it saves a full-size allocation.
+            return self.m(x).add_(x)
         return x + stochastic_depth(self.m(x), self.drop_path, "row", self.training)
 
 
