@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import difflib
 import math
 import multiprocessing
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -265,18 +265,29 @@ def count_macs(model: nn.Module, img_size: int) -> float:
         return math.nan
 
 
+def _proc_status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+
 def _child_peak_rss(name: str, mode: str, batch: int, img_size: int, threads: int) -> float:
     torch.set_num_threads(threads)
     entry = prepare(build_model(name, img_size), name, mode, "cpu", batch, img_size, threads)
-    with open("/proc/self/statm") as f:
-        before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    # Freed heap pages still resident would be reused by the batch unseen: hand them back to the system first.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    # getrusage's ru_maxrss would not do: Linux carries the parent's peak over fork and exec. The peak resident
+    # set of this process (VmHWM) is reset to the current one by writing 5 to clear_refs.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _proc_status_bytes("VmRSS")
     entry.run()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    return _proc_status_bytes("VmHWM") - before
 
 
 def peak_memory_mb(name: str, mode: str, device: str, batch: int, img_size: int, threads: int) -> float:
     """Memory one batch takes beyond the prepared model. CUDA: `torch.cuda.max_memory_allocated`. CPU: in a fresh
-    process, the rise of the peak resident set (getrusage ru_maxrss) over the resident set before the batch;
+    process, the rise of the peak resident set (VmHWM, reset before the batch) over the resident set before it;
     tracemalloc cannot see torch's allocations. NaN for compile, whose compilation would dominate the figure."""
     if mode == "compile":
         return math.nan
@@ -367,7 +378,7 @@ def run_bench(models: list[str], modes: list[str] | dict[str, list[str]], device
     samples["share_of_peak"] = samples["macs_per_img"] * samples["img_s"] / peak
     meta = {"device": device, "batch": batch, "threads": threads, "img_size": img_size, "seconds": seconds,
             "peak_gmac_s": round(peak / 1e9, 2), "memory_method": "cuda max_memory_allocated" if device == "cuda"
-            else "getrusage ru_maxrss rise over the batch, in a fresh process"}
+            else "rise of the peak resident set (VmHWM) over one batch, in a fresh process"}
     for key, value in meta.items():
         samples[key] = value
     return samples, peak
