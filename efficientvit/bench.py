@@ -30,8 +30,8 @@ from .errors import UserError
 
 MODE_HELP = {
     "eager": "the model as built",
-    "fused": "BatchNorm folded (ours: efficientvit.fuse; timm: its reparameterize_model; torchvision: torch.fx "
-             "conv-BN folding)",
+    "fused": "BatchNorm folded, NCHW input (ours: efficientvit.fuse, which also stores conv weights channels-last; "
+             "timm: its reparameterize_model; torchvision: torch.fx conv-BN folding)",
     "channels_last": "fused, weights and input channels-last: the best eager layout of every model here on CPU",
     "compile": "channels_last through torch.compile (inductor, with weight freezing on CPU)",
     "onnxruntime": "the fused model exported to ONNX and run by onnxruntime",
