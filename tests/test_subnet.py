@@ -5,7 +5,7 @@ import yaml
 
 import efficientvit
 from efficientvit.models.layers import mhsa_proportion
-from efficientvit.subnet import find_subnet, load_model_config, save_model_config
+from efficientvit.subnet import find_subnet, load_model_config, neighbours, save_model_config
 
 TINY_DEIT = dict(img_size=32, patch_size=8, embed_dim=48, num_heads=3, layout="AF" * 4)
 BUDGET = dict(seconds=0.02, rounds=1, steps=3, batch_size=4)
@@ -20,6 +20,12 @@ def test_subnet_has_the_proportion_and_is_cached(tmp_path):
     start = time.perf_counter()
     assert find_subnet("deit_tiny", 1.25, 0.25, base=TINY_DEIT, cache=cache, **BUDGET) == result
     assert time.perf_counter() - start < 1.0  # served from the cache, no timing
+
+
+def test_neighbours_are_the_next_distinct_widths_on_both_sides():
+    base = dict(TINY_DEIT, embed_dim=96)
+    widths = [k["embed_dim"] for k in neighbours("deit_tiny", 0.5, 0.75, base, count=2)]
+    assert widths == [72, 78, 84, 66, 60]  # the scale's own (96 x 0.75), then up, then down; steps of 2 x heads
 
 
 def test_swin_subnet_spreads_attention_over_stages_and_builds_from_yaml(tmp_path):
