@@ -30,6 +30,7 @@ from .models.layers import spread_layout
 
 FAMILIES = ("deit_tiny", "swin_tiny")
 TOLERANCE = 0.07
+SEARCH_VERSION = 2  # part of the cache key: a changed search or budget does not return old answers
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "efficientvit-lab" / "subnets.json"
 
 
@@ -98,8 +99,9 @@ def find_subnet(family: str, speedup: float, proportion: float, img_size: int | 
     if speedup < 1.0:
         raise UserError(f"speed-up must be at least 1 (a subnet is faster than the full model), got {speedup}")
     base = {**(base or {}), **({"img_size": img_size} if img_size else {})}
+    search = [SEARCH_VERSION, seconds, rounds, steps]
     key = json.dumps(dict(family=family, speedup=speedup, proportion=proportion, base=base, batch=batch_size,
-                          threads=torch.get_num_threads(), device=device), sort_keys=True)
+                          threads=torch.get_num_threads(), device=device, search=search), sort_keys=True)
     cached = read_cache(cache)
     if key in cached:
         return cached[key]
