@@ -379,8 +379,9 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
         loader_generator.manual_seed(epoch_seed(config.seed, epoch, rank))
         ddp_model.train()
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss x images, images, skipped
-        for images, targets, bad in tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                                         disable=not main, dynamic_ncols=True):
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not main,
+                   dynamic_ncols=True)
+        for step, (images, targets, bad) in enumerate(bar):
             sums[2] += check_bad_images(bad, config.skip_bad)
             if images is None:
                 continue
@@ -409,6 +410,9 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
                 ema.update_parameters(model)
             sums[0] += loss.detach() * len(images)
             sums[1] += len(images)
+            if main and step % 20 == 0 and sums[1] > 0:  # reading the mean waits for the device: not every step
+                bar.set_postfix(loss=f"{(sums[0] / sums[1]).item():.3f}",
+                                lr=f"{optimizer.param_groups[0]['lr']:.1e}", refresh=False)
         if world > 1:
             dist.all_reduce(sums)
 
