@@ -6,6 +6,9 @@ background, small clutter and pixel noise are random. Classes come in pairs with
 opposite order, so a model has to relate two regions that can lie far apart, which is what attention is for.
 The relation is vertical because the recipe flips images horizontally, which must not change the class.
 
+Style `textured` (the default) is the above; style `clean` draws the same shapes and relation on a plain
+background with no clutter and no noise: small ViTs trained from scratch pick the task up far sooner on it.
+
 The tree is an ImageFolder (train/<class>/*.png, val/<class>/*.png) plus manifest.json. Every image has its own
 seed (dataset seed, split, index), so the same arguments give the same bytes whatever the number of workers.
 """
@@ -31,6 +34,7 @@ ORDERINGS = list(itertools.permutations(SHAPES, SHAPES_PER_IMAGE))  # 12 possibl
 # instead of all starting with "circle".
 CLASS_STRIDE = 5
 SPLITS = ("train", "val")
+STYLES = ("textured", "clean")
 SUPERSAMPLE = 2  # shapes are drawn at twice the size and box-filtered down, for anti-aliased edges
 CHUNK = 500  # images per task handed to a worker
 VERSION = 1
@@ -95,14 +99,19 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: f
             draw.polygon([tuple(c) for c in corners], fill=colour)
 
 
-def render(ordering: tuple[str, ...], size: int, rng: np.random.Generator) -> Image.Image:
-    """One image: the shapes of `ordering` from top to bottom at random places, over texture and clutter."""
+def render(ordering: tuple[str, ...], size: int, rng: np.random.Generator, style: str = "textured") -> Image.Image:
+    """One image: the shapes of `ordering` from top to bottom at random places, over texture and clutter (style
+    `textured`) or a plain background (style `clean`)."""
     side = size * SUPERSAMPLE
-    background, base = textured_background(rng, size)  # smooth anyway: made at the final size, then upsampled
-    image = Image.fromarray(background.astype(np.uint8)).resize((side, side), Image.BILINEAR)
+    if style == "clean":
+        base = rng.uniform(0, 255, 3)
+        image = Image.new("RGB", (side, side), tuple(int(c) for c in base))
+    else:
+        background, base = textured_background(rng, size)  # smooth anyway: made at the final size, then upsampled
+        image = Image.fromarray(background.astype(np.uint8)).resize((side, side), Image.BILINEAR)
     draw = ImageDraw.Draw(image)
 
-    for _ in range(int(rng.integers(2, 6))):  # clutter: dots and short strokes, far smaller than any shape
+    for _ in range(int(rng.integers(2, 6)) if style == "textured" else 0):  # clutter: dots and short strokes
         x, y = rng.uniform(0, side, 2)
         length = rng.uniform(1, 0.05 * side)
         heading = rng.uniform(0, 2 * np.pi)
@@ -122,25 +131,27 @@ def render(ordering: tuple[str, ...], size: int, rng: np.random.Generator) -> Im
                    contrasting_colour(rng, base))
 
     pixels = np.asarray(image.resize((size, size), Image.BOX), dtype=np.float32)
-    pixels += rng.normal(0, rng.uniform(2, 12), pixels.shape)
+    if style == "textured":
+        pixels += rng.normal(0, rng.uniform(2, 12), pixels.shape)
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
 
 
-def write_images(root: str, split: str, start: int, stop: int, classes: int, size: int, seed: int) -> int:
+def write_images(root: str, split: str, start: int, stop: int, classes: int, size: int, seed: int,
+                 style: str) -> int:
     """Render and save images start..stop-1 of a split (image i belongs to class i mod classes)."""
     orderings = class_orderings(classes)
     for index in range(start, stop):
         label = index % classes
-        image = render(orderings[label], size, image_rng(seed, split, index))
+        image = render(orderings[label], size, image_rng(seed, split, index), style)
         image.save(Path(root, split, class_folder(label, orderings[label]), f"{index:06d}.png"), format="PNG")
     return stop - start
 
 
-def manifest(classes: int, train: int, val: int, size: int, seed: int) -> dict:
+def manifest(classes: int, train: int, val: int, size: int, seed: int, style: str = "textured") -> dict:
     return {
         "generator": "efficientvit.data.synthetic",
         "version": VERSION,
-        "params": {"classes": classes, "train": train, "val": val, "size": size, "seed": seed},
+        "params": {"classes": classes, "train": train, "val": val, "size": size, "seed": seed, "style": style},
         "task": "the class is the top-to-bottom order of the shapes in the image",
         "classes": [{"index": k, "folder": class_folder(k, o), "top_to_bottom": list(o)}
                     for k, o in enumerate(class_orderings(classes))],
@@ -149,21 +160,24 @@ def manifest(classes: int, train: int, val: int, size: int, seed: int) -> dict:
 
 
 def make_synthetic(out: str | os.PathLike, classes: int = 10, train: int = 10000, val: int = 2000, size: int = 64,
-                   seed: int = 0, workers: int | None = None) -> Path:
+                   seed: int = 0, workers: int | None = None, style: str = "textured") -> Path:
     """Write the dataset to `out` atomically (built in a hidden sibling folder, then renamed); returns `out`.
 
     If `out` already holds this very dataset (same manifest), nothing is done.
     """
     out = Path(out)
     class_orderings(classes)  # checks the number of classes
+    if style not in STYLES:
+        raise UserError(f"--style must be one of {', '.join(STYLES)}, got {style!r}")
     for name, value, low in (("--train", train, classes), ("--val", val, classes), ("--size", size, 32)):
         if value < low:
             raise UserError(f"{name} must be at least {low}, got {value}")
-    expected = manifest(classes, train, val, size, seed)
+    expected = manifest(classes, train, val, size, seed, style)
     if out.exists():
         try:
             existing = json.loads((out / "manifest.json").read_text())
-        except (OSError, ValueError):
+            existing["params"].setdefault("style", "textured")  # written before styles existed
+        except (OSError, ValueError, KeyError, TypeError):
             existing = None
         if existing == expected:
             return out
@@ -175,7 +189,7 @@ def make_synthetic(out: str | os.PathLike, classes: int = 10, train: int = 10000
         for split in SPLITS:
             for entry in expected["classes"]:
                 (partial / split / entry["folder"]).mkdir(parents=True)
-        tasks = [(str(partial), split, start, min(start + CHUNK, count), classes, size, seed)
+        tasks = [(str(partial), split, start, min(start + CHUNK, count), classes, size, seed, style)
                  for split, count in (("train", train), ("val", val)) for start in range(0, count, CHUNK)]
         workers = workers or len(os.sched_getaffinity(0))
         if workers == 1:

@@ -28,7 +28,7 @@ def test_tree_is_an_image_folder_with_balanced_classes_and_a_manifest(tmp_path):
     out = make_synthetic(tmp_path / "d", seed=0, workers=1, **SMALL)
     manifest = json.loads((out / "manifest.json").read_text())
     folders = [c["folder"] for c in manifest["classes"]]
-    assert manifest["params"] == {**SMALL, "seed": 0}
+    assert manifest["params"] == {**SMALL, "seed": 0, "style": "textured"}
     for split, count in (("train", 12), ("val", 8)):
         assert sorted(p.name for p in (out / split).iterdir()) == folders
         assert [len(list((out / split / f).glob("*.png"))) for f in folders] == [count // 4] * 4
@@ -57,8 +57,35 @@ def test_an_interrupted_run_leaves_nothing_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_clean_style_has_the_same_classes_on_a_plain_background(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    clean = make_synthetic(tmp_path / "clean", seed=0, workers=1, style="clean", **SMALL)
+    textured = make_synthetic(tmp_path / "textured", seed=0, workers=1, **SMALL)
+    assert sorted(p.name for p in (clean / "train").iterdir()) == sorted(p.name for p in (textured / "train").iterdir())
+    for root, plain in ((clean, True), (textured, False)):
+        for path in sorted((root / "train").rglob("*.png")):
+            pixels = np.asarray(Image.open(path)).reshape(-1, 3)
+            corners = np.asarray(Image.open(path))[[0, 0, -1, -1], [0, -1, 0, -1]]
+            # plain: one background colour at every corner, and most pixels exactly that colour
+            is_plain = (corners == corners[0]).all() and (pixels == corners[0]).all(axis=1).mean() > 0.5
+            assert is_plain == plain, path
+
+
+def test_a_dataset_written_before_styles_is_the_textured_one(tmp_path):
+    out = make_synthetic(tmp_path / "old", seed=0, workers=1, **SMALL)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["params"]["style"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert make_synthetic(out, seed=0, workers=1, **SMALL) == out
+    with pytest.raises(UserError, match="already exists"):
+        make_synthetic(out, seed=0, workers=1, style="clean", **SMALL)
+
+
 @pytest.mark.parametrize("args, message", [(dict(classes=1), "--classes"), (dict(classes=13), "--classes"),
-                                           (dict(train=2), "--train"), (dict(size=16), "--size")])
+                                           (dict(train=2), "--train"), (dict(size=16), "--size"),
+                                           (dict(style="noisy"), "--style")])
 def test_bad_arguments_are_one_sentence(tmp_path, args, message):
     with pytest.raises(UserError, match=message):
         make_synthetic(tmp_path / "g", workers=1, **{**SMALL, **args})
