@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="processes drawing images (default: one per CPU core)")
     p.add_argument("--style", choices=["textured", "clean"], default="textured",
                    help="textured (default): textured background, clutter and noise; clean: the same shapes and "
-                        "classes on a plain background, which small ViTs learn far sooner")
+                        "classes on a black background, without clutter or noise")
     p.set_defaults(run=cmd_make_data)
 
     from .train import add_arguments

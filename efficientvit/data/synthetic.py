@@ -6,8 +6,9 @@ background, small clutter and pixel noise are random. Classes come in pairs with
 opposite order, so a model has to relate two regions that can lie far apart, which is what attention is for.
 The relation is vertical because the recipe flips images horizontally, which must not change the class.
 
-Style `textured` (the default) is the above; style `clean` draws the same shapes and relation on a plain
-background with no clutter and no noise: small ViTs trained from scratch pick the task up far sooner on it.
+Style `textured` (the default) is the above; style `clean` draws the same shapes and relation on a black
+background with no clutter and no noise, to tell how much of the task's difficulty for a small model trained from
+scratch is the nuisance and how much the relation.
 
 The tree is an ImageFolder (train/<class>/*.png, val/<class>/*.png) plus manifest.json. Every image has its own
 seed (dataset seed, split, index), so the same arguments give the same bytes whatever the number of workers.
@@ -104,8 +105,8 @@ def render(ordering: tuple[str, ...], size: int, rng: np.random.Generator, style
     `textured`) or a plain background (style `clean`)."""
     side = size * SUPERSAMPLE
     if style == "clean":
-        base = rng.uniform(0, 255, 3)
-        image = Image.new("RGB", (side, side), tuple(int(c) for c in base))
+        base = np.zeros(3)  # black, so every shape colour below stands out
+        image = Image.new("RGB", (side, side))
     else:
         background, base = textured_background(rng, size)  # smooth anyway: made at the final size, then upsampled
         image = Image.fromarray(background.astype(np.uint8)).resize((side, side), Image.BILINEAR)
