@@ -338,7 +338,7 @@ def run_bench(models: list[str], modes: list[str] | dict[str, list[str]], device
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
-    batch = batch or (2048 if device == "cuda" else 16)
+    batch = (2048 if device == "cuda" else 16) if batch is None else batch
     if batch < 1 or seconds <= 0 or rounds < 1:
         raise UserError("--batch and --rounds must be at least 1 and --seconds above 0")
     entries, info = [], {}

@@ -41,9 +41,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load fails in many ways on a damaged file; all mean the same to the user
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in reason:  # torch's text goes on to advise unsafe loading: not repeated
+            reason = "only tensors and plain containers are loaded, for safety"
         raise CheckpointError(
-            f"could not read checkpoint {path}: the file is corrupt, truncated or not a PyTorch checkpoint "
-            f"({reason[:200]})"
+            f"could not read checkpoint {path}: the file is corrupt, truncated, not a PyTorch checkpoint or holds "
+            f"Python objects besides weights ({reason[:200]})"
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")

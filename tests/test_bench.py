@@ -95,6 +95,10 @@ def test_batch_that_does_not_fit_says_to_lower_it(capsys):
     one_line_exit_2(capsys, ["bench", "efficientvit_m0", *TINY, "--batch", str(10**9)], "--batch")
 
 
+def test_batch_zero_is_refused_not_replaced_by_the_default(capsys):
+    one_line_exit_2(capsys, ["bench", "efficientvit_m0", *TINY, "--batch", "0"], "--batch", "at least 1")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_asked_for_but_absent(capsys):
     one_line_exit_2(capsys, ["bench", "efficientvit_m0", "--device", "cuda", *TINY], "no CUDA")
