@@ -17,7 +17,7 @@ from .attention import ATTENTION_KINDS, LocalWindowAttention
 from .layers import ConvNorm, NormLinear, PatchMerging, Residual, depthwise_residual, ffn_residual, make_activation
 from .registry import register_model
 
-TOTAL_STRIDE = 64  # 16 in the patch embedding, then 2 at each of the two subsample blocks
+PATCH_SIZES = (2, 4, 8, 16)  # the stem's stride; 16 is the paper's, 4 and 8 suit 28-64 px images
 BLOCK_LAYOUTS = ("sandwich", "alternate")
 
 
@@ -77,12 +77,20 @@ class EfficientViTStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-def patch_embed(in_chans: int, dim: int, act: str, norm: str) -> nn.Sequential:
-    """Four 3x3 stride-2 Conv-BN layers (total stride 16) widening to dim/8, dim/4, dim/2, dim."""
+def stem_strides(patch_size: int) -> list[int]:
+    """Strides of the stem's four convs: 2, 2, 2, 2 at patch_size 16; 2, 2, 2, 1 at 8; 2, 2, 1, 1 at 4."""
+    # The first convs downsample, the last keep stride 1: the widest convs then run at the lowest resolution (cheapest).
+    return [2 if 2 ** (i + 1) <= patch_size else 1 for i in range(4)]
+
+
+def patch_embed(in_chans: int, dim: int, act: str, norm: str, patch_size: int = 16) -> nn.Sequential:
+    """Four 3x3 Conv-BN layers widening to dim/8, dim/4, dim/2, dim, all of stride 2 at the paper's patch_size 16.
+    The layers, their keys and shapes are the same at every patch_size; only the strides differ."""
     widths = [in_chans, dim // 8, dim // 4, dim // 2, dim]
+    strides = stem_strides(patch_size)
     layers = []
     for i in range(4):
-        layers.append((f"conv{i + 1}", ConvNorm(widths[i], widths[i + 1], 3, 2, 1, norm=norm)))
+        layers.append((f"conv{i + 1}", ConvNorm(widths[i], widths[i + 1], 3, strides[i], 1, norm=norm)))
         if i < 3:
             layers.append((f"act{i + 1}", make_activation(act, inplace=True)))
     return nn.Sequential(OrderedDict(layers))
@@ -102,6 +110,9 @@ class EfficientViT(nn.Module):
     key_dim: the Q/K width per head (16); v_ratio: V width per head as a multiple of C/H (1.0)
     mlp_ratio: FFN expansion (2); token_interaction: the DW convs before each FFN; q_dwconv: the DW conv on Q
     norm: "bn" or "ln"; act: "relu" or "hardswish"
+
+    patch_size: the stem's stride (16 as in the paper; 2, 4 or 8 for small images such as 28 px Fashion-MNIST).
+    The total stride is patch_size x 4 (the two subsample blocks), so img_size must be at least that.
     """
 
     def __init__(
@@ -127,6 +138,7 @@ class EfficientViT(nn.Module):
         q_dwconv: bool = True,
         norm: str = "bn",
         act: str = "relu",
+        patch_size: int = 16,
     ):
         super().__init__()
         if not len(embed_dim) == len(depth) == len(num_heads):
@@ -137,18 +149,28 @@ class EfficientViT(nn.Module):
             raise ValueError(f"block_layout must be one of {BLOCK_LAYOUTS}, got {block_layout!r}")
         if sandwich < 1:
             raise ValueError(f"sandwich (N DW+FFN pairs per side) must be at least 1, got {sandwich}")
+        if patch_size not in PATCH_SIZES:
+            raise ValueError(f"patch_size (the stem's stride) must be one of {PATCH_SIZES}, got {patch_size!r}")
         img_size = as_pair(img_size)
-        if min(img_size) < TOTAL_STRIDE:
-            raise ValueError(f"img_size {img_size} is smaller than the model's total stride {TOTAL_STRIDE}")
+        subsample = 2 ** (len(embed_dim) - 1)  # 2 at each subsample block
+        if min(img_size) < patch_size * subsample:
+            fits = [p for p in PATCH_SIZES if p * subsample <= min(img_size)]
+            smallest = PATCH_SIZES[0]
+            hint = (f"for small images set patch_size={fits[-1]} (img_size must be at least {subsample} x patch_size)"
+                    if fits else f"even the smallest, patch_size={smallest}, needs {smallest * subsample} px")
+            raise ValueError(f"img_size {img_size} is smaller than the model's total stride {patch_size * subsample} "
+                             f"(patch_size {patch_size} x {subsample}): {hint}")
         self.img_size = img_size
+        self.patch_size = patch_size
         self.num_classes = num_classes
         self.num_features = embed_dim[-1]
         self.distillation = distillation
 
-        self.patch_embed = patch_embed(in_chans, embed_dim[0], act, norm)
+        self.patch_embed = patch_embed(in_chans, embed_dim[0], act, norm, patch_size)
         resolution = img_size
-        for _ in range(4):
-            resolution = (halve(resolution[0]), halve(resolution[1]))
+        for stride in stem_strides(patch_size):
+            if stride == 2:
+                resolution = (halve(resolution[0]), halve(resolution[1]))
 
         drop_paths = torch.linspace(0, drop_path_rate, sum(depth)).tolist()
         stages, self.stage_info = [], []

@@ -103,6 +103,77 @@ def test_image_smaller_than_the_total_stride_is_refused():
         efficientvit.create_model("efficientvit_m0", img_size=48)
 
 
+def stage_output_sizes(model, x):
+    sizes = []
+    hooks = [stage.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[2:]))) for stage in model.stages]
+    with torch.no_grad():
+        out = model(x)
+    for hook in hooks:
+        hook.remove()
+    return out, sizes
+
+
+def test_knob_patch_size_default_is_the_official_model():
+    torch.manual_seed(0)
+    before = efficientvit.create_model("efficientvit_m0", img_size=64).eval()
+    torch.manual_seed(0)
+    explicit = efficientvit.create_model("efficientvit_m0", img_size=64, patch_size=16).eval()
+    ours, theirs = before.state_dict(), explicit.state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert [conv.conv.stride for conv in explicit.patch_embed[::2]] == [(2, 2)] * 4
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(before(x), explicit(x))
+
+
+@pytest.mark.parametrize("patch_size, size, strides", [(4, 32, [2, 2, 1, 1]), (8, 64, [2, 2, 2, 1])])
+def test_knob_patch_size_runs_small_images_at_img_over_patch_size(patch_size, size, strides):
+    model = efficientvit.create_model("efficientvit_m0", img_size=size, patch_size=patch_size, num_classes=10)
+    assert [conv.conv.stride[0] for conv in model.patch_embed[::2]] == strides  # the last convs keep stride 1
+    grid = size // patch_size  # 8x8 after the stem in both cases, then 4x4 and 2x2
+    assert [info["resolution"] for info in model.stage_info] == [(g, g) for g in (grid, grid // 2, grid // 4)]
+    out, sizes = stage_output_sizes(model.eval(), torch.randn(2, 3, size, size))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert sizes == [info["resolution"] for info in model.stage_info]
+    # same keys at every patch_size; only the resolution-dependent bias tables may differ in shape
+    official = efficientvit.create_model("efficientvit_m0", num_classes=10).state_dict()
+    assert list(model.state_dict()) == list(official)
+
+
+def test_knob_patch_size_4_fuses_exactly():
+    model = randomize_batchnorm(efficientvit.create_model("efficientvit_m0", img_size=32, patch_size=4)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(efficientvit.fuse(model)(x), model(x), atol=1e-5)
+
+
+def test_knob_patch_size_survives_a_checkpoint_round_trip(tmp_path):
+    model = efficientvit.create_model("efficientvit_m0", img_size=32, patch_size=4, num_classes=10)
+    path = efficientvit.save_checkpoint(tmp_path / "p4.pth", randomize_batchnorm(model).eval())
+    rebuilt = efficientvit.model_from_checkpoint(path).eval()
+    assert rebuilt.patch_size == 4 and rebuilt.stage_info == model.stage_info
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+    bigger = efficientvit.model_from_checkpoint(path, img_size=64)  # bias tables resized: 4x4 -> 7x7, 2x2 -> 4x4
+    assert bigger.patch_size == 4 and bigger.stage_info[2]["resolution"] == (4, 4)
+
+
+@pytest.mark.parametrize("patch_size", [3, 32, 1])
+def test_knob_patch_size_outside_the_allowed_values_is_refused(patch_size):
+    with pytest.raises(ValueError, match=r"patch_size \(the stem's stride\) must be one of \(2, 4, 8, 16\)"):
+        efficientvit.create_model("efficientvit_m0", patch_size=patch_size)
+
+
+def test_small_image_at_the_default_patch_size_says_which_knob_to_set():
+    with pytest.raises(ValueError, match="total stride 64 .* set patch_size=4"):
+        efficientvit.create_model("efficientvit_m0", img_size=28)
+    with pytest.raises(ValueError, match="set patch_size=8"):
+        efficientvit.create_model("efficientvit_m0", img_size=48)
+    with pytest.raises(ValueError, match="total stride 32 .* set patch_size=4"):
+        efficientvit.create_model("efficientvit_m0", img_size=28, patch_size=8)
+
+
 def test_unknown_model_lists_the_valid_names():
     with pytest.raises(efficientvit.UserError, match="efficientvit_m0, efficientvit_m1"):
         efficientvit.create_model("efficientvit_m9")
