@@ -61,13 +61,14 @@ def scaled_widths(base: dict, scale: float) -> list[int]:
 
 
 def design(pruning: pd.DataFrame, base_name: str = "efficientvit_m0", target_flops: float | None = None,
-           img_size: int = 224) -> dict:
-    """Constructor arguments of the designed variant."""
+           img_size: int = 224, patch_size: int = 16) -> dict:
+    """Constructor arguments of the designed variant (patch_size: the stem's stride, 4 or 8 for small images)."""
     if base_name not in CONFIGS:
         raise UserError(f"--base must be one of {', '.join(CONFIGS)}, got {base_name!r}")
     base = CONFIGS[base_name]
     kwargs = {"embed_dim": list(base["embed_dim"]), "depth": list(base["depth"]),
-              "num_heads": list(base["num_heads"]), "q_kernels": list(base["q_kernels"]), **reallocation(pruning)}
+              "num_heads": list(base["num_heads"]), "q_kernels": list(base["q_kernels"]), **reallocation(pruning),
+              **({"patch_size": patch_size} if patch_size != 16 else {})}
     if target_flops:
         low, high = 0.25, 4.0
         for _ in range(8):  # FLOPs grow with the width scale: bisect it
@@ -80,8 +81,10 @@ def design(pruning: pd.DataFrame, base_name: str = "efficientvit_m0", target_flo
 
 
 def compare(variant: dict, name: str, img_size: int, seconds: float, others: list[str]) -> pd.DataFrame:
-    """Params, fused FLOPs and interleaved CPU throughput (batch 16) of the variant beside `others` (M0..M5)."""
-    models = {n: efficientvit.create_model(n, img_size=img_size) for n in others}
+    """Params, fused FLOPs and interleaved CPU throughput (batch 16) of the variant beside `others` (M0..M5),
+    all with the variant's stem."""
+    stem = {k: v for k, v in variant["model_kwargs"].items() if k == "patch_size"}
+    models = {n: efficientvit.create_model(n, img_size=img_size, **stem) for n in others}
     models[name] = efficientvit.create_model(variant["model"], img_size=img_size, **variant["model_kwargs"])
     fused = {n: efficientvit.fuse(m) for n, m in models.items()}
     runs = interleaved_throughput(list(fused.values()), rounds=3, seconds=seconds, batch_size=16)
@@ -101,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", help="variant name (default <pruning run>_variant)")
     parser.add_argument("--out-dir", type=Path, default=Path("experiments/variants"), help="where the YAML goes")
     parser.add_argument("--img-size", type=int, default=224, help="input size of the comparison (224)")
+    parser.add_argument("--patch-size", type=int, default=16, help="stem stride of the variant (16, the paper's; 4 "
+                                                                   "for 28-32 px images such as Fashion-MNIST)")
     parser.add_argument("--seconds", type=float, default=0.5, help="timing budget per model and round (0.5)")
     parser.add_argument("--compare", nargs="*", default=list(CONFIGS), metavar="MODEL",
                         help="models to show beside the variant (efficientvit_m0 .. m5)")
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.pruning)
         if not path.exists():
             raise UserError(f"pruning CSV {path} does not exist: run analysis/taylor_pruning.py first")
-        variant = design(pd.read_csv(path), args.base, args.target_flops, args.img_size)
+        variant = design(pd.read_csv(path), args.base, args.target_flops, args.img_size, args.patch_size)
         name = args.name or f"{path.stem}_variant"
         table = compare(variant, name, args.img_size, args.seconds, args.compare)
     except UserError as e:

@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 import efficientvit
 from efficientvit.checkpoint import FORMAT, read_checkpoint
-from efficientvit.data.pipeline import check_bad_images, collate, eval_transform, image_folder
+from efficientvit.data.pipeline import check_bad_images, collate
+from efficientvit.data.sources import open_split
 from efficientvit.errors import UserError
 from efficientvit.models.attention import CascadedGroupAttention, TokenAttention
 from efficientvit.results import write_results
@@ -157,7 +158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", help="registered model name (not needed for checkpoints of this project)")
     parser.add_argument("--model-config", help="model YAML (e.g. from `efficientvit subnet`) instead of --model")
     parser.add_argument("--checkpoint", help="weights: this project's, timm's or the official release's")
-    parser.add_argument("--data", required=True, help="ImageFolder root (DATA/<split>/<class>/<image>)")
+    parser.add_argument("--data", required=True, help="fashion-mnist, or an ImageFolder root (DATA/<split>/<class>/<image>)")
     parser.add_argument("--split", default="val", help="split to read (val)")
     parser.add_argument("--images", type=int, default=1000, help="images to average over (1000)")
     parser.add_argument("--batch", type=int, default=64, help="images per forward pass (64); results do not depend on it")
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--images and --batch must be at least 1")
         model = build_model(args.model, args.checkpoint, args.model_config, args.img_size)
         name = model.config["name"]
-        dataset = image_folder(args.data, args.split, eval_transform(model.img_size[0]))
+        dataset = open_split(args.data, args.split, model.img_size[0])
         if args.images > len(dataset):
             print(f"the {args.split} split has {len(dataset)} images, fewer than --images {args.images}: using all")
         dataset = Subset(dataset, range(min(args.images, len(dataset))))

@@ -46,7 +46,8 @@ from tqdm import tqdm
 
 import efficientvit
 from efficientvit.checkpoint import FORMAT, read_checkpoint
-from efficientvit.data.pipeline import check_bad_images, collate, eval_transform, image_folder
+from efficientvit.data.pipeline import check_bad_images, collate
+from efficientvit.data.sources import open_split
 from efficientvit.errors import UserError
 from efficientvit.flops import count_flops, count_params
 from efficientvit.models.attention import TokenAttention
@@ -326,7 +327,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "and the pruned checkpoint.")
     parser.add_argument("--model", help="deit_tiny, swin_tiny, ... (not needed for checkpoints of this project)")
     parser.add_argument("--checkpoint", help="weights to prune: this project's or timm's")
-    parser.add_argument("--data", required=True, help="ImageFolder root with train/ (scores) and val/ (accuracy)")
+    parser.add_argument("--data", required=True, help="fashion-mnist, or an ImageFolder root with train/ (scores) and val/ (accuracy)")
     budget = parser.add_argument_group("budget (exactly one)")
     budget.add_argument("--ratio", type=float, help="fraction of the prunable channels to remove, in (0, 1)")
     budget.add_argument("--target-flops", type=parse_flops, help="multiply-adds per image to reach, e.g. 30M")
@@ -385,11 +386,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
         device = torch.device(args.device)
-        probe = image_folder(args.data, "train", None)
-        model = separate_qkv_model(args.model, args.checkpoint, len(probe.classes), args.img_size).to(device)
+        classes = open_split(args.data, "train", args.img_size or 224).classes
+        model = separate_qkv_model(args.model, args.checkpoint, len(classes), args.img_size).to(device)
         size = model.img_size[0]
-        train = image_folder(args.data, "train", eval_transform(size))
-        val = image_folder(args.data, "val", eval_transform(size), classes=train.classes)
+        train = open_split(args.data, "train", size)
+        val = open_split(args.data, "val", size, classes=classes)
         val = Subset(val, range(min(args.eval_images, len(val))))
         generator = torch.Generator().manual_seed(0)
         train_loader = DataLoader(train, batch_size=args.batch, shuffle=True, generator=generator,

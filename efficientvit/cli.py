@@ -86,9 +86,15 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_make_data(args: argparse.Namespace) -> None:
     import time
 
+    from .data import fashion_mnist
     from .data.synthetic import make_synthetic
 
     started = time.perf_counter()
+    if args.kind == fashion_mnist.NAME:
+        out = fashion_mnist.prepare(args.out, args.source)
+        print(f"{out}: Fashion-MNIST, 60,000 train + 10,000 val images ({time.perf_counter() - started:.1f} s); "
+              f"train on it with data: {out}")
+        return
     out = make_synthetic(args.out, classes=args.classes, train=args.train, val=args.val, size=args.size,
                          seed=args.seed, workers=args.workers, style=args.style)
     print(f"{out}: {args.train} train + {args.val} val {args.style} images of {args.classes} classes at {args.size} px "
@@ -106,7 +112,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from torch.utils.data import DataLoader
 
     from .checkpoint import model_from_checkpoint, read_checkpoint
-    from .data.pipeline import collate, eval_transform, image_folder
+    from .data.pipeline import collate
+    from .data.sources import open_split
     from .train import evaluate
 
     model = model_from_checkpoint(args.checkpoint)
@@ -117,7 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         averaged = AveragedModel(model)
         averaged.load_state_dict(ema_state)
         model = averaged.module
-    dataset = image_folder(args.data, args.split, eval_transform(model.img_size[0]))
+    dataset = open_split(args.data, args.split, model.img_size[0])
     if len(dataset.classes) != model.num_classes:
         raise UserError(f"{args.data}/{args.split} has {len(dataset.classes)} classes but the model predicts "
                         f"{model.num_classes}")
@@ -171,20 +178,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for --throughput (default: torch's choice)")
     p.set_defaults(run=cmd_info)
 
-    p = sub.add_parser("make-data", help="generate a dataset (the shapes-in-relation set for CPU runs)",
-                       description="Write an ImageFolder tree (train/<class>/*.png, val/<class>/*.png) and "
-                                   "manifest.json. synthetic: each image holds two shapes (circle, square, "
-                                   "triangle, cross); the class is which lies above the other, over random "
-                                   "positions, textures, colours, sizes and noise. Same arguments, same bytes.")
-    p.add_argument("kind", choices=["synthetic"], help="which dataset (only synthetic so far)")
+    p = sub.add_parser("make-data", help="prepare Fashion-MNIST, or generate the shapes dataset",
+                       description="fashion-mnist: the real data set of the CPU presets (70,000 28x28 product "
+                                   "photos, 10 classes), found in --source, else in the Debian package "
+                                   "dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), else downloaded by "
+                                   "torchvision when online; every file is checked, and DIR becomes a torchvision "
+                                   "root that any --data or data: accepts. (`data: fashion-mnist` does the same "
+                                   "into data/fashion-mnist on first use.) synthetic: an ImageFolder tree "
+                                   "(train/<class>/*.png, val/<class>/*.png) and manifest.json; each image holds "
+                                   "two shapes (circle, square, triangle, cross), the class is which lies above "
+                                   "the other, over random positions, textures, colours, sizes and noise. Same "
+                                   "arguments, same bytes.")
+    p.add_argument("kind", choices=["fashion-mnist", "synthetic"], help="which dataset")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder to create (written to a hidden sibling, then renamed: never half-written)")
-    p.add_argument("--classes", type=int, default=10, help="number of classes, 2 to 12 (ordered pairs of 4 shapes; default 10)")
-    p.add_argument("--train", type=int, default=10000, help="training images, spread evenly over classes (10000)")
-    p.add_argument("--val", type=int, default=2000, help="validation images (2000)")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (64)")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed (0)")
-    p.add_argument("--workers", type=int, help="processes drawing images (default: one per CPU core)")
+    p.add_argument("--source", metavar="DIR", help="fashion-mnist: folder holding the four .gz files "
+                                                   "(default: the Debian package's folder)")
+    p.add_argument("--classes", type=int, default=10, help="synthetic: number of classes, 2 to 12 (ordered pairs of 4 shapes; default 10)")
+    p.add_argument("--train", type=int, default=10000, help="synthetic: training images, spread evenly over classes (10000)")
+    p.add_argument("--val", type=int, default=2000, help="synthetic: validation images (2000)")
+    p.add_argument("--size", type=int, default=64, help="synthetic: image side in pixels (64)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic: dataset seed (0)")
+    p.add_argument("--workers", type=int, help="synthetic: processes drawing images (default: one per CPU core)")
     p.add_argument("--style", choices=["textured", "clean"], default="textured",
                    help="textured (default): textured background, clutter and noise; clean: the same shapes and "
                         "classes on a black background, without clutter or noise")

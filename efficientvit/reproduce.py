@@ -18,10 +18,13 @@ from pathlib import Path
 
 import yaml
 
+from .data.sources import open_split
 from .errors import UserError
 
 PRESETS = Path(__file__).resolve().parents[1] / "experiments" / "reproduce"
 FIGURES = ("fig2", "fig3", "fig4", "fig5")
+NOTEBOOK_INPUTS = {"proxies": "proxies", "fig2": "memory_profile", "fig3": "mhsa_sweep", "fig4": "head_similarity",
+                   "fig5": "taylor_pruning"}  # notebook name prefix: the results folder it reads
 
 
 def load_preset(name: str) -> dict:
@@ -54,24 +57,35 @@ class Progress:
         self.done_actual += time.perf_counter() - started
 
 
-def make_data(preset: dict) -> Path:
+def make_data(preset: dict) -> str:
+    """The preset's data: Fashion-MNIST prepared, the shapes generated, or an ImageFolder root checked."""
+    from .data import fashion_mnist
+
     data = preset["data"]
-    path = Path(data["path"])
-    if (path / "train").is_dir() and (path / "val").is_dir():
+    path = str(data["path"])
+    if fashion_mnist.refers_to_fashion_mnist(path):
+        return path if path == fashion_mnist.NAME else str(fashion_mnist.prepare(path, download=False))
+    if (Path(path) / "train").is_dir() and (Path(path) / "val").is_dir():
         return path
     if "synthetic" not in data:
-        raise UserError(f"data directory {path} does not exist; point `data.path` (or --data) at an ImageFolder "
-                        "root with train/ and val/")
+        raise UserError(f"data directory {path} does not exist; point `data.path` (or --data) at fashion-mnist or "
+                        "an ImageFolder root with train/ and val/")
     from .data.synthetic import make_synthetic
 
-    return make_synthetic(path, **data["synthetic"])
+    return str(make_synthetic(path, **data["synthetic"]))
 
 
-def train_proxies(preset: dict, data: Path) -> dict[str, Path]:
-    """Train (or finish training) every proxy of the preset; returns their checkpoints."""
+def train_proxies(preset: dict, data: str, out: Path) -> dict[str, Path]:
+    """Train (or finish training) every proxy of the preset; returns their checkpoints. Their accuracy and
+    training curves go to out/proxies/ (summary.csv, curves.csv), so the results folder stands on its own."""
+    import pandas as pd
+
+    from .checkpoint import model_from_checkpoint
+    from .flops import count_params
+    from .results import write_results
     from .train import make_config, train
 
-    checkpoints = {}
+    checkpoints, summary, curves = {}, [], []
     for name, spec in preset.get("proxies", {}).items():
         values = yaml.safe_load(Path(spec["config"]).read_text())
         config = make_config({**values, **preset.get("train_overrides", {}), **spec.get("set", {}),
@@ -81,6 +95,21 @@ def train_proxies(preset: dict, data: Path) -> dict[str, Path]:
             print(f"  training {name} ({config.model}, {config.epochs} epochs)", flush=True)
             train(config, resume=True)
         checkpoints[name] = checkpoint
+        metrics = pd.read_csv(Path(config.out) / "metrics.csv")
+        curve = pd.read_csv(Path(config.out) / "curve.csv")
+        images = len(open_split(config.data, "train", config.img_size))
+        final = metrics.iloc[-1]
+        summary.append({"proxy": name, "model": config.model, "attention": config.model_kwargs.get("attention", "full"),
+                        "params": count_params(model_from_checkpoint(checkpoint)),
+                        "epochs": int(final["epoch"]), "train_images": min(images, config.train_images or images),
+                        "top1": final["val_top1"], "top5": final["val_top5"],
+                        "train_img_s": final["train_img_s"], "train_minutes": metrics["epoch_seconds"].sum() / 60})
+        curves.append(curve.assign(proxy=name))
+        curves.append(metrics[["epoch", "val_top1"]].assign(proxy=name))
+    if summary:
+        write_results(pd.DataFrame(summary), out / "proxies" / "summary.csv", {"preset": preset.get("name")})
+        write_results(pd.concat(curves, ignore_index=True), out / "proxies" / "curves.csv",
+                      {"preset": preset.get("name")})
     return checkpoints
 
 
@@ -117,7 +146,7 @@ def fig2(preset: dict, out: Path) -> None:
                                    *(["--subnet-config", *configs] if configs else [])])
 
 
-def fig3(preset: dict, out: Path, data: Path) -> None:
+def fig3(preset: dict, out: Path, data: str) -> None:
     from analysis import mhsa_sweep
 
     spec = preset["fig3"]
@@ -133,7 +162,7 @@ def fig3(preset: dict, out: Path, data: Path) -> None:
                                "--device", preset.get("device", "cpu"), "--out", str(out / "mhsa_sweep" / "sweep.csv")])
 
 
-def fig4(preset: dict, out: Path, data: Path, checkpoints: dict[str, Path]) -> None:
+def fig4(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> None:
     from analysis import head_similarity
 
     spec = preset["fig4"]
@@ -148,7 +177,7 @@ def fig4(preset: dict, out: Path, data: Path, checkpoints: dict[str, Path]) -> N
                                             "--out-dir", str(out / "head_similarity")])
 
 
-def fig5(preset: dict, out: Path, data: Path, checkpoints: dict[str, Path]) -> None:
+def fig5(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> None:
     from analysis import design_variant, taylor_pruning
 
     spec = preset["fig5"]
@@ -164,6 +193,7 @@ def fig5(preset: dict, out: Path, data: Path, checkpoints: dict[str, Path]) -> N
     if not variant.exists():
         run_tool(design_variant.main, ["--pruning", str(table), "--out-dir", str(out / "variants"),
                                        "--img-size", str(spec.get("variant_img_size", 224)),
+                                       "--patch-size", str(spec.get("variant_patch_size", 16)),
                                        "--seconds", str(spec.get("variant_seconds", 0.3))])
 
 
@@ -176,9 +206,8 @@ def notebooks(out: Path) -> None:
 
     folder = Path(__file__).resolve().parents[1] / "notebooks"
     os.environ["EFFICIENTVIT_RESULTS"] = str(out.resolve())
-    for path in sorted(folder.glob("fig*.ipynb")):
-        analysis = {"fig2": "memory_profile", "fig3": "mhsa_sweep", "fig4": "head_similarity",
-                    "fig5": "taylor_pruning"}[path.stem[:4]]
+    for path in sorted(folder.glob("*.ipynb")):
+        analysis = NOTEBOOK_INPUTS[path.stem.split("_")[0]]
         if not any((out / analysis).glob("*.csv")):
             continue
         print(f"  {path.name}", flush=True)
@@ -209,7 +238,7 @@ def reproduce(preset_name: str, out: Path, only: list[str], data_override: str |
         if stage == "data":
             data = make_data(preset)
         elif stage == "proxies":
-            checkpoints = train_proxies(preset, data) if {"fig4", "fig5"} & set(only) else {}
+            checkpoints = train_proxies(preset, data, out) if {"fig4", "fig5"} & set(only) else {}
         elif stage == "fig2":
             fig2(preset, out)
         elif stage == "fig3":
@@ -220,7 +249,7 @@ def reproduce(preset_name: str, out: Path, only: list[str], data_override: str |
             fig5(preset, out, data, checkpoints)
         else:
             notebooks(out)
-            report = write_report(out, preset_name, time.perf_counter() - progress.start)
+            report = write_report(out, preset_name, data, time.perf_counter() - progress.start)
         progress.end(index, started)
     print(f"done in {(time.perf_counter() - progress.start) / 60:.1f} min: {report} and {out / 'figures'}")
     return report

@@ -25,6 +25,7 @@ import difflib
 import io
 import os
 import random
+import re
 import sys
 import time
 import typing
@@ -42,14 +43,17 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
-from .data.pipeline import (RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate, eval_transform,
-                            image_folder, train_transform)
+from .data.pipeline import RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate
+from .data.sources import Augment, open_split
 from .errors import UserError
-from .models import create_model
+from .models import create_model, model_family
 from .results import atomic_write_text
 
 CLIP_MODES = ("agc", "norm")
-METRICS = ("epoch", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "ema_top1", "epoch_seconds")
+METRICS = ("epoch", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "ema_top1", "epoch_seconds",
+           "train_img_s")
+CURVE = ("epoch", "lr", "train_loss")  # curve.csv: the training loss every CURVE_STEPS steps, epoch as a fraction
+CURVE_STEPS = 20
 
 
 def knob(default, help: str):
@@ -65,7 +69,10 @@ class TrainConfig:
 
     model: str = knob("efficientvit_m4", "registered model name (efficientvit list)")
     model_kwargs: dict = knob({}, "extra constructor arguments, the ablation knobs, e.g. {attention: split}")
-    data: str = knob("data/imagenet", "ImageFolder root holding train/<class>/* and val/<class>/*")
+    data: str = knob("data/imagenet", "fashion-mnist, or an ImageFolder root holding train/<class>/* and "
+                                      "val/<class>/*")
+    train_images: typing.Optional[int] = knob(None, "train on this many images of the training split (a fixed, "
+                                                    "seeded draw; null: all): shorter runs for sweeps")
     out: str = knob("runs/efficientvit_m4", "run folder: checkpoint.pth, metrics.csv, config.yaml")
     img_size: int = knob(224, "training and evaluation image size (eval resizes to size x 256/224, then crops)")
     epochs: int = knob(300, "training epochs")
@@ -74,7 +81,7 @@ class TrainConfig:
     lr: float = knob(1e-3, "learning rate for a global batch of 512; the run uses lr x global batch / 512")
     min_lr: float = knob(1e-5, "learning rate at the end of the cosine schedule")
     warmup_lr: float = knob(1e-6, "learning rate at the start of the linear warm-up")
-    warmup_epochs: int = knob(5, "epochs of linear warm-up")
+    warmup_epochs: float = knob(5, "epochs of linear warm-up (fractions allowed)")
     weight_decay: float = knob(0.025, "AdamW weight decay; norms, biases and no_weight_decay() names get none")
     clip_grad: typing.Optional[float] = knob(0.02, "gradient clipping threshold (null: none)")
     clip_mode: str = knob("agc", "agc: adaptive, unit-wise ratio of gradient to weight norm; norm: global norm")
@@ -94,7 +101,10 @@ class TrainConfig:
     distillation_alpha: float = knob(0.5, "weight of the distillation loss")
     skip_bad: bool = knob(False, "skip unreadable images (and count them) instead of stopping")
     seed: int = knob(0, "seed of everything random")
-    amp: bool = knob(True, "bfloat16 autocast on the GPU (ignored on the CPU)")
+    fast: bool = knob(True, "the fastest correct mode: bfloat16 autocast where the device computes it natively "
+                            "(CUDA; CPUs with AVX-512 BF16 or AMX), fused AdamW, channels-last for conv models; "
+                            "false: plain fp32 eager")
+    compile: bool = knob(False, "torch.compile the model (measured on the CPU proxies: no faster, see README)")
 
 
 def config_help() -> str:
@@ -144,7 +154,7 @@ def make_config(values: dict) -> TrainConfig:
     config = TrainConfig(**{key: coerce(key, value, hints[key]) for key, value in values.items()})
     if config.clip_mode not in CLIP_MODES:
         raise UserError(f"clip_mode must be one of {', '.join(CLIP_MODES)}, got {config.clip_mode!r}")
-    for key in ("epochs", "batch_size"):
+    for key in ("epochs", "batch_size") + (("train_images",) if config.train_images is not None else ()):
         if getattr(config, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(config, key)}")
     if len(config.crop_scale) != 2 or not 0 < config.crop_scale[0] <= config.crop_scale[1] <= 1:
@@ -220,9 +230,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def write_metrics(path: Path, rows: list[dict]) -> None:
+def write_table(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRICS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
@@ -233,6 +243,40 @@ def describe_model(config: dict | None) -> str:
         return "an unnamed model"
     kwargs = ", ".join(f"{k}={v}" for k, v in sorted(config["kwargs"].items()))
     return f"{config['name']}({kwargs})"
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 dot products in hardware. Elsewhere oneDNN emulates bf16, slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+            and re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None)
+
+
+@dataclass(frozen=True)
+class Speed:
+    """How the training step runs; `choose_speed` picks it, `describe` says it in the log."""
+
+    bf16: bool = False
+    channels_last: bool = False
+    fused_optimizer: bool = False
+    compile: bool = False
+
+    def describe(self) -> str:
+        parts = [name for name, on in (("bf16 autocast", self.bf16), ("channels-last", self.channels_last),
+                                       ("fused AdamW", self.fused_optimizer), ("torch.compile", self.compile)) if on]
+        return ", ".join(parts) or "plain fp32 eager"
+
+
+def choose_speed(config: TrainConfig, model_name: str, device: torch.device) -> Speed:
+    if not config.fast:
+        return Speed(compile=config.compile)
+    bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+    # conv models only: channels-last turns 1x1 convs into GEMMs; ViTs hold (tokens, channels) and gain nothing
+    return Speed(bf16=bf16, channels_last=model_family(model_name) == "efficientvit", fused_optimizer=True,
+                 compile=config.compile)
 
 
 @torch.no_grad()
@@ -297,10 +341,13 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
 
     # Data. Training batches drop the ragged end (as the official code); evaluation sees every image once, each
     # process a strided share, so the summed counts are exact.
-    transform = train_transform(config.img_size, config.randaug_magnitude, config.reprob, config.crop_scale)
-    train_set = image_folder(config.data, "train", transform)
-    val_set = image_folder(config.data, "val", eval_transform(config.img_size), classes=train_set.classes)
+    augment = Augment(config.randaug_magnitude, config.reprob, tuple(config.crop_scale))
+    train_set = open_split(config.data, "train", config.img_size, augment)
+    val_set = open_split(config.data, "val", config.img_size, classes=train_set.classes)
     num_classes = len(train_set.classes)
+    if config.train_images is not None and config.train_images < len(train_set):
+        draw = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed))
+        train_set = Subset(train_set, draw[:config.train_images].tolist())
     if config.repeated_aug:
         sampler = RepeatedAugmentationSampler(train_set, world, rank, config.seed)
     else:
@@ -335,12 +382,17 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
     ema = None
     if config.ema_decay is not None:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    speed = choose_speed(config, model.config["name"], device)
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     ddp_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    forward = torch.compile(ddp_model) if speed.compile else ddp_model
 
     lr = config.lr * config.batch_size * world / 512
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=lr)
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=lr,
+                                  fused=speed.fused_optimizer or None)
     steps = len(train_loader)
-    warmup_steps = config.warmup_epochs * steps
+    warmup_steps = round(config.warmup_epochs * steps)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, config.epochs * steps - warmup_steps), eta_min=config.min_lr)
     scheduler = cosine
@@ -350,9 +402,10 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
         scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
     criterion = nn.CrossEntropyLoss(label_smoothing=config.smoothing)  # also smooths MixUp's soft targets
     mixing = batch_mixing(num_classes, config.mixup, config.cutmix)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16)
+    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
 
-    start_epoch, history = 0, []
+    start_epoch, history, curve = 0, [], []
     if resume_path is not None:
         checkpoint = read_checkpoint(resume_path)
         if checkpoint.get("model_config") != model.config:
@@ -364,7 +417,7 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
         scheduler.load_state_dict(checkpoint["scheduler"])
         if ema is not None:
             ema.load_state_dict(checkpoint["ema"])
-        start_epoch, history = checkpoint["epoch"], checkpoint["history"]
+        start_epoch, history, curve = checkpoint["epoch"], checkpoint["history"], checkpoint.get("curve", [])
         if rank < len(checkpoint["rng"]):
             set_rng_state(checkpoint["rng"][rank])
         if main:
@@ -372,6 +425,7 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+        print(f"training {describe_model(model.config)} on {len(train_set):,} images ({speed.describe()})", flush=True)
 
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
@@ -379,17 +433,19 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
         loader_generator.manual_seed(epoch_seed(config.seed, epoch, rank))
         ddp_model.train()
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss x images, images, skipped
+        last = [0.0, 0.0]  # sums at the last curve point
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not main,
                    dynamic_ncols=True)
         for step, (images, targets, bad) in enumerate(bar):
             sums[2] += check_bad_images(bad, config.skip_bad)
             if images is None:
                 continue
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            targets = targets.to(device, non_blocking=True)
             if mixing is not None:
                 images, targets = mixing(images, targets)
             with autocast:
-                outputs = ddp_model(images)
+                outputs = forward(images)
                 if teacher is None:
                     loss = criterion(outputs, targets)
                 else:  # DeiT hard distillation: the second head learns the teacher's top class
@@ -410,9 +466,13 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
                 ema.update_parameters(model)
             sums[0] += loss.detach() * len(images)
             sums[1] += len(images)
-            if main and step % 20 == 0 and sums[1] > 0:  # reading the mean waits for the device: not every step
-                bar.set_postfix(loss=f"{(sums[0] / sums[1]).item():.3f}",
-                                lr=f"{optimizer.param_groups[0]['lr']:.1e}", refresh=False)
+            if main and (step + 1) % CURVE_STEPS == 0:  # reading the loss waits for the device: not every step
+                totals = sums[:2].tolist()
+                curve.append({"epoch": round(epoch + (step + 1) / steps, 4), "lr": optimizer.param_groups[0]["lr"],
+                              "train_loss": (totals[0] - last[0]) / (totals[1] - last[1])})
+                last = totals
+                bar.set_postfix(loss=f"{curve[-1]['train_loss']:.3f}", lr=f"{curve[-1]['lr']:.1e}", refresh=False)
+        train_seconds = time.perf_counter() - started
         if world > 1:
             dist.all_reduce(sums)
 
@@ -420,7 +480,8 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
         ema_val = evaluate(ema.module, val_loader, device, config.skip_bad, world > 1) if ema is not None else None
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": sums[0].item() / sums[1].item(),
                "val_top1": val["top1"], "val_top5": val["top5"], "val_loss": val["loss"],
-               "ema_top1": ema_val["top1"] if ema_val else None, "epoch_seconds": time.perf_counter() - started}
+               "ema_top1": ema_val["top1"] if ema_val else None, "epoch_seconds": time.perf_counter() - started,
+               "train_img_s": sums[1].item() / train_seconds}
         history.append(row)
         rngs = [None] * world
         if world > 1:
@@ -430,8 +491,10 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
         if main:
             save_checkpoint(checkpoint_path, model, optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), ema=ema.state_dict() if ema is not None else None,
-                            epoch=epoch + 1, history=history, rng=rngs, config=dataclasses.asdict(config))
-            write_metrics(out / "metrics.csv", history)
+                            epoch=epoch + 1, history=history, curve=curve, rng=rngs,
+                            config=dataclasses.asdict(config))
+            write_table(out / "metrics.csv", history, METRICS)
+            write_table(out / "curve.csv", curve, CURVE)
             skipped = int(sums[2].item()) + val["skipped"]
             print(f"epoch {epoch + 1}/{config.epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.3f}  "
                   f"val top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}  loss {val['loss']:.3f}"

@@ -13,7 +13,8 @@ from efficientvit.checkpoint import read_checkpoint
 from efficientvit.data.synthetic import make_synthetic
 from efficientvit.errors import UserError
 from efficientvit.models import create_model
-from efficientvit.train import adaptive_clip_grad_, load_config, make_config, param_groups, train
+from efficientvit.data import fashion_mnist
+from efficientvit.train import Speed, adaptive_clip_grad_, choose_speed, load_config, make_config, param_groups, train
 
 # A few steps of M0 at its smallest input: 3 classes, 24 training images in batches of 8.
 TINY = dict(model="efficientvit_m0", img_size=64, epochs=2, batch_size=8, workers=1, warmup_epochs=1,
@@ -93,7 +94,7 @@ def test_checkpoint_and_metrics_after_every_epoch(straight_run):
     rows = list(csv.DictReader((straight_run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert list(rows[0]) == ["epoch", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "ema_top1",
-                             "epoch_seconds"]
+                             "epoch_seconds", "train_img_s"]
     assert float(rows[1]["lr"]) == pytest.approx(1e-5)  # the cosine ends at min_lr
     checkpoint = read_checkpoint(straight_run / "checkpoint.pth")
     assert checkpoint["epoch"] == 2 and checkpoint["model_config"]["kwargs"] == {"num_classes": 3, "img_size": 64}
@@ -125,7 +126,8 @@ def test_resume_after_an_epoch_ends_with_bitwise_the_same_weights(data, straight
     for key in ("model", "ema"):
         assert straight[key].keys() == resumed[key].keys()
         assert all(torch.equal(straight[key][k], resumed[key][k]) for k in straight[key]), key
-    drop_time = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa: E731
+    drop_time = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "train_img_s")}  # noqa: E731
+                              for r in rows]
     assert drop_time(straight["history"]) == drop_time(resumed["history"])
 
 
@@ -169,4 +171,62 @@ def test_two_processes_under_torchrun(data, tmp_path):
     assert checkpoint["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(1e-3 * 8 / 512)
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert len(rows) == 1 and 0 <= float(rows[0]["val_top1"]) <= 100
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth", "config.yaml", "metrics.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth", "config.yaml", "curve.csv", "metrics.csv"]
+
+
+FASHION = Path(__file__).parent / "fixtures" / "fashion-mnist"  # 300 train + 100 test images
+TINY_DEIT = dict(model="deit_tiny", model_kwargs=dict(patch_size=4, embed_dim=24, num_heads=3, layout="AF"),
+                 img_size=32, epochs=1, batch_size=50, workers=0, warmup_epochs=0.5, repeated_aug=False,
+                 mixup=0.0, cutmix=0.0, randaug_magnitude=None, reprob=0.0, ema_decay=None)
+
+
+def test_fashion_mnist_by_name_in_a_config(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FOLDER", FASHION)
+    monkeypatch.setattr(fashion_mnist, "DEFAULT_ROOT", tmp_path / "data")
+    history = train(make_config({**TINY_DEIT, "data": "fashion-mnist", "train_images": 200, "out": str(tmp_path / "r")}))
+    assert "on 200 images" in capsys.readouterr().out
+    assert len(history) == 1 and 0 <= history[0]["val_top1"] <= 100
+    assert history[0]["train_img_s"] > 0
+
+
+def test_training_curve_is_written_every_20_steps(tmp_path):
+    prepared = fashion_mnist.prepare(tmp_path / "fmnist", source=FASHION)
+    train(make_config({**TINY_DEIT, "batch_size": 5, "epochs": 2, "data": str(prepared), "out": str(tmp_path / "r")}))
+    curve = list(csv.DictReader((tmp_path / "r" / "curve.csv").open()))
+    assert [float(r["epoch"]) for r in curve] == pytest.approx([k * 20 / 60 for k in range(1, 7)], abs=1e-4)
+    assert all(float(r["train_loss"]) > 0 for r in curve)
+
+
+def test_a_model_whose_stem_does_not_fit_fashion_mnist_says_which_knob(tmp_path):
+    prepared = fashion_mnist.prepare(tmp_path / "fmnist", source=FASHION)
+    config = make_config({**TINY_DEIT, "model": "efficientvit_m0", "model_kwargs": {}, "data": str(prepared),
+                          "out": str(tmp_path / "r")})
+    with pytest.raises(ValueError, match="total stride 64 .*set patch_size=8"):
+        train(config)
+
+
+def test_fast_mode_picks_bf16_only_where_the_cpu_has_it(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    assert choose_speed(make_config({}), "deit_tiny", cpu) == Speed(bf16=True, fused_optimizer=True)
+    assert choose_speed(make_config({}), "efficientvit_m0", cpu) == Speed(bf16=True, channels_last=True,
+                                                                          fused_optimizer=True)
+    assert choose_speed(make_config({"fast": False}), "efficientvit_m0", cpu) == Speed()
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    assert choose_speed(make_config({}), "deit_tiny", cpu) == Speed(fused_optimizer=True)
+    assert Speed().describe() == "plain fp32 eager"
+
+
+def test_without_native_bf16_the_run_falls_back_to_fp32(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    seen = []
+    real_autocast = torch.autocast
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("enabled", True))
+        return real_autocast(*args, **kwargs)
+
+    monkeypatch.setattr(train_module.torch, "autocast", spy)
+    prepared = fashion_mnist.prepare(tmp_path / "fmnist", source=FASHION)
+    train(make_config({**TINY_DEIT, "data": str(prepared), "out": str(tmp_path / "r")}))
+    assert seen == [False] and "(fused AdamW)" in capsys.readouterr().out

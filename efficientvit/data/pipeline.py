@@ -27,17 +27,22 @@ EVAL_CROP_RATIO = 224 / 256
 
 
 def train_transform(img_size: int, randaug_magnitude: int | None = 9, reprob: float = 0.25,
-                    crop_scale: tuple[float, float] = (0.08, 1.0)) -> v2.Compose:
-    """The official training augmentation; randaug_magnitude None leaves RandAugment out."""
-    steps = [v2.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=v2.InterpolationMode.BICUBIC),
+                    crop_scale: tuple[float, float] = (0.08, 1.0), stats: tuple = (IMAGENET_MEAN, IMAGENET_STD),
+                    before: tuple = (), after: tuple = ()) -> v2.Compose:
+    """The official training augmentation; randaug_magnitude None leaves RandAugment out.
+
+    `stats` (mean, std) normalise; `before` and `after` are steps a data set adds around the recipe (e.g. padding
+    Fashion-MNIST to 32 px before the crop, and its gray channel made RGB after).
+    """
+    steps = [*before, v2.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=v2.InterpolationMode.BICUBIC),
              v2.RandomHorizontalFlip()]
     if randaug_magnitude is not None:
         steps.append(v2.RandAugment(magnitude=randaug_magnitude))
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(*stats)]
     if reprob > 0:
         # value="random" fills the erased box with normal noise, the official code's "pixel" mode.
         steps.append(v2.RandomErasing(p=reprob, value="random"))
-    return v2.Compose(steps)
+    return v2.Compose([*steps, *after])
 
 
 def eval_transform(img_size: int) -> v2.Compose:
