@@ -4,10 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-demo: $(STAMP)
-	$(BIN)/efficientvit reproduce --preset cpu
+.PHONY: demo test clean fashion-mnist
+
+demo: $(STAMP) fashion-mnist
+	$(BIN)/efficientvit reproduce --preset demo
+
+# The demo's data: Debian's dataset-fashion-mnist where apt is there. Elsewhere the first run downloads it with
+# torchvision (online), or `efficientvit make-data fashion-mnist --source DIR` takes the four .gz files.
+fashion-mnist:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || \
+		echo "could not install dataset-fashion-mnist; see README, Data"; fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

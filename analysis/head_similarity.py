@@ -158,7 +158,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", help="registered model name (not needed for checkpoints of this project)")
     parser.add_argument("--model-config", help="model YAML (e.g. from `efficientvit subnet`) instead of --model")
     parser.add_argument("--checkpoint", help="weights: this project's, timm's or the official release's")
-    parser.add_argument("--data", required=True, help="fashion-mnist, or an ImageFolder root (DATA/<split>/<class>/<image>)")
+    parser.add_argument("--data", required=True,
+                        help="fashion-mnist, or an ImageFolder root (DATA/<split>/<class>/<image>)")
     parser.add_argument("--split", default="val", help="split to read (val)")
     parser.add_argument("--images", type=int, default=1000, help="images to average over (1000)")
     parser.add_argument("--batch", type=int, default=64, help="images per forward pass (64); results do not depend on it")

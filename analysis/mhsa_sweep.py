@@ -45,7 +45,8 @@ def read_sweep_config(path: str | Path) -> dict:
     config = yaml.safe_load(path.read_text()) or {}
     train_config = config.get("train") or {}
     if not train_config.get("data"):
-        raise UserError(f"sweep config {path} has no train.data: the ImageFolder root to train on")
+        raise UserError(f"sweep config {path} has no train.data: fashion-mnist, or the ImageFolder root to "
+                        "train on")
     return {"train": train_config, "families": config.get("families") or {}, "subnet": config.get("subnet") or {},
             "runs": config.get("runs", "runs/mhsa_sweep")}
 

@@ -327,7 +327,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "and the pruned checkpoint.")
     parser.add_argument("--model", help="deit_tiny, swin_tiny, ... (not needed for checkpoints of this project)")
     parser.add_argument("--checkpoint", help="weights to prune: this project's or timm's")
-    parser.add_argument("--data", required=True, help="fashion-mnist, or an ImageFolder root with train/ (scores) and val/ (accuracy)")
+    parser.add_argument("--data", required=True,
+                        help="fashion-mnist, or an ImageFolder root with train/ (scores) and val/ (accuracy)")
     budget = parser.add_argument_group("budget (exactly one)")
     budget.add_argument("--ratio", type=float, help="fraction of the prunable channels to remove, in (0, 1)")
     budget.add_argument("--target-flops", type=parse_flops, help="multiply-adds per image to reach, e.g. 30M")

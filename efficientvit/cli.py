@@ -194,8 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder to create (written to a hidden sibling, then renamed: never half-written)")
     p.add_argument("--source", metavar="DIR", help="fashion-mnist: folder holding the four .gz files "
                                                    "(default: the Debian package's folder)")
-    p.add_argument("--classes", type=int, default=10, help="synthetic: number of classes, 2 to 12 (ordered pairs of 4 shapes; default 10)")
-    p.add_argument("--train", type=int, default=10000, help="synthetic: training images, spread evenly over classes (10000)")
+    p.add_argument("--classes", type=int, default=10,
+                   help="synthetic: number of classes, 2 to 12 (ordered pairs of 4 shapes; default 10)")
+    p.add_argument("--train", type=int, default=10000,
+                   help="synthetic: training images, spread evenly over classes (10000)")
     p.add_argument("--val", type=int, default=2000, help="synthetic: validation images (2000)")
     p.add_argument("--size", type=int, default=64, help="synthetic: image side in pixels (64)")
     p.add_argument("--seed", type=int, default=0, help="synthetic: dataset seed (0)")
@@ -218,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rebuild the model a checkpoint of `efficientvit train` holds and evaluate it "
                                    "with the official eval transform (resize by 256/224, centre crop).")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint written by efficientvit train")
-    p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder root (DIR/<split>/<class>/<image>)")
+    p.add_argument("--data", required=True, metavar="DATA",
+                   help="fashion-mnist, or an ImageFolder root (DATA/<split>/<class>/<image>)")
     p.add_argument("--split", default="val", help="split folder to evaluate (default val)")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights instead of the trained ones")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (256)")

@@ -20,6 +20,7 @@ import yaml
 
 from .data.sources import open_split
 from .errors import UserError
+from .models import create_model
 
 PRESETS = Path(__file__).resolve().parents[1] / "experiments" / "reproduce"
 FIGURES = ("fig2", "fig3", "fig4", "fig5")
@@ -75,6 +76,44 @@ def make_data(preset: dict) -> str:
     return str(make_synthetic(path, **data["synthetic"]))
 
 
+def proxy_configs(preset: dict, data: str) -> dict:
+    """The training config of every proxy, with the preset's overrides applied."""
+    from .train import make_config
+
+    configs = {}
+    for name, spec in preset.get("proxies", {}).items():
+        values = yaml.safe_load(Path(spec["config"]).read_text())
+        configs[name] = make_config({**values, **preset.get("train_overrides", {}), **spec.get("set", {}),
+                                     "data": str(data), "out": str(Path(preset["runs"]) / name)})
+    return configs
+
+
+def check_preset(preset: dict) -> None:
+    """Fail in a second, not after twenty minutes: every config the preset names loads, every model it trains
+    builds and runs a batch at its image size, and the figures name proxies that exist."""
+    import torch
+
+    from analysis.mhsa_sweep import read_sweep_config
+
+    for key in ("runs", "data"):
+        if key not in preset:
+            raise UserError(f"the preset has no `{key}`")
+    for name, config in proxy_configs(preset, preset["data"]["path"]).items():
+        model = create_model(config.model, num_classes=10, img_size=config.img_size, **config.model_kwargs)
+        model.eval()(torch.zeros(1, 3, config.img_size, config.img_size))
+    for figure in ("fig4", "fig5"):
+        spec = preset.get(figure, {})
+        for proxy in spec.get("proxies", [spec["proxy"]] if "proxy" in spec else []):
+            if proxy not in preset.get("proxies", {}):
+                raise UserError(f"{figure} reads proxy {proxy!r}, which the preset does not train")
+    if "fig3" in preset:
+        sweep = read_sweep_config(preset["fig3"]["config"])
+        for family in preset["fig3"]["families"]:
+            if family not in sweep["families"]:
+                raise UserError(f"fig3 sweeps {family!r}, which {preset['fig3']['config']} does not define")
+            create_model(family, **sweep["families"][family])
+
+
 def train_proxies(preset: dict, data: str, out: Path) -> dict[str, Path]:
     """Train (or finish training) every proxy of the preset; returns their checkpoints. Their accuracy and
     training curves go to out/proxies/ (summary.csv, curves.csv), so the results folder stands on its own."""
@@ -83,13 +122,10 @@ def train_proxies(preset: dict, data: str, out: Path) -> dict[str, Path]:
     from .checkpoint import model_from_checkpoint
     from .flops import count_params
     from .results import write_results
-    from .train import make_config, train
+    from .train import train
 
     checkpoints, summary, curves = {}, [], []
-    for name, spec in preset.get("proxies", {}).items():
-        values = yaml.safe_load(Path(spec["config"]).read_text())
-        config = make_config({**values, **preset.get("train_overrides", {}), **spec.get("set", {}),
-                              "data": str(data), "out": str(Path(preset["runs"]) / name)})
+    for name, config in proxy_configs(preset, data).items():
         checkpoint = Path(config.out) / "checkpoint.pth"
         if not finished(Path(config.out), config.epochs):
             print(f"  training {name} ({config.model}, {config.epochs} epochs)", flush=True)
@@ -223,6 +259,7 @@ def reproduce(preset_name: str, out: Path, only: list[str], data_override: str |
     preset = load_preset(preset_name)
     if data_override:
         preset["data"] = {"path": data_override}
+    check_preset(preset)
     if fresh:
         for folder in (out, Path(preset["runs"])):
             shutil.rmtree(folder, ignore_errors=True)
@@ -256,11 +293,13 @@ def reproduce(preset_name: str, out: Path, only: list[str], data_override: str |
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="cpu", help="cpu (default, ~30 min on 2 cores), quick (smaller), "
+    parser.add_argument("--preset", default="demo", help="demo (default, ~20 min on 2 cores), quick (smaller), "
                                                         "paper (ImageNet, GPUs), or a preset YAML")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (results/)")
+    parser.add_argument("--out", type=Path, help="results folder (default results/<preset>: a run never overwrites "
+                                                 "the committed reference in results/)")
     parser.add_argument("--only", default=",".join(FIGURES), help="figures to run, e.g. fig2,fig4 (all)")
-    parser.add_argument("--data", help="ImageFolder root to use instead of the preset's (e.g. ImageNet)")
+    parser.add_argument("--data", help="data to use instead of the preset's: fashion-mnist or an ImageFolder root "
+                                       "(e.g. ImageNet)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run (the default: finished work is always kept)")
     parser.add_argument("--fresh", action="store_true", help="delete the preset's results and runs, start over")
@@ -273,4 +312,5 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"--only takes {', '.join(FIGURES)}; unknown: {', '.join(unknown)}")
     if args.resume and args.fresh:
         raise UserError("--resume and --fresh contradict each other")
-    reproduce(args.preset, args.out, only, args.data, args.fresh)
+    out = args.out or Path("results") / Path(args.preset).name.removesuffix(".yaml")
+    reproduce(args.preset, out, only, args.data, args.fresh)

@@ -14,11 +14,17 @@ Every epoch ends with a checkpoint (<out>/checkpoint.pth) and a metrics table (<
 atomically by rank 0. Resuming is exact: the sample order and the DataLoader workers' seeds of each epoch derive
 from (seed, epoch, rank) and the checkpoint holds every other random state, so on the CPU a run stopped after
 any epoch and resumed ends with the same weights, bit for bit, as one that never stopped.
+
+Speed (`fast`, on by default): bf16 autocast where the device computes bf16 natively, the fused AdamW kernel, and
+channels-last for the convolutional models. On a CPU, a run long enough to repay it first times a few training
+steps of the model in both precisions and keeps bf16 only if it was faster; the checkpoint records the choice, so
+a resumed run computes the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import dataclasses
 import difflib
@@ -26,6 +32,7 @@ import io
 import os
 import random
 import re
+import statistics
 import sys
 import time
 import typing
@@ -54,6 +61,8 @@ METRICS = ("epoch", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "ema
            "train_img_s")
 CURVE = ("epoch", "lr", "train_loss")  # curve.csv: the training loss every CURVE_STEPS steps, epoch as a fraction
 CURVE_STEPS = 20
+TUNE_ROUNDS = 3  # timed training steps per precision when the trainer measures whether bf16 pays off
+TUNE_MIN_STEPS = 400  # shorter runs skip that measurement: it would cost more than it could save
 
 
 def knob(default, help: str):
@@ -104,7 +113,7 @@ class TrainConfig:
     fast: bool = knob(True, "the fastest correct mode: bfloat16 autocast where the device computes it natively "
                             "(CUDA; CPUs with AVX-512 BF16 or AMX), fused AdamW, channels-last for conv models; "
                             "false: plain fp32 eager")
-    compile: bool = knob(False, "torch.compile the model (measured on the CPU proxies: no faster, see README)")
+    compile: bool = knob(False, "torch.compile the model (off by default: README, Training speed, says why)")
 
 
 def config_help() -> str:
@@ -270,13 +279,38 @@ class Speed:
         return ", ".join(parts) or "plain fp32 eager"
 
 
-def choose_speed(config: TrainConfig, model_name: str, device: torch.device) -> Speed:
+def choose_speed(config: TrainConfig, model: nn.Module, device: torch.device, batch_shape: tuple,
+                 total_steps: int) -> Speed:
     if not config.fast:
         return Speed(compile=config.compile)
-    bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
     # conv models only: channels-last turns 1x1 convs into GEMMs; ViTs hold (tokens, channels) and gain nothing
-    return Speed(bf16=bf16, channels_last=model_family(model_name) == "efficientvit", fused_optimizer=True,
-                 compile=config.compile)
+    channels_last = model_family(model.config["name"]) == "efficientvit"
+    bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+    if bf16 and device.type == "cpu" and total_steps >= TUNE_MIN_STEPS:
+        bf16 = bf16_pays_off(model, batch_shape, channels_last)
+    return Speed(bf16=bf16, channels_last=channels_last, fused_optimizer=True, compile=config.compile)
+
+
+def bf16_pays_off(model: nn.Module, batch_shape: tuple, channels_last: bool) -> bool:
+    """Time training steps (forward and backward) of a copy of `model` in fp32 and under bf16 autocast, in turns,
+    on the CPU; True if bf16 is faster. On small matrices the casts can cost more than bf16's faster matmuls."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    probe = copy.deepcopy(model).to(memory_format=memory_format).train()
+    targets = torch.zeros(batch_shape[0], dtype=torch.long)
+    seconds = {False: [], True: []}
+    with torch.random.fork_rng(devices=[]):  # the run's random stream is untouched (dropout, drop-path)
+        images = torch.randn(batch_shape).contiguous(memory_format=memory_format)
+        for round_ in range(TUNE_ROUNDS + 1):  # round 0 warms up
+            for bf16 in (False, True):
+                started = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    outputs = probe(images)
+                    loss = F.cross_entropy(outputs[0] if isinstance(outputs, tuple) else outputs, targets)
+                loss.backward()
+                probe.zero_grad(set_to_none=True)
+                if round_:
+                    seconds[bf16].append(time.perf_counter() - started)
+    return statistics.median(seconds[True]) < statistics.median(seconds[False])
 
 
 @torch.no_grad()
@@ -382,7 +416,16 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
     ema = None
     if config.ema_decay is not None:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-    speed = choose_speed(config, model.config["name"], device)
+    checkpoint = read_checkpoint(resume_path) if resume_path is not None else None
+    if checkpoint is not None and "speed" in checkpoint:  # a resumed run keeps its mode: the same numbers
+        speed = Speed(**checkpoint["speed"])
+    else:
+        speed = choose_speed(config, model, device, (config.batch_size, 3, config.img_size, config.img_size),
+                             config.epochs * len(train_loader))
+    if world > 1:  # every process runs rank 0's choice
+        chosen = [speed]
+        dist.broadcast_object_list(chosen, src=0)
+        speed = chosen[0]
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ddp_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -406,8 +449,7 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
     memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
 
     start_epoch, history, curve = 0, [], []
-    if resume_path is not None:
-        checkpoint = read_checkpoint(resume_path)
+    if checkpoint is not None:
         if checkpoint.get("model_config") != model.config:
             raise UserError(f"cannot resume from {resume_path}: it holds {describe_model(checkpoint.get('model_config'))}"
                             f" but this run builds {describe_model(model.config)}; resume with the config it was "
@@ -492,7 +534,7 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
             save_checkpoint(checkpoint_path, model, optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), ema=ema.state_dict() if ema is not None else None,
                             epoch=epoch + 1, history=history, curve=curve, rng=rngs,
-                            config=dataclasses.asdict(config))
+                            speed=dataclasses.asdict(speed), config=dataclasses.asdict(config))
             write_table(out / "metrics.csv", history, METRICS)
             write_table(out / "curve.csv", curve, CURVE)
             skipped = int(sums[2].item()) + val["skipped"]

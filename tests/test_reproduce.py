@@ -1,9 +1,12 @@
 """The reproduction pipeline end to end on a micro preset (tiny data, tiny models), and its resume."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
-from efficientvit.reproduce import reproduce
+from efficientvit.errors import UserError
+from efficientvit.reproduce import check_preset, load_preset, proxy_configs, reproduce
 
 TINY_DEIT = dict(patch_size=16, embed_dim=24, num_heads=3, layout="AFAF")  # img_size comes from the training config
 TRAIN = dict(img_size=64, epochs=1, batch_size=8, workers=0, warmup_epochs=0, mixup=0.0, cutmix=0.0,
@@ -51,3 +54,25 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     reproduce(str(preset), out, ["fig2", "fig3", "fig4", "fig5"])  # run again: nothing is redone
     assert checkpoint.stat().st_mtime_ns == stamp
     assert "training" not in capsys.readouterr().out
+
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.mark.parametrize("name", ["demo", "quick"])
+def test_cpu_presets_train_fashion_mnist_proxies_that_build(name, monkeypatch):
+    monkeypatch.chdir(ROOT)  # preset paths are relative to the repository, as `make demo` runs them
+    preset = load_preset(name)
+    check_preset(preset)
+    assert preset["data"]["path"] == "fashion-mnist"
+    configs = proxy_configs(preset, "fashion-mnist")
+    assert {c.model_kwargs["attention"] for c in configs.values()} == {"full", "split"}
+    assert all(c.img_size == 32 and c.epochs == 1 and c.fast for c in configs.values())
+
+
+def test_a_preset_whose_figure_reads_an_untrained_proxy_is_refused(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    preset = load_preset("demo")
+    preset["fig4"]["proxies"].append("deit_tiny_cascade")
+    with pytest.raises(UserError, match="fig4 reads proxy 'deit_tiny_cascade', which the preset does not train"):
+        check_preset(preset)

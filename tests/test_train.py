@@ -183,7 +183,8 @@ TINY_DEIT = dict(model="deit_tiny", model_kwargs=dict(patch_size=4, embed_dim=24
 def test_fashion_mnist_by_name_in_a_config(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(fashion_mnist, "DEBIAN_FOLDER", FASHION)
     monkeypatch.setattr(fashion_mnist, "DEFAULT_ROOT", tmp_path / "data")
-    history = train(make_config({**TINY_DEIT, "data": "fashion-mnist", "train_images": 200, "out": str(tmp_path / "r")}))
+    config = make_config({**TINY_DEIT, "data": "fashion-mnist", "train_images": 200, "out": str(tmp_path / "r")})
+    history = train(config)
     assert "on 200 images" in capsys.readouterr().out
     assert len(history) == 1 and 0 <= history[0]["val_top1"] <= 100
     assert history[0]["train_img_s"] > 0
@@ -206,15 +207,29 @@ def test_a_model_whose_stem_does_not_fit_fashion_mnist_says_which_knob(tmp_path)
 
 
 def test_fast_mode_picks_bf16_only_where_the_cpu_has_it(monkeypatch):
-    cpu = torch.device("cpu")
+    cpu, batch = torch.device("cpu"), (2, 3, 32, 32)
+    deit, m0 = create_model("deit_tiny", img_size=32, patch_size=4), create_model("efficientvit_m0", img_size=64)
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
-    assert choose_speed(make_config({}), "deit_tiny", cpu) == Speed(bf16=True, fused_optimizer=True)
-    assert choose_speed(make_config({}), "efficientvit_m0", cpu) == Speed(bf16=True, channels_last=True,
-                                                                          fused_optimizer=True)
-    assert choose_speed(make_config({"fast": False}), "efficientvit_m0", cpu) == Speed()
+    assert choose_speed(make_config({}), deit, cpu, batch, 10) == Speed(bf16=True, fused_optimizer=True)
+    assert choose_speed(make_config({}), m0, cpu, batch, 10) == Speed(bf16=True, channels_last=True,
+                                                                      fused_optimizer=True)
+    assert choose_speed(make_config({"fast": False}), m0, cpu, batch, 10) == Speed()
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
-    assert choose_speed(make_config({}), "deit_tiny", cpu) == Speed(fused_optimizer=True)
+    assert choose_speed(make_config({}), deit, cpu, batch, 10_000) == Speed(fused_optimizer=True)
     assert Speed().describe() == "plain fp32 eager"
+
+
+def test_a_long_run_keeps_bf16_only_if_it_measured_faster(monkeypatch):
+    cpu, batch = torch.device("cpu"), (2, 3, 32, 32)
+    deit = create_model("deit_tiny", img_size=32, patch_size=4, embed_dim=24, layout="AF")
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    for measured in (True, False):
+        monkeypatch.setattr(train_module, "bf16_pays_off", lambda *args, answer=measured: answer)
+        assert choose_speed(make_config({}), deit, cpu, batch, train_module.TUNE_MIN_STEPS).bf16 is measured
+    monkeypatch.undo()
+    state = torch.get_rng_state()
+    assert train_module.bf16_pays_off(deit, batch, channels_last=False) in (True, False)
+    assert torch.equal(torch.get_rng_state(), state)  # the timing left the run's random stream alone
 
 
 def test_without_native_bf16_the_run_falls_back_to_fp32(monkeypatch, tmp_path, capsys):

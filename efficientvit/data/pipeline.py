@@ -34,8 +34,8 @@ def train_transform(img_size: int, randaug_magnitude: int | None = 9, reprob: fl
     `stats` (mean, std) normalise; `before` and `after` are steps a data set adds around the recipe (e.g. padding
     Fashion-MNIST to 32 px before the crop, and its gray channel made RGB after).
     """
-    steps = [*before, v2.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=v2.InterpolationMode.BICUBIC),
-             v2.RandomHorizontalFlip()]
+    crop = v2.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=v2.InterpolationMode.BICUBIC)
+    steps = [*before, crop, v2.RandomHorizontalFlip()]
     if randaug_magnitude is not None:
         steps.append(v2.RandAugment(magnitude=randaug_magnitude))
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(*stats)]

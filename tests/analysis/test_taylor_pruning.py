@@ -102,6 +102,17 @@ def test_designer_reads_the_reallocation_off_the_ratios():
     assert flops == pytest.approx(20e6, rel=0.2)
 
 
+def test_designed_variant_with_a_small_stem_trains_on_fashion_mnist_sized_images():
+    pruning = pd.DataFrame(dict(in_width=[96, 192], heads=[3, 6], qk_kept=[48, 96], v_ratio=[1.0, 0.9],
+                                ffn_ratio=[2.0, 2.2]))
+    variant = design_variant.design(pruning, patch_size=4)
+    assert variant["model_kwargs"]["patch_size"] == 4
+    model = efficientvit.create_model(variant["model"], **variant["model_kwargs"], num_classes=10, img_size=32)
+    loss = model(torch.randn(2, 3, 32, 32)).logsumexp(dim=1).mean()
+    loss.backward()  # a training step's forward and backward run at 32 px
+    assert "patch_size" not in design_variant.design(pruning)["model_kwargs"]  # the paper's stem by default
+
+
 @pytest.mark.parametrize("args,message", [
     (["--ratio", "1.5"], "within \\(0, 1\\)"),
     (["--ratio", "0.5", "--target-speedup", "2"], "exactly one budget"),
