@@ -62,7 +62,7 @@ METRICS = ("epoch", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "ema
 CURVE = ("epoch", "lr", "train_loss")  # curve.csv: the training loss every CURVE_STEPS steps, epoch as a fraction
 CURVE_STEPS = 20
 TUNE_ROUNDS = 3  # timed training steps per precision when the trainer measures whether bf16 pays off
-TUNE_MIN_STEPS = 400  # shorter runs skip that measurement: it would cost more than it could save
+TUNE_MIN_STEPS = 50  # shorter runs (tests, smoke runs) skip that measurement: it would cost more than it could save
 
 
 def knob(default, help: str):

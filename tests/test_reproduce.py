@@ -53,7 +53,7 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     capsys.readouterr()
     reproduce(str(preset), out, ["fig2", "fig3", "fig4", "fig5"])  # run again: nothing is redone
     assert checkpoint.stat().st_mtime_ns == stamp
-    assert "training" not in capsys.readouterr().out
+    assert "training deit_full" not in capsys.readouterr().out  # no proxy trained again
 
 
 ROOT = Path(__file__).parents[1]

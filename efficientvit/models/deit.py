@@ -36,6 +36,7 @@ class DeiT(nn.Module):
         fused_qkv: bool = True,
         drop_path_rate: float = 0.0,
         layer_dims: list | None = None,
+        global_pool: str | None = None,
     ):
         super().__init__()
         img_size = as_pair(img_size)
@@ -44,6 +45,12 @@ class DeiT(nn.Module):
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.layout = parse_layout(layout)
+        # The class token reads the image only through attention: a layout without A layers (the 0% MHSA point of
+        # Fig. 3, which the paper trains to 46.8% on ImageNet) must pool the patch tokens instead.
+        self.global_pool = global_pool or ("token" if "A" in self.layout else "avg")
+        if self.global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' (the class token) or 'avg' (mean of patch tokens), "
+                             f"got {global_pool!r}")
         self.img_size = img_size
         self.patch_size = patch_size
         self.grid = (img_size[0] // patch_size, img_size[1] // patch_size)
@@ -83,7 +90,7 @@ class DeiT(nn.Module):
         return self.norm(self.layers(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, 0]
+        x = x[:, 0] if self.global_pool == "token" else x[:, 1:].mean(dim=1)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -124,3 +124,16 @@ def test_layout_helpers():
 def test_bad_configurations_name_the_parameter(name, kwargs, message):
     with pytest.raises(ValueError, match=message):
         efficientvit.create_model(name, **kwargs)
+
+
+def test_deit_without_attention_pools_the_patch_tokens():
+    # the class token would never see the image: every input would get the same logits
+    ffn_only = efficientvit.create_model("deit_tiny", img_size=32, patch_size=4, embed_dim=24, layout="FFFF").eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert ffn_only.global_pool == "avg" and not torch.allclose(ffn_only(x)[0], ffn_only(x)[1])
+    assert torch.allclose(ffn_only.forward_head(ffn_only.forward_features(x), pre_logits=True),
+                          ffn_only.forward_features(x)[:, 1:].mean(dim=1))
+    assert efficientvit.create_model("deit_tiny", img_size=32, patch_size=4, embed_dim=24, layout="AF").global_pool \
+        == "token"
+    with pytest.raises(ValueError, match="global_pool must be"):
+        efficientvit.create_model("deit_tiny", layout="AF", global_pool="max")
