@@ -143,9 +143,10 @@ def train_proxies(preset: dict, data: str, out: Path) -> dict[str, Path]:
         curves.append(curve.assign(proxy=name))
         curves.append(metrics[["epoch", "val_top1"]].assign(proxy=name))
     if summary:
-        write_results(pd.DataFrame(summary), out / "proxies" / "summary.csv", {"preset": preset.get("name")})
-        write_results(pd.concat(curves, ignore_index=True), out / "proxies" / "curves.csv",
-                      {"preset": preset.get("name")})
+        arguments = {"runs": preset["runs"], "proxies": preset["proxies"],
+                     "train_overrides": preset.get("train_overrides")}
+        write_results(pd.DataFrame(summary), out / "proxies" / "summary.csv", arguments)
+        write_results(pd.concat(curves, ignore_index=True), out / "proxies" / "curves.csv", arguments)
     return checkpoints
 
 
@@ -293,7 +294,7 @@ def reproduce(preset_name: str, out: Path, only: list[str], data_override: str |
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="demo", help="demo (default, ~20 min on 2 cores), quick (smaller), "
+    parser.add_argument("--preset", default="demo", help="demo (default, ~23 min on 2 cores), quick (smaller), "
                                                         "paper (ImageNet, GPUs), or a preset YAML")
     parser.add_argument("--out", type=Path, help="results folder (default results/<preset>: a run never overwrites "
                                                  "the committed reference in results/)")
