@@ -27,6 +27,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from ..errors import UserError
+from .pipeline import train_transform
 
 NAME = "fashion-mnist"
 DEFAULT_ROOT = Path("data") / NAME
@@ -38,7 +39,7 @@ IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # IDX: unsigned bytes, 3 (images) or 1 
 HOW_TO_GET = ("install the Debian package (apt-get install dataset-fashion-mnist), or pass the folder holding the "
               "four .gz files (make-data fashion-mnist --source DIR)")
 MEAN, STD = (0.2860,), (0.3530,)  # over the 60,000 training images
-NATIVE_SIZE, PADDED_SIZE = 28, 32  # images are padded to 32 px, a size that patch sizes 4, 8, 16 and 32 divide
+NATIVE_SIZE, PADDED_SIZE = 28, 32
 
 
 def raw_folder(root: Path) -> Path:
@@ -186,13 +187,18 @@ class ToRGB(v2.Transform):
         return inpt.expand(3, -1, -1) if inpt.shape[-3] == 1 else inpt
 
 
-def geometry(img_size: int) -> list[v2.Transform]:
-    """Pad 28 -> 32 px with the black background, then resize if the model wants another size."""
-    steps = [v2.Pad((PADDED_SIZE - NATIVE_SIZE) // 2)]
-    if img_size != PADDED_SIZE:
-        steps.append(v2.Resize(img_size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True))
-    return steps
+def pad() -> v2.Transform:
+    """28 -> 32 px with the black background: a size that patch sizes 2 to 32 divide."""
+    return v2.Pad((PADDED_SIZE - NATIVE_SIZE) // 2)
 
 
-def to_input() -> list[v2.Transform]:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD), ToRGB()]
+def eval_transform(img_size: int) -> v2.Compose:
+    resize = [v2.Resize(img_size, antialias=True)] if img_size != PADDED_SIZE else []
+    return v2.Compose([pad(), *resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD), ToRGB()])
+
+
+def augmenting_transform(img_size: int, randaug_magnitude: int | None, reprob: float,
+                         crop_scale: tuple[float, float]) -> v2.Compose:
+    """The recipe's augmentation (its crop also resizes), around it the padding and the gray channel made RGB."""
+    return train_transform(img_size, randaug_magnitude, reprob, crop_scale, stats=(MEAN, STD), before=(pad(),),
+                           after=(ToRGB(),))

@@ -87,7 +87,8 @@ def image_folder(root: str | Path, split: str, transform, classes: list[str] | N
     """
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"data directory {root} does not exist")
+        raise UserError(f"data directory {root} does not exist; give fashion-mnist or an ImageFolder root "
+                        "(root/train/<class>/<image>)")
     folder = root / split
     if not folder.is_dir():
         found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "no folders"

@@ -32,13 +32,8 @@ def open_split(data: str, split: str, img_size: int, augment: Augment | None = N
     if fashion_mnist.refers_to_fashion_mnist(data):
         root = fashion_mnist.prepare(fashion_mnist.DEFAULT_ROOT if data == fashion_mnist.NAME else data,
                                       download=data == fashion_mnist.NAME)
-        stats, before, after = (fashion_mnist.MEAN, fashion_mnist.STD), fashion_mnist.geometry(img_size), \
-            fashion_mnist.to_input()
-        if augment is None:
-            transform = fashion_mnist.v2.Compose([*before, *after])
-        else:
-            transform = train_transform(img_size, augment.randaug_magnitude, augment.reprob, augment.crop_scale,
-                                        stats=stats, before=before[:1], after=after[-1:])
+        transform = fashion_mnist.eval_transform(img_size) if augment is None else \
+            fashion_mnist.augmenting_transform(img_size, augment.randaug_magnitude, augment.reprob, augment.crop_scale)
         return fashion_mnist.FashionMNIST(root, split, transform)
     if augment is None:
         return image_folder(data, split, eval_transform(img_size), classes=classes)
