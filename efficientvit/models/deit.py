@@ -17,6 +17,8 @@ from .layers import (AttentionLayer, FFNLayer, init_transformer_weights, layer_d
                      parse_layout, timm_block_to_layer)
 from .registry import register_model
 
+NORM_EPS = 1e-6  # DeiT's (and timm's ViT) LayerNorm epsilon; torch's default 1e-5 shifts the logits measurably
+
 
 class DeiT(nn.Module):
     """Vision transformer with a class token; `layout` is the sequence of A/F layers (each pre-norm, residual)."""
@@ -65,11 +67,12 @@ class DeiT(nn.Module):
         dims = layer_dims_for(self.layout, layer_dims)
         self.layers = nn.Sequential(*(
             AttentionLayer(embed_dim, TokenAttention(embed_dim, num_heads, head_dim, attention, fused_qkv,
-                                                     **dict(zip(("qk_dim", "v_dim"), d or ()))), dp)
-            if kind == "A" else FFNLayer(embed_dim, mlp_ratio, dp, hidden_dim=d)
+                                                     **dict(zip(("qk_dim", "v_dim"), d or ()))), dp,
+                           norm_eps=NORM_EPS)
+            if kind == "A" else FFNLayer(embed_dim, mlp_ratio, dp, hidden_dim=d, norm_eps=NORM_EPS)
             for kind, dp, d in zip(self.layout, drop_paths, dims)
         ))
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = nn.LayerNorm(embed_dim, eps=NORM_EPS)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.stage_info = [dict(stage=1, resolution=self.grid, width=embed_dim, layout=self.layout, heads=num_heads)]
         self.apply(init_transformer_weights)

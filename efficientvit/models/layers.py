@@ -253,9 +253,10 @@ class FFNLayer(nn.Module):
 
     profile_scope = "ffn"
 
-    def __init__(self, dim: int, mlp_ratio: float, drop_path: float = 0.0, hidden_dim: int | None = None):
+    def __init__(self, dim: int, mlp_ratio: float, drop_path: float = 0.0, hidden_dim: int | None = None,
+                 norm_eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, hidden_dim or int(dim * mlp_ratio))
         self.drop_path = drop_path
 
@@ -268,9 +269,9 @@ class AttentionLayer(nn.Module):
 
     profile_scope = "attention"
 
-    def __init__(self, dim: int, attn: nn.Module, drop_path: float = 0.0):
+    def __init__(self, dim: int, attn: nn.Module, drop_path: float = 0.0, norm_eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = attn
         self.drop_path = drop_path
 
