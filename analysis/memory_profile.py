@@ -31,13 +31,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
+from torch.autograd import DeviceType
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 from tqdm import tqdm
 
 import efficientvit
 from efficientvit.errors import UserError
-from efficientvit.models.layers import mhsa_proportion
+from efficientvit.models.attention import TokenAttention
+from efficientvit.models.layers import Residual, mhsa_proportion
 from efficientvit.results import read_results, write_results
 from efficientvit.subnet import load_model_config
 
@@ -63,7 +65,10 @@ OP_CATEGORY = {
 }
 CATEGORY_OF = {op: category for category, ops in OP_CATEGORY.items() for op in ops.split()}
 COLUMNS = ["model", "layout", "mhsa_proportion", "device", "batch", "img_size", "threads", "category",
-           "memory_bound", "scope", "calls", "self_time_us", "share", "bytes", "flops", "arithmetic_intensity"]
+           "memory_bound", "scope", "calls", "self_time_us", "share", "bytes", "flops", "arithmetic_intensity", "step_time_us"]
+SCOPE = "scope::"  # record_function prefix of a layer scope
+PASS = "profiled_pass"  # record_function around each profiled forward pass
+STEM, HEAD = "patch_embed", "head"
 
 
 def op_name(name: str) -> str:
@@ -78,35 +83,56 @@ def category(name: str) -> str:
 
 def scope_of(name: str, module: nn.Module) -> str | None:
     """The layer kind a module's time is attributed to: declared by the model classes (`profile_scope`), or
-    recognised by name for modules shared by several roles (the depthwise token interaction, stem, head)."""
+    recognised by name for modules shared by several roles (the depthwise token interaction, stem, head). A
+    residual wrapper belongs to its branch's scope, so the residual add is counted with the layer it closes."""
     if hasattr(module, "profile_scope"):
         return module.profile_scope
-    if name == "patch_embed":
-        return "patch_embed"
+    if isinstance(module, Residual) and hasattr(module.m, "profile_scope"):
+        return module.m.profile_scope
+    if name == STEM or name.startswith(f"{STEM}."):
+        return STEM
     if name in ("head", "head_dist", "norm"):
-        return "head"
+        return HEAD
     if re.search(r"\.dw\d+$|\.res[12]\.0$", name) and not re.search(r"ffn", name):
         return "token_interaction"
     return None
 
 
+class ScopeStack(list):
+    """The scopes the running forward pass is in, innermost last. An operator outside every scoped module (a
+    class token concatenated, a global pool in the model's own forward) belongs to the stem before the first
+    layer ran and to the head after it: every operator of the model has a scope."""
+
+    def __init__(self):
+        super().__init__()
+        self.past_stem = False
+
+    def current(self) -> str:
+        return self[-1] if self else HEAD if self.past_stem else STEM
+
+
 @contextlib.contextmanager
-def scopes(model: nn.Module, stack: list[str]):
+def scopes(model: nn.Module, stack: ScopeStack):
     """Wrap every scoped module's forward in `record_function("scope::<name>")` and keep `stack` current."""
     handles, frames = [], []
 
     def enter(scope):
         def hook(module, inputs):
-            frame = torch.profiler.record_function(f"scope::{scope}")
+            frame = torch.profiler.record_function(f"{SCOPE}{scope}")
             frame.__enter__()
             frames.append(frame)
             stack.append(scope)
+            stack.past_stem |= scope != STEM
         return hook
 
     def leave(module, inputs, output):
         frames.pop().__exit__(None, None, None)
         stack.pop()
 
+    def start_pass(module, inputs):
+        stack.past_stem = False
+
+    handles.append(model.register_forward_pre_hook(start_pass))
     for name, module in model.named_modules():
         scope = scope_of(name, module)
         if scope:
@@ -117,6 +143,52 @@ def scopes(model: nn.Module, stack: list[str]):
     finally:
         for handle in handles:
             handle.remove()
+
+
+def ancestors(event):
+    parent = event.cpu_parent
+    while parent is not None:
+        yield parent
+        parent = parent.cpu_parent
+
+
+def attribute_times(events, device_type: str) -> tuple[dict, dict]:
+    """Self time (us) and outermost-operator calls per (scope, category), summed over the profiled passes.
+
+    An operator's self time goes to the category of the outermost operator the model called (a copy_ inside
+    addmm is part of the matmul; a copy_ inside contiguous is a copy), in the scope around it; an operator outside
+    every scope goes to the stem if it began before the pass's first layer, else to the head. Only operators
+    inside a pass count (not the profiler's own synchronisation). On CUDA the time is the kernels' time, read
+    from the CPU-side operator that launched them (`self_device_time_total`); the kernel events themselves are
+    skipped, since their time is already there.
+    """
+    first_layer = defaultdict(lambda: float("inf"))  # pass -> when its first layer scope began
+    for event in events:
+        if event.name.startswith(SCOPE) and event.name not in (SCOPE + STEM, SCOPE + HEAD):
+            root = next((a for a in ancestors(event) if a.name == PASS), None)
+            if root is not None:
+                first_layer[id(root)] = min(first_layer[id(root)], event.time_range.start)
+    time_us, calls = defaultdict(float), defaultdict(int)
+    for event in events:
+        if event.name.startswith(SCOPE) or event.name == PASS or event.device_type != DeviceType.CPU:
+            continue
+        outermost, scope, root = event, None, None
+        for parent in ancestors(event):
+            if parent.name == PASS:
+                root = parent
+                break
+            if scope is None and parent.name.startswith(SCOPE):
+                scope = parent.name.removeprefix(SCOPE)
+            elif scope is None and parent.name.startswith("aten::"):
+                outermost = parent
+        if root is None:
+            continue
+        if scope is None:
+            scope = STEM if event.time_range.start < first_layer[id(root)] else HEAD
+        key = (scope, category(outermost.name))
+        time_us[key] += event.self_device_time_total if device_type == "cuda" else event.self_cpu_time_total
+        calls[key] += outermost is event
+    return time_us, calls
 
 
 class BytesAndFlops(TorchDispatchMode):
@@ -135,7 +207,7 @@ class BytesAndFlops(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        key = (self.stack[-1] if self.stack else "other", category(str(func)))
+        key = (self.stack.current(), category(str(func)))
         tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
         outputs = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
         if key[1] != "reshape":
@@ -150,12 +222,13 @@ class BytesAndFlops(TorchDispatchMode):
         return out
 
 
-def explicit_attention(model: nn.Module) -> list:
-    """Make every attention module take its explicit path (q @ k^T, softmax, @ v), as the models the paper profiled
-    did, instead of the fused scaled_dot_product_attention kernel that hides softmax and copies inside itself:
-    a listener on each attention tap is enough."""
-    return [module.register_forward_hook(lambda *args: None)
-            for name, module in model.named_modules() if name.endswith("attn_tap")]
+def explicit_attention(model: nn.Module) -> None:
+    """Make every token attention take its explicit path (q @ k^T, softmax, @ v), as the models the paper
+    profiled did, instead of the fused scaled_dot_product_attention kernel that hides softmax and copies inside
+    itself. EfficientViT's cascaded attention is always explicit."""
+    for module in model.modules():
+        if isinstance(module, TokenAttention):
+            module.explicit = True
 
 
 def profile_model(model: nn.Module, batch: int, img_size: tuple[int, int], device: torch.device, iters: int,
@@ -165,47 +238,35 @@ def profile_model(model: nn.Module, batch: int, img_size: tuple[int, int], devic
     if not fused_attention:
         explicit_attention(model)
     x = torch.randn(batch, 3, *img_size, device=device)
-    stack: list[str] = []
+    stack = ScopeStack()
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     # no_grad rather than inference_mode, in both passes: under inference_mode composite operators (linear,
     # conv2d) are not decomposed into the kernels (addmm, convolution) whose FLOPs torch's counter knows, and the
     # two passes must see the same operators for bytes and times to line up.
+    step_seconds = []
     with torch.no_grad(), scopes(model, stack):
         for _ in range(warmup):
             model(x)
         with torch.profiler.profile(activities=activities) as prof:
             for _ in range(iters):
-                model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+                started = time.perf_counter()
+                with torch.profiler.record_function(PASS):
+                    model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                step_seconds.append(time.perf_counter() - started)
     counter = BytesAndFlops(stack)
     with torch.no_grad(), scopes(model, stack), counter:
         model(x)
 
-    # An operator's self time goes to the category of the outermost operator the model called (a copy_ inside
-    # addmm is part of the matmul; a copy_ inside contiguous is a copy), in the scope around it.
-    time_us, calls = defaultdict(float), defaultdict(int)
-    for event in prof.events():
-        if event.name.startswith("scope::"):
-            continue
-        self_time = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
-        outermost, parent, scope = event, event.cpu_parent, "other"
-        while parent is not None:
-            if parent.name.startswith("scope::"):
-                scope = parent.name.removeprefix("scope::")
-                break
-            if parent.name.startswith("aten::"):
-                outermost = parent
-            parent = parent.cpu_parent
-        key = (scope, category(outermost.name))
-        time_us[key] += self_time / iters
-        calls[key] += outermost is event
+    time_us, calls = attribute_times(prof.events(), device.type)
+    time_us = {key: t / iters for key, t in time_us.items()}
     total = sum(time_us.values())
     rows = [dict(scope=scope, category=cat, memory_bound=cat in MEMORY_BOUND, calls=calls[(scope, cat)] // iters,
                  self_time_us=round(t, 2), share=t / total, bytes=counter.bytes[(scope, cat)],
-                 flops=counter.flops[(scope, cat)])
+                 flops=counter.flops[(scope, cat)], step_time_us=round(1e6 * sum(step_seconds) / iters, 2))
             for (scope, cat), t in time_us.items()]
     frame = pd.DataFrame(rows)
     frame["arithmetic_intensity"] = frame["flops"] / frame["bytes"].where(frame["bytes"] > 0)

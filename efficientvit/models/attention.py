@@ -190,7 +190,8 @@ class TokenAttention(nn.Module):
     `k`, `v` Linears (the pruning analysis prunes them independently). `split` and `cascade` give every head
     its own Linear on its channel split (`qkvs`). With `window` set, a Swin relative position bias is added.
     Taps as in CascadedGroupAttention: maps (B', heads, N, N) and per-head outputs (B', heads, N, head_dim),
-    with B' all leading dimensions (batch x windows) flattened.
+    with B' all leading dimensions (batch x windows) flattened. `explicit = True` computes softmax(QK^T)V as
+    separate operators instead of the fused kernel, with no tap listening (the memory profile's view of it).
     """
 
     def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, kind: str = "full",
@@ -230,6 +231,7 @@ class TokenAttention(nn.Module):
             self.register_buffer("relative_position_index", relative_position_index(wh, ww), persistent=False)
         self.attn_tap = Tap()
         self.head_tap = Tap()
+        self.explicit = False
 
     def position_bias(self) -> torch.Tensor | None:
         if self.window is None:
@@ -252,8 +254,9 @@ class TokenAttention(nn.Module):
         if mask is not None:
             bias = mask if bias is None else bias + mask
         listening = self.attn_tap.listening or self.head_tap.listening
+        explicit = listening or self.explicit
         if self.kind == "full":
-            out, maps = attend(*self.heads_qkv(x), bias, self.scale, listening)  # (..., heads, N, head_dim)
+            out, maps = attend(*self.heads_qkv(x), bias, self.scale, explicit)  # (..., heads, N, head_dim)
         else:
             outs, maps = [], []
             splits = x.chunk(self.num_heads, dim=-1)
@@ -262,7 +265,7 @@ class TokenAttention(nn.Module):
                 if self.kind == "cascade" and i > 0:
                     head_in = head_in + fit_channels(outs[-1], self.split_dim, dim=-1)
                 q, k, v = qkv(head_in).split([self.qk_dim, self.qk_dim, self.v_dim], dim=-1)
-                out_i, map_i = attend(q, k, v, None if bias is None else bias[..., i, :, :], self.scale, listening)
+                out_i, map_i = attend(q, k, v, None if bias is None else bias[..., i, :, :], self.scale, explicit)
                 outs.append(out_i)
                 maps.append(map_i)
             out = torch.stack(outs, dim=-3)
