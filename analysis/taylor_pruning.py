@@ -9,17 +9,21 @@ Channel groups, pruned independently, with the same head dim kept by every head 
   v    channel c of V in every head, and the matching input column of the output projection
   ffn  hidden unit u of an FFN: row u of fc1 and column u of fc2
 
-Importance (first-order Taylor, gradients accumulated over --batches batches of the training split):
-  I(group) = sum over the group's rows/columns r of | sum_{w in r} w * dL/dw |
-which is torch-pruning's GroupTaylorImportance(multivariable=True, group_reduction="sum", normalizer=None). For
-FFN units it is computed by torch-pruning on its dependency graph (fc1 out <-> fc2 in); Q/K-per-head-index and
-V-per-head-index groups are couplings the graph cannot express, so they are scored directly with the same formula
-(a test checks that both computations agree on FFN groups).
+Importance: Molchanov et al.'s first-order Taylor criterion for a group S of parameters (their Eq. 8), the
+squared first-order change of the loss when the group is removed, averaged over --batches batches of the
+training split:
+  I(S) = mean over batches b of ( sum_{s in S} w_s * dL_b/dw_s )^2
+for a filter S: every weight and bias entry one channel owns (an FFN unit: its fc1 row and fc2 column; a Q/K
+channel of one head: its rows of Q and K; a V channel: its row of V and the projection's input column). A group
+that ties a channel index across heads scores the mean of its filters. A test checks the scores against finite
+differences of the loss in float64.
 
-Global ranking under a resource budget: all groups of all blocks are ranked together by importance per FLOP they
-cost (so the budget flows to where it buys the least loss), and the lowest are removed until the budget is met
-(--ratio of the prunable channels, --target-flops, or --target-speedup as a FLOPs reduction); every group kind
-keeps at least one channel per layer. --iterative N prunes in N rounds, rescoring in between.
+Global ranking under a resource budget, as Molchanov et al.: all groups of all blocks are ranked together by
+importance, and the lowest are removed until the budget is met (--ratio of the prunable channels, --target-flops,
+or --target-speedup as a FLOPs reduction); every group kind keeps at least one channel per layer. `--rank-by
+importance-per-flop` divides each score by the multiply-adds the group costs (not in the paper: it shifts the
+cuts towards expensive layers). --iterative N prunes in N rounds, rescoring in between. torch-pruning does the
+surgery (its layer pruners); its importance classes compute a different score (an unsquared |w * g| sum).
 
 Output: results/taylor_pruning/<run>.csv (one row per block) + .json (params, FLOPs, accuracy before/after), and
 the pruned model as a checkpoint of ours that rebuilds itself (runs/pruned/<run>.pth by default).
@@ -29,10 +33,7 @@ Example: python analysis/taylor_pruning.py --model swin_tiny --checkpoint swin.p
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ from efficientvit.models.layers import FFNLayer
 from efficientvit.results import write_results
 
 KINDS = ("qk", "v", "ffn")
+RANKINGS = ("importance", "importance-per-flop")
 
 
 @dataclass
@@ -104,87 +106,49 @@ def group_costs(layer: Layer) -> dict[str, float]:
     return {"qk": heads * (2 * T * C + T * N), "v": heads * (2 * T * C + T * N)}
 
 
-def row_taylor(weight: nn.Parameter) -> torch.Tensor:
-    """| sum over a row of w * dL/dw |, for every output row (channel) of a Linear weight."""
-    return (weight.detach() * weight.grad).sum(dim=1).abs()
+def first_order_terms(layer: Layer) -> dict[str, torch.Tensor]:
+    """sum over each filter's parameters of w * dL/dw, from the gradients now in the model: (units,) for FFN
+    units, (heads, channels) for the Q/K and V channels of every head."""
+    def rows(linear: nn.Linear) -> torch.Tensor:  # output channel r: row r of the weight and bias entry r
+        terms = (linear.weight.detach() * linear.weight.grad).sum(dim=1)
+        return terms if linear.bias is None else terms + linear.bias.detach() * linear.bias.grad
 
+    def columns(linear: nn.Linear) -> torch.Tensor:  # input channel c: column c of the weight
+        return (linear.weight.detach() * linear.weight.grad).sum(dim=0)
 
-def column_taylor(weight: nn.Parameter) -> torch.Tensor:
-    """| sum over a column of w * dL/dw |, for every input column (channel) of a Linear weight."""
-    return (weight.detach() * weight.grad).sum(dim=0).abs()
-
-
-def direct_scores(layer: Layer) -> dict[str, torch.Tensor]:
-    """Per-group importance of an A layer's qk and v groups, or an F layer's units, computed directly."""
     if layer.kind == "F":
         mlp = layer.module.mlp
-        return {"ffn": row_taylor(mlp.fc1.weight) + column_taylor(mlp.fc2.weight)}
+        return {"ffn": rows(mlp.fc1) + columns(mlp.fc2)}
     attn = layer.module.attn
-    per_head = lambda scores: scores.view(attn.num_heads, -1).sum(0)  # noqa: E731  (the same index in every head)
-    qk = per_head(row_taylor(attn.q.weight)) + per_head(row_taylor(attn.k.weight))
-    v = per_head(row_taylor(attn.v.weight)) + per_head(column_taylor(attn.proj.weight))
-    return {"qk": qk, "v": v}
-
-
-@contextlib.contextmanager
-def time_limit(seconds: int):
-    """Raise TimeoutError in the main thread after `seconds` (guards torch-pruning's graph construction)."""
-    def expire(signum, frame):
-        raise TimeoutError
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def dependency_graph(model: nn.Module, seconds: int = 120) -> tp.DependencyGraph | None:
-    """torch-pruning's dependency graph, or None if it cannot be built in time (then FFN units are scored
-    directly, with the same formula)."""
-    example = torch.zeros(1, 3, *model.img_size, device=next(model.parameters()).device)
-    try:
-        with time_limit(seconds), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # it warns about the class token and position embedding, not pruned here
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    except Exception as e:  # the graph tracer fails in many ways on models it does not know; scoring goes on
-        print(f"torch-pruning's dependency graph unavailable ({type(e).__name__}); scoring FFN units directly")
-        return None
-
-
-def ffn_scores_from_torch_pruning(graph: tp.DependencyGraph, layer: Layer) -> torch.Tensor:
-    fc1 = layer.module.mlp.fc1
-    group = graph.get_pruning_group(fc1, tp.prune_linear_out_channels, idxs=list(range(fc1.out_features)))
-    scorer = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None, multivariable=True)
-    return scorer(group)
+    per_head = lambda terms: terms.view(attn.num_heads, -1)  # noqa: E731
+    return {"qk": per_head(rows(attn.q) + rows(attn.k)), "v": per_head(rows(attn.v) + columns(attn.proj))}
 
 
 def taylor_scores(model: nn.Module, layers: list[Layer], loader: DataLoader, batches: int, device: torch.device,
-                  graph: tp.DependencyGraph | None, skip_bad: bool) -> list[dict[str, torch.Tensor]]:
-    """Gradients of the cross-entropy accumulated over `batches` batches, then per-layer group importances."""
+                  skip_bad: bool = False) -> list[dict[str, torch.Tensor]]:
+    """Molchanov's importance of every channel group: each filter's squared first-order term, averaged over the
+    batches; a group that couples one channel index across heads scores the mean over its heads' filters (as
+    torch-pruning's default group reduction), so a group is not worth more for holding more heads."""
     model.eval()
-    model.zero_grad()
+    sums = [{kind: 0.0 for kind in widths(layer)} for layer in layers]
     done = 0
     for x, y, bad in tqdm(loader, total=batches, desc="taylor scores", unit="batch", leave=False):
         check_bad_images(bad, skip_bad)
         if x is None:
             continue
+        model.zero_grad()
         F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        for layer, layer_sums in zip(layers, sums):
+            for kind, terms in first_order_terms(layer).items():
+                layer_sums[kind] = layer_sums[kind] + terms.double().square()
         done += 1
         if done >= batches:
             break
+    model.zero_grad()
     if done == 0:
         raise UserError("no images were read from the training split")
-    scores = []
-    for layer in layers:
-        layer_scores = direct_scores(layer)
-        if graph is not None and layer.kind == "F":
-            layer_scores["ffn"] = ffn_scores_from_torch_pruning(graph, layer)
-        scores.append(layer_scores)
-    model.zero_grad()
-    return scores
+    return [{kind: (total.mean(dim=0) if total.ndim == 2 else total) / done for kind, total in layer_sums.items()}
+            for layer_sums in sums]
 
 
 def widths(layer: Layer) -> dict[str, int]:
@@ -200,16 +164,19 @@ def channels(layer: Layer, kind: str) -> int:
     return layer.module.attn.num_heads * (2 if kind == "qk" else 1)
 
 
-def choose(layers: list[Layer], scores: list[dict[str, torch.Tensor]], budget: str, amount: float) -> dict:
+def choose(layers: list[Layer], scores: list[dict[str, torch.Tensor]], budget: str, amount: float,
+           rank_by: str = "importance") -> dict:
     """Global ranking: the groups to remove, {(layer index, kind): [channel indices]}, until the budget is met.
 
-    budget "channels": remove `amount` prunable channels; "flops": remove `amount` multiply-adds per image."""
+    budget "channels": remove `amount` prunable channels; "flops": remove `amount` multiply-adds per image.
+    rank_by "importance" (Molchanov et al., the paper) or "importance-per-flop" (each score over its group's cost)."""
     candidates = []
     for i, (layer, layer_scores) in enumerate(zip(layers, scores)):
         costs = group_costs(layer)
         for kind, values in layer_scores.items():
+            cost = costs[kind] if rank_by == "importance-per-flop" else 1.0
             for index, value in enumerate(values.tolist()):
-                candidates.append((value / costs[kind], i, kind, index))
+                candidates.append((value / cost, i, kind, index))
     candidates.sort()
     remaining = {(i, kind): w for i, layer in enumerate(layers) for kind, w in widths(layer).items()}
     chosen, removed = {}, 0.0
@@ -334,6 +301,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     budget.add_argument("--target-flops", type=parse_flops, help="multiply-adds per image to reach, e.g. 30M")
     budget.add_argument("--target-speedup", type=float, help="FLOPs reduction factor to reach, e.g. 1.5")
     parser.add_argument("--batches", type=int, default=10, help="batches whose gradients score the channels (10)")
+    parser.add_argument("--rank-by", choices=RANKINGS, default="importance",
+                        help="importance: Molchanov's global ranking (the paper's); importance-per-flop: each "
+                             "group's score divided by its multiply-adds")
     parser.add_argument("--batch", type=int, default=32, help="images per batch (32)")
     parser.add_argument("--iterative", type=int, default=1, metavar="STEPS",
                         help="prune in STEPS rounds, rescoring after each (1)")
@@ -350,7 +320,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def prune(model: nn.Module, train_loader: DataLoader, budget: str, amount: float, steps: int, device: torch.device,
-          skip_bad: bool = False, batches: int = 10) -> tuple[list[Layer], list, list]:
+          skip_bad: bool = False, batches: int = 10, rank_by: str = "importance") -> tuple[list[Layer], list, list]:
     """Prune `model` in place; returns its layers and their widths before and after."""
     layers = model_layers(model)
     before = layer_dims(layers)
@@ -367,15 +337,12 @@ def prune(model: nn.Module, train_loader: DataLoader, budget: str, amount: float
             raise UserError(f"the target {target / 1e6:.1f} M FLOPs cannot be reached by pruning Q/K, V and FFN "
                             f"channels (at least {(base - prunable) / 1e6:.1f} M remain)")
         kind, goal = "flops", base - target
-    graph = dependency_graph(model)
     for step in range(steps):
-        scores = taylor_scores(model, layers, train_loader, batches, device, graph, skip_bad)
+        scores = taylor_scores(model, layers, train_loader, batches, device, skip_bad)
         done = goal * step / steps
-        chosen = choose(layers, scores, kind, goal * (step + 1) / steps - done)
+        chosen = choose(layers, scores, kind, goal * (step + 1) / steps - done, rank_by)
         for (i, group_kind), indices in chosen.items():
             prune_layer(layers[i], group_kind, indices)
-        if graph is not None and steps > 1:
-            graph = dependency_graph(model)
     model.config = {"name": model.config["name"], "kwargs": {**model.config["kwargs"], "layer_dims": layer_dims(layers)}}
     return layers, before, layer_dims(layers)
 
@@ -401,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         stats = {"params_before": count_params(model), "flops_before": count_flops(model),
                  "top1_before": accuracy(model, val_loader, device, args.skip_bad)}
         layers, before, after = prune(model, train_loader, budget, amount, args.iterative, device, args.skip_bad,
-                                      args.batches)
+                                      args.batches, args.rank_by)
         stats.update(params_after=count_params(model), flops_after=count_flops(model),
                      top1_after=accuracy(model, val_loader, device, args.skip_bad))
         run = args.run or f"{name}_{budget}_{amount:g}"

@@ -10,9 +10,9 @@ from efficientvit.data.synthetic import make_synthetic
 TINY = dict(img_size=32, patch_size=8, embed_dim=24, num_heads=3, layout="AFAF", num_classes=4)
 
 
-def batches(n=16):
+def batches(n=16, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 4, (n,), generator=g))
+    data = TensorDataset(torch.randn(n, 3, 32, 32, generator=g, dtype=dtype), torch.randint(0, 4, (n,), generator=g))
     return DataLoader(data, batch_size=8, collate_fn=lambda b: (*default_collate(b), []))
 
 
@@ -29,23 +29,70 @@ def test_planted_useless_channels_go_first():
             attn.v.weight[h * 8 + 5] = 0
         for p in model.parameters():  # the useful channels matter: make the rest large
             p.mul_(3)
-    scores = tpr.taylor_scores(model, layers, batches(), 2, torch.device("cpu"), None, False)
+    scores = tpr.taylor_scores(model, layers, batches(), 2, torch.device("cpu"))
     assert scores[1]["ffn"][[3, 7]].max() == 0 and scores[1]["ffn"].sort().values[2] > 0
     assert scores[0]["v"][5] == 0 and scores[0]["v"].sort().values[1] > 0
     chosen = tpr.choose(layers, scores, "channels", 3 + 3)  # two FFN units and one V group (3 heads) + 1
     assert set(chosen[(1, "ffn")][:2]) == {3, 7} and chosen[(0, "v")][0] == 5
 
 
-def test_torch_pruning_and_direct_ffn_scores_agree():
+def filter_parameters(layer, kind, index, head=0):
+    """(tensor, index) pairs of every parameter entry one filter owns, written out by hand."""
+    if kind == "ffn":
+        mlp = layer.module.mlp
+        return [(mlp.fc1.weight, index), (mlp.fc1.bias, index), (mlp.fc2.weight, (slice(None), index))]
+    attn = layer.module.attn
+    row = head * (attn.qk_dim if kind == "qk" else attn.v_dim) + index
+    if kind == "qk":
+        return [(attn.q.weight, row), (attn.q.bias, row), (attn.k.weight, row), (attn.k.bias, row)]
+    return [(attn.v.weight, row), (attn.v.bias, row), (attn.proj.weight, (slice(None), row))]
+
+
+@torch.no_grad()
+def finite_difference_importance(model, entries, loader, eps=1e-5):
+    """Molchanov's I(S) = mean over batches of (sum_S w dL/dw)^2, with the first-order term taken as the central
+    difference of the loss when the filter's parameters are scaled by 1 +- eps (float64): no autograd involved."""
+    originals = [tensor[where].clone() for tensor, where in entries]
+    values = []
+    for x, y, _ in loader:
+        losses = []
+        for sign in (1, -1):
+            for (tensor, where), original in zip(entries, originals):
+                tensor[where] = original * (1 + sign * eps)
+            losses.append(torch.nn.functional.cross_entropy(model(x), y).item())
+        for (tensor, where), original in zip(entries, originals):
+            tensor[where] = original
+        values.append(((losses[0] - losses[1]) / (2 * eps)) ** 2)
+    return sum(values) / len(values)
+
+
+def test_scores_are_molchanovs_criterion_checked_by_finite_differences():
+    torch.manual_seed(0)
+    model = efficientvit.create_model("deit_tiny", fused_qkv=False, **TINY).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():  # away from the zero biases of the initialisation: biases must count
+            p.add_(torch.randn_like(p) * 0.1)
+    layers = tpr.model_layers(model)
+    loader = batches(24, torch.float64)  # three batches: the average of squares differs from the square of the average
+    scores = tpr.taylor_scores(model, layers, loader, 3, torch.device("cpu"))
+    for layer, layer_scores in zip(layers, scores):
+        for kind, values in layer_scores.items():
+            heads = 1 if kind == "ffn" else layer.module.attn.num_heads
+            for index in range(min(len(values), 6)):
+                expected = sum(finite_difference_importance(model, filter_parameters(layer, kind, index, head), loader)
+                               for head in range(heads)) / heads  # a group over heads: the mean of its filters
+                assert values[index].item() == pytest.approx(expected, rel=1e-6, abs=1e-14), (kind, index)
+
+
+def test_the_global_ranking_is_by_importance_and_per_flop_only_when_asked():
+    """Molchanov et al. and the paper rank raw importance; dividing by cost (the old default) reverses choices."""
     model = efficientvit.create_model("deit_tiny", fused_qkv=False, **TINY)
     layers = tpr.model_layers(model)
-    graph = tpr.dependency_graph(model)
-    assert graph is not None
-    direct = tpr.taylor_scores(model, layers, batches(), 2, torch.device("cpu"), None, False)
-    library = tpr.taylor_scores(model, layers, batches(), 2, torch.device("cpu"), graph, False)
-    for d, lib, layer in zip(direct, library, layers):
-        if layer.kind == "F":
-            assert torch.allclose(d["ffn"], lib["ffn"], rtol=1e-5)
+    assert tpr.group_costs(layers[0])["qk"] > 2 * tpr.group_costs(layers[1])["ffn"]
+    scores = [{"qk": torch.full((8,), 3.0), "v": torch.full((8,), 5.0)}, {"ffn": torch.full((96,), 2.0)},
+              {"qk": torch.full((8,), 5.0), "v": torch.full((8,), 5.0)}, {"ffn": torch.full((96,), 5.0)}]
+    assert list(tpr.choose(layers, scores, "channels", 1)) == [(1, "ffn")]  # the least important group
+    assert list(tpr.choose(layers, scores, "channels", 1, "importance-per-flop")) == [(0, "qk")]  # the costliest
 
 
 @pytest.mark.parametrize("name,kwargs", [("deit_tiny", TINY),
