@@ -5,11 +5,16 @@ cosine similarity between the heads' features, and plots the average of that max
 mean redundant heads. Feeding each head its own channel split (`attention="split"`) lowers it.
 
 Here the features of a head are its attention map (`--feature attention`, N x N per window) or its output
-(`--feature output`, N x head_dim per window), read through the models' head taps. For every image, the cosine
-similarity of every pair of heads is computed per window and averaged over the windows; means and standard
-deviations over images are accumulated in streaming fashion (memory does not grow with --images), so the result
-does not depend on the batch size. Per block, the summary's `mean_max_similarity` is the paper's plotted value
-(mean over heads i of max over j != i of the mean cosine) and `max_max_similarity` the largest over heads.
+(`--feature output`, N x head_dim per window), read through the models' head taps. The cosine similarity of every
+pair of heads is computed per window of every image. Two orders of "average maximum" are kept, per block:
+  mean_max_similarity     the paper's caption read plainly, and the plotted value: per image and window, each
+                          head's maximum over the other heads, averaged over windows, heads and images; with its
+                          standard deviation over images and a 95% confidence half-width (1.96 sd / sqrt(images))
+  max_of_mean_similarity  the cosine of each pair averaged over images first, then each head's maximum over the
+                          other heads, averaged over heads (lower: a maximum of averages), and `max_max_similarity`
+                          the largest such maximum over heads.
+Statistics are accumulated in streaming fashion (memory grows only by one number per image), so the result does
+not depend on the batch size.
 
 Output: results/head_similarity/<run>_pairwise.csv and <run>_summary.csv, with JSON sidecars.
 Example: python analysis/head_similarity.py --model deit_tiny --checkpoint runs/deit/checkpoint.pth --data data/synth
@@ -42,28 +47,39 @@ FEATURES = {"attention": "attn_tap", "output": "head_tap"}
 
 
 class PairwiseCosine:
-    """Streaming mean and standard deviation, over images, of the heads x heads cosine similarity matrix."""
+    """Streaming statistics over images of a block's heads x heads cosine similarities: the mean and standard
+    deviation of the window-averaged matrix, and each image's mean over heads of the per-window maximum."""
 
     def __init__(self):
         self.total = self.total_sq = None
         self.images = 0
+        self.image_max: list[torch.Tensor] = []
 
     def update(self, features: torch.Tensor) -> None:
-        """features: (images, windows, heads, dim); per image the window-averaged cosine matrix is accumulated."""
+        """features: (images, windows, heads, dim)."""
         unit = F.normalize(features.double(), dim=-1)
-        per_image = (unit @ unit.transpose(-1, -2)).mean(dim=1)  # (images, heads, heads)
+        cosine = unit @ unit.transpose(-1, -2)  # (images, windows, heads, heads)
+        per_image = cosine.mean(dim=1)
         if self.total is None:
             self.total = torch.zeros(per_image.shape[1:], dtype=torch.float64)
             self.total_sq = torch.zeros_like(self.total)
         self.total += per_image.sum(0).cpu()
         self.total_sq += (per_image**2).sum(0).cpu()
         self.images += per_image.shape[0]
+        heads = cosine.shape[-1]
+        if heads > 1:
+            others = cosine.masked_fill(torch.eye(heads, dtype=torch.bool, device=cosine.device), -torch.inf)
+            self.image_max.append(others.amax(dim=-1).mean(dim=(1, 2)).cpu())  # (images,)
 
     def mean(self) -> torch.Tensor:
         return self.total / self.images
 
     def std(self) -> torch.Tensor:
         return (self.total_sq / self.images - self.mean() ** 2).clamp(min=0).sqrt()
+
+    def max_per_image(self) -> torch.Tensor:
+        """(images,): per image, the mean over heads and windows of each head's maximum similarity to another."""
+        return torch.cat(self.image_max) if self.image_max else torch.empty(0, dtype=torch.float64)
 
 
 def attention_blocks(model: nn.Module) -> list[tuple[str, int, nn.Module]]:
@@ -77,8 +93,9 @@ def attention_blocks(model: nn.Module) -> list[tuple[str, int, nn.Module]]:
 
 
 def head_similarity(model: nn.Module, loader: DataLoader, feature: str = "attention", images: int | None = None,
-                    device: torch.device | str = "cpu", skip_bad: bool = False) -> pd.DataFrame:
-    """Pairwise head similarity of every attention block of `model` over the images of `loader` (pairwise rows)."""
+                    device: torch.device | str = "cpu", skip_bad: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Head similarity of every attention block of `model` over the images of `loader`: the pairwise table (one row
+    per block and pair of heads) and the summary (one row per block, both orders of the average maximum)."""
     blocks = attention_blocks(model)
     if not blocks:
         raise UserError("the model has no attention layers, so there are no heads to compare")
@@ -114,26 +131,29 @@ def head_similarity(model: nn.Module, loader: DataLoader, feature: str = "attent
             handle.remove()
     if seen == 0:
         raise UserError("no images were read from the data split")
-    rows = []
+    pairs, blocks_summary = [], []
     for block, ((name, stage, module), stat) in enumerate(zip(blocks, stats), start=1):
+        where = dict(attention_kind=module.kind, feature=feature, stage=stage, block=block)
         mean, std = stat.mean(), stat.std()
         for i in range(mean.shape[0]):
             for j in range(mean.shape[1]):
-                rows.append(dict(attention_kind=module.kind, feature=feature, stage=stage, block=block, module=name,
-                                 head_i=i, head_j=j, cosine_mean=mean[i, j].item(), cosine_std=std[i, j].item(),
-                                 n_images=stat.images))
-    return pd.DataFrame(rows)
+                pairs.append(dict(**where, module=name, head_i=i, head_j=j, cosine_mean=mean[i, j].item(),
+                                  cosine_std=std[i, j].item(), n_images=stat.images))
+        if mean.shape[0] > 1:  # a single head has no other head to resemble
+            blocks_summary.append(dict(**where, **block_summary(stat)))
+    return pd.DataFrame(pairs), pd.DataFrame(blocks_summary)
 
 
-def summarize(pairwise: pd.DataFrame) -> pd.DataFrame:
-    """Per block: mean over heads of the max similarity to another head (the paper's plot), and the max."""
-    others = pairwise[pairwise["head_i"] != pairwise["head_j"]]
-    keys = [c for c in ("model", "checkpoint", "attention_kind", "feature", "stage", "block") if c in others]
-    per_head = others.groupby(keys + ["head_i"])["cosine_mean"].max().rename("max_similarity").reset_index()
-    summary = per_head.groupby(keys)["max_similarity"].agg(mean_max_similarity="mean", max_max_similarity="max")
-    heads = per_head.groupby(keys)["head_i"].nunique().rename("heads")
-    images = pairwise.groupby(keys)["n_images"].first()
-    return pd.concat([summary, heads, images], axis=1).reset_index()
+def block_summary(stat: PairwiseCosine) -> dict:
+    """Both orders of a block's average maximum head similarity (module docstring), with the spread over images."""
+    mean = stat.mean()
+    others = mean.masked_fill(torch.eye(mean.shape[0], dtype=torch.bool), -torch.inf).amax(dim=1)
+    per_image = stat.max_per_image()
+    sd = per_image.std(unbiased=False).item()
+    return dict(heads=mean.shape[0], mean_max_similarity=per_image.mean().item(), mean_max_similarity_std=sd,
+                mean_max_similarity_ci95=1.96 * sd / len(per_image) ** 0.5,
+                max_of_mean_similarity=others.mean().item(), max_max_similarity=others.max().item(),
+                n_images=stat.images)
 
 
 def build_model(name: str | None, checkpoint: str | None, model_config: str | None, img_size: int | None) -> nn.Module:
@@ -188,19 +208,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the {args.split} split has {len(dataset)} images, fewer than --images {args.images}: using all")
         dataset = Subset(dataset, range(min(args.images, len(dataset))))
         loader = DataLoader(dataset, batch_size=args.batch, num_workers=args.workers, collate_fn=collate)
-        pairwise = head_similarity(model, loader, args.feature, device=args.device, skip_bad=args.skip_bad)
+        pairwise, summary = head_similarity(model, loader, args.feature, device=args.device, skip_bad=args.skip_bad)
     except UserError as e:
         print(f"head_similarity: error: {e}", file=sys.stderr)
         return 2
     checkpoint = Path(args.checkpoint).stem if args.checkpoint else "random_init"
-    pairwise.insert(0, "model", name)
-    pairwise.insert(1, "checkpoint", checkpoint)
-    summary = summarize(pairwise)
+    for table in (pairwise, summary):
+        table.insert(0, "model", name)
+        table.insert(1, "checkpoint", checkpoint)
     run = args.run or f"{name}_{checkpoint}_{args.feature}"
     arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     write_results(pairwise, args.out_dir / f"{run}_pairwise.csv", arguments)
     write_results(summary, args.out_dir / f"{run}_summary.csv", arguments)
-    print(summary[["stage", "block", "heads", "mean_max_similarity", "max_max_similarity"]].to_string(
+    print(summary[["stage", "block", "heads", "mean_max_similarity", "mean_max_similarity_ci95",
+                   "max_of_mean_similarity"]].to_string(
         index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"written to {args.out_dir / run}_pairwise.csv and _summary.csv")
     return 0

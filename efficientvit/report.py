@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .results import atomic_write_text
+from .results import atomic_write_text, listed_outputs, recorded_stages
 
 PAPER = Path(__file__).resolve().parents[1] / "notebooks" / "paper"
 
 
-def csvs(folder: Path, pattern: str = "*.csv") -> pd.DataFrame | None:
-    files = sorted(folder.glob(pattern))
+def csvs(out: Path, folder: str, pattern: str = "*.csv") -> pd.DataFrame | None:
+    """The run's own tables in out/folder (those its manifest lists), concatenated."""
+    files = listed_outputs(out, folder, pattern)
     return pd.concat([pd.read_csv(f) for f in files], ignore_index=True) if files else None
 
 
@@ -24,10 +25,9 @@ def verdict(holds: bool) -> str:
 
 
 def proxies_section(out: Path) -> list[str]:
-    path = out / "proxies" / "summary.csv"
-    if not path.exists():
+    frame = csvs(out, "proxies", "summary.csv")
+    if frame is None:
         return ["Not run."]
-    frame = pd.read_csv(path)
     lines = ["| proxy | model | heads | params | epochs | training images | top-1 | top-5 | train img/s | minutes |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.proxy} | {r.model} | {r.attention} | {r.params:,} | {r.epochs} | {r.train_images:,} | "
@@ -39,7 +39,7 @@ def proxies_section(out: Path) -> list[str]:
 
 
 def fig2_section(out: Path) -> list[str]:
-    frame = csvs(out / "memory_profile")
+    frame = csvs(out, "memory_profile")
     if frame is None:
         return ["Not run."]
     bound = frame[frame["memory_bound"]]
@@ -64,7 +64,7 @@ def fig2_section(out: Path) -> list[str]:
 
 
 def fig3_section(out: Path) -> list[str]:
-    frame = csvs(out / "mhsa_sweep", "sweep.csv")
+    frame = csvs(out, "mhsa_sweep", "sweep.csv")
     if frame is None:
         return ["Not run."]
     paper = pd.read_csv(PAPER / "fig3_mhsa_proportion_top1.csv", comment="#")
@@ -89,18 +89,21 @@ def fig3_section(out: Path) -> list[str]:
 
 
 def fig4_section(out: Path) -> list[str]:
-    frame = csvs(out / "head_similarity", "*_summary.csv")
+    frame = csvs(out, "head_similarity", "*_summary.csv")
     if frame is None:
         return ["Not run."]
     frame["family"] = frame["model"].str.split("_").str[0]
-    lines = ["| family | feature | heads | mean over blocks of the max head similarity | per block (%) |",
-             "|---|---|---|---|---|"]
+    lines = ["| family | feature | heads | mean over blocks of the max head similarity (± 95% CI over images) | "
+             "per block (%) | maximum of the image means |", "|---|---|---|---|---|---|"]
     verdicts = []
     means = {}
     for (family, feature, kind), group in frame.groupby(["family", "feature", "attention_kind"]):
         means[(family, feature, kind)] = group["mean_max_similarity"].mean()
+        # the blocks' errors are correlated (the same images): the mean of their half-widths bounds the mean's
+        ci = group["mean_max_similarity_ci95"].mean()
         per_block = " ".join(f"{100 * v:.0f}" for v in group.sort_values("block")["mean_max_similarity"])
-        lines.append(f"| {family} | {feature} | {kind} | {100 * means[(family, feature, kind)]:.1f}% | {per_block} |")
+        lines.append(f"| {family} | {feature} | {kind} | {100 * means[(family, feature, kind)]:.1f}% ± {100 * ci:.1f} | "
+                     f"{per_block} | {100 * group['max_of_mean_similarity'].mean():.1f}% |")
     paper = pd.read_csv(PAPER / "fig4_head_similarity.csv", comment="#")
     paper_means = paper.groupby(["model", "heads"])["similarity_pct"].mean()
     for family, feature in sorted({(f, feat) for f, feat, _ in means}):
@@ -108,7 +111,10 @@ def fig4_section(out: Path) -> list[str]:
             drop = 100 * (means[(family, feature, "full")] - means[(family, feature, "split")])
             verdicts.append(f"{family} ({feature}): split heads {'lower' if drop > 0 else 'raise'} it by "
                             f"{abs(drop):.1f} points ({verdict(drop > 0)})")
-    lines += ["", "Paper (ImageNet, mean over 12 blocks): "
+    lines += ["", "Max head similarity: per image and window, each head's highest cosine similarity to another head "
+                  "of its block, averaged over windows, heads and images (the paper's caption); the last column "
+                  "takes the maximum after averaging each pair over the images instead.",
+              "", "Paper (ImageNet, mean over 12 blocks): "
               + ", ".join(f"{m} {h} {v:.1f}%" for (m, h), v in paper_means.items()) + ".",
               "Finding \"feeding each head its own channel split lowers head similarity\": "
               + ("; ".join(verdicts) if verdicts else "needs both full and split runs") + "."]
@@ -116,7 +122,7 @@ def fig4_section(out: Path) -> list[str]:
 
 
 def fig5_section(out: Path) -> list[str]:
-    frame = csvs(out / "taylor_pruning")
+    frame = csvs(out, "taylor_pruning")
     if frame is None:
         return ["Not run."]
     lines = ["| block | stage | in width | Q/K kept | V kept | FFN kept |", "|---|---|---|---|---|---|"]
@@ -128,20 +134,27 @@ def fig5_section(out: Path) -> list[str]:
                   f"(before pruning 1, 1, 4). Paper (Swin-T, ImageNet): Q/K {paper['qk_ratio'].mean():.2f}, "
                   f"V {paper['v_ratio'].mean():.2f}, FFN {paper['ffn_ratio'].mean():.2f}.",
               f"Finding \"V keeps more channels than Q/K\": {verdict(ours_v > ours_qk)}."]
-    variants = sorted((out / "variants").glob("*.yaml"))
+    variants = listed_outputs(out, "variants", "*.yaml")
     if variants:
         lines += ["", f"Designed variant ({variants[0].name}):", "", "```yaml", variants[0].read_text().strip(), "```"]
     return lines
 
 
+SECTIONS = [  # (stage, title, section, figure)
+    ("proxies", "The proxies", proxies_section, "proxies_training.png"),
+    ("fig2", "Figure 2: memory-bound operations", fig2_section, "fig2_memory_bound.png"),
+    ("fig3", "Figure 3: MHSA proportion of throughput-matched subnets", fig3_section, "fig3_mhsa_sweep.png"),
+    ("fig4", "Figure 4: head similarity, full vs split heads", fig4_section, "fig4_head_similarity.png"),
+    ("fig5", "Figure 5: Taylor structured pruning", fig5_section, "fig5_taylor_pruning.png"),
+]
+
+
 def write_report(out: Path, preset: str, data: str, seconds: float) -> Path:
-    sections = [
-        ("The proxies", proxies_section(out), "proxies_training.png"),
-        ("Figure 2: memory-bound operations", fig2_section(out), "fig2_memory_bound.png"),
-        ("Figure 3: MHSA proportion of throughput-matched subnets", fig3_section(out), "fig3_mhsa_sweep.png"),
-        ("Figure 4: head similarity, full vs split heads", fig4_section(out), "fig4_head_similarity.png"),
-        ("Figure 5: Taylor structured pruning", fig5_section(out), "fig5_taylor_pruning.png"),
-    ]
+    """REPORT.md from the files the run's manifest lists; a stage the manifest lacks is said to be missing."""
+    stages = recorded_stages(out)
+    sections = [(title, section(out) if stages is None or stage in stages
+                 else [f"Not run: this results folder's manifest has no `{stage}` stage."], figure)
+                for stage, title, section, figure in SECTIONS]
     lines = [f"# efficientvit-lab reproduction report (preset `{preset}`)", "",
              f"Generated by `efficientvit reproduce --preset {preset}` in {seconds / 60:.1f} min. Our numbers come "
              f"from small proxies trained on `{data}` (Fig. 2 times the full-size models); the paper's from "

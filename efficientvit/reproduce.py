@@ -21,6 +21,7 @@ import yaml
 from .data.sources import open_split
 from .errors import UserError
 from .models import create_model
+from .results import record_outputs
 
 PRESETS = Path(__file__).resolve().parents[1] / "experiments" / "reproduce"
 FIGURES = ("fig2", "fig3", "fig4", "fig5")
@@ -166,7 +167,11 @@ def run_tool(main, argv: list[str]) -> None:
         raise UserError(f"{main.__module__} failed (see above)")
 
 
-def fig2(preset: dict, out: Path) -> None:
+def with_sidecar(csv: Path) -> list[Path]:
+    return [csv, csv.with_suffix(".json")]
+
+
+def fig2(preset: dict, out: Path) -> list[Path]:
     from analysis import memory_profile
     from .subnet import find_subnet, save_model_config
 
@@ -181,9 +186,10 @@ def fig2(preset: dict, out: Path) -> None:
                                    str(spec["img_size"]), "--iters", str(spec.get("iters", 3)), "--device",
                                    preset.get("device", "cpu"), "--out", str(out / "memory_profile" / "profile.csv"),
                                    *(["--subnet-config", *configs] if configs else [])])
+    return with_sidecar(out / "memory_profile" / "profile.csv") + [Path(c) for c in configs]
 
 
-def fig3(preset: dict, out: Path, data: str) -> None:
+def fig3(preset: dict, out: Path, data: str) -> list[Path]:
     from analysis import mhsa_sweep
 
     spec = preset["fig3"]
@@ -197,24 +203,29 @@ def fig3(preset: dict, out: Path, data: str) -> None:
                                "--speedups", *map(str, spec["speedups"]), "--proportions",
                                *map(str, spec["proportions"]), "--seeds", *map(str, spec.get("seeds", [0])),
                                "--device", preset.get("device", "cpu"), "--out", str(out / "mhsa_sweep" / "sweep.csv")])
+    return with_sidecar(out / "mhsa_sweep" / "sweep.csv") + [config]
 
 
-def fig4(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> None:
+def fig4(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> list[Path]:
     from analysis import head_similarity
 
     spec = preset["fig4"]
+    written = []
     for proxy in spec["proxies"]:
         for feature in spec.get("features", ["attention"]):
             run = f"{proxy}_{feature}"
+            written += [path for table in ("summary", "pairwise")
+                        for path in with_sidecar(out / "head_similarity" / f"{run}_{table}.csv")]
             if (out / "head_similarity" / f"{run}_summary.csv").exists():
                 continue
             run_tool(head_similarity.main, ["--checkpoint", str(checkpoints[proxy]), "--data", str(data),
                                             "--images", str(spec["images"]), "--feature", feature,
                                             "--device", preset.get("device", "cpu"), "--run", run,
                                             "--out-dir", str(out / "head_similarity")])
+    return written
 
 
-def fig5(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> None:
+def fig5(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> list[Path]:
     from analysis import design_variant, taylor_pruning
 
     spec = preset["fig5"]
@@ -232,6 +243,7 @@ def fig5(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> No
                                        "--img-size", str(spec.get("variant_img_size", 224)),
                                        "--patch-size", str(spec.get("variant_patch_size", 16)),
                                        "--seconds", str(spec.get("variant_seconds", 0.3))])
+    return with_sidecar(table) + [variant]
 
 
 def notebooks(out: Path) -> None:
@@ -277,14 +289,17 @@ def reproduce(preset_name: str, out: Path, only: list[str], data_override: str |
             data = make_data(preset)
         elif stage == "proxies":
             checkpoints = train_proxies(preset, data, out) if {"fig4", "fig5"} & set(only) else {}
+            if checkpoints:
+                record_outputs(out, stage, with_sidecar(out / "proxies" / "summary.csv")
+                               + with_sidecar(out / "proxies" / "curves.csv"))
         elif stage == "fig2":
-            fig2(preset, out)
+            record_outputs(out, stage, fig2(preset, out))
         elif stage == "fig3":
-            fig3(preset, out, data)
+            record_outputs(out, stage, fig3(preset, out, data))
         elif stage == "fig4":
-            fig4(preset, out, data, checkpoints)
+            record_outputs(out, stage, fig4(preset, out, data, checkpoints))
         elif stage == "fig5":
-            fig5(preset, out, data, checkpoints)
+            record_outputs(out, stage, fig5(preset, out, data, checkpoints))
         else:
             notebooks(out)
             report = write_report(out, preset_name, data, time.perf_counter() - progress.start)

@@ -1,5 +1,10 @@
 """Writing analysis results: long-format CSV plus a JSON sidecar (arguments, versions, device, git commit), both
-written atomically so an interrupted run never leaves a half-written file in results/."""
+written atomically so an interrupted run never leaves a half-written file in results/.
+
+A results folder written by `efficientvit reproduce` also holds manifest.json: for each stage, the files it
+wrote. Readers (the report, the notebooks) take the files it lists, so a stray CSV from another run, copied into
+the folder, changes nothing; a folder without a manifest (analyses run by hand) is read whole.
+"""
 
 from __future__ import annotations
 
@@ -65,3 +70,30 @@ def read_results(csv_path: str | os.PathLike) -> pd.DataFrame | None:
     """The rows of an earlier run, or None when there is none (used to resume)."""
     csv_path = Path(csv_path)
     return pd.read_csv(csv_path) if csv_path.exists() else None
+
+
+MANIFEST = "manifest.json"
+
+
+def record_outputs(out: str | os.PathLike, stage: str, paths: list[Path]) -> None:
+    """List in out/manifest.json the files `stage` wrote (replacing what that stage listed before)."""
+    out = Path(out)
+    manifest = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).exists() else {"stages": {}}
+    manifest["stages"][stage] = sorted(str(Path(p).relative_to(out)) for p in paths if Path(p).exists())
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+
+
+def recorded_stages(out: str | os.PathLike) -> set[str] | None:
+    """The stages out/manifest.json lists, or None for a folder without a manifest."""
+    path = Path(out) / MANIFEST
+    return set(json.loads(path.read_text())["stages"]) if path.exists() else None
+
+
+def listed_outputs(out: str | os.PathLike, folder: str, pattern: str = "*.csv") -> list[Path]:
+    """The files of out/folder matching `pattern`: those the manifest lists, or all of them without a manifest."""
+    out = Path(out)
+    files = sorted((out / folder).glob(pattern))
+    if not (out / MANIFEST).exists():
+        return files
+    listed = {out / p for paths in json.loads((out / MANIFEST).read_text())["stages"].values() for p in paths}
+    return [f for f in files if f in listed]

@@ -1,12 +1,18 @@
 """The reproduction pipeline end to end on a micro preset (tiny data, tiny models), and its resume."""
 
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from efficientvit.errors import UserError
+from efficientvit.report import write_report
 from efficientvit.reproduce import check_preset, load_preset, proxy_configs, reproduce
+from efficientvit.results import MANIFEST, record_outputs
+
+FIXTURES = Path(__file__).parent / "fixtures" / "results"
 
 TINY_DEIT = dict(patch_size=16, embed_dim=24, num_heads=3, layout="AFAF")  # img_size comes from the training config
 TRAIN = dict(img_size=64, epochs=1, batch_size=8, workers=0, warmup_epochs=0, mixup=0.0, cutmix=0.0,
@@ -76,3 +82,22 @@ def test_a_preset_whose_figure_reads_an_untrained_proxy_is_refused(monkeypatch):
     preset["fig4"]["proxies"].append("deit_tiny_cascade")
     with pytest.raises(UserError, match="fig4 reads proxy 'deit_tiny_cascade', which the preset does not train"):
         check_preset(preset)
+
+
+def test_report_reads_only_the_files_its_run_wrote(tmp_path):
+    """A stray table copied into a results folder must not change the report; a stage the run skipped says so."""
+    out = tmp_path / "results"
+    shutil.copytree(FIXTURES, out)
+    stages = {"fig4": "head_similarity", "fig5": "taylor_pruning"}
+    for stage, folder in stages.items():
+        record_outputs(out, stage, sorted((out / folder).glob("*")))
+    before = write_report(out, "micro", "fixture", 1.0).read_text()
+    stray = pd.read_csv(out / "taylor_pruning" / "fixture.csv").assign(v_ratio=0.0123, qk_ratio=0.0456)
+    stray.to_csv(out / "taylor_pruning" / "other_run.csv", index=False)
+    summary = pd.read_csv(out / "head_similarity" / "deit_tiny_full_summary.csv").assign(attention_kind="cascade")
+    summary.to_csv(out / "head_similarity" / "stray_summary.csv", index=False)
+    after = write_report(out, "micro", "fixture", 1.0).read_text()
+    assert after == before and "0.01" not in after and "cascade" not in after
+    assert "manifest has no `fig2` stage" in after and "manifest has no `fig3` stage" in after
+    (out / MANIFEST).unlink()  # analyses run by hand, no manifest: the whole folder is read
+    assert "cascade" in write_report(out, "micro", "fixture", 1.0).read_text()

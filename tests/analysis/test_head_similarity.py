@@ -44,6 +44,36 @@ def test_streaming_equals_a_direct_computation():
     assert torch.allclose(stat.std(), direct.double().std(0, unbiased=False), atol=1e-6)
 
 
+def test_the_maximum_is_taken_per_image_then_averaged_and_the_other_order_is_kept():
+    """Image A: heads 0 and 1 identical, head 2 apart; image B: heads 0 and 2 identical, head 1 apart. Per image
+    two of three heads have a twin (2/3 each); averaged over images first, every pair is only half alike (1/2)."""
+    e0, e1 = torch.eye(3)[0], torch.eye(3)[1]
+    image_a, image_b = torch.stack([e0, e0, e1]), torch.stack([e0, e1, e0])
+    stat = hs.PairwiseCosine()
+    stat.update(torch.stack([image_a, image_b])[:, None])  # (2 images, 1 window, 3 heads, 3)
+    assert torch.allclose(stat.max_per_image(), torch.tensor([2 / 3, 2 / 3], dtype=torch.float64))
+    summary = hs.block_summary(stat)
+    assert summary["mean_max_similarity"] == pytest.approx(2 / 3)
+    assert summary["max_of_mean_similarity"] == pytest.approx(1 / 2)
+    assert summary["max_max_similarity"] == pytest.approx(1 / 2)
+    assert summary["mean_max_similarity_std"] == pytest.approx(0.0)
+
+
+def test_the_spread_over_images_is_reported():
+    features = torch.randn(6, 4, 3, 5)  # 6 images, 4 windows, 3 heads
+    stat = hs.PairwiseCosine()
+    for chunk in features.split([4, 2]):
+        stat.update(chunk)
+    cosine = torch.nn.functional.cosine_similarity(features[:, :, :, None], features[:, :, None, :], dim=-1)
+    by_hand = torch.tensor([[[max(cosine[n, w, i, j].item() for j in range(3) if j != i) for i in range(3)]
+                             for w in range(4)] for n in range(6)]).mean(dim=(1, 2))
+    summary = hs.block_summary(stat)
+    assert summary["mean_max_similarity"] == pytest.approx(by_hand.mean().item(), abs=1e-6)
+    assert summary["mean_max_similarity_std"] == pytest.approx(by_hand.std(unbiased=False).item(), abs=1e-6)
+    assert summary["mean_max_similarity_ci95"] == pytest.approx(1.96 * by_hand.std(unbiased=False).item() / 6 ** 0.5,
+                                                                abs=1e-6)
+
+
 def F_cos(a, b):
     return torch.nn.functional.cosine_similarity(a, b, dim=0)
 
@@ -54,13 +84,11 @@ def F_cos(a, b):
                                          ("efficientvit_m0", dict(img_size=64))])
 def test_results_do_not_depend_on_batch_size(data, name, kwargs):
     model = efficientvit.create_model(name, **kwargs)
-    a = hs.head_similarity(model, loader(data, 3), "attention")
-    b = hs.head_similarity(model, loader(data, 10), "attention")
-    assert len(a) and (a["n_images"] == 10).all()
-    pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6)
-    summary = hs.summarize(a)
-    assert summary["mean_max_similarity"].between(-1, 1).all()
-    assert (summary["max_max_similarity"] >= summary["mean_max_similarity"] - 1e-12).all()
+    a_pairs, a_summary = hs.head_similarity(model, loader(data, 3), "attention")
+    b_pairs, b_summary = hs.head_similarity(model, loader(data, 10), "attention")
+    assert len(a_pairs) and (a_pairs["n_images"] == 10).all() and len(a_summary)
+    pd.testing.assert_frame_equal(a_pairs, b_pairs, check_exact=False, atol=1e-6)
+    pd.testing.assert_frame_equal(a_summary, b_summary, check_exact=False, atol=1e-6)
 
 
 def test_split_heads_lower_the_similarity_on_a_constructed_model(data):
@@ -77,8 +105,8 @@ def test_split_heads_lower_the_similarity_on_a_constructed_model(data):
             head.weight.copy_(split.layers[0].attn.qkvs[0].weight)
             head.bias.copy_(split.layers[0].attn.qkvs[0].bias)
     for feature in ("attention", "output"):
-        sim_full = hs.summarize(hs.head_similarity(full, loader(data, 5), feature))["mean_max_similarity"].item()
-        sim_split = hs.summarize(hs.head_similarity(split, loader(data, 5), feature))["mean_max_similarity"].item()
+        sim_full = hs.head_similarity(full, loader(data, 5), feature)[1]["mean_max_similarity"].item()
+        sim_split = hs.head_similarity(split, loader(data, 5), feature)[1]["mean_max_similarity"].item()
         assert sim_full == pytest.approx(1.0) and sim_split < sim_full - 0.01
 
 
