@@ -47,3 +47,31 @@ def test_swin_subnet_spreads_attention_over_stages_and_builds_from_yaml(tmp_path
 def test_bad_requests_are_one_sentence(args, message):
     with pytest.raises(efficientvit.UserError, match=message):
         find_subnet(*args, cache=None)
+
+
+def test_a_missed_target_is_searched_again_wider_and_then_marked(monkeypatch):
+    """A subnet that cannot reach the target (timings say every width runs at the full model's speed) is searched
+    a second time among more widths, and comes back marked as missed instead of silently kept."""
+    calls = []
+
+    def never_faster(family, candidates, base, rounds, seconds, batch_size, device):
+        calls.append((len(candidates), rounds))
+        return [(1.0, 100.0, 100.0) for _ in candidates]
+
+    monkeypatch.setattr(efficientvit.subnet, "measure_speedups", never_faster)
+    result = find_subnet("deit_tiny", 1.25, 0.2, base=TINY_DEIT, cache=None, **BUDGET)
+    assert result["met"] is False and result["speedup_measured"] == 1.0
+    assert max(n for n, _ in calls) > 5 and max(r for _, r in calls) == 4 * BUDGET["rounds"]
+    assert result["mhsa_proportion"] == 0.2 and result["mhsa_proportion_actual"] == 0.25  # 2 of 8 layers
+
+
+def test_a_met_target_needs_no_second_search(monkeypatch):
+    calls = []
+
+    def on_target(family, candidates, base, rounds, seconds, batch_size, device):
+        calls.append(len(candidates))
+        return [(1.26, 126.0, 100.0) for _ in candidates]
+
+    monkeypatch.setattr(efficientvit.subnet, "measure_speedups", on_target)
+    assert find_subnet("deit_tiny", 1.25, 0.5, base=TINY_DEIT, cache=None, **BUDGET)["met"] is True
+    assert max(calls) <= 5
