@@ -65,7 +65,8 @@ OP_CATEGORY = {
 }
 CATEGORY_OF = {op: category for category, ops in OP_CATEGORY.items() for op in ops.split()}
 COLUMNS = ["model", "layout", "mhsa_proportion", "device", "batch", "img_size", "threads", "category",
-           "memory_bound", "scope", "calls", "self_time_us", "share", "bytes", "flops", "arithmetic_intensity", "step_time_us"]
+           "memory_bound", "scope", "calls", "self_time_us", "share", "bytes", "flops", "arithmetic_intensity",
+           "step_time_us"]
 SCOPE = "scope::"  # record_function prefix of a layer scope
 PASS = "profiled_pass"  # record_function around each profiled forward pass
 STEM, HEAD = "patch_embed", "head"

@@ -45,14 +45,14 @@ def proxy_config(name: str, out: Path, images: int, seed: int = 0, **overrides):
 
 
 def modes_to_time(compile: bool) -> dict[str, dict]:
-    return {"fast": {"fast": True}, "fp32": {"fast": False},
-            **({"fast+compile": {"fast": True, "compile": True}} if compile else {})}
+    return {"fast": {"fast": True, "precision": "auto"}, "fp32": {"fast": False, "precision": "fp32"},
+            **({"fast+compile": {"fast": True, "precision": "auto", "compile": True}} if compile else {})}
 
 
 def loader_img_s(config, batches: int) -> float:
     """Images per second the training DataLoader alone delivers (its transform, its workers)."""
     dataset = open_split(config.data, "train", config.img_size,
-                         Augment(config.randaug_magnitude, config.reprob, tuple(config.crop_scale)))
+                         Augment(config.auto_augment, config.reprob, tuple(config.crop_scale), config.color_jitter))
     loader = DataLoader(dataset, config.batch_size, shuffle=True, num_workers=config.workers, collate_fn=collate,
                         drop_last=True)
     started, seen = None, 0

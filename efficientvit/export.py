@@ -19,6 +19,9 @@ from .errors import UserError
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 17
+# 14: the oldest opset every family exports to (DeiT and Swin's attention needs it); 20: the newest the
+# TorchScript-based exporter writes
+MIN_OPSET, MAX_OPSET = 14, 20
 
 
 def _atomic_target(path: str | os.PathLike) -> tuple[Path, str]:
@@ -33,6 +36,9 @@ def _atomic_target(path: str | os.PathLike) -> tuple[Path, str]:
 def export_onnx(model: nn.Module, path: str | os.PathLike, x: torch.Tensor, dynamic_batch: bool = False,
                 opset: int = DEFAULT_OPSET) -> Path:
     """Write `model` (eval mode, on the CPU, contiguous layout) traced on `x` as ONNX to `path`, atomically."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UserError(f"ONNX opset must be between {MIN_OPSET} and {MAX_OPSET} (what every model here exports "
+                        f"to), got {opset}")
     path, tmp = _atomic_target(path)
     model = model.eval().cpu().to(memory_format=torch.contiguous_format)
     try:

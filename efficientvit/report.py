@@ -113,8 +113,8 @@ def fig4_section(out: Path) -> list[str]:
         # the blocks' errors are correlated (the same images): the mean of their half-widths bounds the mean's
         ci = group["mean_max_similarity_ci95"].mean()
         per_block = " ".join(f"{100 * v:.0f}" for v in group.sort_values("block")["mean_max_similarity"])
-        lines.append(f"| {family} | {feature} | {kind} | {100 * means[(family, feature, kind)]:.1f}% ± {100 * ci:.1f} | "
-                     f"{per_block} | {100 * group['max_of_mean_similarity'].mean():.1f}% |")
+        lines.append(f"| {family} | {feature} | {kind} | {100 * means[(family, feature, kind)]:.1f}% "
+                     f"± {100 * ci:.1f} | {per_block} | {100 * group['max_of_mean_similarity'].mean():.1f}% |")
     paper = pd.read_csv(PAPER / "fig4_head_similarity.csv", comment="#")
     paper_means = paper.groupby(["model", "heads"])["similarity_pct"].mean()
     for family, feature in sorted({(f, feat) for f, feat, _ in means}):

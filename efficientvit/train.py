@@ -6,19 +6,21 @@
 `train` is one straight line: config, data, model, optimizer, resume, loop, checkpoint. The recipe (Liu et al.
 2023, after DeiT): AdamW at 1e-3 per 512 images of global batch, weight decay 0.025 except on norms, biases and
 attention-bias tables; 5 warm-up epochs from 1e-6, then cosine down to 1e-5; label smoothing 0.1; MixUp 0.8 /
-CutMix 1.0; RandAugment m9; random erasing 0.25; repeated augmentation; EMA of the weights (decay 0.99996);
-adaptive gradient clipping at 0.02. The learning rate is stepped every iteration (the official code steps it
-per epoch; per iteration gives the same curve at ImageNet scale and a smooth warm-up on short CPU runs).
+CutMix 1.0; timm's RandAugment rand-m9-mstd0.5-inc1; random erasing 0.25; repeated augmentation; EMA of the
+weights (decay 0.99996); adaptive gradient clipping at 0.02; float32 with a gradient scaler (which skips a step
+whose gradients are not finite); optional DeiT distillation, hard or soft, from a teacher. The learning rate
+is stepped every iteration (the official code steps it per epoch; per iteration gives the same curve at ImageNet
+scale and a smooth warm-up on short CPU runs).
 
 Every epoch ends with a checkpoint (<out>/checkpoint.pth) and a metrics table (<out>/metrics.csv), both written
 atomically by rank 0. Resuming is exact: the sample order and the DataLoader workers' seeds of each epoch derive
 from (seed, epoch, rank) and the checkpoint holds every other random state, so on the CPU a run stopped after
 any epoch and resumed ends with the same weights, bit for bit, as one that never stopped.
 
-Speed (`fast`, on by default): bf16 autocast where the device computes bf16 natively, the fused AdamW kernel, and
-channels-last for the convolutional models. On a CPU, a run long enough to repay it first times a few training
-steps of the model in both precisions and keeps bf16 only if it was faster; the checkpoint records the choice, so
-a resumed run computes the same way.
+Speed: `fast` (on by default) runs the fused AdamW kernel and channels-last for the convolutional models (the
+same maths). `precision: auto` adds bf16 autocast where the device computes bf16 natively; on a CPU, a run long
+enough to repay it first times a few training steps of the model in both precisions and keeps bf16 only if it
+was faster. The checkpoint records the choice, so a resumed run computes the same way.
 """
 
 from __future__ import annotations
@@ -49,14 +51,17 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint, unwrap
 from .data.pipeline import RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate
+from .data.pipeline import OFFICIAL_AUTO_AUGMENT
 from .data.sources import Augment, open_split
 from .errors import UserError
+from .losses import DISTILLATION_KINDS, DistillationLoss
 from .models import create_model, model_family
 from .results import atomic_write_text
 
 CLIP_MODES = ("agc", "norm")
+PRECISIONS = ("fp32", "bf16", "auto")
 METRICS = ("epoch", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "ema_top1", "epoch_seconds",
            "train_img_s")
 CURVE = ("epoch", "lr", "train_loss")  # curve.csv: the training loss every CURVE_STEPS steps, epoch as a fraction
@@ -97,7 +102,9 @@ class TrainConfig:
     smoothing: float = knob(0.1, "label smoothing")
     mixup: float = knob(0.8, "MixUp alpha (0 turns it off); MixUp or CutMix is picked per batch")
     cutmix: float = knob(1.0, "CutMix alpha (0 turns it off)")
-    randaug_magnitude: typing.Optional[int] = knob(9, "RandAugment magnitude (null: no RandAugment)")
+    auto_augment: typing.Optional[str] = knob(OFFICIAL_AUTO_AUGMENT, "timm's augmentation policy (null: none)")
+    color_jitter: typing.Optional[float] = knob(0.4, "colour-jitter strength, applied only without auto_augment "
+                                                     "(as timm does); null: none")
     reprob: float = knob(0.25, "random-erasing probability")
     crop_scale: list = knob([0.08, 1.0], "RandomResizedCrop area range, as fractions of the image")
     repeated_aug: bool = knob(True, "repeated augmentation: each image 3 times per epoch on different processes")
@@ -105,14 +112,21 @@ class TrainConfig:
     ema_decay: typing.Optional[float] = knob(0.99996, "EMA decay per step (null: no EMA)")
     init: typing.Optional[str] = knob(None, "checkpoint of ours to start from, e.g. a pruned model: its architecture "
                                             "and weights replace model/model_kwargs")
-    teacher: typing.Optional[str] = knob(None, "checkpoint of ours to distil from, DeiT hard distillation "
-                                               "(the model gets a distillation head)")
+    teacher: typing.Optional[str] = knob(None, "teacher to distil from (the model gets a distillation head): a "
+                                               "checkpoint of ours, or a timm model name with teacher_weights")
+    teacher_weights: typing.Optional[str] = knob(None, "state dict of a timm teacher, e.g. regnety_160's trained "
+                                                       "weights (nothing is downloaded)")
+    distillation: str = knob("hard", "DeiT distillation kind: hard (the teacher's top class) or soft (its "
+                                     "distribution, at distillation_tau)")
     distillation_alpha: float = knob(0.5, "weight of the distillation loss")
+    distillation_tau: float = knob(1.0, "temperature of soft distillation")
     skip_bad: bool = knob(False, "skip unreadable images (and count them) instead of stopping")
     seed: int = knob(0, "seed of everything random")
-    fast: bool = knob(True, "the fastest correct mode: bfloat16 autocast where the device computes it natively "
-                            "(CUDA; CPUs with AVX-512 BF16 or AMX), fused AdamW, channels-last for conv models; "
-                            "false: plain fp32 eager")
+    precision: str = knob("fp32", "fp32 (the official recipe, with a gradient scaler), bf16 (autocast), or auto "
+                                  "(bf16 where the device computes it natively: CUDA, CPUs with AVX-512 BF16 or "
+                                  "AMX, and on a CPU only if a timed trial finds it faster)")
+    fast: bool = knob(True, "fused AdamW and channels-last for conv models (the same maths, faster); false: "
+                            "plain eager")
     compile: bool = knob(False, "torch.compile the model (off by default: README, Training speed, says why)")
 
 
@@ -161,8 +175,9 @@ def make_config(values: dict) -> TrainConfig:
             raise UserError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(names)}")
     hints = typing.get_type_hints(TrainConfig)
     config = TrainConfig(**{key: coerce(key, value, hints[key]) for key, value in values.items()})
-    if config.clip_mode not in CLIP_MODES:
-        raise UserError(f"clip_mode must be one of {', '.join(CLIP_MODES)}, got {config.clip_mode!r}")
+    for key, allowed in (("clip_mode", CLIP_MODES), ("precision", PRECISIONS), ("distillation", DISTILLATION_KINDS)):
+        if getattr(config, key) not in allowed:
+            raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}")
     for key in ("epochs", "batch_size") + (("train_images",) if config.train_images is not None else ()):
         if getattr(config, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(config, key)}")
@@ -281,14 +296,14 @@ class Speed:
 
 def choose_speed(config: TrainConfig, model: nn.Module, device: torch.device, batch_shape: tuple,
                  total_steps: int) -> Speed:
-    if not config.fast:
-        return Speed(compile=config.compile)
     # conv models only: channels-last turns 1x1 convs into GEMMs; ViTs hold (tokens, channels) and gain nothing
-    channels_last = model_family(model.config["name"]) == "efficientvit"
-    bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
-    if bf16 and device.type == "cpu" and total_steps >= TUNE_MIN_STEPS:
-        bf16 = bf16_pays_off(model, batch_shape, channels_last)
-    return Speed(bf16=bf16, channels_last=channels_last, fused_optimizer=True, compile=config.compile)
+    channels_last = config.fast and model_family(model.config["name"]) == "efficientvit"
+    bf16 = config.precision == "bf16"
+    if config.precision == "auto":
+        bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+        if bf16 and device.type == "cpu" and total_steps >= TUNE_MIN_STEPS:
+            bf16 = bf16_pays_off(model, batch_shape, channels_last)
+    return Speed(bf16=bf16, channels_last=channels_last, fused_optimizer=config.fast, compile=config.compile)
 
 
 def bf16_pays_off(model: nn.Module, batch_shape: tuple, channels_last: bool) -> bool:
@@ -337,6 +352,31 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, skip_ba
     return {"top1": 100 * top1 / count, "top5": 100 * top5 / count, "loss": loss / count, "skipped": int(skipped)}
 
 
+def build_teacher(config: TrainConfig, num_classes: int) -> nn.Module:
+    """The teacher: a checkpoint of ours, or a timm model (the paper's RegNetY-160 is `regnety_160`) with its
+    trained weights from `teacher_weights`."""
+    import timm
+
+    if Path(config.teacher).is_file():
+        teacher = model_from_checkpoint(config.teacher)
+    elif timm.is_model(config.teacher):
+        if not config.teacher_weights:
+            raise UserError(f"teacher {config.teacher} needs teacher_weights: a file with its trained weights "
+                            "(nothing is downloaded)")
+        teacher = timm.create_model(config.teacher, pretrained=False, num_classes=num_classes)
+        state, _ = unwrap(read_checkpoint(config.teacher_weights))
+        try:
+            teacher.load_state_dict(state)
+        except RuntimeError as e:
+            raise UserError(f"teacher_weights {config.teacher_weights} do not fit timm's {config.teacher} with "
+                            f"{num_classes} classes ({str(e).splitlines()[1].strip()[:200]})") from None
+    else:
+        raise UserError(f"teacher {config.teacher!r} is neither a checkpoint file nor a timm model name")
+    if teacher.num_classes != num_classes:
+        raise UserError(f"teacher {config.teacher} predicts {teacher.num_classes} classes, the data has {num_classes}")
+    return teacher
+
+
 def setup_distributed() -> tuple[int, int, torch.device]:
     """(rank, world size, device) from torchrun's environment; a plain run is rank 0 of 1."""
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -375,7 +415,7 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
 
     # Data. Training batches drop the ragged end (as the official code); evaluation sees every image once, each
     # process a strided share, so the summed counts are exact.
-    augment = Augment(config.randaug_magnitude, config.reprob, tuple(config.crop_scale))
+    augment = Augment(config.auto_augment, config.reprob, tuple(config.crop_scale), config.color_jitter)
     train_set = open_split(config.data, "train", config.img_size, augment)
     val_set = open_split(config.data, "val", config.img_size, classes=train_set.classes)
     num_classes = len(train_set.classes)
@@ -408,11 +448,7 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
     else:
         model = create_model(config.model, num_classes=num_classes, img_size=config.img_size,
                              **config.model_kwargs, **extras).to(device)
-    teacher = None
-    if config.teacher:
-        teacher = model_from_checkpoint(config.teacher).to(device).eval().requires_grad_(False)
-        if teacher.num_classes != num_classes:
-            raise UserError(f"teacher {config.teacher} predicts {teacher.num_classes} classes, the data has {num_classes}")
+    teacher = build_teacher(config, num_classes).to(device).eval().requires_grad_(False) if config.teacher else None
     ema = None
     if config.ema_decay is not None:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
@@ -443,7 +479,10 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
         warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=min(1.0, config.warmup_lr / lr),
                                                    total_iters=warmup_steps)
         scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.smoothing)  # also smooths MixUp's soft targets
+    # label smoothing also smooths MixUp's soft targets
+    criterion = DistillationLoss(nn.CrossEntropyLoss(label_smoothing=config.smoothing), teacher, config.distillation,
+                                 config.distillation_alpha, config.distillation_tau)
+    scaler = torch.amp.GradScaler(device.type, enabled=not speed.bf16)  # the official fp32 recipe's loss scaler
     mixing = batch_mixing(num_classes, config.mixup, config.cutmix)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16)
     memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
@@ -459,6 +498,8 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
         scheduler.load_state_dict(checkpoint["scheduler"])
         if ema is not None:
             ema.load_state_dict(checkpoint["ema"])
+        if "scaler" in checkpoint:
+            scaler.load_state_dict(checkpoint["scaler"])
         start_epoch, history, curve = checkpoint["epoch"], checkpoint["history"], checkpoint.get("curve", [])
         if rank < len(checkpoint["rng"]):
             set_rng_state(checkpoint["rng"][rank])
@@ -487,22 +528,17 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
             if mixing is not None:
                 images, targets = mixing(images, targets)
             with autocast:
-                outputs = forward(images)
-                if teacher is None:
-                    loss = criterion(outputs, targets)
-                else:  # DeiT hard distillation: the second head learns the teacher's top class
-                    logits, logits_dist = outputs
-                    teacher_labels = teacher(images).argmax(dim=1)
-                    loss = ((1 - config.distillation_alpha) * criterion(logits, targets)
-                            + config.distillation_alpha * F.cross_entropy(logits_dist, teacher_labels))
+                loss = criterion(images, forward(images), targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if config.clip_grad is not None:
+                scaler.unscale_(optimizer)
                 if config.clip_mode == "agc":
                     adaptive_clip_grad_(model.parameters(), config.clip_grad)
                 else:
                     nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
@@ -533,7 +569,7 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
         if main:
             save_checkpoint(checkpoint_path, model, optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), ema=ema.state_dict() if ema is not None else None,
-                            epoch=epoch + 1, history=history, curve=curve, rng=rngs,
+                            scaler=scaler.state_dict(), epoch=epoch + 1, history=history, curve=curve, rng=rngs,
                             speed=dataclasses.asdict(speed), config=dataclasses.asdict(config))
             write_table(out / "metrics.csv", history, METRICS)
             write_table(out / "curve.csv", curve, CURVE)

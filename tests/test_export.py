@@ -36,8 +36,11 @@ def test_exports_carry_checkpoint_weights_and_match_pytorch(tmp_path, capsys):
 
 def test_bad_export_input_is_one_sentence_and_exit_2(tmp_path, capsys):
     for argv in (["export", "onnx", "efficientvit_m9", "--out", str(tmp_path / "x.onnx")],
-                 ["export", "onnx", "efficientvit_m0", "--out", str(tmp_path / "missing" / "x.onnx")]):
+                 ["export", "onnx", "efficientvit_m0", "--out", str(tmp_path / "missing" / "x.onnx")],
+                 ["export", "onnx", "efficientvit_m0", "--out", str(tmp_path / "x.onnx"), "--opset", "1"],
+                 ["export", "onnx", "efficientvit_m0", "--out", str(tmp_path / "x.onnx"), "--opset", "99"]):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "Traceback" not in err
+        assert "--opset" not in argv or "opset must be between 14 and 20" in err
     assert not list(tmp_path.iterdir())

@@ -16,7 +16,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "results"
 
 TINY_DEIT = dict(patch_size=16, embed_dim=24, num_heads=3, layout="AFAF")  # img_size comes from the training config
 TRAIN = dict(img_size=64, epochs=1, batch_size=8, workers=0, warmup_epochs=0, mixup=0.0, cutmix=0.0,
-             randaug_magnitude=None, reprob=0.0, repeated_aug=False, ema_decay=None)
+             auto_augment=None, reprob=0.0, repeated_aug=False, ema_decay=None)
 
 
 @pytest.fixture

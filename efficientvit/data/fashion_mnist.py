@@ -197,8 +197,15 @@ def eval_transform(img_size: int) -> v2.Compose:
     return v2.Compose([pad(), *resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD), ToRGB()])
 
 
-def augmenting_transform(img_size: int, randaug_magnitude: int | None, reprob: float,
-                         crop_scale: tuple[float, float]) -> v2.Compose:
-    """The recipe's augmentation (its crop also resizes), around it the padding and the gray channel made RGB."""
-    return train_transform(img_size, randaug_magnitude, reprob, crop_scale, stats=(MEAN, STD), before=(pad(),),
-                           after=(ToRGB(),))
+class ToPILRGB(v2.Transform):
+    """A (1, H, W) uint8 tensor as an RGB PIL image: what timm's augmentations (RandAugment's PIL ops) take."""
+
+    def transform(self, inpt, params):
+        return v2.functional.to_pil_image(inpt).convert("RGB")
+
+
+def augmenting_transform(img_size: int, auto_augment: str | None, reprob: float, crop_scale: tuple[float, float],
+                         color_jitter: float | None) -> v2.Compose:
+    """The recipe's augmentation (its crop also resizes), after padding and making the gray image RGB."""
+    return train_transform(img_size, auto_augment, reprob, crop_scale, color_jitter, stats=(MEAN * 3, STD * 3),
+                           before=(pad(), ToPILRGB()))

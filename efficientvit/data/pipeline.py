@@ -1,6 +1,7 @@
 """ImageFolder data with the official EfficientViT/DeiT transforms, MixUp/CutMix and repeated augmentation.
 
-Train: RandomResizedCrop (bicubic), horizontal flip, RandAugment (magnitude 9), ImageNet normalisation,
+Train: timm's `create_transform` with the official arguments (Cream's `build_transform`, after DeiT):
+RandomResizedCrop (bicubic), horizontal flip, RandAugment `rand-m9-mstd0.5-inc1`, ImageNet normalisation,
 RandomErasing (p 0.25, random pixels). Eval: resize to size x 256/224 (bicubic), centre crop. MixUp (alpha 0.8)
 or CutMix (alpha 1.0), one or the other per batch, are applied to whole batches in the training loop.
 
@@ -17,6 +18,7 @@ from typing import Iterator, NamedTuple
 import torch
 from torch.utils.data import Sampler, default_collate
 from torchvision import datasets
+from timm.data import create_transform
 from torchvision.transforms import v2
 
 from ..errors import UserError
@@ -26,23 +28,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_CROP_RATIO = 224 / 256
 
 
-def train_transform(img_size: int, randaug_magnitude: int | None = 9, reprob: float = 0.25,
-                    crop_scale: tuple[float, float] = (0.08, 1.0), stats: tuple = (IMAGENET_MEAN, IMAGENET_STD),
-                    before: tuple = (), after: tuple = ()) -> v2.Compose:
-    """The official training augmentation; randaug_magnitude None leaves RandAugment out.
+OFFICIAL_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"  # timm's RandAugment: 2 ops, magnitude 9 of 10, std 0.5, increasing
 
-    `stats` (mean, std) normalise; `before` and `after` are steps a data set adds around the recipe (e.g. padding
-    Fashion-MNIST to 32 px before the crop, and its gray channel made RGB after).
+
+def train_transform(img_size: int, auto_augment: str | None = OFFICIAL_AUTO_AUGMENT, reprob: float = 0.25,
+                    crop_scale: tuple[float, float] = (0.08, 1.0), color_jitter: float | None = 0.4,
+                    stats: tuple = (IMAGENET_MEAN, IMAGENET_STD), before: tuple = ()) -> v2.Compose:
+    """The official training augmentation, built by timm (the library the official code uses) from a PIL image.
+
+    `auto_augment` is timm's policy string (None: none); `color_jitter` applies only without it, as in timm.
+    `stats` (mean, std) normalise; `before` are steps a data set adds first (e.g. Fashion-MNIST's padding and
+    conversion to an RGB image).
     """
-    crop = v2.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=v2.InterpolationMode.BICUBIC)
-    steps = [*before, crop, v2.RandomHorizontalFlip()]
-    if randaug_magnitude is not None:
-        steps.append(v2.RandAugment(magnitude=randaug_magnitude))
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(*stats)]
-    if reprob > 0:
-        # value="random" fills the erased box with normal noise, the official code's "pixel" mode.
-        steps.append(v2.RandomErasing(p=reprob, value="random"))
-    return v2.Compose([*steps, *after])
+    recipe = create_transform(img_size, is_training=True, scale=tuple(crop_scale), color_jitter=color_jitter,
+                              auto_augment=auto_augment, interpolation="bicubic", re_prob=reprob, re_mode="pixel",
+                              re_count=1, mean=stats[0], std=stats[1])
+    return v2.Compose([*before, recipe])
 
 
 def eval_transform(img_size: int) -> v2.Compose:

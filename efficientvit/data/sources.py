@@ -11,16 +11,17 @@ from dataclasses import dataclass
 from torch.utils.data import Dataset
 
 from . import fashion_mnist
-from .pipeline import eval_transform, image_folder, train_transform
+from .pipeline import OFFICIAL_AUTO_AUGMENT, eval_transform, image_folder, train_transform
 
 
 @dataclass(frozen=True)
 class Augment:
     """The recipe's augmentation knobs (TrainConfig's names)."""
 
-    randaug_magnitude: int | None = 9
+    auto_augment: str | None = OFFICIAL_AUTO_AUGMENT
     reprob: float = 0.25
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    color_jitter: float | None = 0.4
 
 
 def open_split(data: str, split: str, img_size: int, augment: Augment | None = None,
@@ -32,10 +33,10 @@ def open_split(data: str, split: str, img_size: int, augment: Augment | None = N
     if fashion_mnist.refers_to_fashion_mnist(data):
         root = fashion_mnist.prepare(fashion_mnist.DEFAULT_ROOT if data == fashion_mnist.NAME else data,
                                       download=data == fashion_mnist.NAME)
-        transform = fashion_mnist.eval_transform(img_size) if augment is None else \
-            fashion_mnist.augmenting_transform(img_size, augment.randaug_magnitude, augment.reprob, augment.crop_scale)
+        transform = fashion_mnist.eval_transform(img_size) if augment is None else fashion_mnist.augmenting_transform(
+            img_size, augment.auto_augment, augment.reprob, augment.crop_scale, augment.color_jitter)
         return fashion_mnist.FashionMNIST(root, split, transform)
     if augment is None:
         return image_folder(data, split, eval_transform(img_size), classes=classes)
-    return image_folder(data, split, train_transform(img_size, augment.randaug_magnitude, augment.reprob,
-                                                     augment.crop_scale), classes=classes)
+    return image_folder(data, split, train_transform(img_size, augment.auto_augment, augment.reprob,
+                                                     augment.crop_scale, augment.color_jitter), classes=classes)

@@ -46,10 +46,11 @@ def test_every_operator_has_a_category_and_a_layer_scope(profiled):
     assert set(frame["scope"]) <= {"patch_embed", "token_interaction", "attention", "ffn", "patch_merging", "head"}
 
 
-def test_attention_layers_spend_more_on_reshape_and_copy_than_ffn_layers(profiled):
+def test_attention_layers_reshape_and_copy_more_than_ffn_layers(profiled):
+    """Counted, not timed (a timing comparison flips on a loaded machine): reshape and copy operator calls."""
     frame = pd.read_csv(profiled)
-    moving = frame[frame["category"].isin(["reshape", "copy"])].groupby("layout")["share"].sum()
-    assert moving["AAAA"] > moving["FFFF"]
+    moving = frame[frame["category"].isin(["reshape", "copy"])].groupby("layout")["calls"].sum()
+    assert moving["AAAA"] > 2 * moving["FFFF"]
 
 
 class LinearThenAdd(torch.nn.Module):

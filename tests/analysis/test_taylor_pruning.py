@@ -6,6 +6,7 @@ from torch.utils.data import DataLoader, TensorDataset, default_collate
 import efficientvit
 from analysis import design_variant, taylor_pruning as tpr
 from efficientvit.data.synthetic import make_synthetic
+from tests.helpers import top1_of_checkpoint
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=24, num_heads=3, layout="AFAF", num_classes=4)
 
@@ -185,13 +186,14 @@ def test_pruned_model_fine_tunes_with_the_training_pipeline(data, tmp_path):
                                               efficientvit.create_model("deit_tiny", **{**TINY, "img_size": 64}))
     finetune = tmp_path / "finetune.yaml"
     finetune.write_text(f"data: {data}\nimg_size: 64\nepochs: 1\nbatch_size: 8\nworkers: 0\nwarmup_epochs: 0\n"
-                        "mixup: 0.0\ncutmix: 0.0\nrandaug_magnitude: null\nreprob: 0.0\nrepeated_aug: false\n")
+                        "mixup: 0.0\ncutmix: 0.0\nauto_augment: null\nreprob: 0.0\nrepeated_aug: false\n")
     assert tpr.main(["--checkpoint", str(checkpoint), "--data", str(data), "--ratio", "0.3", "--batches", "1",
                      "--batch", "8", "--workers", "0", "--out-dir", str(tmp_path), "--run", "r",
                      "--save", str(tmp_path / "pruned.pth"), "--finetune-config", str(finetune)]) == 0
     import json
     stats = json.loads((tmp_path / "r.json").read_text())["pruning"]
-    assert 0 <= stats["top1_finetuned"] <= 100
+    assert stats["top1_finetuned"] == pytest.approx(
+        top1_of_checkpoint(tmp_path / "pruned_finetuned" / "checkpoint.pth", data, 64))
     tuned = efficientvit.model_from_checkpoint(tmp_path / "pruned_finetuned" / "checkpoint.pth")
     assert tuned.config["kwargs"]["layer_dims"] == efficientvit.model_from_checkpoint(
         tmp_path / "pruned.pth").config["kwargs"]["layer_dims"]

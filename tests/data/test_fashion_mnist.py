@@ -56,7 +56,7 @@ def test_eval_transform_pads_to_32_normalises_and_repeats_the_gray_channel(prepa
 
 
 def test_train_transform_augments_with_the_recipe_knobs(prepared):
-    train = open_split(str(prepared), "train", 32, Augment(randaug_magnitude=None, reprob=0.0, crop_scale=(0.5, 1.0)))
+    train = open_split(str(prepared), "train", 32, Augment(auto_augment=None, reprob=0.0, crop_scale=(0.5, 1.0)))
     first, second = train[0][0], train[0][0]
     assert first.shape == (3, 32, 32) and not torch.equal(first, second)  # random crops and flips
 

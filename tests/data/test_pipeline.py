@@ -1,5 +1,10 @@
+import copy
+
 import pytest
 import torch
+from PIL import Image
+from timm.data import create_transform
+from timm.data.auto_augment import _LEVEL_DENOM
 from torch.utils.data import DataLoader
 
 from efficientvit.data.pipeline import (RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate,
@@ -21,6 +26,29 @@ def test_transforms_follow_the_configured_image_size(data, size):
     assert image.shape == (3, size, size) and image.dtype == torch.float32 and label == 0
     assert val[0][0].shape == (3, size, size)
     assert eval_transform(size).transforms[0].size == [int(size * 256 / 224)]
+
+
+def test_the_training_augmentation_is_the_official_one():
+    """Cream's (and DeiT's) build_transform, written out with its literal arguments: our recipe must be the same
+    transform, RandAugment at magnitude 9 of timm's 10 (not 9 of torchvision's 31 bins)."""
+    official = create_transform(224, is_training=True, color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1",
+                                interpolation="bicubic", re_prob=0.25, re_mode="pixel", re_count=1)
+    ours = train_transform(224).transforms[-1]
+    assert repr(ours) == repr(official)
+    randaug = next(t for t in ours.transforms if type(t).__name__ == "RandAugment")
+    assert randaug.num_layers == 2 and len(randaug.ops) == 15
+    assert all((op.magnitude, op.magnitude_std) == (9, 0.5) for op in randaug.ops)
+    assert {op.magnitude_max for op in randaug.ops} == {None} and _LEVEL_DENOM == 10  # out of timm's 10 levels
+    assert "SolarizeIncreasing" in {op.name for op in randaug.ops}  # inc1: the increasing variants
+    assert not any(type(t).__name__ == "ColorJitter" for t in ours.transforms)  # timm drops jitter under RandAugment
+
+
+def test_without_auto_augment_the_recipe_jitters_colours_as_timm_does():
+    steps = [type(t).__name__ for t in train_transform(64, auto_augment=None).transforms[-1].transforms]
+    assert "ColorJitter" in steps and "RandAugment" not in steps
+    plain = train_transform(64, auto_augment=None, color_jitter=None)
+    steps = [type(t).__name__ for t in plain.transforms[-1].transforms]
+    assert "ColorJitter" not in steps
 
 
 def test_mixup_cutmix_turn_labels_into_soft_targets():
@@ -80,3 +108,14 @@ def test_repeated_augmentation_sends_copies_to_different_processes():
     assert shares == [list(s) for s in samplers]
     samplers[0].set_epoch(3)
     assert list(samplers[0]) != shares[0]
+
+
+def test_every_operation_of_the_official_augmentation_runs_at_the_top_of_its_range():
+    """timm's PosterizeIncreasing asks Pillow for 0 bits at magnitude 10 (reached by 9 + 2 std); Pillow 13 refuses,
+    so the project pins Pillow below it. Each op is forced to magnitude 10 here."""
+    randaug = next(t for t in train_transform(32).transforms[-1].transforms if type(t).__name__ == "RandAugment")
+    image = Image.new("RGB", (32, 32), (200, 120, 40))
+    for op in randaug.ops:
+        op = copy.copy(op)
+        op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0.0
+        assert op(image).size == (32, 32), op.name

@@ -6,18 +6,36 @@ partitioned in channels-last, padding with zeros, `window = min(window, resoluti
 package, so agreement with it checks both our modules and our key conversion.
 """
 
+import contextlib
 import itertools
 
 import torch
 import torch.nn.functional as F
 
+TRAINING = False  # BatchNorm on batch statistics (train mode) instead of the running ones
+
+
+@contextlib.contextmanager
+def train_mode():
+    global TRAINING
+    TRAINING = True
+    try:
+        yield
+    finally:
+        TRAINING = False
+
+
+def batch_norm(sd, prefix, x):
+    if TRAINING:  # batch statistics; the running ones are neither read nor updated
+        return F.batch_norm(x, None, None, sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], True, 0.0, 1e-5)
+    return F.batch_norm(x, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"], sd[f"{prefix}.weight"],
+                        sd[f"{prefix}.bias"], False, 0.0, 1e-5)
+
 
 def conv_bn(sd, prefix, x, stride=1, padding=0):
     w = sd[f"{prefix}.c.weight"]
     groups = x.shape[1] if w.shape[1] == 1 and x.shape[1] > 1 else 1
-    x = F.conv2d(x, w, None, stride, padding, 1, groups)
-    return F.batch_norm(x, sd[f"{prefix}.bn.running_mean"], sd[f"{prefix}.bn.running_var"],
-                        sd[f"{prefix}.bn.weight"], sd[f"{prefix}.bn.bias"], False, 0.0, 1e-5)
+    return batch_norm(sd, f"{prefix}.bn", F.conv2d(x, w, None, stride, padding, 1, groups))
 
 
 def ffn(sd, prefix, x):
@@ -104,8 +122,7 @@ def official_forward(sd, depth, kernels, x, key_dim=16, window=7):
             x = x + dw(sd, f"{q}.dw1.m", x)
             x = x + ffn(sd, f"{q}.ffn1.m", x)
     x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-    x = F.batch_norm(x, sd["head.bn.running_mean"], sd["head.bn.running_var"], sd["head.bn.weight"],
-                     sd["head.bn.bias"], False, 0.0, 1e-5)
+    x = batch_norm(sd, "head.bn", x)
     return F.linear(x, sd["head.l.weight"], sd["head.l.bias"])
 
 

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import efficientvit
@@ -11,7 +12,8 @@ from efficientvit.models.attention import CascadedGroupAttention, relative_offse
 from efficientvit.models.efficientvit import CONFIGS
 from efficientvit.models.layers import LayerNorm2d
 
-from .official_reference import official_forward, offset_index, random_official_state_dict
+from .official_reference import (official_forward, offset_index, ours_to_official_key, random_official_state_dict,
+                                 train_mode)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 MODELS = [f"efficientvit_m{i}" for i in range(6)]
@@ -70,6 +72,30 @@ def test_same_function_as_the_official_implementation(name, size):
                                 CONFIGS[name]["depth"], CONFIGS[name]["q_kernels"], x)
     with torch.no_grad():
         assert torch.allclose(model.eval()(x), expected, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["efficientvit_m0", "efficientvit_m4"])
+def test_same_loss_and_gradients_as_the_official_implementation_in_train_mode(name):
+    """Train mode (BatchNorm on batch statistics), float64: the loss and the gradient of every parameter."""
+    model = efficientvit.create_model(name).double()
+    sd = random_official_state_dict(model)
+    efficientvit.load_checkpoint(model, {"model": sd})
+    x = torch.randn(2, 3, 224, 224, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([3, 7])
+    leaves = {k: v.double().requires_grad_() if v.is_floating_point() else v for k, v in sd.items()}
+    with train_mode():
+        expected = F.cross_entropy(official_forward(leaves, CONFIGS[name]["depth"], CONFIGS[name]["q_kernels"], x),
+                                   targets)
+    expected.backward()
+    loss = F.cross_entropy(model.train()(x), targets)
+    loss.backward()
+    assert torch.allclose(loss, expected, atol=0, rtol=1e-10)
+    # each gradient within 1e-9 of its largest entry; a BN bias right before another BN has an exactly-zero
+    # gradient (rounding noise only), measured against the model's largest gradient instead
+    floor = 1e-3 * max(leaves[ours_to_official_key(k)].grad.abs().max() for k, _ in model.named_parameters())
+    for key, param in model.named_parameters():
+        reference = leaves[ours_to_official_key(key)].grad
+        assert (param.grad - reference).abs().max() <= 1e-9 * max(reference.abs().max(), floor), key
 
 
 def test_offset_index_matches_the_official_discovery_order():
