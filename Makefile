@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: demo test clean fashion-mnist
 
 demo: $(STAMP) fashion-mnist
-	$(BIN)/efficientvit reproduce --preset demo
+	$(BIN)/python analysis/reproduce.py --preset demo
 
 # The demo's data: Debian's dataset-fashion-mnist where apt is there. Elsewhere the first run downloads it with
 # torchvision (online), or `efficientvit make-data fashion-mnist --source DIR` takes the four .gz files.
@@ -20,6 +20,8 @@ fashion-mnist:
 		echo "could not install dataset-fashion-mnist; see README, Data"; fi
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 # torch and torchvision are pinned and installed first: on the project's machines these exact builds lie on

@@ -28,7 +28,7 @@ import yaml
 
 import efficientvit
 from efficientvit.bench import interleaved_throughput
-from efficientvit.errors import UserError
+from efficientvit.errors import UserError, exit_status
 from efficientvit.flops import count_flops, count_params
 from efficientvit.models.efficientvit import CONFIGS
 from efficientvit.results import atomic_write_text
@@ -60,15 +60,25 @@ def scaled_widths(base: dict, scale: float) -> list[int]:
     return [max(8 * h, int(round(w * scale / (8 * h))) * 8 * h) for w, h in zip(base["embed_dim"], base["num_heads"])]
 
 
-def design(pruning: pd.DataFrame, base_name: str = "efficientvit_m0", target_flops: float | None = None,
-           img_size: int = 224, patch_size: int = 16) -> dict:
+def design(
+    pruning: pd.DataFrame,
+    base_name: str = "efficientvit_m0",
+    target_flops: float | None = None,
+    img_size: int = 224,
+    patch_size: int = 16,
+) -> dict:
     """Constructor arguments of the designed variant (patch_size: the stem's stride, 4 or 8 for small images)."""
     if base_name not in CONFIGS:
         raise UserError(f"--base must be one of {', '.join(CONFIGS)}, got {base_name!r}")
     base = CONFIGS[base_name]
-    kwargs = {"embed_dim": list(base["embed_dim"]), "depth": list(base["depth"]),
-              "num_heads": list(base["num_heads"]), "q_kernels": list(base["q_kernels"]), **reallocation(pruning),
-              **({"patch_size": patch_size} if patch_size != 16 else {})}
+    kwargs = {
+        "embed_dim": list(base["embed_dim"]),
+        "depth": list(base["depth"]),
+        "num_heads": list(base["num_heads"]),
+        "q_kernels": list(base["q_kernels"]),
+        **reallocation(pruning),
+        **({"patch_size": patch_size} if patch_size != 16 else {}),
+    }
     if target_flops:
         low, high = 0.25, 4.0
         for _ in range(8):  # FLOPs grow with the width scale: bisect it
@@ -88,52 +98,70 @@ def compare(variant: dict, name: str, img_size: int, seconds: float, others: lis
     models[name] = efficientvit.create_model(variant["model"], img_size=img_size, **variant["model_kwargs"])
     fused = {n: efficientvit.fuse(m) for n, m in models.items()}
     runs = interleaved_throughput(list(fused.values()), rounds=3, seconds=seconds, batch_size=16)
-    return pd.DataFrame([dict(model=n, params=count_params(models[n]), mflops_fused=round(count_flops(f) / 1e6, 1),
-                              cpu_img_s=round(statistics.median(r), 1))
-                         for (n, f), r in zip(fused.items(), runs)])
+    return pd.DataFrame(
+        [
+            dict(
+                model=n,
+                params=count_params(models[n]),
+                mflops_fused=round(count_flops(f) / 1e6, 1),
+                cpu_img_s=round(statistics.median(r), 1),
+            )
+            for (n, f), r in zip(fused.items(), runs)
+        ]
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Turn Taylor pruning ratios into an EfficientViT configuration "
-                                                 "and compare it with M0..M5.")
+    parser = argparse.ArgumentParser(
+        description="Turn Taylor pruning ratios into an EfficientViT configuration and compare it with M0..M5."
+    )
     parser.add_argument("--pruning", required=True, help="CSV written by analysis/taylor_pruning.py")
-    parser.add_argument("--base", default="efficientvit_m0", help="EfficientViT whose widths/depths/heads to start "
-                                                                  "from (efficientvit_m0)")
-    parser.add_argument("--stages", type=int, default=3, help="stages of the variant; EfficientViT has 3 (3)")
+    parser.add_argument(
+        "--base",
+        default="efficientvit_m0",
+        help="EfficientViT whose widths/depths/heads to start from (efficientvit_m0)",
+    )
     parser.add_argument("--target-flops", type=float, help="scale the widths to about this many fused FLOPs")
     parser.add_argument("--name", help="variant name (default <pruning run>_variant)")
     parser.add_argument("--out-dir", type=Path, default=Path("experiments/variants"), help="where the YAML goes")
     parser.add_argument("--img-size", type=int, default=224, help="input size of the comparison (224)")
-    parser.add_argument("--patch-size", type=int, default=16, help="stem stride of the variant (16, the paper's; 4 "
-                                                                   "for 28-32 px images such as Fashion-MNIST)")
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        default=16,
+        help="stem stride of the variant (16, the paper's; 4 for 28-32 px images such as Fashion-MNIST)",
+    )
     parser.add_argument("--seconds", type=float, default=0.5, help="timing budget per model and round (0.5)")
-    parser.add_argument("--compare", nargs="*", default=list(CONFIGS), metavar="MODEL",
-                        help="models to show beside the variant (efficientvit_m0 .. m5)")
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        default=list(CONFIGS),
+        metavar="MODEL",
+        help="models to show beside the variant (efficientvit_m0 .. m5)",
+    )
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        if args.stages != 3:
-            raise UserError("EfficientViT variants have 3 stages (--stages 3)")
-        path = Path(args.pruning)
-        if not path.exists():
-            raise UserError(f"pruning CSV {path} does not exist: run analysis/taylor_pruning.py first")
-        variant = design(pd.read_csv(path), args.base, args.target_flops, args.img_size, args.patch_size)
-        name = args.name or f"{path.stem}_variant"
-        table = compare(variant, name, args.img_size, args.seconds, args.compare)
-    except UserError as e:
-        print(f"design_variant: error: {e}", file=sys.stderr)
-        return 2
+def command(args: argparse.Namespace) -> None:
+    path = Path(args.pruning)
+    if not path.exists():
+        raise UserError(f"pruning CSV {path} does not exist: run analysis/taylor_pruning.py first")
+    variant = design(pd.read_csv(path), args.base, args.target_flops, args.img_size, args.patch_size)
+    name = args.name or f"{path.stem}_variant"
+    table = compare(variant, name, args.img_size, args.seconds, args.compare)
     out = args.out_dir / f"{name}.yaml"
-    header = (f"# Designed by analysis/design_variant.py from {path} (Taylor pruning ratios).\n"
-              f"# Build: create_model(model, **model_kwargs); train: merge into a training config.\n")
+    header = (
+        f"# Designed by analysis/design_variant.py from {path} (Taylor pruning ratios).\n"
+        f"# Build: create_model(model, **model_kwargs); train: merge into a training config.\n"
+    )
     atomic_write_text(out, header + yaml.safe_dump(variant, sort_keys=False))
     print(yaml.safe_dump(variant["model_kwargs"], sort_keys=False, default_flow_style=None).strip())
     print(f"\n{table.to_string(index=False)}\n(CPU, batch 16, {torch.get_num_threads()} threads, interleaved medians)")
     print(f"written to {out}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return exit_status("design_variant", command, parse_args(argv))
 
 
 if __name__ == "__main__":

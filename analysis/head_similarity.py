@@ -35,13 +35,13 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import efficientvit
-from efficientvit.checkpoint import FORMAT, read_checkpoint
 from efficientvit.data.pipeline import check_bad_images, collate
 from efficientvit.data.sources import open_split
-from efficientvit.errors import UserError
+from efficientvit.errors import UserError, exit_status
+from efficientvit.models import ModelSpec
 from efficientvit.models.attention import CascadedGroupAttention, TokenAttention
 from efficientvit.results import write_results
-from efficientvit.subnet import load_model_config
+from efficientvit.runtime import resolve_device
 
 FEATURES = {"attention": "attn_tap", "output": "head_tap"}
 
@@ -92,8 +92,14 @@ def attention_blocks(model: nn.Module) -> list[tuple[str, int, nn.Module]]:
     return blocks
 
 
-def head_similarity(model: nn.Module, loader: DataLoader, feature: str = "attention", images: int | None = None,
-                    device: torch.device | str = "cpu", skip_bad: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+def head_similarity(
+    model: nn.Module,
+    loader: DataLoader,
+    feature: str = "attention",
+    images: int | None = None,
+    device: torch.device | str = "cpu",
+    skip_bad: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Head similarity of every attention block of `model` over the images of `loader`: the pairwise table (one row
     per block and pair of heads) and the summary (one row per block, both orders of the average maximum)."""
     blocks = attention_blocks(model)
@@ -108,10 +114,12 @@ def head_similarity(model: nn.Module, loader: DataLoader, feature: str = "attent
             # the tap sees (batch x windows, heads, ...): regroup the windows of each image
             per_window = output.flatten(2)
             stats[index].update(per_window.view(batch_size[0], -1, *per_window.shape[1:]))
+
         return hook
 
-    handles = [getattr(module, FEATURES[feature]).register_forward_hook(record(i))
-               for i, (_, _, module) in enumerate(blocks)]
+    handles = [
+        getattr(module, FEATURES[feature]).register_forward_hook(record(i)) for i, (_, _, module) in enumerate(blocks)
+    ]
     seen = 0
     try:
         with torch.no_grad():
@@ -137,8 +145,17 @@ def head_similarity(model: nn.Module, loader: DataLoader, feature: str = "attent
         mean, std = stat.mean(), stat.std()
         for i in range(mean.shape[0]):
             for j in range(mean.shape[1]):
-                pairs.append(dict(**where, module=name, head_i=i, head_j=j, cosine_mean=mean[i, j].item(),
-                                  cosine_std=std[i, j].item(), n_images=stat.images))
+                pairs.append(
+                    dict(
+                        **where,
+                        module=name,
+                        head_i=i,
+                        head_j=j,
+                        cosine_mean=mean[i, j].item(),
+                        cosine_std=std[i, j].item(),
+                        n_images=stat.images,
+                    )
+                )
         if mean.shape[0] > 1:  # a single head has no other head to resemble
             blocks_summary.append(dict(**where, **block_summary(stat)))
     return pd.DataFrame(pairs), pd.DataFrame(blocks_summary)
@@ -150,41 +167,50 @@ def block_summary(stat: PairwiseCosine) -> dict:
     others = mean.masked_fill(torch.eye(mean.shape[0], dtype=torch.bool), -torch.inf).amax(dim=1)
     per_image = stat.max_per_image()
     sd = per_image.std(unbiased=False).item()
-    return dict(heads=mean.shape[0], mean_max_similarity=per_image.mean().item(), mean_max_similarity_std=sd,
-                mean_max_similarity_ci95=1.96 * sd / len(per_image) ** 0.5,
-                max_of_mean_similarity=others.mean().item(), max_max_similarity=others.max().item(),
-                n_images=stat.images)
+    return dict(
+        heads=mean.shape[0],
+        mean_max_similarity=per_image.mean().item(),
+        mean_max_similarity_std=sd,
+        mean_max_similarity_ci95=1.96 * sd / len(per_image) ** 0.5,
+        max_of_mean_similarity=others.mean().item(),
+        max_max_similarity=others.max().item(),
+        n_images=stat.images,
+    )
 
 
 def build_model(name: str | None, checkpoint: str | None, model_config: str | None, img_size: int | None) -> nn.Module:
     """Our own checkpoints rebuild their model; other checkpoints (official, timm) load into `--model`."""
-    if checkpoint and read_checkpoint(checkpoint).get("format") == FORMAT:
-        return efficientvit.model_from_checkpoint(checkpoint, **({"img_size": img_size} if img_size else {}))
-    kwargs = {}
-    if model_config:
-        name, kwargs = load_model_config(model_config)
-    if not name:
-        raise UserError("give --model (or --model-config) to say which model the checkpoint is for")
-    model = efficientvit.create_model(name, **{**kwargs, **({"img_size": img_size} if img_size else {})})
+    spec = ModelSpec.from_yaml(model_config) if model_config else ModelSpec(name) if name else None
+    overrides = {"img_size": img_size} if img_size else {}
     if checkpoint:
-        efficientvit.load_checkpoint(model, checkpoint)
-    return model
+        return efficientvit.model_from_checkpoint(checkpoint, spec, **overrides)
+    if spec is None:
+        raise UserError("give --model (or --model-config) to say which model to measure")
+    return spec.build(**overrides)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Per-head cosine similarity of every attention block (the paper's Fig. 4); writes "
-                    "results/head_similarity/<run>_pairwise.csv and <run>_summary.csv with JSON sidecars.")
+        "results/head_similarity/<run>_pairwise.csv and <run>_summary.csv with JSON sidecars."
+    )
     parser.add_argument("--model", help="registered model name (not needed for checkpoints of this project)")
     parser.add_argument("--model-config", help="model YAML (e.g. from `efficientvit subnet`) instead of --model")
     parser.add_argument("--checkpoint", help="weights: this project's, timm's or the official release's")
-    parser.add_argument("--data", required=True,
-                        help="fashion-mnist, or an ImageFolder root (DATA/<split>/<class>/<image>)")
+    parser.add_argument(
+        "--data", required=True, help="fashion-mnist, or an ImageFolder root (DATA/<split>/<class>/<image>)"
+    )
     parser.add_argument("--split", default="val", help="split to read (val)")
     parser.add_argument("--images", type=int, default=1000, help="images to average over (1000)")
-    parser.add_argument("--batch", type=int, default=64, help="images per forward pass (64); results do not depend on it")
-    parser.add_argument("--feature", default="attention", choices=sorted(FEATURES),
-                        help="compare the heads' attention maps or their outputs (attention)")
+    parser.add_argument(
+        "--batch", type=int, default=64, help="images per forward pass (64); results do not depend on it"
+    )
+    parser.add_argument(
+        "--feature",
+        default="attention",
+        choices=sorted(FEATURES),
+        help="compare the heads' attention maps or their outputs (attention)",
+    )
     parser.add_argument("--img-size", type=int, help="input size (default: the model's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cpu)")
     parser.add_argument("--workers", type=int, default=2, help="data loading processes (2)")
@@ -194,24 +220,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-        if args.images < 1 or args.batch < 1:
-            raise UserError("--images and --batch must be at least 1")
-        model = build_model(args.model, args.checkpoint, args.model_config, args.img_size)
-        name = model.config["name"]
-        dataset = open_split(args.data, args.split, model.img_size[0])
-        if args.images > len(dataset):
-            print(f"the {args.split} split has {len(dataset)} images, fewer than --images {args.images}: using all")
-        dataset = Subset(dataset, range(min(args.images, len(dataset))))
-        loader = DataLoader(dataset, batch_size=args.batch, num_workers=args.workers, collate_fn=collate)
-        pairwise, summary = head_similarity(model, loader, args.feature, device=args.device, skip_bad=args.skip_bad)
-    except UserError as e:
-        print(f"head_similarity: error: {e}", file=sys.stderr)
-        return 2
+def command(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    if args.images < 1 or args.batch < 1:
+        raise UserError("--images and --batch must be at least 1")
+    model = build_model(args.model, args.checkpoint, args.model_config, args.img_size)
+    name = model.spec.name
+    dataset = open_split(args.data, args.split, model.img_size[0])
+    if args.images > len(dataset):
+        print(f"the {args.split} split has {len(dataset)} images, fewer than --images {args.images}: using all")
+    dataset = Subset(dataset, range(min(args.images, len(dataset))))
+    loader = DataLoader(dataset, batch_size=args.batch, num_workers=args.workers, collate_fn=collate)
+    pairwise, summary = head_similarity(model, loader, args.feature, device=device, skip_bad=args.skip_bad)
     checkpoint = Path(args.checkpoint).stem if args.checkpoint else "random_init"
     for table in (pairwise, summary):
         table.insert(0, "model", name)
@@ -220,11 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     write_results(pairwise, args.out_dir / f"{run}_pairwise.csv", arguments)
     write_results(summary, args.out_dir / f"{run}_summary.csv", arguments)
-    print(summary[["stage", "block", "heads", "mean_max_similarity", "mean_max_similarity_ci95",
-                   "max_of_mean_similarity"]].to_string(
-        index=False, float_format=lambda v: f"{v:.3f}"))
+    print(
+        summary[
+            ["stage", "block", "heads", "mean_max_similarity", "mean_max_similarity_ci95", "max_of_mean_similarity"]
+        ].to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    )
     print(f"written to {args.out_dir / run}_pairwise.csv and _summary.csv")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return exit_status("head_similarity", command, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -37,36 +37,62 @@ from torch.utils.flop_counter import flop_registry
 from tqdm import tqdm
 
 import efficientvit
-from efficientvit.errors import UserError
+from efficientvit.errors import UserError, exit_status
+from efficientvit.models import ModelSpec
 from efficientvit.models.attention import TokenAttention
 from efficientvit.models.layers import Residual, mhsa_proportion
 from efficientvit.results import read_results, write_results
-from efficientvit.subnet import load_model_config
+from efficientvit.runtime import out_of_memory, resolve_device
 
-CATEGORIES = ("reshape", "copy", "elementwise", "normalization", "softmax", "activation", "matmul", "convolution",
-              "other")
+CATEGORIES = (
+    "reshape",
+    "copy",
+    "elementwise",
+    "normalization",
+    "softmax",
+    "activation",
+    "matmul",
+    "convolution",
+    "other",
+)
 MEMORY_BOUND = {"reshape", "copy", "elementwise", "normalization"}  # the set the paper names
 OP_CATEGORY = {
     "reshape": "view reshape _reshape_alias permute transpose t flatten unflatten squeeze unsqueeze expand split "
-               "split_with_sizes chunk narrow slice select unbind as_strided view_as _unsafe_view alias movedim "
-               "detach lift_fresh",
+    "split_with_sizes chunk narrow slice select unbind as_strided view_as _unsafe_view alias movedim "
+    "detach lift_fresh",
     "copy": "copy_ contiguous clone cat stack to _to_copy index index_select roll constant_pad_nd pad "
-            "masked_fill zero_ fill_ empty_like",
+    "masked_fill zero_ fill_ empty_like",
     "elementwise": "add add_ sub sub_ rsub mul mul_ div div_ neg ne eq where",
     "normalization": "batch_norm native_batch_norm _native_batch_norm_legit_no_training _batch_norm_impl_index "
-                     "layer_norm native_layer_norm group_norm native_group_norm",
+    "layer_norm native_layer_norm group_norm native_group_norm",
     "softmax": "softmax _softmax _safe_softmax log_softmax",
     "activation": "relu relu_ gelu hardswish hardswish_ sigmoid silu hardsigmoid",
     "matmul": "matmul mm bmm addmm linear baddbmm scaled_dot_product_attention "
-              "_scaled_dot_product_flash_attention_for_cpu _scaled_dot_product_attention_math "
-              "_scaled_dot_product_flash_attention _scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_flash_attention_for_cpu _scaled_dot_product_attention_math "
+    "_scaled_dot_product_flash_attention _scaled_dot_product_efficient_attention",
     "convolution": "conv2d convolution _convolution mkldnn_convolution _mkldnn_convolution cudnn_convolution "
-                   "_nnpack_spatial_convolution thnn_conv2d",
+    "_nnpack_spatial_convolution thnn_conv2d",
 }
 CATEGORY_OF = {op: category for category, ops in OP_CATEGORY.items() for op in ops.split()}
-COLUMNS = ["model", "layout", "mhsa_proportion", "device", "batch", "img_size", "threads", "category",
-           "memory_bound", "scope", "calls", "self_time_us", "share", "bytes", "flops", "arithmetic_intensity",
-           "step_time_us"]
+COLUMNS = [
+    "model",
+    "layout",
+    "mhsa_proportion",
+    "device",
+    "batch",
+    "img_size",
+    "threads",
+    "category",
+    "memory_bound",
+    "scope",
+    "calls",
+    "self_time_us",
+    "share",
+    "bytes",
+    "flops",
+    "arithmetic_intensity",
+    "step_time_us",
+]
 SCOPE = "scope::"  # record_function prefix of a layer scope
 PASS = "profiled_pass"  # record_function around each profiled forward pass
 STEM, HEAD = "patch_embed", "head"
@@ -124,6 +150,7 @@ def scopes(model: nn.Module, stack: ScopeStack):
             frames.append(frame)
             stack.append(scope)
             stack.past_stem |= scope != STEM
+
         return hook
 
     def leave(module, inputs, output):
@@ -232,8 +259,15 @@ def explicit_attention(model: nn.Module) -> None:
             module.explicit = True
 
 
-def profile_model(model: nn.Module, batch: int, img_size: tuple[int, int], device: torch.device, iters: int,
-                  warmup: int, fused_attention: bool = False) -> pd.DataFrame:
+def profile_model(
+    model: nn.Module,
+    batch: int,
+    img_size: tuple[int, int],
+    device: torch.device,
+    iters: int,
+    warmup: int,
+    fused_attention: bool = False,
+) -> pd.DataFrame:
     """Per (scope, category): calls and self time per forward pass, share of the total, bytes and FLOPs."""
     model = efficientvit.fuse(model, channels_last=False).to(device).eval()  # the NCHW graph the paper profiled
     if not fused_attention:
@@ -265,10 +299,20 @@ def profile_model(model: nn.Module, batch: int, img_size: tuple[int, int], devic
     time_us, calls = attribute_times(prof.events(), device.type)
     time_us = {key: t / iters for key, t in time_us.items()}
     total = sum(time_us.values())
-    rows = [dict(scope=scope, category=cat, memory_bound=cat in MEMORY_BOUND, calls=calls[(scope, cat)] // iters,
-                 self_time_us=round(t, 2), share=t / total, bytes=counter.bytes[(scope, cat)],
-                 flops=counter.flops[(scope, cat)], step_time_us=round(1e6 * sum(step_seconds) / iters, 2))
-            for (scope, cat), t in time_us.items()]
+    rows = [
+        dict(
+            scope=scope,
+            category=cat,
+            memory_bound=cat in MEMORY_BOUND,
+            calls=calls[(scope, cat)] // iters,
+            self_time_us=round(t, 2),
+            share=t / total,
+            bytes=counter.bytes[(scope, cat)],
+            flops=counter.flops[(scope, cat)],
+            step_time_us=round(1e6 * sum(step_seconds) / iters, 2),
+        )
+        for (scope, cat), t in time_us.items()
+    ]
     frame = pd.DataFrame(rows)
     frame["arithmetic_intensity"] = frame["flops"] / frame["bytes"].where(frame["bytes"] > 0)
     return frame
@@ -299,19 +343,14 @@ def machine_balance(device: torch.device, seconds: float = 0.5) -> dict[str, flo
     return {"peak_matmul_flops": peak, "copy_bandwidth_bytes_s": bandwidth, "balance_flops_per_byte": peak / bandwidth}
 
 
-def model_specs(names: list[str], layout: str | None, subnet_configs: list[str]) -> list[tuple[str, dict]]:
+def model_specs(names: list[str], layout: str | None, subnet_configs: list[str]) -> list[ModelSpec]:
     specs = []
     for name in names:
-        efficientvit.models.registry.check_model_name(name)
-        family = efficientvit.models.model_family(name)
-        if layout and family in ("deit", "swin"):
-            specs.append((name, {"layout": layout}))
-        else:
-            specs.append((name, {}))
-    if layout and not any(kwargs for _, kwargs in specs):
+        reshaped = layout and efficientvit.models.model_family(name) in ("deit", "swin")
+        specs.append(ModelSpec(name, {"layout": layout} if reshaped else {}))
+    if layout and not any(spec.kwargs for spec in specs):
         raise UserError("--layout applies to DeiT and Swin models; none was given in --models")
-    specs += [load_model_config(path) for path in subnet_configs]
-    return specs
+    return specs + [ModelSpec.from_yaml(path) for path in subnet_configs]
 
 
 def describe_layout(model: nn.Module) -> tuple[str, float]:
@@ -323,28 +362,43 @@ def describe_layout(model: nn.Module) -> tuple[str, float]:
     return "sandwich", kinds.count("attention") / len(kinds)
 
 
-def run(specs: list[tuple[str, dict]], device: torch.device, batch: int, img_size: int, threads: int | None,
-        iters: int, warmup: int, done: pd.DataFrame | None = None, on_model=None,
-        fused_attention: bool = False) -> pd.DataFrame:
+def run(
+    specs: list[ModelSpec],
+    device: torch.device,
+    batch: int,
+    img_size: int,
+    threads: int | None,
+    iters: int,
+    warmup: int,
+    done: pd.DataFrame | None = None,
+    on_model=None,
+    fused_attention: bool = False,
+) -> pd.DataFrame:
     if threads:
         torch.set_num_threads(threads)
     frames = [] if done is None else [done]
-    for name, kwargs in tqdm(specs, desc="profiling", unit="model"):
-        model = efficientvit.create_model(name, **{**kwargs, "img_size": img_size})
+    for spec in tqdm(specs, desc="profiling", unit="model"):
+        name, model = spec.name, spec.build(img_size=img_size)
         layout, proportion = describe_layout(model)
         if done is not None and ((done["model"] == name) & (done["layout"] == layout)).any():
             continue  # profiled in an earlier, interrupted run
         try:
             frame = profile_model(model, batch, model.img_size, device, iters, warmup, fused_attention)
-        except (torch.OutOfMemoryError, RuntimeError) as e:
-            if "memory" in str(e).lower() or isinstance(e, torch.OutOfMemoryError):
-                raise UserError(f"batch {batch} does not fit in {device.type} memory for {name}: lower --batch") from None
+        except (RuntimeError, MemoryError) as e:
+            if out_of_memory(e):
+                raise UserError(
+                    f"batch {batch} does not fit in {device.type} memory for {name}: lower --batch"
+                ) from None
             raise
         frame.insert(0, "model", name)
         frame.insert(1, "layout", layout)
         frame.insert(2, "mhsa_proportion", round(proportion, 4))
-        for column, value in (("device", device.type), ("batch", batch), ("img_size", img_size),
-                              ("threads", torch.get_num_threads())):
+        for column, value in (
+            ("device", device.type),
+            ("batch", batch),
+            ("img_size", img_size),
+            ("threads", torch.get_num_threads()),
+        ):
             frame[column] = value
         frames.append(frame[COLUMNS])
         if on_model:
@@ -352,73 +406,100 @@ def run(specs: list[tuple[str, dict]], device: torch.device, batch: int, img_siz
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available: use --device cpu or auto")
-    return torch.device(name)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Profile where a model's inference time goes, by operator category and layer scope "
-                    "(the paper's Fig. 2); writes results/memory_profile/<run>.csv and .json.")
-    parser.add_argument("--models", nargs="+", default=["deit_tiny", "swin_tiny", "efficientvit_m4"],
-                        help="registered model names (default: deit_tiny swin_tiny efficientvit_m4)")
+        "(the paper's Fig. 2); writes results/memory_profile/<run>.csv and .json."
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["deit_tiny", "swin_tiny", "efficientvit_m4"],
+        help="registered model names (default: deit_tiny swin_tiny efficientvit_m4)",
+    )
     parser.add_argument("--layout", help="A/F layout for the DeiT/Swin models (Swin: stages separated by commas)")
-    parser.add_argument("--subnet-config", nargs="*", default=[], metavar="YAML",
-                        help="model configurations written by `efficientvit subnet`, profiled too")
+    parser.add_argument(
+        "--subnet-config",
+        nargs="*",
+        default=[],
+        metavar="YAML",
+        help="model configurations written by `efficientvit subnet`, profiled too",
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where to run (cpu)")
     parser.add_argument("--batch", type=int, default=16, help="images per forward pass (16, the paper's CPU batch)")
     parser.add_argument("--img-size", type=int, default=224, help="input size (224)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--iters", type=int, default=5, help="profiled forward passes per model (5)")
     parser.add_argument("--warmup", type=int, default=2, help="forward passes before profiling (2)")
-    parser.add_argument("--fused-attention", action="store_true",
-                        help="profile the fused scaled_dot_product_attention kernel instead of the explicit "
-                             "matmul/softmax attention of the models the paper profiled")
-    parser.add_argument("--show", nargs="*", default=[], metavar="CATEGORY",
-                        help=f"also print the share of these categories ({', '.join(CATEGORIES)})")
-    parser.add_argument("--out", type=Path, help="CSV path (default results/memory_profile/<device>_b<batch>_"
-                                                  "<img>.csv); models already in it are skipped (resume)")
+    parser.add_argument(
+        "--fused-attention",
+        action="store_true",
+        help="profile the fused scaled_dot_product_attention kernel instead of the explicit "
+        "matmul/softmax attention of the models the paper profiled",
+    )
+    parser.add_argument(
+        "--show",
+        nargs="*",
+        default=[],
+        metavar="CATEGORY",
+        help=f"also print the share of these categories ({', '.join(CATEGORIES)})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="CSV path (default results/memory_profile/<device>_b<batch>_"
+        "<img>.csv); models already in it are skipped (resume)",
+    )
     parser.add_argument("--fresh", action="store_true", help="ignore an existing CSV instead of resuming it")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        unknown = sorted(set(args.show) - set(CATEGORIES))
-        if unknown:
-            raise UserError(f"unknown category {', '.join(unknown)}: choose from {', '.join(CATEGORIES)}")
-        if args.batch < 1 or args.iters < 1:
-            raise UserError("--batch and --iters must be at least 1")
-        device = pick_device(args.device)
-        specs = model_specs(args.models, args.layout, args.subnet_config)
-        out = args.out or Path("results/memory_profile") / f"{device.type}_b{args.batch}_{args.img_size}.csv"
-        done = None if args.fresh else read_results(out)
-        balance = machine_balance(device)
-        arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+def command(args: argparse.Namespace) -> None:
+    unknown = sorted(set(args.show) - set(CATEGORIES))
+    if unknown:
+        raise UserError(f"unknown category {', '.join(unknown)}: choose from {', '.join(CATEGORIES)}")
+    if args.batch < 1 or args.iters < 1:
+        raise UserError("--batch and --iters must be at least 1")
+    device = resolve_device(args.device)
+    specs = model_specs(args.models, args.layout, args.subnet_config)
+    out = args.out or Path("results/memory_profile") / f"{device.type}_b{args.batch}_{args.img_size}.csv"
+    done = None if args.fresh else read_results(out)
+    balance = machine_balance(device)
+    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
-        def save(frame: pd.DataFrame) -> None:
-            write_results(frame, out, arguments, {"machine_balance": balance})
+    def save(frame: pd.DataFrame) -> None:
+        write_results(frame, out, arguments, {"machine_balance": balance})
 
-        frame = run(specs, device, args.batch, args.img_size, args.threads, args.iters, args.warmup, done, save,
-                    args.fused_attention)
-    except UserError as e:
-        print(f"memory_profile: error: {e}", file=sys.stderr)
-        return 2
-    summary = frame.groupby(["model", "layout"], sort=False).apply(
-        lambda g: g.loc[g["memory_bound"], "share"].sum(), include_groups=False).rename("memory_bound_share")
+    frame = run(
+        specs,
+        device,
+        args.batch,
+        args.img_size,
+        args.threads,
+        args.iters,
+        args.warmup,
+        done,
+        save,
+        args.fused_attention,
+    )
+    summary = (
+        frame.groupby(["model", "layout"], sort=False)
+        .apply(lambda g: g.loc[g["memory_bound"], "share"].sum(), include_groups=False)
+        .rename("memory_bound_share")
+    )
     print(summary.to_string(float_format=lambda v: f"{100 * v:.1f}%"))
     for cat in args.show:
         shares = frame[frame["category"] == cat].groupby("model", sort=False)["share"].sum()
         print(f"{cat}: " + ", ".join(f"{m} {100 * s:.1f}%" for m, s in shares.items()))
-    print(f"balance point {balance['balance_flops_per_byte']:.1f} FLOP/byte "
-          f"({balance['peak_matmul_flops'] / 1e9:.0f} GFLOP/s matmul, "
-          f"{balance['copy_bandwidth_bytes_s'] / 1e9:.1f} GB/s copy); written to {out}")
-    return 0
+    print(
+        f"balance point {balance['balance_flops_per_byte']:.1f} FLOP/byte "
+        f"({balance['peak_matmul_flops'] / 1e9:.0f} GFLOP/s matmul, "
+        f"{balance['copy_bandwidth_bytes_s'] / 1e9:.1f} GB/s copy); written to {out}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return exit_status("memory_profile", command, parse_args(argv))
 
 
 if __name__ == "__main__":

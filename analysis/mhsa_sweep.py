@@ -26,16 +26,32 @@ import pandas as pd
 import yaml
 
 import efficientvit
-from efficientvit.errors import UserError
+from efficientvit.errors import UserError, exit_status
 from efficientvit.flops import count_flops, count_params
 from efficientvit.results import read_results, write_results
 from efficientvit.subnet import FAMILIES, find_subnet
 from efficientvit.train import make_config, train
 
 KEY = ["family", "speedup_target", "mhsa_proportion", "seed"]
-COLUMNS = KEY[:2] + ["speedup_measured", "speedup_met"] + KEY[2:3] + [
-    "mhsa_proportion_actual", "layout", "widths", "params", "flops", "throughput", "top1", "top5", "epochs", "seed",
-    "train_seconds", "checkpoint"]
+COLUMNS = (
+    KEY[:2]
+    + ["speedup_measured", "speedup_met"]
+    + KEY[2:3]
+    + [
+        "mhsa_proportion_actual",
+        "layout",
+        "widths",
+        "params",
+        "flops",
+        "throughput",
+        "top1",
+        "top5",
+        "epochs",
+        "seed",
+        "train_seconds",
+        "checkpoint",
+    ]
+)
 
 
 def read_sweep_config(path: str | Path) -> dict:
@@ -47,10 +63,13 @@ def read_sweep_config(path: str | Path) -> dict:
     config = yaml.safe_load(path.read_text()) or {}
     train_config = config.get("train") or {}
     if not train_config.get("data"):
-        raise UserError(f"sweep config {path} has no train.data: fashion-mnist, or the ImageFolder root to "
-                        "train on")
-    return {"train": train_config, "families": config.get("families") or {}, "subnet": config.get("subnet") or {},
-            "runs": config.get("runs", "runs/mhsa_sweep")}
+        raise UserError(f"sweep config {path} has no train.data: fashion-mnist, or the ImageFolder root to train on")
+    return {
+        "train": train_config,
+        "families": config.get("families") or {},
+        "subnet": config.get("subnet") or {},
+        "runs": config.get("runs", "runs/mhsa_sweep"),
+    }
 
 
 def grid(families: list[str], speedups: list[float], proportions: list[float], seeds: list[int]) -> list[dict]:
@@ -63,8 +82,13 @@ def grid(families: list[str], speedups: list[float], proportions: list[float], s
     for s in speedups:
         if s < 1:
             raise UserError(f"speed-ups must be at least 1 (subnets are faster than the full model), got {s}")
-    return [dict(family=f, speedup_target=s, mhsa_proportion=p, seed=seed)
-            for f in families for s in speedups for p in proportions for seed in seeds]
+    return [
+        dict(family=f, speedup_target=s, mhsa_proportion=p, seed=seed)
+        for f in families
+        for s in speedups
+        for p in proportions
+        for seed in seeds
+    ]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -84,23 +108,35 @@ def point_name(point: dict) -> str:
 def run_point(point: dict, sweep: dict, device: str) -> dict:
     """Find the subnet, train it (resuming a checkpoint if one is there), and describe the result."""
     base = sweep["families"].get(point["family"], {})
-    subnet = find_subnet(point["family"], point["speedup_target"], point["mhsa_proportion"], base=base,
-                         device=device, **sweep["subnet"])
+    subnet = find_subnet(
+        point["family"], point["speedup_target"], point["mhsa_proportion"], base=base, device=device, **sweep["subnet"]
+    )
     kwargs = {k: v for k, v in subnet["kwargs"].items() if k != "img_size"}
     out = Path(sweep["runs"]) / point_name(point)
-    config = make_config({**sweep["train"], "model": point["family"], "model_kwargs": kwargs, "out": str(out),
-                          "seed": point["seed"]})
+    config = make_config(
+        {**sweep["train"], "model": point["family"], "model_kwargs": kwargs, "out": str(out), "seed": point["seed"]}
+    )
     train(config, resume=True)
     metrics = pd.read_csv(out / "metrics.csv")
     final = metrics.iloc[-1]
     model = efficientvit.create_model(point["family"], img_size=config.img_size, **kwargs)
     layout = kwargs["layout"] if isinstance(kwargs["layout"], str) else ",".join(kwargs["layout"])
-    return {**point, "speedup_measured": subnet["speedup_measured"], "speedup_met": subnet["met"],
-            "mhsa_proportion_actual": subnet["mhsa_proportion_actual"], "layout": layout,
-            "widths": str(kwargs["embed_dim"]), "params": count_params(model), "flops": count_flops(model),
-            "throughput": subnet["throughput"], "top1": final["val_top1"], "top5": final["val_top5"],
-            "epochs": int(final["epoch"]), "train_seconds": round(metrics["epoch_seconds"].sum(), 1),
-            "checkpoint": str(out / "checkpoint.pth")}
+    return {
+        **point,
+        "speedup_measured": subnet["speedup_measured"],
+        "speedup_met": subnet["met"],
+        "mhsa_proportion_actual": subnet["mhsa_proportion_actual"],
+        "layout": layout,
+        "widths": str(kwargs["embed_dim"]),
+        "params": count_params(model),
+        "flops": count_flops(model),
+        "throughput": subnet["throughput"],
+        "top1": final["val_top1"],
+        "top5": final["val_top5"],
+        "epochs": int(final["epoch"]),
+        "train_seconds": round(metrics["epoch_seconds"].sum(), 1),
+        "checkpoint": str(out / "checkpoint.pth"),
+    }
 
 
 def search_subnets(points: list[dict], sweep: dict, device: str) -> None:
@@ -108,11 +144,19 @@ def search_subnets(points: list[dict], sweep: dict, device: str) -> None:
     the same configurations instead of timing them again."""
     for point in points:
         base = sweep["families"].get(point["family"], {})
-        result = find_subnet(point["family"], point["speedup_target"], point["mhsa_proportion"], base=base,
-                             device=device, **sweep["subnet"])
-        print(f"{point_name(point)}: {result['kwargs']['layout']} widths {result['kwargs']['embed_dim']}, "
-              f"{result['speedup_measured']}x{'' if result['met'] else ' (misses the target by more than 5%)'}",
-              flush=True)
+        result = find_subnet(
+            point["family"],
+            point["speedup_target"],
+            point["mhsa_proportion"],
+            base=base,
+            device=device,
+            **sweep["subnet"],
+        )
+        print(
+            f"{point_name(point)}: {result['kwargs']['layout']} widths {result['kwargs']['embed_dim']}, "
+            f"{result['speedup_measured']}x{'' if result['met'] else ' (misses the target by more than 5%)'}",
+            flush=True,
+        )
 
 
 def sweep_points(points: list[dict], sweep: dict, out: Path, arguments: dict, device: str) -> pd.DataFrame:
@@ -146,48 +190,67 @@ def merge(paths: list[str], out: Path, arguments: dict) -> pd.DataFrame:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train throughput-matched DeiT/Swin subnets over MHSA proportions (the paper's Fig. 3); "
-                    "writes one row per point to results/mhsa_sweep/<run>.csv.")
+        "writes one row per point to results/mhsa_sweep/<run>.csv."
+    )
     parser.add_argument("--families", nargs="+", default=["deit_tiny", "swin_tiny"], help="deit_tiny, swin_tiny")
     parser.add_argument("--speedups", nargs="+", type=float, default=[1.25, 1.5], help="target speed-ups (1.25 1.5)")
-    parser.add_argument("--proportions", nargs="+", type=float, default=[0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0],
-                        help="MHSA proportions, 0 to 1")
+    parser.add_argument(
+        "--proportions",
+        nargs="+",
+        type=float,
+        default=[0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0],
+        help="MHSA proportions, 0 to 1",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (0)")
     parser.add_argument("--config", help="sweep YAML (experiments/cpu/sweep.yaml, experiments/paper/sweep.yaml)")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="i/n", help="run every n-th point from i")
     parser.add_argument("--device", default="cpu", help="where the subnets are timed (cpu)")
     parser.add_argument("--out", type=Path, help="CSV (default results/mhsa_sweep/<config>[_shard_i_of_n].csv)")
     parser.add_argument("--merge", nargs="+", metavar="CSV", help="join these shard CSVs into --out and stop")
-    parser.add_argument("--subnets-only", action="store_true",
-                        help="only search (and cache) the subnets; do this once before running under torchrun")
+    parser.add_argument(
+        "--subnets-only",
+        action="store_true",
+        help="only search (and cache) the subnets; do this once before running under torchrun",
+    )
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def command(args: argparse.Namespace) -> None:
     arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    try:
-        if args.merge:
-            if not args.out:
-                raise UserError("--merge needs --out, the merged CSV to write")
-            frame = merge(args.merge, args.out, arguments)
-        else:
-            if not args.config:
-                raise UserError("give --config, the sweep YAML (e.g. experiments/cpu/sweep.yaml)")
-            sweep = read_sweep_config(args.config)
-            points = grid(args.families, args.speedups, args.proportions, args.seeds)
-            index, count = args.shard
-            shard = f"_shard_{index}_of_{count}" if count > 1 else ""
-            out = args.out or Path("results/mhsa_sweep") / f"{Path(args.config).stem}{shard}.csv"
-            if args.subnets_only:
-                search_subnets(points[index::count], sweep, args.device)
-                return 0
-            frame = sweep_points(points[index::count], sweep, out, arguments, args.device)
-    except UserError as e:
-        print(f"mhsa_sweep: error: {e}", file=sys.stderr)
-        return 2
-    print(frame[["family", "speedup_target", "speedup_measured", "speedup_met", "mhsa_proportion",
-                 "mhsa_proportion_actual", "seed", "top1"]].to_string(index=False))
-    return 0
+    if args.merge:
+        if not args.out:
+            raise UserError("--merge needs --out, the merged CSV to write")
+        frame = merge(args.merge, args.out, arguments)
+    else:
+        if not args.config:
+            raise UserError("give --config, the sweep YAML (e.g. experiments/cpu/sweep.yaml)")
+        sweep = read_sweep_config(args.config)
+        points = grid(args.families, args.speedups, args.proportions, args.seeds)
+        index, count = args.shard
+        shard = f"_shard_{index}_of_{count}" if count > 1 else ""
+        out = args.out or Path("results/mhsa_sweep") / f"{Path(args.config).stem}{shard}.csv"
+        if args.subnets_only:
+            search_subnets(points[index::count], sweep, args.device)
+            return
+        frame = sweep_points(points[index::count], sweep, out, arguments, args.device)
+    print(
+        frame[
+            [
+                "family",
+                "speedup_target",
+                "speedup_measured",
+                "speedup_met",
+                "mhsa_proportion",
+                "mhsa_proportion_actual",
+                "seed",
+                "top1",
+            ]
+        ].to_string(index=False)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return exit_status("mhsa_sweep", command, parse_args(argv))
 
 
 if __name__ == "__main__":

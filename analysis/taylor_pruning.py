@@ -46,14 +46,16 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import efficientvit
-from efficientvit.checkpoint import FORMAT, read_checkpoint
 from efficientvit.data.pipeline import check_bad_images, collate
 from efficientvit.data.sources import open_split
-from efficientvit.errors import UserError
+from efficientvit.errors import UserError, exit_status
 from efficientvit.flops import count_flops, count_params
+from efficientvit.models import ModelSpec
 from efficientvit.models.attention import TokenAttention
 from efficientvit.models.layers import FFNLayer
 from efficientvit.results import write_results
+from efficientvit.runtime import resolve_device
+from efficientvit.train import evaluate, load_config, train as train_model
 
 KINDS = ("qk", "v", "ffn")
 RANKINGS = ("importance", "importance-per-flop")
@@ -86,12 +88,16 @@ def model_layers(model: nn.Module) -> list[Layer]:
             kind = "F" if isinstance(layer, FFNLayer) else "A"
             layers.append(Layer(layer, kind, 1, model.num_features, tokens, tokens))
     else:
-        raise UserError("Taylor pruning here supports DeiT and Swin models (separate q/k/v projections); "
-                        f"{model.config['name']} is not one")
+        raise UserError(
+            "Taylor pruning here supports DeiT and Swin models (separate q/k/v projections); "
+            f"{model.spec.name} is not one"
+        )
     for layer in layers:
         if layer.kind == "A" and not hasattr(layer.module.attn, "q"):
-            raise UserError("prune a model with attention='full' (every head sees all channels); split and "
-                            "cascaded heads have no shared Q/K/V channels to rank")
+            raise UserError(
+                "prune a model with attention='full' (every head sees all channels); split and "
+                "cascaded heads have no shared Q/K/V channels to rank"
+            )
     if not any(layer.kind == "A" for layer in layers):
         raise UserError("the model has no attention layers to prune")
     return layers
@@ -109,6 +115,7 @@ def group_costs(layer: Layer) -> dict[str, float]:
 def first_order_terms(layer: Layer) -> dict[str, torch.Tensor]:
     """sum over each filter's parameters of w * dL/dw, from the gradients now in the model: (units,) for FFN
     units, (heads, channels) for the Q/K and V channels of every head."""
+
     def rows(linear: nn.Linear) -> torch.Tensor:  # output channel r: row r of the weight and bias entry r
         terms = (linear.weight.detach() * linear.weight.grad).sum(dim=1)
         return terms if linear.bias is None else terms + linear.bias.detach() * linear.bias.grad
@@ -124,8 +131,14 @@ def first_order_terms(layer: Layer) -> dict[str, torch.Tensor]:
     return {"qk": per_head(rows(attn.q) + rows(attn.k)), "v": per_head(rows(attn.v) + columns(attn.proj))}
 
 
-def taylor_scores(model: nn.Module, layers: list[Layer], loader: DataLoader, batches: int, device: torch.device,
-                  skip_bad: bool = False) -> list[dict[str, torch.Tensor]]:
+def taylor_scores(
+    model: nn.Module,
+    layers: list[Layer],
+    loader: DataLoader,
+    batches: int,
+    device: torch.device,
+    skip_bad: bool = False,
+) -> list[dict[str, torch.Tensor]]:
     """Molchanov's importance of every channel group: each filter's squared first-order term, averaged over the
     batches; a group that couples one channel index across heads scores the mean over its heads' filters (as
     torch-pruning's default group reduction), so a group is not worth more for holding more heads."""
@@ -147,8 +160,10 @@ def taylor_scores(model: nn.Module, layers: list[Layer], loader: DataLoader, bat
     model.zero_grad()
     if done == 0:
         raise UserError("no images were read from the training split")
-    return [{kind: (total.mean(dim=0) if total.ndim == 2 else total) / done for kind, total in layer_sums.items()}
-            for layer_sums in sums]
+    return [
+        {kind: (total.mean(dim=0) if total.ndim == 2 else total) / done for kind, total in layer_sums.items()}
+        for layer_sums in sums
+    ]
 
 
 def widths(layer: Layer) -> dict[str, int]:
@@ -164,8 +179,9 @@ def channels(layer: Layer, kind: str) -> int:
     return layer.module.attn.num_heads * (2 if kind == "qk" else 1)
 
 
-def choose(layers: list[Layer], scores: list[dict[str, torch.Tensor]], budget: str, amount: float,
-           rank_by: str = "importance") -> dict:
+def choose(
+    layers: list[Layer], scores: list[dict[str, torch.Tensor]], budget: str, amount: float, rank_by: str = "importance"
+) -> dict:
     """Global ranking: the groups to remove, {(layer index, kind): [channel indices]}, until the budget is met.
 
     budget "channels": remove `amount` prunable channels; "flops": remove `amount` multiply-adds per image.
@@ -212,7 +228,9 @@ def prune_layer(layer: Layer, kind: str, indices: list[int]) -> None:
 
 
 def layer_dims(layers: list[Layer]) -> list:
-    return [widths(l)["ffn"] if l.kind == "F" else [widths(l)["qk"], widths(l)["v"]] for l in layers]
+    return [
+        widths(layer)["ffn"] if layer.kind == "F" else [widths(layer)["qk"], widths(layer)["v"]] for layer in layers
+    ]
 
 
 def block_table(layers: list[Layer], before: list, after: list) -> pd.DataFrame:
@@ -224,8 +242,9 @@ def block_table(layers: list[Layer], before: list, after: list) -> pd.DataFrame:
             rows.append(block)
         if layer.kind == "A":
             heads = layer.module.attn.num_heads
-            block.update(heads=heads, qk_before=b[0] * heads, qk_kept=a[0] * heads, v_before=b[1] * heads,
-                         v_kept=a[1] * heads)
+            block.update(
+                heads=heads, qk_before=b[0] * heads, qk_kept=a[0] * heads, v_before=b[1] * heads, v_kept=a[1] * heads
+            )
         else:
             block["ffn_before"] += b
             block["ffn_kept"] += a
@@ -235,37 +254,23 @@ def block_table(layers: list[Layer], before: list, after: list) -> pd.DataFrame:
     return frame
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, skip_bad: bool) -> float:
-    model.eval()
-    correct = total = 0
-    for x, y, bad in loader:
-        check_bad_images(bad, skip_bad)
-        if x is None:
-            continue
-        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
-        total += len(y)
-    return 100.0 * correct / max(total, 1)
-
-
 def separate_qkv_model(name: str | None, checkpoint: str | None, num_classes: int, img_size: int | None):
     """The model to prune, rebuilt with separate q/k/v projections (weights converted)."""
-    if checkpoint and read_checkpoint(checkpoint).get("format") == FORMAT:
-        saved = read_checkpoint(checkpoint)["model_config"]
-        name, kwargs = saved["name"], dict(saved["kwargs"])
-    elif name:
-        kwargs = {"num_classes": num_classes}
-    else:
-        raise UserError("give --model, or a --checkpoint of this project (it names its model)")
-    if efficientvit.models.model_family(name) not in ("deit", "swin"):
-        raise UserError(f"Taylor pruning here supports DeiT and Swin models; {name} is not one")
-    if kwargs.get("attention", "full") != "full":
-        raise UserError("prune a model with attention='full'; split and cascaded heads share no Q/K/V channels")
-    kwargs.update(fused_qkv=False, **({"img_size": img_size} if img_size else {}))
-    model = efficientvit.create_model(name, **kwargs)
+    spec = ModelSpec(name, {"num_classes": num_classes}) if name else None
+    overrides = {"img_size": img_size} if img_size else {}
     if checkpoint:
-        efficientvit.load_checkpoint(model, checkpoint)
-    return model
+        model = efficientvit.model_from_checkpoint(checkpoint, spec, **overrides)
+        spec = model.spec
+    elif spec is None:
+        raise UserError("give --model, or a --checkpoint of this project (it names its model)")
+    if efficientvit.models.model_family(spec.name) not in ("deit", "swin"):
+        raise UserError(f"Taylor pruning here supports DeiT and Swin models; {spec.name} is not one")
+    if spec.kwargs.get("attention", "full") != "full":
+        raise UserError("prune a model with attention='full'; split and cascaded heads share no Q/K/V channels")
+    separate = spec.build(fused_qkv=False, **overrides)
+    if checkpoint:
+        efficientvit.load_checkpoint(separate, model.state_dict())  # fused qkv -> separate q, k, v
+    return separate
 
 
 def parse_budget(args: argparse.Namespace) -> tuple[str, float]:
@@ -284,29 +289,38 @@ def parse_flops(text: str) -> float:
     try:
         return float(text[:-1] if scale != 1.0 else text) * scale
     except ValueError:
-        raise argparse.ArgumentTypeError(f"FLOPs must be a number with an optional K/M/G suffix, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"FLOPs must be a number with an optional K/M/G suffix, got {text!r}"
+        ) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Taylor structured pruning of a DeiT/Swin model with a global ranking (the paper's Fig. 5): "
-                    "per block, the Q/K, V and FFN widths kept. Writes results/taylor_pruning/<run>.csv and .json "
-                    "and the pruned checkpoint.")
+        "per block, the Q/K, V and FFN widths kept. Writes results/taylor_pruning/<run>.csv and .json "
+        "and the pruned checkpoint."
+    )
     parser.add_argument("--model", help="deit_tiny, swin_tiny, ... (not needed for checkpoints of this project)")
     parser.add_argument("--checkpoint", help="weights to prune: this project's or timm's")
-    parser.add_argument("--data", required=True,
-                        help="fashion-mnist, or an ImageFolder root with train/ (scores) and val/ (accuracy)")
+    parser.add_argument(
+        "--data", required=True, help="fashion-mnist, or an ImageFolder root with train/ (scores) and val/ (accuracy)"
+    )
     budget = parser.add_argument_group("budget (exactly one)")
     budget.add_argument("--ratio", type=float, help="fraction of the prunable channels to remove, in (0, 1)")
     budget.add_argument("--target-flops", type=parse_flops, help="multiply-adds per image to reach, e.g. 30M")
     budget.add_argument("--target-speedup", type=float, help="FLOPs reduction factor to reach, e.g. 1.5")
     parser.add_argument("--batches", type=int, default=10, help="batches whose gradients score the channels (10)")
-    parser.add_argument("--rank-by", choices=RANKINGS, default="importance",
-                        help="importance: Molchanov's global ranking (the paper's); importance-per-flop: each "
-                             "group's score divided by its multiply-adds")
+    parser.add_argument(
+        "--rank-by",
+        choices=RANKINGS,
+        default="importance",
+        help="importance: Molchanov's global ranking (the paper's); importance-per-flop: each "
+        "group's score divided by its multiply-adds",
+    )
     parser.add_argument("--batch", type=int, default=32, help="images per batch (32)")
-    parser.add_argument("--iterative", type=int, default=1, metavar="STEPS",
-                        help="prune in STEPS rounds, rescoring after each (1)")
+    parser.add_argument(
+        "--iterative", type=int, default=1, metavar="STEPS", help="prune in STEPS rounds, rescoring after each (1)"
+    )
     parser.add_argument("--eval-images", type=int, default=2000, help="validation images for accuracy (2000)")
     parser.add_argument("--finetune-config", help="training YAML to fine-tune the pruned model with afterwards")
     parser.add_argument("--img-size", type=int, help="input size (default: the model's)")
@@ -319,23 +333,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prune(model: nn.Module, train_loader: DataLoader, budget: str, amount: float, steps: int, device: torch.device,
-          skip_bad: bool = False, batches: int = 10, rank_by: str = "importance") -> tuple[list[Layer], list, list]:
+def prune(
+    model: nn.Module,
+    train_loader: DataLoader,
+    budget: str,
+    amount: float,
+    steps: int,
+    device: torch.device,
+    skip_bad: bool = False,
+    batches: int = 10,
+    rank_by: str = "importance",
+) -> tuple[list[Layer], list, list]:
     """Prune `model` in place; returns its layers and their widths before and after."""
     layers = model_layers(model)
     before = layer_dims(layers)
     if budget == "ratio":
-        total = sum(channels(l, kind) * w for l in layers for kind, w in widths(l).items())
+        total = sum(channels(layer, kind) * w for layer in layers for kind, w in widths(layer).items())
         kind, goal = "channels", amount * total
     else:
         base = count_flops(model)
         target = amount if budget == "target_flops" else base / amount
         if target >= base:
             raise UserError(f"the model already has {base / 1e6:.1f} M FLOPs, within the target {target / 1e6:.1f} M")
-        prunable = sum(group_costs(l)[k] * w for l in layers for k, w in widths(l).items())
-        if base - target > prunable - sum(group_costs(l)[k] for l in layers for k in widths(l)):
-            raise UserError(f"the target {target / 1e6:.1f} M FLOPs cannot be reached by pruning Q/K, V and FFN "
-                            f"channels (at least {(base - prunable) / 1e6:.1f} M remain)")
+        prunable = sum(group_costs(layer)[k] * w for layer in layers for k, w in widths(layer).items())
+        if base - target > prunable - sum(group_costs(layer)[k] for layer in layers for k in widths(layer)):
+            raise UserError(
+                f"the target {target / 1e6:.1f} M FLOPs cannot be reached by pruning Q/K, V and FFN "
+                f"channels (at least {(base - prunable) / 1e6:.1f} M remain)"
+            )
         kind, goal = "flops", base - target
     for step in range(steps):
         scores = taylor_scores(model, layers, train_loader, batches, device, skip_bad)
@@ -343,57 +368,65 @@ def prune(model: nn.Module, train_loader: DataLoader, budget: str, amount: float
         chosen = choose(layers, scores, kind, goal * (step + 1) / steps - done, rank_by)
         for (i, group_kind), indices in chosen.items():
             prune_layer(layers[i], group_kind, indices)
-    model.config = {"name": model.config["name"], "kwargs": {**model.config["kwargs"], "layer_dims": layer_dims(layers)}}
+    model.spec = model.spec.with_kwargs(layer_dims=layer_dims(layers))
     return layers, before, layer_dims(layers)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        budget, amount = parse_budget(args)
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-        device = torch.device(args.device)
-        classes = open_split(args.data, "train", args.img_size or 224).classes
-        model = separate_qkv_model(args.model, args.checkpoint, len(classes), args.img_size).to(device)
-        size = model.img_size[0]
-        train = open_split(args.data, "train", size)
-        val = open_split(args.data, "val", size, classes=classes)
-        val = Subset(val, range(min(args.eval_images, len(val))))
-        generator = torch.Generator().manual_seed(0)
-        train_loader = DataLoader(train, batch_size=args.batch, shuffle=True, generator=generator,
-                                  num_workers=args.workers, collate_fn=collate)
-        val_loader = DataLoader(val, batch_size=64, num_workers=args.workers, collate_fn=collate)
-        name = model.config["name"]
-        stats = {"params_before": count_params(model), "flops_before": count_flops(model),
-                 "top1_before": accuracy(model, val_loader, device, args.skip_bad)}
-        layers, before, after = prune(model, train_loader, budget, amount, args.iterative, device, args.skip_bad,
-                                      args.batches, args.rank_by)
-        stats.update(params_after=count_params(model), flops_after=count_flops(model),
-                     top1_after=accuracy(model, val_loader, device, args.skip_bad))
-        run = args.run or f"{name}_{budget}_{amount:g}"
-        save = args.save or Path("runs/pruned") / f"{run}.pth"
-        efficientvit.save_checkpoint(save, model, pruning=stats)
-        if args.finetune_config:
-            from efficientvit.train import load_config, train as train_model
-
-            config = load_config(args.finetune_config, [f"init={save}", f"model={name}",
-                                                        f"out={save.with_suffix('')}_finetuned"])
-            history = train_model(config)
-            stats["top1_finetuned"] = history[-1]["val_top1"]
-    except UserError as e:
-        print(f"taylor_pruning: error: {e}", file=sys.stderr)
-        return 2
+def command(args: argparse.Namespace) -> None:
+    budget, amount = parse_budget(args)
+    device = resolve_device(args.device)
+    classes = open_split(args.data, "train", args.img_size or 224).classes
+    model = separate_qkv_model(args.model, args.checkpoint, len(classes), args.img_size).to(device)
+    size = model.img_size[0]
+    train = open_split(args.data, "train", size)
+    val = open_split(args.data, "val", size, classes=classes)
+    val = Subset(val, range(min(args.eval_images, len(val))))
+    generator = torch.Generator().manual_seed(0)
+    train_loader = DataLoader(
+        train, batch_size=args.batch, shuffle=True, generator=generator, num_workers=args.workers, collate_fn=collate
+    )
+    val_loader = DataLoader(val, batch_size=64, num_workers=args.workers, collate_fn=collate)
+    name = model.spec.name
+    stats = {
+        "params_before": count_params(model),
+        "flops_before": count_flops(model),
+        "top1_before": evaluate(model, val_loader, device, args.skip_bad, distributed=False)["top1"],
+    }
+    layers, before, after = prune(
+        model, train_loader, budget, amount, args.iterative, device, args.skip_bad, args.batches, args.rank_by
+    )
+    stats.update(
+        params_after=count_params(model),
+        flops_after=count_flops(model),
+        top1_after=evaluate(model, val_loader, device, args.skip_bad, distributed=False)["top1"],
+    )
+    run = args.run or f"{name}_{budget}_{amount:g}"
+    save = args.save or Path("runs/pruned") / f"{run}.pth"
+    efficientvit.save_checkpoint(save, model, pruning=stats)
+    if args.finetune_config:
+        config = load_config(
+            args.finetune_config, [f"init={save}", f"model={name}", f"out={save.with_suffix('')}_finetuned"]
+        )
+        history = train_model(config)
+        stats["top1_finetuned"] = history[-1]["val_top1"]
     table = block_table(layers, before, after)
     table.insert(0, "model", name)
     arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     out = write_results(table, args.out_dir / f"{run}.csv", arguments, {"pruning": stats, "checkpoint": str(save)})
-    print(table[["block", "stage", "in_width", "qk_ratio", "v_ratio", "ffn_ratio"]].to_string(
-        index=False, float_format=lambda v: f"{v:.2f}"))
-    print(f"params {stats['params_before']:,} -> {stats['params_after']:,}; FLOPs {stats['flops_before'] / 1e6:.1f} M"
-          f" -> {stats['flops_after'] / 1e6:.1f} M; top-1 {stats['top1_before']:.1f} -> {stats['top1_after']:.1f}")
+    print(
+        table[["block", "stage", "in_width", "qk_ratio", "v_ratio", "ffn_ratio"]].to_string(
+            index=False, float_format=lambda v: f"{v:.2f}"
+        )
+    )
+    print(
+        f"params {stats['params_before']:,} -> {stats['params_after']:,}; FLOPs {stats['flops_before'] / 1e6:.1f} M"
+        f" -> {stats['flops_after'] / 1e6:.1f} M; top-1 {stats['top1_before']:.1f} -> {stats['top1_after']:.1f}"
+    )
     print(f"written to {out}; pruned model: {save}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return exit_status("taylor_pruning", command, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from efficientvit.bench import best_modes, ratios, run_bench, summarize, write_csv
+from efficientvit.files import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 OURS = [f"efficientvit_m{i}" for i in range(6)]
@@ -28,8 +28,11 @@ TIMM = [f"timm:{name}" for name in OURS]
 CNNS = ["mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0"]
 EAGER = ("fused", "channels_last")
 SINGLE_CSV = "cpu_b16_1thread.csv"
-PAPER = [("efficientvit_m3", "mobilenet_v2", "~3x (Intel CPU)"), ("efficientvit_m5", "efficientnet_b0", "~1.9x"),
-         ("efficientvit_m5", "mobilenet_v3_large", "faster (Table 2 lists both)")]
+PAPER = [
+    ("efficientvit_m3", "mobilenet_v2", "~3x (Intel CPU)"),
+    ("efficientvit_m5", "efficientnet_b0", "~1.9x"),
+    ("efficientvit_m5", "mobilenet_v3_large", "faster (Table 2 lists both)"),
+]
 
 
 def fmt_ratio(row) -> str:
@@ -81,9 +84,11 @@ def report(samples, single, peak, args) -> str:
     for ours, timm in zip(OURS, TIMM):
         best_ratio = one_ratio(samples, ours, eager[ours], timm, eager[timm])
         nchw = one_ratio(samples, ours, "fused", timm, "fused")
-        lines.append(f"| {ours} | {fmt_speed(summary, ours, eager[ours])} ({eager[ours]}) | "
-                     f"{fmt_speed(summary, timm, eager[timm])} ({eager[timm]}) | {fmt_ratio(best_ratio)} | "
-                     f"{fmt_ratio(nchw)} |")
+        lines.append(
+            f"| {ours} | {fmt_speed(summary, ours, eager[ours])} ({eager[ours]}) | "
+            f"{fmt_speed(summary, timm, eager[timm])} ({eager[timm]}) | {fmt_ratio(best_ratio)} | "
+            f"{fmt_ratio(nchw)} |"
+        )
     lines += [
         "",
         "## Best mode vs timm's fused eager",
@@ -97,9 +102,11 @@ def report(samples, single, peak, args) -> str:
     ]
     for ours, timm in zip(OURS, TIMM):
         r = summary[(summary.model == ours) & (summary["mode"] == best[ours])].iloc[0]
-        lines.append(f"| {ours} | {best[ours]} | {fmt_speed(summary, ours, best[ours])} | "
-                     f"{fmt_ratio(one_ratio(samples, ours, best[ours], timm, eager[timm]))} | "
-                     f"{r.max_logit_diff:.1e} [{r.max_abs_logit:.2g}] |")
+        lines.append(
+            f"| {ours} | {best[ours]} | {fmt_speed(summary, ours, best[ours])} | "
+            f"{fmt_ratio(one_ratio(samples, ours, best[ours], timm, eager[timm]))} | "
+            f"{r.max_logit_diff:.1e} [{r.max_abs_logit:.2g}] |"
+        )
     lines += [
         "",
         "## The paper's CPU ratios, in this run",
@@ -113,10 +120,12 @@ def report(samples, single, peak, args) -> str:
     ]
     single_eager = best_modes(single)
     for ours, cnn, paper in PAPER:
-        lines.append(f"| {ours} ({eager[ours]}) | {cnn} ({eager[cnn]}) | {paper} | "
-                     f"{fmt_ratio(one_ratio(samples, ours, eager[ours], cnn, eager[cnn]))} | "
-                     f"{fmt_ratio(one_ratio(single, ours, single_eager[ours], cnn, single_eager[cnn]))} | "
-                     f"{fmt_ratio(one_ratio(samples, ours, 'onnxruntime', cnn, 'onnxruntime'))} |")
+        lines.append(
+            f"| {ours} ({eager[ours]}) | {cnn} ({eager[cnn]}) | {paper} | "
+            f"{fmt_ratio(one_ratio(samples, ours, eager[ours], cnn, eager[cnn]))} | "
+            f"{fmt_ratio(one_ratio(single, ours, single_eager[ours], cnn, single_eager[cnn]))} | "
+            f"{fmt_ratio(one_ratio(samples, ours, 'onnxruntime', cnn, 'onnxruntime'))} |"
+        )
     lines += [
         "",
         "## Every entry, and the share of the machine's peak",
@@ -130,9 +139,11 @@ def report(samples, single, peak, args) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in summary.itertuples():
-        lines.append(f"| {r.model} | {r.mode} | {r.img_s:.1f} [{r.img_s_min:.1f}-{r.img_s_max:.1f}] | "
-                     f"{r.latency_ms:.0f} | {r.gmacs:.3f} | {100 * r.share_of_peak:.1f}% | {r.peak_mem_mb:.0f} | "
-                     f"{r.max_logit_diff:.1e} |")
+        lines.append(
+            f"| {r.model} | {r.mode} | {r.img_s:.1f} [{r.img_s_min:.1f}-{r.img_s_max:.1f}] | "
+            f"{r.latency_ms:.0f} | {r.gmacs:.3f} | {100 * r.share_of_peak:.1f}% | {r.peak_mem_mb:.0f} | "
+            f"{r.max_logit_diff:.1e} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -142,12 +153,15 @@ def noisy_warning(summary) -> list[str]:
     wide = int((spread > 1.5).sum())
     if wide <= len(summary) // 4:
         return []
-    return [f"**Warning: in {wide} of {len(summary)} entries the fastest round was over 1.5x the slowest (median "
-            f"{spread.median():.1f}x): the machine was too busy during this run for these figures to settle "
-            "anything. Rerun on a quiet machine before quoting them.**", ""]
+    return [
+        f"**Warning: in {wide} of {len(summary)} entries the fastest round was over 1.5x the slowest (median "
+        f"{spread.median():.1f}x): the machine was too busy during this run for these figures to settle "
+        "anything. Rerun on a quiet machine before quoting them.**",
+        "",
+    ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (2)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
@@ -155,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-entry peak-memory processes")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for cpu_b16.csv and README.md (benchmarks/)")
     parser.add_argument("--from-csv", type=Path, help="only rewrite README.md from samples written before")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.from_csv:
         import pandas as pd
 
@@ -164,23 +182,43 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.seconds = samples["round"].max() + 1, samples["seconds"].iloc[0]
         args.threads = samples["threads"].iloc[0]
         return write_report(report(samples, single, samples["peak_gmac_s"].iloc[0] * 1e9, args), args.out)
-    modes = {**{m: ["fused", "channels_last", "onnxruntime", "bf16"] for m in OURS},
-             **{m: list(EAGER) for m in TIMM}, **{m: [*EAGER, "onnxruntime"] for m in CNNS}}
-    samples, peak = run_bench(OURS + TIMM + CNNS, modes, "cpu", 16, args.threads, 224, args.seconds, args.rounds,
-                              memory=not args.no_memory, log=lambda s: print(s, file=sys.stderr, flush=True))
+    modes = {
+        **{m: ["fused", "channels_last", "onnxruntime", "bf16"] for m in OURS},
+        **{m: list(EAGER) for m in TIMM},
+        **{m: [*EAGER, "onnxruntime"] for m in CNNS},
+    }
+    samples, peak = run_bench(
+        OURS + TIMM + CNNS,
+        modes,
+        "cpu",
+        16,
+        args.threads,
+        224,
+        args.seconds,
+        args.rounds,
+        memory=not args.no_memory,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
     write_csv(samples, args.out / "cpu_b16.csv", meta=vars(args))
     paper_models = list(dict.fromkeys(name for pair in PAPER for name in pair[:2]))
-    single, _ = run_bench(paper_models, list(EAGER), "cpu", 16, 1, 224, args.seconds, args.rounds, memory=False,
-                          log=lambda s: print(f"1 thread: {s}", file=sys.stderr, flush=True))
+    single, _ = run_bench(
+        paper_models,
+        list(EAGER),
+        "cpu",
+        16,
+        1,
+        224,
+        args.seconds,
+        args.rounds,
+        memory=False,
+        log=lambda s: print(f"1 thread: {s}", file=sys.stderr, flush=True),
+    )
     write_csv(single, args.out / SINGLE_CSV, meta={**vars(args), "threads": 1})
     return write_report(report(samples, single, peak, args), args.out)
 
 
 def write_report(text: str, folder: Path) -> int:
-    fd, tmp = tempfile.mkstemp(prefix=".README.", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, folder / "README.md")
+    atomic_write_text(folder / "README.md", text)
     print(text)
     return 0
 

@@ -3,10 +3,11 @@
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .errors import CheckpointError, UserError
 from .fuse import fuse
-from .models import create_model, list_models
+from .models import ModelSpec, create_model, list_models
 
 __all__ = [
     "CheckpointError",
+    "ModelSpec",
     "UserError",
     "create_model",
     "fuse",

@@ -9,13 +9,16 @@ and timm's models as `timm:<name>`.
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import copy
 import ctypes
 import difflib
+import json
 import math
 import multiprocessing
 import os
+import platform
+import sys
 import statistics
 import tempfile
 import time
@@ -23,15 +26,26 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import pandas as pd
+import timm
 import torch
+import torchvision
+from timm.utils.model import reparameterize_model
 from torch import nn
+from torch.fx.experimental.optimization import fuse as fx_fuse
 
 from .errors import UserError
+from .export import export_onnx
+from .flops import count_flops
+from .fuse import fuse
+from .models import create_model, list_models
+from .files import atomic_write_text
+from .runtime import out_of_memory, require, resolve_device
 
 MODE_HELP = {
     "eager": "the model as built",
     "fused": "BatchNorm folded, NCHW input (ours: efficientvit.fuse, which also stores conv weights channels-last; "
-             "timm: its reparameterize_model; torchvision: torch.fx conv-BN folding)",
+    "timm: its reparameterize_model; torchvision: torch.fx conv-BN folding)",
     "channels_last": "fused, weights and input channels-last: the best eager layout of every model here on CPU",
     "compile": "channels_last through torch.compile (inductor, with weight freezing on CPU)",
     "onnxruntime": "the fused model exported to ONNX and run by onnxruntime",
@@ -40,38 +54,21 @@ MODE_HELP = {
 MODES = tuple(MODE_HELP)
 TORCHVISION_MODELS = ("mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf")
 TIMM_PREFIX = "timm:"
-BENCH_EXTRA = "pip install 'efficientvit-lab[bench]'"
 # How far a mode's logits may stray from eager fp32, relative to the largest |logit| (what tests hold modes to).
-MODE_TOLERANCE = {"eager": 0.0, "fused": 1e-4, "channels_last": 1e-4, "compile": 1e-4, "onnxruntime": 1e-4,
-                  "bf16": 0.1}
+MODE_TOLERANCE = {"eager": 0.0, "fused": 1e-4, "channels_last": 1e-4, "compile": 1e-4, "onnxruntime": 1e-4, "bf16": 0.1}
 
 
 def model_names() -> list[str]:
-    from .models import list_models
-
     names = list_models() + list(TORCHVISION_MODELS)
-    with contextlib.suppress(ImportError):
-        import timm
-
-        names += [TIMM_PREFIX + n for n in timm.list_models("efficientvit_m*")]
+    names += [TIMM_PREFIX + n for n in timm.list_models("efficientvit_m*")]
     return names
 
 
-def require(module: str, what: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise UserError(f"{what} needs {module}, which is not installed: {BENCH_EXTRA}") from None
-
-
 def check_name(name: str) -> None:
-    from .models import list_models
-
     if name in list_models() or name in TORCHVISION_MODELS:
         return
     if name.startswith(TIMM_PREFIX):
-        timm = require("timm", f"model {name!r}")
-        if name[len(TIMM_PREFIX):] in timm.list_models():
+        if name[len(TIMM_PREFIX) :] in timm.list_models():
             return
     close = difflib.get_close_matches(name, model_names(), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -80,35 +77,22 @@ def check_name(name: str) -> None:
 
 def build_model(name: str, img_size: int = 224) -> nn.Module:
     """A bench model with random weights in eval mode."""
-    from .models import create_model, list_models
-
     check_name(name)
     if name in list_models():
         return create_model(name, img_size=img_size).eval()
     if name in TORCHVISION_MODELS:
-        import torchvision
-
         return torchvision.models.get_model(name, weights=None).eval()
-    import timm
-
-    timm_name = name[len(TIMM_PREFIX):]
+    timm_name = name[len(TIMM_PREFIX) :]
     kwargs = {"img_size": img_size} if "efficientvit_m" in timm_name else {}
     return timm.create_model(timm_name, pretrained=False, **kwargs).eval()
 
 
 def fold_norms(model: nn.Module, name: str) -> nn.Module:
     """A copy of `model` with its BatchNorms folded, by the model family's own tool."""
-    from .fuse import fuse
-    from .models import list_models
-
     if name in list_models():
         return fuse(model)
     if name.startswith(TIMM_PREFIX):
-        from timm.utils.model import reparameterize_model
-
         return reparameterize_model(model).eval()
-    from torch.fx.experimental.optimization import fuse as fx_fuse
-
     return fx_fuse(copy.deepcopy(model).eval())
 
 
@@ -138,8 +122,6 @@ class Entry:
 def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, device: str):
     """An onnxruntime session on the ONNX export of `model` for inputs shaped like `x` (the file is temporary)."""
     ort = require("onnxruntime", "--mode onnxruntime")
-    from .export import export_onnx
-
     tmp = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)
     tmp.close()
     export_onnx(model, tmp.name, x)
@@ -153,8 +135,16 @@ def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, device: str):
     return session
 
 
-def prepare(model: nn.Module, name: str, mode: str, device: str = "cpu", batch: int = 16, img_size: int = 224,
-            threads: int | None = None, x: torch.Tensor | None = None) -> Entry:
+def prepare(
+    model: nn.Module,
+    name: str,
+    mode: str,
+    device: str = "cpu",
+    batch: int = 16,
+    img_size: int = 224,
+    threads: int | None = None,
+    x: torch.Tensor | None = None,
+) -> Entry:
     """Turn an eval-mode `model` into a bench entry for `mode` (the model itself is left untouched)."""
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -207,8 +197,13 @@ def time_entry(entry: Entry, seconds: float, warmup: int = 2) -> tuple[float, fl
 
 
 @torch.inference_mode()
-def measure_throughput(model: nn.Module, batch_size: int = 16, img_size: tuple[int, int] | None = None,
-                       seconds: float = 1.0, warmup: int = 3) -> float:
+def measure_throughput(
+    model: nn.Module,
+    batch_size: int = 16,
+    img_size: tuple[int, int] | None = None,
+    seconds: float = 1.0,
+    warmup: int = 3,
+) -> float:
     """Images per second of `model` (eval mode) on random input: `warmup` batches, then batches for `seconds`."""
     model = model.eval()
     height, width = img_size or model.img_size
@@ -254,8 +249,6 @@ def peak_matmul_macs(device: str = "cpu", seconds: float = 1.0, dtype: torch.dty
 
 def count_macs(model: nn.Module, img_size: int) -> float:
     """fvcore multiply-adds per image (NaN where fvcore cannot trace the model)."""
-    from .flops import count_flops
-
     graph = copy.deepcopy(model).float().cpu()
     try:
         with warnings.catch_warnings():
@@ -302,21 +295,18 @@ def peak_memory_mb(name: str, mode: str, device: str, batch: int, img_size: int,
         return pool.apply(_child_peak_rss, (name, mode, batch, img_size, threads)) / 2**20
 
 
-def out_of_memory(error: BaseException) -> bool:
-    text = str(error).lower()
-    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
-
-
-def check_device(device: str) -> None:
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {device!r}: choose cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-
-
-def run_bench(models: list[str], modes: list[str] | dict[str, list[str]], device: str = "cpu", batch: int | None = None,
-              threads: int | None = None, img_size: int = 224, seconds: float = 1.0, rounds: int = 5,
-              memory: bool = True, log: Callable[[str], None] = lambda s: None):
+def run_bench(
+    models: list[str],
+    modes: list[str] | dict[str, list[str]],
+    device: str = "cpu",
+    batch: int | None = None,
+    threads: int | None = None,
+    img_size: int = 224,
+    seconds: float = 1.0,
+    rounds: int = 5,
+    memory: bool = True,
+    log: Callable[[str], None] = lambda s: None,
+):
     """Time every (model, mode) in turns for `rounds` rounds. Returns (samples, peak): one row per entry and
     round, in long format, and the measured peak multiply-adds per second of the device. `modes` is one list for
     every model, or a list per model.
@@ -324,9 +314,7 @@ def run_bench(models: list[str], modes: list[str] | dict[str, list[str]], device
     Weights are random, with random BatchNorm statistics (`perturb_norms`) so that every layer shapes the logits:
     each mode's `max_logit_diff` is its largest |logit - eager fp32 logit| on the timed batch.
     """
-    import pandas as pd
-
-    check_device(device)
+    device = resolve_device(device).type
     modes = modes if isinstance(modes, dict) else {name: modes for name in models}
     for mode in {m for name in models for m in modes[name]}:
         if mode not in MODES:
@@ -358,11 +346,10 @@ def run_bench(models: list[str], modes: list[str] | dict[str, list[str]], device
                     "macs_per_img": macs,
                     "max_logit_diff": (out - reference).abs().max().item(),
                     "max_abs_logit": reference.abs().max().item(),
-                    "peak_mem_mb": peak_memory_mb(name, mode, device, batch, img_size, threads) if memory
-                    else math.nan,
+                    "peak_mem_mb": peak_memory_mb(name, mode, device, batch, img_size, threads) if memory else math.nan,
                 }
         except (RuntimeError, MemoryError) as e:
-            if isinstance(e, MemoryError) or out_of_memory(e):
+            if out_of_memory(e):
                 raise UserError(f"batch {batch} of {name} does not fit in {device} memory; lower --batch") from None
             raise
     log("measuring the peak matmul rate")
@@ -372,13 +359,29 @@ def run_bench(models: list[str], modes: list[str] | dict[str, list[str]], device
         log(f"round {r + 1}/{rounds}")
         for entry in entries:
             img_s, latency = time_entry(entry, seconds)
-            rows.append({"model": entry.name, "mode": entry.mode, "round": r, "img_s": img_s,
-                         "latency_ms": latency, **info[entry.name, entry.mode]})
+            rows.append(
+                {
+                    "model": entry.name,
+                    "mode": entry.mode,
+                    "round": r,
+                    "img_s": img_s,
+                    "latency_ms": latency,
+                    **info[entry.name, entry.mode],
+                }
+            )
     samples = pd.DataFrame(rows)
     samples["share_of_peak"] = samples["macs_per_img"] * samples["img_s"] / peak
-    meta = {"device": device, "batch": batch, "threads": threads, "img_size": img_size, "seconds": seconds,
-            "peak_gmac_s": round(peak / 1e9, 2), "memory_method": "cuda max_memory_allocated" if device == "cuda"
-            else "rise of the peak resident set (VmHWM) over one batch, in a fresh process"}
+    meta = {
+        "device": device,
+        "batch": batch,
+        "threads": threads,
+        "img_size": img_size,
+        "seconds": seconds,
+        "peak_gmac_s": round(peak / 1e9, 2),
+        "memory_method": "cuda max_memory_allocated"
+        if device == "cuda"
+        else "rise of the peak resident set (VmHWM) over one batch, in a fresh process",
+    }
     for key, value in meta.items():
         samples[key] = value
     return samples, peak
@@ -387,11 +390,18 @@ def run_bench(models: list[str], modes: list[str] | dict[str, list[str]], device
 def summarize(samples):
     """Median and spread (min-max over rounds) of every entry."""
     g = samples.groupby(["model", "mode"], sort=False)
-    out = g.agg(img_s=("img_s", "median"), img_s_min=("img_s", "min"), img_s_max=("img_s", "max"),
-                latency_ms=("latency_ms", "median"), peak_mem_mb=("peak_mem_mb", "first"),
-                gmacs=("macs_per_img", "first"), share_of_peak=("share_of_peak", "median"),
-                max_logit_diff=("max_logit_diff", "first"), max_abs_logit=("max_abs_logit", "first"),
-                rounds=("round", "count")).reset_index()
+    out = g.agg(
+        img_s=("img_s", "median"),
+        img_s_min=("img_s", "min"),
+        img_s_max=("img_s", "max"),
+        latency_ms=("latency_ms", "median"),
+        peak_mem_mb=("peak_mem_mb", "first"),
+        gmacs=("macs_per_img", "first"),
+        share_of_peak=("share_of_peak", "median"),
+        max_logit_diff=("max_logit_diff", "first"),
+        max_abs_logit=("max_abs_logit", "first"),
+        rounds=("round", "count"),
+    ).reset_index()
     out["gmacs"] = out["gmacs"] / 1e9
     return out
 
@@ -405,8 +415,6 @@ def best_modes(samples) -> dict[str, str]:
 def ratios(samples, models: list[str], references: list[str], modes: dict[str, str] | None = None):
     """Speed of each model over each reference, from per-round ratios (both timed in the same round): median and
     min-max. Each side runs in `modes[name]`, by default its fastest mode."""
-    import pandas as pd
-
     modes = modes or best_modes(samples)
     by = samples.set_index(["model", "mode", "round"])["img_s"].sort_index()
     rows = []
@@ -415,66 +423,132 @@ def ratios(samples, models: list[str], references: list[str], modes: dict[str, s
             if model == ref:
                 continue
             per_round = (by[model, modes[model]] / by[ref, modes[ref]]).dropna()
-            rows.append({"model": model, "mode": modes[model], "reference": ref, "reference_mode": modes[ref],
-                         "speedup": per_round.median(), "speedup_min": per_round.min(),
-                         "speedup_max": per_round.max()})
+            rows.append(
+                {
+                    "model": model,
+                    "mode": modes[model],
+                    "reference": ref,
+                    "reference_mode": modes[ref],
+                    "speedup": per_round.median(),
+                    "speedup_min": per_round.min(),
+                    "speedup_max": per_round.max(),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def write_csv(frame, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
     """Write atomically (a temporary sibling renamed into place), with a JSON sidecar of how it was made."""
-    import json
-    import platform
-
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write_text(path, frame.to_csv(index=False))
     if meta is not None:
-        meta = {**meta, "torch": torch.__version__, "python": platform.python_version(),
-                "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
-        sidecar = os.path.splitext(path)[0] + ".json"
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
-        with os.fdopen(fd, "w") as f:
-            json.dump(meta, f, indent=2, default=str)
-        os.replace(tmp, sidecar)
+        meta = {
+            **meta,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+        }
+        atomic_write_text(os.path.splitext(path)[0] + ".json", json.dumps(meta, indent=2, default=str))
 
 
-def cli_main(args) -> None:
+HELP = "throughput, latency, memory and share of peak, models timed in turns"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "The paper's protocol: random weights, eval mode, warm-up, then batches until a "
+        "time budget; the models (and --vs references) are timed in turns for --rounds "
+        "rounds, so their ratios come from one run. Names: `efficientvit list`, "
+        f"{', '.join(TORCHVISION_MODELS)} (torchvision), timm:<name> (timm). "
+        "Modes: " + "; ".join(f"{k}: {v}" for k, v in MODE_HELP.items()) + "."
+    )
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="models to time")
+    parser.add_argument(
+        "--vs",
+        nargs="+",
+        metavar="MODEL",
+        help="references: also timed, and every model's speed-up over each is printed (each side in its fastest mode)",
+    )
+    parser.add_argument(
+        "--mode",
+        nargs="+",
+        default=["channels_last"],
+        choices=MODES,
+        metavar="MODE",
+        help=f"one or more of {', '.join(MODES)} (default channels_last: fused, the best eager "
+        "layout of every model here on CPU)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--batch", type=int, help="images per batch (default 16 on CPU, 2048 on CUDA under AMP)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime (default: torch's choice)")
+    parser.add_argument("--img-size", type=int, default=224, help="input side in pixels (224)")
+    parser.add_argument(
+        "--seconds", type=float, default=1.0, help="time budget of one measurement, after warm-up (1.0)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved rounds; medians and spreads are over them (5)"
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory measurement (a process per entry)"
+    )
+    parser.add_argument("--out", metavar="CSV", help="write every round's sample (long format, plus a .json sidecar)")
+
+
+def run(args: argparse.Namespace) -> None:
     """`efficientvit bench`: the summary and ratio tables on stdout, progress on stderr, samples to --out."""
-    import sys
 
-    say = (lambda text: print(text, file=sys.stderr, flush=True))
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
     models = list(dict.fromkeys(args.models + (args.vs or [])))
-    samples, peak = run_bench(models, args.mode, args.device, args.batch, args.threads, args.img_size,
-                              args.seconds, args.rounds, memory=not args.no_memory, log=say)
+    samples, peak = run_bench(
+        models,
+        args.mode,
+        args.device,
+        args.batch,
+        args.threads,
+        args.img_size,
+        args.seconds,
+        args.rounds,
+        memory=not args.no_memory,
+        log=say,
+    )
     meta = samples.iloc[0]
     summary = summarize(samples)
-    print(f"{args.device}, batch {meta['batch']}, {meta['threads']} threads, {args.img_size} px, "
-          f"{args.rounds} interleaved rounds of {args.seconds} s; img/s median [min-max]")
-    table = summary.assign(**{
-        "img/s": summary["img_s"].map("{:.1f}".format),
-        "[min-max]": [f"[{a:.1f}-{b:.1f}]" for a, b in zip(summary["img_s_min"], summary["img_s_max"])],
-        "ms/batch": summary["latency_ms"].map("{:.1f}".format),
-        "peak MB": summary["peak_mem_mb"].map("{:.0f}".format),
-        "GMACs": summary["gmacs"].map("{:.3f}".format),
-        "% of peak": (100 * summary["share_of_peak"]).map("{:.1f}".format),
-        "max logit diff": summary["max_logit_diff"].map("{:.1e}".format),
-    })
-    print(table[["model", "mode", "img/s", "[min-max]", "ms/batch", "peak MB", "GMACs", "% of peak",
-                 "max logit diff"]].to_string(index=False))
-    print(f"peak: {peak / 1e9:.1f} GMAC/s (fp32 matmul on this {args.device}); % of peak = fvcore multiply-adds "
-          f"x img/s / peak; peak MB: {meta['memory_method']}; max logit diff: vs eager fp32 on the timed batch "
-          f"(logits up to {summary['max_abs_logit'].max():.2g})")
+    print(
+        f"{args.device}, batch {meta['batch']}, {meta['threads']} threads, {args.img_size} px, "
+        f"{args.rounds} interleaved rounds of {args.seconds} s; img/s median [min-max]"
+    )
+    table = summary.assign(
+        **{
+            "img/s": summary["img_s"].map("{:.1f}".format),
+            "[min-max]": [f"[{a:.1f}-{b:.1f}]" for a, b in zip(summary["img_s_min"], summary["img_s_max"])],
+            "ms/batch": summary["latency_ms"].map("{:.1f}".format),
+            "peak MB": summary["peak_mem_mb"].map("{:.0f}".format),
+            "GMACs": summary["gmacs"].map("{:.3f}".format),
+            "% of peak": (100 * summary["share_of_peak"]).map("{:.1f}".format),
+            "max logit diff": summary["max_logit_diff"].map("{:.1e}".format),
+        }
+    )
+    print(
+        table[
+            ["model", "mode", "img/s", "[min-max]", "ms/batch", "peak MB", "GMACs", "% of peak", "max logit diff"]
+        ].to_string(index=False)
+    )
+    print(
+        f"peak: {peak / 1e9:.1f} GMAC/s (fp32 matmul on this {args.device}); % of peak = fvcore multiply-adds "
+        f"x img/s / peak; peak MB: {meta['memory_method']}; max logit diff: vs eager fp32 on the timed batch "
+        f"(logits up to {summary['max_abs_logit'].max():.2g})"
+    )
     if args.vs:
         table = ratios(samples, list(dict.fromkeys(args.models)), list(dict.fromkeys(args.vs)))
         if len(table):
             print("\nspeed-up, per-round ratios (each model in its fastest mode): median [min-max]")
             for row in table.itertuples():
-                print(f"  {row.model} ({row.mode}) vs {row.reference} ({row.reference_mode}): {row.speedup:.2f}x "
-                      f"[{row.speedup_min:.2f}-{row.speedup_max:.2f}]")
+                print(
+                    f"  {row.model} ({row.mode}) vs {row.reference} ({row.reference_mode}): {row.speedup:.2f}x "
+                    f"[{row.speedup_min:.2f}-{row.speedup_max:.2f}]"
+                )
     if args.out:
         write_csv(samples, args.out, meta={k: v for k, v in vars(args).items() if k != "run"})
         print(f"samples written to {args.out}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError
+from .files import atomic_path
+from .models.spec import ModelSpec
 from .models.attention import join_qkv, split_qkv
 
 FORMAT = "efficientvit-lab"
@@ -57,22 +58,16 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
 
     `extra` (epoch, optimizer state, ...) is stored beside the weights.
     """
-    payload = {"format": FORMAT, "model_config": getattr(model, "config", None), "model": model.state_dict(), **extra}
-    return atomic_save(payload, path)
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise TypeError(
+            "the model has no spec (it was not built by create_model or ModelSpec.build), so its "
+            "checkpoint could not rebuild it; build it with create_model(name, **kwargs)"
+        )
+    payload = {"format": FORMAT, "model_config": spec.to_dict(), "model": model.state_dict(), **extra}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
 
 
 def unwrap(obj: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
@@ -155,8 +150,11 @@ def describe_mismatch(state: dict[str, torch.Tensor], model: nn.Module) -> str |
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
-    misshaped = [f"{k}: {list(state[k].shape)} vs {list(own[k].shape)}" for k in state
-                 if k in own and state[k].shape != own[k].shape]
+    misshaped = [
+        f"{k}: {list(state[k].shape)} vs {list(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    ]
     if not (missing or unexpected or misshaped):
         return None
 
@@ -164,9 +162,15 @@ def describe_mismatch(state: dict[str, torch.Tensor], model: nn.Module) -> str |
         more = f", ... ({len(items) - 3} more)" if len(items) > 3 else ""
         return f"{len(items)} {label} ({'; '.join(items[:3])}{more})"
 
-    return ", ".join(few(label, items) for label, items in
-                     (("missing", missing), ("unexpected", unexpected), ("mis-shaped, checkpoint vs model", misshaped))
-                     if items)
+    return ", ".join(
+        few(label, items)
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("mis-shaped, checkpoint vs model", misshaped),
+        )
+        if items
+    )
 
 
 def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | dict[str, Any], strict: bool = True) -> str:
@@ -181,7 +185,7 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | dict[str, 
     state = fit_to_model(convert(state, fmt, model), model)
     problem = describe_mismatch(state, model)
     if problem and strict:
-        name = getattr(model, "config", {}).get("name", type(model).__name__)
+        name = model.spec.name if getattr(model, "spec", None) else type(model).__name__
         held = (obj.get("model_config") or {}) if fmt == FORMAT else {}
         holds = f" (it holds {held['name']})" if held.get("name") and held.get("name") != name else ""
         raise CheckpointError(f"checkpoint {source} ({fmt} format){holds} does not fit model {name}: {problem}")
@@ -189,17 +193,17 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | dict[str, 
     return fmt
 
 
-def model_from_checkpoint(checkpoint: str | os.PathLike, **overrides: Any) -> nn.Module:
-    """Rebuild the model a checkpoint of ours was saved from, and load its weights."""
-    from .models import create_model
-
+def model_from_checkpoint(checkpoint: str | os.PathLike, spec: ModelSpec | None = None, **overrides: Any) -> nn.Module:
+    """The model a checkpoint holds, with its weights: ours name their model; a timm or official checkpoint needs
+    the `spec` of the model it is for. `overrides` (img_size, a knob) apply on top."""
     obj = read_checkpoint(checkpoint)
-    config = obj.get("model_config") if obj.get("format") == FORMAT else None
-    if not config:
+    if obj.get("format") == FORMAT and obj.get("model_config"):
+        spec = ModelSpec.from_dict(obj["model_config"])
+    if spec is None:
         raise CheckpointError(
-            f"{checkpoint} does not say which model it holds (not an {FORMAT} checkpoint): build the model with "
-            "create_model(name) and load it with load_checkpoint(model, path)"
+            f"{checkpoint} does not say which model it holds (not an {FORMAT} checkpoint): name the model it is for "
+            "(--model, or ModelSpec(name))"
         )
-    model = create_model(config["name"], **{**config["kwargs"], **overrides})
+    model = spec.build(**overrides)
     load_checkpoint(model, obj)
     return model

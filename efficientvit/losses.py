@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UserError
+
 DISTILLATION_KINDS = ("hard", "soft")
 
 
@@ -15,11 +17,17 @@ class DistillationLoss(nn.Module):
     the distillation head: `hard` is cross-entropy with the teacher's top class, `soft` the KL divergence from the
     teacher's distribution at temperature `tau` (times tau^2, per logit, as DeiT)."""
 
-    def __init__(self, base: nn.Module, teacher: nn.Module | None = None, kind: str = "hard", alpha: float = 0.5,
-                 tau: float = 1.0):
+    def __init__(
+        self,
+        base: nn.Module,
+        teacher: nn.Module | None = None,
+        kind: str = "hard",
+        alpha: float = 0.5,
+        tau: float = 1.0,
+    ):
         super().__init__()
         if kind not in DISTILLATION_KINDS:
-            raise ValueError(f"distillation must be one of {DISTILLATION_KINDS}, got {kind!r}")
+            raise UserError(f"distillation must be one of {DISTILLATION_KINDS}, got {kind!r}")
         self.base, self.teacher, self.kind, self.alpha, self.tau = base, teacher, kind, alpha, tau
 
     def forward(self, images: torch.Tensor, outputs, targets: torch.Tensor) -> torch.Tensor:
@@ -32,6 +40,14 @@ class DistillationLoss(nn.Module):
             distillation = F.cross_entropy(logits_dist, teacher_logits.argmax(dim=1))
         else:
             t = self.tau
-            distillation = F.kl_div(F.log_softmax(logits_dist / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                                    reduction="sum", log_target=True) * (t * t) / logits_dist.numel()
+            distillation = (
+                F.kl_div(
+                    F.log_softmax(logits_dist / t, dim=1),
+                    F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="sum",
+                    log_target=True,
+                )
+                * (t * t)
+                / logits_dist.numel()
+            )
         return (1 - self.alpha) * self.base(logits, targets) + self.alpha * distillation

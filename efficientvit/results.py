@@ -1,7 +1,7 @@
 """Writing analysis results: long-format CSV plus a JSON sidecar (arguments, versions, device, git commit), both
 written atomically so an interrupted run never leaves a half-written file in results/.
 
-A results folder written by `efficientvit reproduce` also holds manifest.json: for each stage, the files it
+A results folder written by `python analysis/reproduce.py` also holds manifest.json: for each stage, the files it
 wrote. Readers (the report, the notebooks) take the files it lists, so a stray CSV from another run, copied into
 the folder, changes nothing; a folder without a manifest (analyses run by hand) is read whole.
 """
@@ -12,32 +12,20 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+from .files import atomic_write_text
 
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -56,8 +44,9 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_results(frame: pd.DataFrame, csv_path: str | os.PathLike, arguments: dict[str, Any],
-                  extra: dict[str, Any] | None = None) -> Path:
+def write_results(
+    frame: pd.DataFrame, csv_path: str | os.PathLike, arguments: dict[str, Any], extra: dict[str, Any] | None = None
+) -> Path:
     """Write `frame` to csv_path and csv_path with .json beside it: what is needed to rerun and to read it."""
     csv_path = Path(csv_path)
     atomic_write_text(csv_path, frame.to_csv(index=False))

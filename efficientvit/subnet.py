@@ -16,6 +16,7 @@ off after it is returned with `met: False`, for the sweep and the report to mark
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -23,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from .bench import interleaved_throughput
 from .errors import UserError
-from .models import create_model
+from .files import atomic_write_text
+from .models import ModelSpec, create_model
 from .models.layers import mhsa_proportion, spread_layout
+from .runtime import resolve_device
 
 FAMILIES = ("deit_tiny", "swin_tiny")
 TOLERANCE = 0.05  # a subnet within 5% of the target speed-up meets it
@@ -47,29 +49,47 @@ def subnet_kwargs(family: str, proportion: float, scale: float, base: dict[str, 
     if family.startswith("deit"):
         heads = model.layers[0].attn.num_heads if hasattr(model.layers[0], "attn") else base.get("num_heads", 3)
         n = len(model.layout)
-        return {**base, "layout": spread_layout(n, round(proportion * n)),
-                "embed_dim": round_width(model.num_features * scale, heads), "num_heads": heads}
+        return {
+            **base,
+            "layout": spread_layout(n, round(proportion * n)),
+            "embed_dim": round_width(model.num_features * scale, heads),
+            "num_heads": heads,
+        }
     lengths = [len(s) for s in model.layout]
     flat = spread_layout(sum(lengths), round(proportion * sum(lengths)))
     stages, start = [], 0
     for length in lengths:
-        stages.append(flat[start:start + length])
+        stages.append(flat[start : start + length])
         start += length
     heads = [info["heads"] for info in model.stage_info]
     widths = [round_width(info["width"] * scale, h) for info, h in zip(model.stage_info, heads)]
     return {**base, "layout": stages, "embed_dim": widths, "num_heads": heads}
 
 
-def measure_speedups(family: str, candidates: list[dict[str, Any]], base: dict[str, Any], rounds: int,
-                     seconds: float, batch_size: int, device: str) -> list[tuple[float, float, float]]:
+def measure_speedups(
+    family: str,
+    candidates: list[dict[str, Any]],
+    base: dict[str, Any],
+    rounds: int,
+    seconds: float,
+    batch_size: int,
+    device: str,
+) -> list[tuple[float, float, float]]:
     """(speed-up, subnet img/s, full model img/s) of every candidate, all timed in the same interleaved rounds
     as the full model; medians over rounds."""
     full = create_model(family, **base).eval().to(device)
     subs = [create_model(family, **kwargs).eval().to(device) for kwargs in candidates]
-    full_runs, *sub_runs = interleaved_throughput([full, *subs], rounds=rounds, seconds=seconds,
-                                                  batch_size=batch_size, warmup=3)
-    return [(statistics.median(s / f for s, f in zip(runs, full_runs)), statistics.median(runs),
-             statistics.median(full_runs)) for runs in sub_runs]
+    full_runs, *sub_runs = interleaved_throughput(
+        [full, *subs], rounds=rounds, seconds=seconds, batch_size=batch_size, warmup=3
+    )
+    return [
+        (
+            statistics.median(s / f for s, f in zip(runs, full_runs)),
+            statistics.median(runs),
+            statistics.median(full_runs),
+        )
+        for runs in sub_runs
+    ]
 
 
 def neighbours(family: str, proportion: float, scale: float, base: dict[str, Any], count: int) -> list[dict]:
@@ -86,9 +106,19 @@ def neighbours(family: str, proportion: float, scale: float, base: dict[str, Any
     return found
 
 
-def find_subnet(family: str, speedup: float, proportion: float, img_size: int | None = None,
-                base: dict[str, Any] | None = None, batch_size: int = 16, seconds: float = 0.3, rounds: int = 3,
-                steps: int = 6, device: str = "cpu", cache: Path | None = DEFAULT_CACHE) -> dict[str, Any]:
+def find_subnet(
+    family: str,
+    speedup: float,
+    proportion: float,
+    img_size: int | None = None,
+    base: dict[str, Any] | None = None,
+    batch_size: int = 16,
+    seconds: float = 0.3,
+    rounds: int = 3,
+    steps: int = 6,
+    device: str = "cpu",
+    cache: Path | None = DEFAULT_CACHE,
+) -> dict[str, Any]:
     """Search the width scale whose subnet runs `speedup` times faster than the full model; returns a result dict
     with the configuration (`model`, `kwargs`), `speedup_measured`, throughputs, the layout's actual MHSA
     proportion (`mhsa_proportion_actual`: whole layers) and `met` (within 5% of the target).
@@ -104,8 +134,19 @@ def find_subnet(family: str, speedup: float, proportion: float, img_size: int | 
         raise UserError(f"speed-up must be at least 1 (a subnet is faster than the full model), got {speedup}")
     base = {**(base or {}), **({"img_size": img_size} if img_size else {})}
     search = [SEARCH_VERSION, seconds, rounds, steps]
-    key = json.dumps(dict(family=family, speedup=speedup, proportion=proportion, base=base, batch=batch_size,
-                          threads=torch.get_num_threads(), device=device, search=search), sort_keys=True)
+    key = json.dumps(
+        dict(
+            family=family,
+            speedup=speedup,
+            proportion=proportion,
+            base=base,
+            batch=batch_size,
+            threads=torch.get_num_threads(),
+            device=device,
+            search=search,
+        ),
+        sort_keys=True,
+    )
     cached = read_cache(cache)
     if key in cached:
         return cached[key]
@@ -116,11 +157,12 @@ def find_subnet(family: str, speedup: float, proportion: float, img_size: int | 
     low, high = 0.2, 1.6  # width scales; throughput falls (roughly) as the scale grows
     for _ in range(steps):
         scale = (low * high) ** 0.5
-        (ratio, _, _), = timed([subnet_kwargs(family, proportion, scale, base)], rounds)
+        ((ratio, _, _),) = timed([subnet_kwargs(family, proportion, scale, base)], rounds)
         if ratio < speedup:
             high = scale
         else:
             low = scale
+
     def closest(count: int, n_rounds: int) -> tuple[dict, tuple[float, float, float]]:
         """The neighbour closest to the target, re-timed on its own (this is the figure reported)."""
         candidates = neighbours(family, proportion, (low * high) ** 0.5, base, count=count)
@@ -131,10 +173,17 @@ def find_subnet(family: str, speedup: float, proportion: float, img_size: int | 
     kwargs, (ratio, sub_tp, full_tp) = closest(count=2, n_rounds=2 * rounds)
     if abs(ratio / speedup - 1) > TOLERANCE:
         kwargs, (ratio, sub_tp, full_tp) = closest(count=6, n_rounds=4 * rounds)
-    result = dict(model=family, kwargs=kwargs, speedup_target=speedup, speedup_measured=round(ratio, 3),
-                  mhsa_proportion=proportion, mhsa_proportion_actual=round(mhsa_proportion(kwargs["layout"]), 4),
-                  throughput=round(sub_tp, 1), full_throughput=round(full_tp, 1),
-                  met=abs(ratio / speedup - 1) <= TOLERANCE)
+    result = dict(
+        model=family,
+        kwargs=kwargs,
+        speedup_target=speedup,
+        speedup_measured=round(ratio, 3),
+        mhsa_proportion=proportion,
+        mhsa_proportion_actual=round(mhsa_proportion(kwargs["layout"]), 4),
+        throughput=round(sub_tp, 1),
+        full_throughput=round(full_tp, 1),
+        met=abs(ratio / speedup - 1) <= TOLERANCE,
+    )
     write_cache(cache, {**cached, key: result})
     return result
 
@@ -151,33 +200,59 @@ def read_cache(path: Path | None) -> dict[str, Any]:
 def write_cache(path: Path | None, content: dict[str, Any]) -> None:
     if path is None:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(content, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(content, indent=1))
 
 
-def save_model_config(result: dict[str, Any], path: Path) -> Path:
-    """YAML that `load_model_config` (and `create_model`) builds: {model: name, model_kwargs: {...}}, the same
-    keys as a training config, so the file also works as one's model part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    comment = (f"# {result['model']} subnet: {result['speedup_target']}x target, measured "
-               f"{result['speedup_measured']}x, MHSA proportion {result['mhsa_proportion']}\n")
-    plain = json.loads(json.dumps({"model": result["model"], "model_kwargs": result["kwargs"]}))  # tuples -> lists
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(comment + yaml.safe_dump(plain, sort_keys=False))
-    os.replace(tmp, path)
-    return path
+def save_subnet(result: dict[str, Any], path: Path) -> Path:
+    """The subnet as a model YAML (`ModelSpec.to_yaml`: the model part of a training config)."""
+    comment = (
+        f"{result['model']} subnet: {result['speedup_target']}x target, measured "
+        f"{result['speedup_measured']}x, MHSA proportion {result['mhsa_proportion']}"
+    )
+    return ModelSpec(result["model"], result["kwargs"]).to_yaml(path, comment)
 
 
-def load_model_config(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
-    """(model name, constructor kwargs) from a YAML written by `save_model_config` or by hand."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"model configuration {path} does not exist")
-    content = yaml.safe_load(path.read_text()) or {}
-    if "model" not in content:
-        raise UserError(f"model configuration {path} has no `model:` entry naming a registered model")
-    return content["model"], dict(content.get("model_kwargs") or {})
+HELP = "a throughput-matched DeiT/Swin subnet with a given MHSA proportion (Fig. 3)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Keep the full model's number of layers, make a share --mhsa of them attention "
+        "layers (spread evenly), and search the width until the subnet runs --speedup "
+        "times faster than the full model on this device (interleaved timing). Writes "
+        "the configuration as YAML; results are cached."
+    )
+    parser.add_argument("--family", required=True, choices=FAMILIES, help="the full model to shrink")
+    parser.add_argument("--speedup", type=float, required=True, help="target speed-up over the full model, e.g. 1.25")
+    parser.add_argument("--mhsa", type=float, required=True, help="share of attention layers, 0 to 1")
+    parser.add_argument("--img-size", type=int, help="input size (default 224)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to time the models")
+    parser.add_argument("--out", help="YAML to write (default runs/subnets/<family>_<speedup>x_mhsa<p>.yaml)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"timing cache (default {DEFAULT_CACHE})")
+    parser.add_argument("--no-cache", action="store_true", help="measure again even if the cache has this call")
+
+
+def run(args: argparse.Namespace) -> None:
+    result = find_subnet(
+        args.family,
+        args.speedup,
+        args.mhsa,
+        img_size=args.img_size,
+        device=resolve_device(args.device).type,
+        cache=None if args.no_cache else args.cache,
+    )
+    out = args.out or f"runs/subnets/{args.family}_{args.speedup}x_mhsa{args.mhsa}.yaml"
+    path = save_subnet(result, out)
+    print(f"{args.family} subnet for {args.speedup}x, MHSA proportion {args.mhsa}:")
+    for key, value in result["kwargs"].items():
+        print(f"  {key}: {value}")
+    print(
+        f"achieved speed-up {result['speedup_measured']}x ({result['throughput']} vs "
+        f"{result['full_throughput']} img/s, batch 16, {args.device})"
+    )
+    if not result["met"]:
+        print(
+            f"the target {args.speedup}x cannot be met within 5% at this MHSA proportion; "
+            "this is the nearest configuration found"
+        )
+    print(f"configuration written to {path}")

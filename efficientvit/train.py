@@ -42,28 +42,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint, unwrap
 from .data.pipeline import RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate
 from .data.pipeline import OFFICIAL_AUTO_AUGMENT
 from .data.sources import Augment, open_split
-from .errors import UserError
+from .errors import UserError, exit_status
 from .losses import DISTILLATION_KINDS, DistillationLoss
-from .models import create_model, model_family
+from .models import ModelSpec, create_model, model_family
 from .results import atomic_write_text
 
+HELP = "train a model with the official recipe (also under torchrun)"
+DESCRIPTION = (
+    "Train with the official EfficientViT recipe. Writes <out>/checkpoint.pth "
+    "and <out>/metrics.csv after every epoch. For many processes: "
+    "torchrun --nproc_per_node N -m efficientvit.train --config ..."
+)
 CLIP_MODES = ("agc", "norm")
 PRECISIONS = ("fp32", "bf16", "auto")
-METRICS = ("epoch", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "ema_top1", "epoch_seconds",
-           "train_img_s")
+METRICS = ("epoch", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "ema_top1", "epoch_seconds", "train_img_s")
 CURVE = ("epoch", "lr", "train_loss")  # curve.csv: the training loss every CURVE_STEPS steps, epoch as a fraction
 CURVE_STEPS = 20
 TUNE_ROUNDS = 3  # timed training steps per precision when the trainer measures whether bf16 pays off
@@ -83,10 +89,11 @@ class TrainConfig:
 
     model: str = knob("efficientvit_m4", "registered model name (efficientvit list)")
     model_kwargs: dict = knob({}, "extra constructor arguments, the ablation knobs, e.g. {attention: split}")
-    data: str = knob("data/imagenet", "fashion-mnist, or an ImageFolder root holding train/<class>/* and "
-                                      "val/<class>/*")
-    train_images: typing.Optional[int] = knob(None, "train on this many images of the training split (a fixed, "
-                                                    "seeded draw; null: all): shorter runs for sweeps")
+    data: str = knob("data/imagenet", "fashion-mnist, or an ImageFolder root holding train/<class>/* and val/<class>/*")
+    train_images: typing.Optional[int] = knob(
+        None,
+        "train on this many images of the training split (a fixed, seeded draw; null: all): shorter runs for sweeps",
+    )
     out: str = knob("runs/efficientvit_m4", "run folder: checkpoint.pth, metrics.csv, config.yaml")
     img_size: int = knob(224, "training and evaluation image size (eval resizes to size x 256/224, then crops)")
     epochs: int = knob(300, "training epochs")
@@ -103,30 +110,43 @@ class TrainConfig:
     mixup: float = knob(0.8, "MixUp alpha (0 turns it off); MixUp or CutMix is picked per batch")
     cutmix: float = knob(1.0, "CutMix alpha (0 turns it off)")
     auto_augment: typing.Optional[str] = knob(OFFICIAL_AUTO_AUGMENT, "timm's augmentation policy (null: none)")
-    color_jitter: typing.Optional[float] = knob(0.4, "colour-jitter strength, applied only without auto_augment "
-                                                     "(as timm does); null: none")
+    color_jitter: typing.Optional[float] = knob(
+        0.4, "colour-jitter strength, applied only without auto_augment (as timm does); null: none"
+    )
     reprob: float = knob(0.25, "random-erasing probability")
     crop_scale: list = knob([0.08, 1.0], "RandomResizedCrop area range, as fractions of the image")
     repeated_aug: bool = knob(True, "repeated augmentation: each image 3 times per epoch on different processes")
     drop_path: float = knob(0.0, "stochastic-depth rate (passed to the model as drop_path_rate when > 0)")
     ema_decay: typing.Optional[float] = knob(0.99996, "EMA decay per step (null: no EMA)")
-    init: typing.Optional[str] = knob(None, "checkpoint of ours to start from, e.g. a pruned model: its architecture "
-                                            "and weights replace model/model_kwargs")
-    teacher: typing.Optional[str] = knob(None, "teacher to distil from (the model gets a distillation head): a "
-                                               "checkpoint of ours, or a timm model name with teacher_weights")
-    teacher_weights: typing.Optional[str] = knob(None, "state dict of a timm teacher, e.g. regnety_160's trained "
-                                                       "weights (nothing is downloaded)")
-    distillation: str = knob("hard", "DeiT distillation kind: hard (the teacher's top class) or soft (its "
-                                     "distribution, at distillation_tau)")
+    init: typing.Optional[str] = knob(
+        None,
+        "checkpoint of ours to start from, e.g. a pruned model: its architecture "
+        "and weights replace model/model_kwargs",
+    )
+    teacher: typing.Optional[str] = knob(
+        None,
+        "teacher to distil from (the model gets a distillation head): a "
+        "checkpoint of ours, or a timm model name with teacher_weights",
+    )
+    teacher_weights: typing.Optional[str] = knob(
+        None, "state dict of a timm teacher, e.g. regnety_160's trained weights (nothing is downloaded)"
+    )
+    distillation: str = knob(
+        "hard", "DeiT distillation kind: hard (the teacher's top class) or soft (its distribution, at distillation_tau)"
+    )
     distillation_alpha: float = knob(0.5, "weight of the distillation loss")
     distillation_tau: float = knob(1.0, "temperature of soft distillation")
     skip_bad: bool = knob(False, "skip unreadable images (and count them) instead of stopping")
     seed: int = knob(0, "seed of everything random")
-    precision: str = knob("fp32", "fp32 (the official recipe, with a gradient scaler), bf16 (autocast), or auto "
-                                  "(bf16 where the device computes it natively: CUDA, CPUs with AVX-512 BF16 or "
-                                  "AMX, and on a CPU only if a timed trial finds it faster)")
-    fast: bool = knob(True, "fused AdamW and channels-last for conv models (the same maths, faster); false: "
-                            "plain eager")
+    precision: str = knob(
+        "fp32",
+        "fp32 (the official recipe, with a gradient scaler), bf16 (autocast), or auto "
+        "(bf16 where the device computes it natively: CUDA, CPUs with AVX-512 BF16 or "
+        "AMX, and on a CPU only if a timed trial finds it faster)",
+    )
+    fast: bool = knob(
+        True, "fused AdamW and channels-last for conv models (the same maths, faster); false: plain eager"
+    )
     compile: bool = knob(False, "torch.compile the model (off by default: README, Training speed, says why)")
 
 
@@ -134,8 +154,10 @@ def config_help() -> str:
     lines = ["config keys (defaults: the official ImageNet recipe):"]
     for f in dataclasses.fields(TrainConfig):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        lines.append(f"  {f.name} ({yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()})"
-                     f"\n      {f.metadata['help']}")
+        lines.append(
+            f"  {f.name} ({yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()})"
+            f"\n      {f.metadata['help']}"
+        )
     return "\n".join(lines)
 
 
@@ -162,8 +184,10 @@ def coerce(key: str, value, hint):
             return value
     except (TypeError, ValueError):
         pass
-    raise UserError(f"config key {key} must be {'a list of numbers' if kind is list else kind.__name__}"
-                    f"{' or null' if type(None) in options else ''}, got {value!r}")
+    raise UserError(
+        f"config key {key} must be {'a list of numbers' if kind is list else kind.__name__}"
+        f"{' or null' if type(None) in options else ''}, got {value!r}"
+    )
 
 
 def make_config(values: dict) -> TrainConfig:
@@ -262,21 +286,17 @@ def write_table(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def describe_model(config: dict | None) -> str:
-    if not config:
-        return "an unnamed model"
-    kwargs = ", ".join(f"{k}={v}" for k, v in sorted(config["kwargs"].items()))
-    return f"{config['name']}({kwargs})"
-
-
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX: bf16 dot products in hardware. Elsewhere oneDNN emulates bf16, slower than fp32."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-            and re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None)
+    return (
+        torch.backends.mkldnn.is_available()
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        and re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+    )
 
 
 @dataclass(frozen=True)
@@ -289,15 +309,24 @@ class Speed:
     compile: bool = False
 
     def describe(self) -> str:
-        parts = [name for name, on in (("bf16 autocast", self.bf16), ("channels-last", self.channels_last),
-                                       ("fused AdamW", self.fused_optimizer), ("torch.compile", self.compile)) if on]
+        parts = [
+            name
+            for name, on in (
+                ("bf16 autocast", self.bf16),
+                ("channels-last", self.channels_last),
+                ("fused AdamW", self.fused_optimizer),
+                ("torch.compile", self.compile),
+            )
+            if on
+        ]
         return ", ".join(parts) or "plain fp32 eager"
 
 
-def choose_speed(config: TrainConfig, model: nn.Module, device: torch.device, batch_shape: tuple,
-                 total_steps: int) -> Speed:
+def choose_speed(
+    config: TrainConfig, model: nn.Module, device: torch.device, batch_shape: tuple, total_steps: int
+) -> Speed:
     # conv models only: channels-last turns 1x1 convs into GEMMs; ViTs hold (tokens, channels) and gain nothing
-    channels_last = config.fast and model_family(model.config["name"]) == "efficientvit"
+    channels_last = config.fast and model_family(model.spec.name) == "efficientvit"
     bf16 = config.precision == "bf16"
     if config.precision == "auto":
         bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
@@ -329,8 +358,7 @@ def bf16_pays_off(model: nn.Module, batch_shape: tuple, channels_last: bool) -> 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, skip_bad: bool,
-             distributed: bool) -> dict:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, skip_bad: bool, distributed: bool) -> dict:
     """Top-1, top-5 (%) and mean cross-entropy over this process's share of the data, summed over processes."""
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, loss, images, skipped
@@ -355,21 +383,23 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, skip_ba
 def build_teacher(config: TrainConfig, num_classes: int) -> nn.Module:
     """The teacher: a checkpoint of ours, or a timm model (the paper's RegNetY-160 is `regnety_160`) with its
     trained weights from `teacher_weights`."""
-    import timm
-
     if Path(config.teacher).is_file():
         teacher = model_from_checkpoint(config.teacher)
     elif timm.is_model(config.teacher):
         if not config.teacher_weights:
-            raise UserError(f"teacher {config.teacher} needs teacher_weights: a file with its trained weights "
-                            "(nothing is downloaded)")
+            raise UserError(
+                f"teacher {config.teacher} needs teacher_weights: a file with its trained weights "
+                "(nothing is downloaded)"
+            )
         teacher = timm.create_model(config.teacher, pretrained=False, num_classes=num_classes)
         state, _ = unwrap(read_checkpoint(config.teacher_weights))
         try:
             teacher.load_state_dict(state)
         except RuntimeError as e:
-            raise UserError(f"teacher_weights {config.teacher_weights} do not fit timm's {config.teacher} with "
-                            f"{num_classes} classes ({str(e).splitlines()[1].strip()[:200]})") from None
+            raise UserError(
+                f"teacher_weights {config.teacher_weights} do not fit timm's {config.teacher} with "
+                f"{num_classes} classes ({str(e).splitlines()[1].strip()[:200]})"
+            ) from None
     else:
         raise UserError(f"teacher {config.teacher!r} is neither a checkpoint file nor a timm model name")
     if teacher.num_classes != num_classes:
@@ -389,6 +419,229 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return (dist.get_rank() if world > 1 else 0), world, device
 
 
+@dataclass
+class Data:
+    """The training and validation loaders of one process, and what the loop needs to reseed them each epoch."""
+
+    train_set: Dataset
+    sampler: Sampler
+    train_loader: DataLoader
+    loader_generator: torch.Generator  # reseeded every epoch: it seeds the workers' augmentations
+    val_loader: DataLoader
+    num_classes: int
+
+
+def load_data(config: TrainConfig, rank: int, world: int, device: torch.device) -> Data:
+    """Training batches drop the ragged end (as the official code); evaluation sees every image once, each
+    process a strided share, so the summed counts are exact."""
+    augment = Augment(config.auto_augment, config.reprob, tuple(config.crop_scale), config.color_jitter)
+    train_set = open_split(config.data, "train", config.img_size, augment)
+    val_set = open_split(config.data, "val", config.img_size, classes=train_set.classes)
+    num_classes = len(train_set.classes)
+    if config.train_images is not None and config.train_images < len(train_set):
+        draw = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed))
+        train_set = Subset(train_set, draw[: config.train_images].tolist())
+    if config.repeated_aug:
+        sampler = RepeatedAugmentationSampler(train_set, world, rank, config.seed)
+    else:
+        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=config.seed)
+    if len(sampler) < config.batch_size:
+        raise UserError(
+            f"the training split has {len(train_set)} images, fewer than one batch of {config.batch_size} "
+            f"per process; lower batch_size"
+        )
+    generator = torch.Generator()
+    train_loader = DataLoader(
+        train_set,
+        config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        collate_fn=collate,
+        generator=generator,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+    )
+    val_loader = DataLoader(
+        Subset(val_set, range(rank, len(val_set), world)),
+        config.batch_size,
+        num_workers=config.workers,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    return Data(train_set, sampler, train_loader, generator, val_loader, num_classes)
+
+
+def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    """The model to train: a registered one, or an `init` checkpoint of ours (e.g. a pruned model), which brings
+    its own architecture and weights."""
+    extras = {
+        **({"drop_path_rate": config.drop_path} if config.drop_path > 0 else {}),
+        **({"distillation": True} if config.teacher else {}),
+    }
+    if not config.init:
+        return create_model(
+            config.model, num_classes=num_classes, img_size=config.img_size, **config.model_kwargs, **extras
+        )
+    model = model_from_checkpoint(config.init, img_size=config.img_size, **extras)
+    if model.num_classes != num_classes:
+        raise UserError(
+            f"init checkpoint {config.init} predicts {model.num_classes} classes, the data has {num_classes}"
+        )
+    return model
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module, speed: Speed, steps: int, world: int):
+    """AdamW at lr x global batch / 512, a linear warm-up from warmup_lr, then cosine to min_lr, per step."""
+    lr = config.lr * config.batch_size * world / 512
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=lr, fused=speed.fused_optimizer or None)
+    warmup_steps = round(config.warmup_epochs * steps)
+    scheduler = cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, config.epochs * steps - warmup_steps), eta_min=config.min_lr
+    )
+    if warmup_steps:
+        warmup = torch.optim.lr_scheduler.LinearLR(
+            optimizer, start_factor=min(1.0, config.warmup_lr / lr), total_iters=warmup_steps
+        )
+        scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+    return optimizer, scheduler
+
+
+@dataclass
+class State:
+    """Everything a checkpoint holds besides the configuration: the training resumes from exactly this."""
+
+    model: nn.Module
+    ema: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    speed: Speed
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    curve: list = field(default_factory=list)
+
+
+def resume_path(out: Path, resume: bool | str, main: bool) -> Path | None:
+    checkpoint = out / "checkpoint.pth"
+    if isinstance(resume, str):
+        return Path(resume)
+    if not resume and checkpoint.exists():
+        raise UserError(f"{out} already holds a checkpoint; continue it with --resume, or set another out")
+    if resume and not checkpoint.exists():
+        if main:
+            print(f"nothing to resume in {out}: starting from scratch")
+        return None
+    return checkpoint if resume else None
+
+
+def restore(state: State, checkpoint: dict, path: Path, rank: int) -> None:
+    held = ModelSpec.from_dict(checkpoint["model_config"])
+    if held != state.model.spec:
+        raise UserError(
+            f"cannot resume from {path}: it holds {held.describe()} but this run builds "
+            f"{state.model.spec.describe()}; resume with the config it was trained with, or set another out"
+        )
+    load_checkpoint(state.model, checkpoint)
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    state.scheduler.load_state_dict(checkpoint["scheduler"])
+    if state.ema is not None:
+        state.ema.load_state_dict(checkpoint["ema"])
+    if "scaler" in checkpoint:
+        state.scaler.load_state_dict(checkpoint["scaler"])
+    state.epoch, state.history, state.curve = checkpoint["epoch"], checkpoint["history"], checkpoint.get("curve", [])
+    if rank < len(checkpoint["rng"]):
+        set_rng_state(checkpoint["rng"][rank])
+
+
+def train_one_epoch(
+    config: TrainConfig,
+    state: State,
+    forward: nn.Module,
+    criterion: DistillationLoss,
+    data: Data,
+    epoch: int,
+    device: torch.device,
+    main: bool,
+) -> torch.Tensor:
+    """One pass over the training loader; returns (loss x images, images, skipped) summed over this process, and
+    appends to the curve every CURVE_STEPS steps (on the first process)."""
+    speed, steps = state.speed, len(data.train_loader)
+    mixing = batch_mixing(data.num_classes, config.mixup, config.cutmix)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16)
+    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
+    forward.train()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    last = [0.0, 0.0]  # sums at the last curve point
+    bar = tqdm(
+        data.train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not main, dynamic_ncols=True
+    )
+    for step, (images, targets, bad) in enumerate(bar):
+        sums[2] += check_bad_images(bad, config.skip_bad)
+        if images is None:
+            continue
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        targets = targets.to(device, non_blocking=True)
+        if mixing is not None:
+            images, targets = mixing(images, targets)
+        with autocast:
+            loss = criterion(images, forward(images), targets)
+        optimizer_step(config, state, loss)
+        sums[0] += loss.detach() * len(images)
+        sums[1] += len(images)
+        if main and (step + 1) % CURVE_STEPS == 0:  # reading the loss waits for the device: not every step
+            totals = sums[:2].tolist()
+            lr, mean_loss = state.optimizer.param_groups[0]["lr"], (totals[0] - last[0]) / (totals[1] - last[1])
+            state.curve.append({"epoch": round(epoch + (step + 1) / steps, 4), "lr": lr, "train_loss": mean_loss})
+            last = totals
+            bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.1e}", refresh=False)
+    return sums
+
+
+def optimizer_step(config: TrainConfig, state: State, loss: torch.Tensor) -> None:
+    """Backward (through the gradient scaler), clipping, the optimizer and schedule steps, the EMA update."""
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if config.clip_grad is not None:
+        state.scaler.unscale_(state.optimizer)
+        if config.clip_mode == "agc":
+            adaptive_clip_grad_(state.model.parameters(), config.clip_grad)
+        else:
+            nn.utils.clip_grad_norm_(state.model.parameters(), config.clip_grad)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update_parameters(state.model)
+
+
+def save_epoch(config: TrainConfig, state: State, world: int, main: bool) -> None:
+    """Checkpoint (every process's random state gathered into it), metrics.csv and curve.csv, by the first."""
+    rngs = [None] * world
+    if world > 1:
+        dist.all_gather_object(rngs, rng_state())
+    else:
+        rngs = [rng_state()]
+    if not main:
+        return
+    out = Path(config.out)
+    save_checkpoint(
+        out / "checkpoint.pth",
+        state.model,
+        optimizer=state.optimizer.state_dict(),
+        scheduler=state.scheduler.state_dict(),
+        ema=state.ema.state_dict() if state.ema is not None else None,
+        scaler=state.scaler.state_dict(),
+        epoch=state.epoch,
+        history=state.history,
+        curve=state.curve,
+        rng=rngs,
+        speed=dataclasses.asdict(state.speed),
+        config=dataclasses.asdict(config),
+    )
+    write_table(out / "metrics.csv", state.history, METRICS)
+    write_table(out / "curve.csv", state.curve, CURVE)
+
+
 def train(config: TrainConfig, resume: bool | str = False) -> list[dict]:
     """Train as configured; returns the metrics of every epoch. `resume`: True for <out>/checkpoint.pth, or a path."""
     rank, world, device = setup_distributed()
@@ -400,198 +653,126 @@ def train(config: TrainConfig, resume: bool | str = False) -> list[dict]:
 
 
 def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int, device: torch.device) -> list[dict]:
-    main = rank == 0
-    out = Path(config.out)
-    checkpoint_path = out / "checkpoint.pth"
-    resume_path = Path(resume) if isinstance(resume, str) else checkpoint_path if resume else None
-    if resume_path is None and checkpoint_path.exists():
-        raise UserError(f"{out} already holds a checkpoint; continue it with --resume, or set another out")
-    if resume is True and not checkpoint_path.exists():
-        if main:
-            print(f"nothing to resume in {out}: starting from scratch")
-        resume_path = None
+    main, out = rank == 0, Path(config.out)
+    checkpoint_path = resume_path(out, resume, main)
     torch.manual_seed(config.seed + rank)
     random.seed(config.seed + rank)
-
-    # Data. Training batches drop the ragged end (as the official code); evaluation sees every image once, each
-    # process a strided share, so the summed counts are exact.
-    augment = Augment(config.auto_augment, config.reprob, tuple(config.crop_scale), config.color_jitter)
-    train_set = open_split(config.data, "train", config.img_size, augment)
-    val_set = open_split(config.data, "val", config.img_size, classes=train_set.classes)
-    num_classes = len(train_set.classes)
-    if config.train_images is not None and config.train_images < len(train_set):
-        draw = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed))
-        train_set = Subset(train_set, draw[:config.train_images].tolist())
-    if config.repeated_aug:
-        sampler = RepeatedAugmentationSampler(train_set, world, rank, config.seed)
-    else:
-        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=config.seed)
-    if len(sampler) < config.batch_size:
-        raise UserError(f"the training split has {len(train_set)} images, fewer than one batch of {config.batch_size} "
-                        f"per process; lower batch_size")
-    loader_generator = torch.Generator()  # reseeded every epoch: it seeds the workers' augmentations
-    train_loader = DataLoader(train_set, config.batch_size, sampler=sampler, num_workers=config.workers,
-                              collate_fn=collate, generator=loader_generator, drop_last=True,
-                              pin_memory=device.type == "cuda")
-    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), config.batch_size,
-                            num_workers=config.workers, collate_fn=collate,
-                            generator=torch.Generator().manual_seed(config.seed))
-
-    # Model, teacher, EMA, optimizer, schedule.
-    extras = {**({"drop_path_rate": config.drop_path} if config.drop_path > 0 else {}),
-              **({"distillation": True} if config.teacher else {})}
-    if config.init:  # a checkpoint of ours (e.g. a pruned model) brings its own architecture and weights
-        model = model_from_checkpoint(config.init, img_size=config.img_size, **extras).to(device)
-        if model.num_classes != num_classes:
-            raise UserError(f"init checkpoint {config.init} predicts {model.num_classes} classes, the data has "
-                            f"{num_classes}")
-    else:
-        model = create_model(config.model, num_classes=num_classes, img_size=config.img_size,
-                             **config.model_kwargs, **extras).to(device)
-    teacher = build_teacher(config, num_classes).to(device).eval().requires_grad_(False) if config.teacher else None
-    ema = None
-    if config.ema_decay is not None:
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-    checkpoint = read_checkpoint(resume_path) if resume_path is not None else None
-    if checkpoint is not None and "speed" in checkpoint:  # a resumed run keeps its mode: the same numbers
-        speed = Speed(**checkpoint["speed"])
-    else:
-        speed = choose_speed(config, model, device, (config.batch_size, 3, config.img_size, config.img_size),
-                             config.epochs * len(train_loader))
-    if world > 1:  # every process runs rank 0's choice
-        chosen = [speed]
-        dist.broadcast_object_list(chosen, src=0)
-        speed = chosen[0]
+    data = load_data(config, rank, world, device)
+    model = build_model(config, data.num_classes).to(device)
+    teacher = (
+        build_teacher(config, data.num_classes).to(device).eval().requires_grad_(False) if config.teacher else None
+    )
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+        if config.ema_decay is not None
+        else None
+    )
+    checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+    speed = training_speed(config, model, device, checkpoint, len(data.train_loader), world)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ddp_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     forward = torch.compile(ddp_model) if speed.compile else ddp_model
-
-    lr = config.lr * config.batch_size * world / 512
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=lr,
-                                  fused=speed.fused_optimizer or None)
-    steps = len(train_loader)
-    warmup_steps = round(config.warmup_epochs * steps)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(1, config.epochs * steps - warmup_steps), eta_min=config.min_lr)
-    scheduler = cosine
-    if warmup_steps:
-        warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=min(1.0, config.warmup_lr / lr),
-                                                   total_iters=warmup_steps)
-        scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
-    # label smoothing also smooths MixUp's soft targets
-    criterion = DistillationLoss(nn.CrossEntropyLoss(label_smoothing=config.smoothing), teacher, config.distillation,
-                                 config.distillation_alpha, config.distillation_tau)
+    optimizer, scheduler = build_optimizer(config, model, speed, len(data.train_loader), world)
     scaler = torch.amp.GradScaler(device.type, enabled=not speed.bf16)  # the official fp32 recipe's loss scaler
-    mixing = batch_mixing(num_classes, config.mixup, config.cutmix)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16)
-    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
-
-    start_epoch, history, curve = 0, [], []
+    state = State(model, ema, optimizer, scheduler, scaler, speed)
+    # label smoothing also smooths MixUp's soft targets
+    criterion = DistillationLoss(
+        nn.CrossEntropyLoss(label_smoothing=config.smoothing),
+        teacher,
+        config.distillation,
+        config.distillation_alpha,
+        config.distillation_tau,
+    )
     if checkpoint is not None:
-        if checkpoint.get("model_config") != model.config:
-            raise UserError(f"cannot resume from {resume_path}: it holds {describe_model(checkpoint.get('model_config'))}"
-                            f" but this run builds {describe_model(model.config)}; resume with the config it was "
-                            "trained with, or set another out")
-        load_checkpoint(model, checkpoint)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(checkpoint["ema"])
-        if "scaler" in checkpoint:
-            scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch, history, curve = checkpoint["epoch"], checkpoint["history"], checkpoint.get("curve", [])
-        if rank < len(checkpoint["rng"]):
-            set_rng_state(checkpoint["rng"][rank])
+        restore(state, checkpoint, checkpoint_path, rank)
         if main:
-            print(f"resumed {resume_path} after epoch {start_epoch}")
+            print(f"resumed {checkpoint_path} after epoch {state.epoch}")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-        print(f"training {describe_model(model.config)} on {len(train_set):,} images ({speed.describe()})", flush=True)
+        print(f"training {model.spec.describe()} on {len(data.train_set):,} images ({speed.describe()})", flush=True)
 
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(state.epoch, config.epochs):
         started = time.perf_counter()
-        sampler.set_epoch(epoch)
-        loader_generator.manual_seed(epoch_seed(config.seed, epoch, rank))
-        ddp_model.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss x images, images, skipped
-        last = [0.0, 0.0]  # sums at the last curve point
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not main,
-                   dynamic_ncols=True)
-        for step, (images, targets, bad) in enumerate(bar):
-            sums[2] += check_bad_images(bad, config.skip_bad)
-            if images is None:
-                continue
-            images = images.to(device, non_blocking=True, memory_format=memory_format)
-            targets = targets.to(device, non_blocking=True)
-            if mixing is not None:
-                images, targets = mixing(images, targets)
-            with autocast:
-                loss = criterion(images, forward(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                if config.clip_mode == "agc":
-                    adaptive_clip_grad_(model.parameters(), config.clip_grad)
-                else:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            sums[0] += loss.detach() * len(images)
-            sums[1] += len(images)
-            if main and (step + 1) % CURVE_STEPS == 0:  # reading the loss waits for the device: not every step
-                totals = sums[:2].tolist()
-                curve.append({"epoch": round(epoch + (step + 1) / steps, 4), "lr": optimizer.param_groups[0]["lr"],
-                              "train_loss": (totals[0] - last[0]) / (totals[1] - last[1])})
-                last = totals
-                bar.set_postfix(loss=f"{curve[-1]['train_loss']:.3f}", lr=f"{curve[-1]['lr']:.1e}", refresh=False)
+        data.sampler.set_epoch(epoch)
+        data.loader_generator.manual_seed(epoch_seed(config.seed, epoch, rank))
+        sums = train_one_epoch(config, state, forward, criterion, data, epoch, device, main)
         train_seconds = time.perf_counter() - started
         if world > 1:
             dist.all_reduce(sums)
-
-        val = evaluate(model, val_loader, device, config.skip_bad, world > 1)
-        ema_val = evaluate(ema.module, val_loader, device, config.skip_bad, world > 1) if ema is not None else None
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": sums[0].item() / sums[1].item(),
-               "val_top1": val["top1"], "val_top5": val["top5"], "val_loss": val["loss"],
-               "ema_top1": ema_val["top1"] if ema_val else None, "epoch_seconds": time.perf_counter() - started,
-               "train_img_s": sums[1].item() / train_seconds}
-        history.append(row)
-        rngs = [None] * world
-        if world > 1:
-            dist.all_gather_object(rngs, rng_state())
-        else:
-            rngs = [rng_state()]
+        val = evaluate(model, data.val_loader, device, config.skip_bad, world > 1)
+        ema_val = evaluate(ema.module, data.val_loader, device, config.skip_bad, world > 1) if ema is not None else None
+        state.epoch = epoch + 1
+        state.history.append(
+            {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": sums[0].item() / sums[1].item(),
+                "val_top1": val["top1"],
+                "val_top5": val["top5"],
+                "val_loss": val["loss"],
+                "ema_top1": ema_val["top1"] if ema_val else None,
+                "epoch_seconds": time.perf_counter() - started,
+                "train_img_s": sums[1].item() / train_seconds,
+            }
+        )
+        save_epoch(config, state, world, main)
         if main:
-            save_checkpoint(checkpoint_path, model, optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(), ema=ema.state_dict() if ema is not None else None,
-                            scaler=scaler.state_dict(), epoch=epoch + 1, history=history, curve=curve, rng=rngs,
-                            speed=dataclasses.asdict(speed), config=dataclasses.asdict(config))
-            write_table(out / "metrics.csv", history, METRICS)
-            write_table(out / "curve.csv", curve, CURVE)
-            skipped = int(sums[2].item()) + val["skipped"]
-            print(f"epoch {epoch + 1}/{config.epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.3f}  "
-                  f"val top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}  loss {val['loss']:.3f}"
-                  + (f"  EMA top-1 {ema_val['top1']:.2f}" if ema_val else "")
-                  + (f"  skipped {skipped} unreadable images" if skipped else "")
-                  + f"  ({row['epoch_seconds']:.0f} s)", flush=True)
-    return history
+            report_epoch(config, state.history[-1], val, ema_val, int(sums[2].item()) + val["skipped"])
+    return state.history
+
+
+def training_speed(
+    config: TrainConfig, model: nn.Module, device: torch.device, checkpoint: dict | None, steps: int, world: int
+) -> Speed:
+    """A resumed run keeps its mode (the same numbers); a new one chooses; every process runs rank 0's choice."""
+    if checkpoint is not None and "speed" in checkpoint:
+        speed = Speed(**checkpoint["speed"])
+    else:
+        speed = choose_speed(
+            config, model, device, (config.batch_size, 3, config.img_size, config.img_size), config.epochs * steps
+        )
+    if world > 1:
+        chosen = [speed]
+        dist.broadcast_object_list(chosen, src=0)
+        speed = chosen[0]
+    return speed
+
+
+def report_epoch(config: TrainConfig, row: dict, val: dict, ema_val: dict | None, skipped: int) -> None:
+    print(
+        f"epoch {row['epoch']}/{config.epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.3f}  "
+        f"val top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}  loss {val['loss']:.3f}"
+        + (f"  EMA top-1 {ema_val['top1']:.2f}" if ema_val else "")
+        + (f"  skipped {skipped} unreadable images" if skipped else "")
+        + f"  ({row['epoch_seconds']:.0f} s)",
+        flush=True,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.description = DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = config_help()
     parser.add_argument("--config", metavar="YAML", help="configuration file (see experiments/); keys listed below")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key, VALUE read as YAML (repeatable): --set epochs=3 "
-                             "--set model_kwargs='{attention: split}'")
-    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                        help="continue from CHECKPOINT (without one: <out>/checkpoint.pth, or start afresh if "
-                             "there is none yet); the run ends as if it had never stopped")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, VALUE read as YAML (repeatable): --set epochs=3 "
+        "--set model_kwargs='{attention: split}'",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue from CHECKPOINT (without one: <out>/checkpoint.pth, or start afresh if "
+        "there is none yet); the run ends as if it had never stopped",
+    )
     return parser
 
 
@@ -600,16 +781,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(
-        prog="python -m efficientvit.train",
-        description="Train a registered model with the official EfficientViT recipe (alone or under torchrun)."))
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except UserError as e:
-        print(f"efficientvit train: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m efficientvit.train"))
+    return exit_status("efficientvit train", run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

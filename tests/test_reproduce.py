@@ -7,16 +7,27 @@ import pandas as pd
 import pytest
 import yaml
 
+from analysis.report import write_report
+from analysis.reproduce import check_preset, load_preset, proxy_configs, reproduce
 from efficientvit.errors import UserError
-from efficientvit.report import write_report
-from efficientvit.reproduce import check_preset, load_preset, proxy_configs, reproduce
 from efficientvit.results import MANIFEST, record_outputs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 
 TINY_DEIT = dict(patch_size=16, embed_dim=24, num_heads=3, layout="AFAF")  # img_size comes from the training config
-TRAIN = dict(img_size=64, epochs=1, batch_size=8, workers=0, warmup_epochs=0, mixup=0.0, cutmix=0.0,
-             auto_augment=None, reprob=0.0, repeated_aug=False, ema_decay=None)
+TRAIN = dict(
+    img_size=64,
+    epochs=1,
+    batch_size=8,
+    workers=0,
+    warmup_epochs=0,
+    mixup=0.0,
+    cutmix=0.0,
+    auto_augment=None,
+    reprob=0.0,
+    repeated_aug=False,
+    ema_decay=None,
+)
 
 
 @pytest.fixture
@@ -24,20 +35,26 @@ def preset(tmp_path):
     proxy = tmp_path / "proxy.yaml"
     proxy.write_text(yaml.safe_dump({"model": "deit_tiny", "model_kwargs": TINY_DEIT, **TRAIN}))
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump({"families": {"deit_tiny": {**TINY_DEIT, "img_size": 64}},
-                                     "train": {"data": "unused", **TRAIN},
-                                     "subnet": dict(seconds=0.01, rounds=1, steps=2, batch_size=2,
-                                                    cache=str(tmp_path / "cache.json"))}))
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "families": {"deit_tiny": {**TINY_DEIT, "img_size": 64}},
+                "train": {"data": "unused", **TRAIN},
+                "subnet": dict(seconds=0.01, rounds=1, steps=2, batch_size=2, cache=str(tmp_path / "cache.json")),
+            }
+        )
+    )
     micro = {
         "runs": str(tmp_path / "runs"),
         "data": {"path": str(tmp_path / "data"), "synthetic": dict(classes=4, train=16, val=8, size=64, seed=0)},
-        "proxies": {"deit_full": {"config": str(proxy)},
-                    "deit_split": {"config": str(proxy), "set": {"model_kwargs": {**TINY_DEIT, "attention": "split"}}}},
+        "proxies": {
+            "deit_full": {"config": str(proxy)},
+            "deit_split": {"config": str(proxy), "set": {"model_kwargs": {**TINY_DEIT, "attention": "split"}}},
+        },
         "fig2": {"models": ["efficientvit_m0"], "batch": 2, "img_size": 64, "iters": 1},
         "fig3": {"config": str(sweep), "families": ["deit_tiny"], "speedups": [1.25], "proportions": [0.5]},
         "fig4": {"proxies": ["deit_full", "deit_split"], "images": 8, "features": ["attention"]},
-        "fig5": {"proxy": "deit_full", "ratio": 0.3, "batches": 1, "variant_img_size": 64,
-                 "variant_seconds": 0.01},
+        "fig5": {"proxy": "deit_full", "ratio": 0.3, "batches": 1, "variant_img_size": 64, "variant_seconds": 0.01},
     }
     path = tmp_path / "micro.yaml"
     path.write_text(yaml.safe_dump(micro))

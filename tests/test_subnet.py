@@ -5,7 +5,8 @@ import yaml
 
 import efficientvit
 from efficientvit.models.layers import mhsa_proportion
-from efficientvit.subnet import find_subnet, load_model_config, neighbours, save_model_config
+from efficientvit.models import ModelSpec
+from efficientvit.subnet import find_subnet, neighbours, save_subnet
 
 TINY_DEIT = dict(img_size=32, patch_size=8, embed_dim=48, num_heads=3, layout="AF" * 4)
 BUDGET = dict(seconds=0.02, rounds=1, steps=3, batch_size=4)
@@ -33,18 +34,20 @@ def test_swin_subnet_spreads_attention_over_stages_and_builds_from_yaml(tmp_path
     base = dict(img_size=32, patch_size=2, embed_dim=(12, 24), num_heads=(2, 4), window_size=4, layout="AFAF,AF")
     result = find_subnet("swin_tiny", 1.5, 0.5, base=base, cache=None, **BUDGET)
     assert mhsa_proportion(result["kwargs"]["layout"]) == 0.5
-    path = save_model_config(result, tmp_path / "subnet.yaml")
-    name, kwargs = load_model_config(path)
-    model = efficientvit.create_model(name, **kwargs)
+    path = save_subnet(result, tmp_path / "subnet.yaml")
+    model = ModelSpec.from_yaml(path).build()
     assert model.layout == list(result["kwargs"]["layout"])
     assert yaml.safe_load(path.read_text())["model"] == "swin_tiny"
 
 
-@pytest.mark.parametrize("args,message", [
-    (("deit_tiny", 1.25, 1.5), "within \\[0, 1\\]"),
-    (("deit_tiny", 0.8, 0.5), "at least 1"),
-    (("resnet50", 1.25, 0.5), "unknown family"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("deit_tiny", 1.25, 1.5), "within \\[0, 1\\]"),
+        (("deit_tiny", 0.8, 0.5), "at least 1"),
+        (("resnet50", 1.25, 0.5), "unknown family"),
+    ],
+)
 def test_bad_requests_are_one_sentence(args, message):
     with pytest.raises(efficientvit.UserError, match=message):
         find_subnet(*args, cache=None)

@@ -19,8 +19,16 @@ from tests.helpers import top1_of_checkpoint
 from efficientvit.train import Speed, adaptive_clip_grad_, choose_speed, load_config, make_config, param_groups, train
 
 # A few steps of M0 at its smallest input: 3 classes, 24 training images in batches of 8.
-TINY = dict(model="efficientvit_m0", img_size=64, epochs=2, batch_size=8, workers=1, warmup_epochs=1,
-            ema_decay=0.9, repeated_aug=False)
+TINY = dict(
+    model="efficientvit_m0",
+    img_size=64,
+    epochs=2,
+    batch_size=8,
+    workers=1,
+    warmup_epochs=1,
+    ema_decay=0.9,
+    repeated_aug=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +45,11 @@ def straight_run(data, tmp_path_factory):
 
 
 def test_unknown_config_key_lists_valid_keys_and_suggests_the_closest():
-    with pytest.raises(UserError, match=r"unknown config key 'wieght_decay' \(did you mean 'weight_decay'\?\); "
-                                        r"valid keys: model, model_kwargs, data"):
+    with pytest.raises(
+        UserError,
+        match=r"unknown config key 'wieght_decay' \(did you mean 'weight_decay'\?\); "
+        r"valid keys: model, model_kwargs, data",
+    ):
         load_config(None, ["wieght_decay=0.05"])
 
 
@@ -65,8 +76,13 @@ def test_presets_are_valid_configs_of_registered_models(preset):
 
 def test_paper_presets_follow_the_official_recipe():
     config = load_config(str(Path(__file__).parent.parent / "experiments/paper/efficientvit_m4.yaml"))
-    assert (config.epochs, config.batch_size * 8, config.lr, config.weight_decay, config.clip_grad) == \
-        (300, 2048, 1e-3, 0.025, 0.02)
+    assert (config.epochs, config.batch_size * 8, config.lr, config.weight_decay, config.clip_grad) == (
+        300,
+        2048,
+        1e-3,
+        0.025,
+        0.02,
+    )
     assert (config.mixup, config.cutmix, config.auto_augment, config.reprob) == (0.8, 1.0, "rand-m9-mstd0.5-inc1", 0.25)
 
 
@@ -95,8 +111,17 @@ def test_adaptive_gradient_clipping_caps_each_unit_relative_to_its_weights():
 def test_checkpoint_and_metrics_after_every_epoch(straight_run):
     rows = list(csv.DictReader((straight_run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert list(rows[0]) == ["epoch", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "ema_top1",
-                             "epoch_seconds", "train_img_s"]
+    assert list(rows[0]) == [
+        "epoch",
+        "lr",
+        "train_loss",
+        "val_top1",
+        "val_top5",
+        "val_loss",
+        "ema_top1",
+        "epoch_seconds",
+        "train_img_s",
+    ]
     assert float(rows[1]["lr"]) == pytest.approx(1e-5)  # the cosine ends at min_lr
     checkpoint = read_checkpoint(straight_run / "checkpoint.pth")
     assert checkpoint["epoch"] == 2 and checkpoint["model_config"]["kwargs"] == {"num_classes": 3, "img_size": 64}
@@ -128,8 +153,10 @@ def test_resume_after_an_epoch_ends_with_bitwise_the_same_weights(data, straight
     for key in ("model", "ema"):
         assert straight[key].keys() == resumed[key].keys()
         assert all(torch.equal(straight[key][k], resumed[key][k]) for k in straight[key]), key
-    drop_time = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "train_img_s")}  # noqa: E731
-                              for r in rows]
+
+    def drop_time(rows):
+        return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "train_img_s")} for r in rows]
+
     assert drop_time(straight["history"]) == drop_time(resumed["history"])
 
 
@@ -141,16 +168,28 @@ def test_resume_from_another_models_checkpoint_is_one_sentence(data, straight_ru
 
 
 def test_eval_command_reports_top1_of_a_checkpoint(data, straight_run, capsys):
-    assert cli.main(["eval", "--checkpoint", str(straight_run / "checkpoint.pth"), "--data", str(data),
-                     "--workers", "0"]) == 0
+    assert (
+        cli.main(["eval", "--checkpoint", str(straight_run / "checkpoint.pth"), "--data", str(data), "--workers", "0"])
+        == 0
+    )
     assert "(9 images): top-1" in capsys.readouterr().out
-    assert cli.main(["eval", "--checkpoint", str(straight_run / "checkpoint.pth"), "--data", str(data / "missing")]) == 2
+    assert (
+        cli.main(["eval", "--checkpoint", str(straight_run / "checkpoint.pth"), "--data", str(data / "missing")]) == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_hard_distillation_from_a_teacher_checkpoint(data, straight_run, tmp_path):
-    config = make_config({**TINY, "epochs": 1, "warmup_epochs": 0, "data": str(data), "out": str(tmp_path),
-                          "teacher": str(straight_run / "checkpoint.pth")})
+    config = make_config(
+        {
+            **TINY,
+            "epochs": 1,
+            "warmup_epochs": 0,
+            "data": str(data),
+            "out": str(tmp_path),
+            "teacher": str(straight_run / "checkpoint.pth"),
+        }
+    )
     history = train(config)
     assert len(history) == 1
     assert "head_dist.linear.weight" in read_checkpoint(tmp_path / "checkpoint.pth")["model"]
@@ -178,12 +217,24 @@ def test_soft_distillation_from_a_timm_teacher_by_name(data, tmp_path):
     timm = pytest.importorskip("timm")
     weights = tmp_path / "teacher.pth"
     torch.save(timm.create_model("test_resnet", num_classes=3).state_dict(), weights)
-    config = make_config({**TINY, "epochs": 1, "warmup_epochs": 0, "data": str(data), "out": str(tmp_path / "r"),
-                          "teacher": "test_resnet", "teacher_weights": str(weights), "distillation": "soft"})
+    config = make_config(
+        {
+            **TINY,
+            "epochs": 1,
+            "warmup_epochs": 0,
+            "data": str(data),
+            "out": str(tmp_path / "r"),
+            "teacher": "test_resnet",
+            "teacher_weights": str(weights),
+            "distillation": "soft",
+        }
+    )
     assert len(train(config)) == 1
-    for teacher, extra, message in [("test_resnet", {}, "needs teacher_weights"),
-                                    ("no_such_net", {}, "neither a checkpoint file nor a timm model"),
-                                    ("test_resnet", {"teacher_weights": str(weights), "num_classes": 5}, None)]:
+    for teacher, extra, message in [
+        ("test_resnet", {}, "needs teacher_weights"),
+        ("no_such_net", {}, "neither a checkpoint file nor a timm model"),
+        ("test_resnet", {"teacher_weights": str(weights), "num_classes": 5}, None),
+    ]:
         if message is None:  # weights of another head size
             torch.save(timm.create_model("test_resnet", num_classes=5).state_dict(), weights)
             message = "do not fit timm's test_resnet with 3 classes"
@@ -201,13 +252,22 @@ def test_the_recipe_trains_in_fp32_with_a_gradient_scaler(data, straight_run):
 @pytest.mark.slow
 def test_two_processes_under_torchrun(data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    settings = {**TINY, "epochs": 1, "warmup_epochs": 0, "batch_size": 4, "workers": 0, "repeated_aug": True,
-                "data": str(data), "out": str(tmp_path)}
+    settings = {
+        **TINY,
+        "epochs": 1,
+        "warmup_epochs": 0,
+        "batch_size": 4,
+        "workers": 0,
+        "repeated_aug": True,
+        "data": str(data),
+        "out": str(tmp_path),
+    }
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "efficientvit.train"]
     for key, value in settings.items():
         command += ["--set", f"{key}={value}"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
-                            cwd=Path(__file__).parent.parent)
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = read_checkpoint(tmp_path / "checkpoint.pth")
     assert checkpoint["epoch"] == 1 and len(checkpoint["rng"]) == 2
@@ -221,9 +281,21 @@ def test_two_processes_under_torchrun(data, tmp_path):
 
 
 FASHION = Path(__file__).parent / "fixtures" / "fashion-mnist"  # 300 train + 100 test images
-TINY_DEIT = dict(model="deit_tiny", model_kwargs=dict(patch_size=4, embed_dim=24, num_heads=3, layout="AF"),
-                 img_size=32, epochs=1, batch_size=50, workers=0, warmup_epochs=0.5, repeated_aug=False,
-                 mixup=0.0, cutmix=0.0, auto_augment=None, reprob=0.0, ema_decay=None)
+TINY_DEIT = dict(
+    model="deit_tiny",
+    model_kwargs=dict(patch_size=4, embed_dim=24, num_heads=3, layout="AF"),
+    img_size=32,
+    epochs=1,
+    batch_size=50,
+    workers=0,
+    warmup_epochs=0.5,
+    repeated_aug=False,
+    mixup=0.0,
+    cutmix=0.0,
+    auto_augment=None,
+    reprob=0.0,
+    ema_decay=None,
+)
 
 
 def test_fashion_mnist_by_name_in_a_config(monkeypatch, tmp_path, capsys):
@@ -246,14 +318,15 @@ def test_training_curve_is_written_every_20_steps(tmp_path):
     assert [float(r["epoch"]) for r in curve] == pytest.approx([k * 20 / 60 for k in range(1, 7)], abs=1e-4)
     metrics = list(csv.DictReader((tmp_path / "r" / "metrics.csv").open()))
     for epoch, row in enumerate(metrics):  # 3 points of 20 equal batches per epoch average to the epoch's loss
-        points = [float(r["train_loss"]) for r in curve[3 * epoch:3 * epoch + 3]]
+        points = [float(r["train_loss"]) for r in curve[3 * epoch : 3 * epoch + 3]]
         assert sum(points) / 3 == pytest.approx(float(row["train_loss"]), rel=1e-5)
 
 
 def test_a_model_whose_stem_does_not_fit_fashion_mnist_says_which_knob(tmp_path):
     prepared = fashion_mnist.prepare(tmp_path / "fmnist", source=FASHION)
-    config = make_config({**TINY_DEIT, "model": "efficientvit_m0", "model_kwargs": {}, "data": str(prepared),
-                          "out": str(tmp_path / "r")})
+    config = make_config(
+        {**TINY_DEIT, "model": "efficientvit_m0", "model_kwargs": {}, "data": str(prepared), "out": str(tmp_path / "r")}
+    )
     with pytest.raises(ValueError, match="total stride 64 .*set patch_size=8"):
         train(config)
 

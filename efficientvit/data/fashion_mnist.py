@@ -32,12 +32,16 @@ from .pipeline import train_transform
 NAME = "fashion-mnist"
 DEFAULT_ROOT = Path("data") / NAME
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
-SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-          "t10k": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+SPLITS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "t10k": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 FILES = [name for pair in SPLITS.values() for name in pair]
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # IDX: unsigned bytes, 3 (images) or 1 (labels) dimensions
-HOW_TO_GET = ("install the Debian package (apt-get install dataset-fashion-mnist), or pass the folder holding the "
-              "four .gz files (make-data fashion-mnist --source DIR)")
+HOW_TO_GET = (
+    "install the Debian package (apt-get install dataset-fashion-mnist), or pass the folder holding the "
+    "four .gz files (make-data fashion-mnist --source DIR)"
+)
 MEAN, STD = (0.2860,), (0.3530,)  # over the 60,000 training images
 NATIVE_SIZE, PADDED_SIZE = 28, 32
 
@@ -97,8 +101,10 @@ def source_folder(source: str | os.PathLike | None) -> Path | None:
         folder = Path(source)
         missing = [f"{name}.gz" for name in FILES if not (folder / f"{name}.gz").is_file()]
         if missing:
-            raise UserError(f"{folder} does not hold the Fashion-MNIST file{'s' if len(missing) > 1 else ''} "
-                            f"{', '.join(missing)}; {HOW_TO_GET}")
+            raise UserError(
+                f"{folder} does not hold the Fashion-MNIST file{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(missing)}; {HOW_TO_GET}"
+            )
         return folder
     if all((DEBIAN_FOLDER / f"{name}.gz").is_file() for name in FILES):
         return DEBIAN_FOLDER
@@ -118,8 +124,9 @@ def decompress(gz: Path, out: Path) -> None:
         raise UserError(f"{gz} is not Fashion-MNIST's {out.name} ({problem}); {HOW_TO_GET}")
 
 
-def prepare(root: str | os.PathLike = DEFAULT_ROOT, source: str | os.PathLike | None = None,
-            download: bool = True) -> Path:
+def prepare(
+    root: str | os.PathLike = DEFAULT_ROOT, source: str | os.PathLike | None = None, download: bool = True
+) -> Path:
     """Make `root` a verified torchvision FashionMNIST root, built in a hidden sibling folder and then renamed."""
     root = Path(root)
     if is_prepared(root):
@@ -139,8 +146,10 @@ def prepare(root: str | os.PathLike = DEFAULT_ROOT, source: str | os.PathLike | 
             try:
                 datasets.FashionMNIST(partial, train=True, download=True)
             except (OSError, RuntimeError):  # URLError is an OSError; torchvision raises RuntimeError on bad MD5
-                raise UserError(f"Fashion-MNIST not found (looked in {DEBIAN_FOLDER} and tried torchvision's "
-                                f"download, which failed: offline?); {HOW_TO_GET}") from None
+                raise UserError(
+                    f"Fashion-MNIST not found (looked in {DEBIAN_FOLDER} and tried torchvision's "
+                    f"download, which failed: offline?); {HOW_TO_GET}"
+                ) from None
         else:
             raise UserError(f"Fashion-MNIST not found in {DEBIAN_FOLDER}; {HOW_TO_GET}")
         for name in FILES:  # torchvision leaves its archives beside what it extracted
@@ -164,8 +173,9 @@ class FashionMNIST(Dataset):
 
     def __init__(self, root: str | os.PathLike, split: str, transform=None):
         if split not in ("train", "val", "test"):
-            raise UserError(f"Fashion-MNIST has the splits train and val (its test set; 'test' works too), "
-                            f"not {split!r}")
+            raise UserError(
+                f"Fashion-MNIST has the splits train and val (its test set; 'test' works too), not {split!r}"
+            )
         parsed = datasets.FashionMNIST(root, train=split == "train", download=False)
         self.images = parsed.data.unsqueeze(1)
         self.targets = parsed.targets
@@ -204,8 +214,10 @@ class ToPILRGB(v2.Transform):
         return v2.functional.to_pil_image(inpt).convert("RGB")
 
 
-def augmenting_transform(img_size: int, auto_augment: str | None, reprob: float, crop_scale: tuple[float, float],
-                         color_jitter: float | None) -> v2.Compose:
+def augmenting_transform(
+    img_size: int, auto_augment: str | None, reprob: float, crop_scale: tuple[float, float], color_jitter: float | None
+) -> v2.Compose:
     """The recipe's augmentation (its crop also resizes), after padding and making the gray image RGB."""
-    return train_transform(img_size, auto_augment, reprob, crop_scale, color_jitter, stats=(MEAN * 3, STD * 3),
-                           before=(pad(), ToPILRGB()))
+    return train_transform(
+        img_size, auto_augment, reprob, crop_scale, color_jitter, stats=(MEAN * 3, STD * 3), before=(pad(), ToPILRGB())
+    )

@@ -31,27 +31,47 @@ EVAL_CROP_RATIO = 224 / 256
 OFFICIAL_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"  # timm's RandAugment: 2 ops, magnitude 9 of 10, std 0.5, increasing
 
 
-def train_transform(img_size: int, auto_augment: str | None = OFFICIAL_AUTO_AUGMENT, reprob: float = 0.25,
-                    crop_scale: tuple[float, float] = (0.08, 1.0), color_jitter: float | None = 0.4,
-                    stats: tuple = (IMAGENET_MEAN, IMAGENET_STD), before: tuple = ()) -> v2.Compose:
+def train_transform(
+    img_size: int,
+    auto_augment: str | None = OFFICIAL_AUTO_AUGMENT,
+    reprob: float = 0.25,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    color_jitter: float | None = 0.4,
+    stats: tuple = (IMAGENET_MEAN, IMAGENET_STD),
+    before: tuple = (),
+) -> v2.Compose:
     """The official training augmentation, built by timm (the library the official code uses) from a PIL image.
 
     `auto_augment` is timm's policy string (None: none); `color_jitter` applies only without it, as in timm.
     `stats` (mean, std) normalise; `before` are steps a data set adds first (e.g. Fashion-MNIST's padding and
     conversion to an RGB image).
     """
-    recipe = create_transform(img_size, is_training=True, scale=tuple(crop_scale), color_jitter=color_jitter,
-                              auto_augment=auto_augment, interpolation="bicubic", re_prob=reprob, re_mode="pixel",
-                              re_count=1, mean=stats[0], std=stats[1])
+    recipe = create_transform(
+        img_size,
+        is_training=True,
+        scale=tuple(crop_scale),
+        color_jitter=color_jitter,
+        auto_augment=auto_augment,
+        interpolation="bicubic",
+        re_prob=reprob,
+        re_mode="pixel",
+        re_count=1,
+        mean=stats[0],
+        std=stats[1],
+    )
     return v2.Compose([*before, recipe])
 
 
 def eval_transform(img_size: int) -> v2.Compose:
-    return v2.Compose([
-        v2.Resize(int(img_size / EVAL_CROP_RATIO), interpolation=v2.InterpolationMode.BICUBIC),
-        v2.CenterCrop(img_size),
-        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return v2.Compose(
+        [
+            v2.Resize(int(img_size / EVAL_CROP_RATIO), interpolation=v2.InterpolationMode.BICUBIC),
+            v2.CenterCrop(img_size),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def batch_mixing(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0) -> v2.Transform | None:
@@ -59,8 +79,9 @@ def batch_mixing(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0) -> v
 
     Called on (images, labels) it returns mixed images and soft labels of shape (batch, num_classes).
     """
-    mixers = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []) + \
-             ([v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else [])
+    mixers = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []) + (
+        [v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else []
+    )
     return v2.RandomChoice(mixers) if mixers else None
 
 
@@ -88,20 +109,25 @@ def image_folder(root: str | Path, split: str, transform, classes: list[str] | N
     """
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"data directory {root} does not exist; give fashion-mnist or an ImageFolder root "
-                        "(root/train/<class>/<image>)")
+        raise UserError(
+            f"data directory {root} does not exist; give fashion-mnist or an ImageFolder root "
+            "(root/train/<class>/<image>)"
+        )
     folder = root / split
     if not folder.is_dir():
         found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "no folders"
-        raise UserError(f"data directory {root} has no {split!r} split (found {found}); "
-                        f"expected {root}/{split}/<class>/<image>")
+        raise UserError(
+            f"data directory {root} has no {split!r} split (found {found}); expected {root}/{split}/<class>/<image>"
+        )
     try:
         dataset = ImageFolder(folder, transform=transform)
     except FileNotFoundError as e:  # torchvision: no class folders, or class folders without images
         raise UserError(f"split {folder} has no classes with images ({e}); expected {folder}/<class>/<image>") from None
     if classes is not None and dataset.classes != classes:
-        raise UserError(f"split {folder} has classes {short_list(dataset.classes)} but training has "
-                        f"{short_list(classes)}; both splits need the same class folders")
+        raise UserError(
+            f"split {folder} has classes {short_list(dataset.classes)} but training has "
+            f"{short_list(classes)}; both splits need the same class folders"
+        )
     return dataset
 
 
@@ -120,8 +146,10 @@ def collate(samples: list) -> tuple[torch.Tensor | None, torch.Tensor | None, li
 def check_bad_images(bad: list[BadImage], skip_bad: bool) -> int:
     """Stop at the first unreadable image unless skipping them; returns how many were skipped."""
     if bad and not skip_bad:
-        raise UserError(f"cannot read image {bad[0].path} ({bad[0].reason}); remove or replace it, "
-                        "or set skip_bad to skip unreadable images")
+        raise UserError(
+            f"cannot read image {bad[0].path} ({bad[0].reason}); remove or replace it, "
+            "or set skip_bad to skip unreadable images"
+        )
     return len(bad)
 
 
@@ -148,7 +176,7 @@ class RepeatedAugmentationSampler(Sampler[int]):
         repeated = order.repeat_interleave(self.repeats).tolist()  # copies side by side: dealt to different ranks
         needed = self.num_samples * self.num_replicas
         repeated = (repeated * math.ceil(needed / len(repeated)))[:needed]
-        return iter(repeated[self.rank::self.num_replicas])
+        return iter(repeated[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
         return self.num_samples

@@ -43,8 +43,10 @@ VERSION = 1
 
 def class_orderings(classes: int) -> list[tuple[str, ...]]:
     if not 2 <= classes <= len(ORDERINGS):
-        raise UserError(f"--classes must be between 2 and {len(ORDERINGS)} (orderings of {SHAPES_PER_IMAGE} of "
-                        f"{len(SHAPES)} shapes), got {classes}")
+        raise UserError(
+            f"--classes must be between 2 and {len(ORDERINGS)} (orderings of {SHAPES_PER_IMAGE} of "
+            f"{len(SHAPES)} shapes), got {classes}"
+        )
     return [ORDERINGS[(k * CLASS_STRIDE) % len(ORDERINGS)] for k in range(classes)]
 
 
@@ -95,8 +97,10 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: f
         for bar in (angle, angle + np.pi / 2):
             along, across = np.array([np.cos(bar), np.sin(bar)]), np.array([-np.sin(bar), np.cos(bar)])
             half_len, half_wid = r, 0.33 * r
-            corners = [np.array([cx, cy]) + a * half_len * along + b * half_wid * across
-                       for a, b in ((1, 1), (1, -1), (-1, -1), (-1, 1))]
+            corners = [
+                np.array([cx, cy]) + a * half_len * along + b * half_wid * across
+                for a, b in ((1, 1), (1, -1), (-1, -1), (-1, 1))
+            ]
             draw.polygon([tuple(c) for c in corners], fill=colour)
 
 
@@ -116,8 +120,11 @@ def render(ordering: tuple[str, ...], size: int, rng: np.random.Generator, style
         x, y = rng.uniform(0, side, 2)
         length = rng.uniform(1, 0.05 * side)
         heading = rng.uniform(0, 2 * np.pi)
-        draw.line((x, y, x + length * np.cos(heading), y + length * np.sin(heading)),
-                  fill=contrasting_colour(rng, base), width=int(rng.integers(1, 3)) * SUPERSAMPLE)
+        draw.line(
+            (x, y, x + length * np.cos(heading), y + length * np.sin(heading)),
+            fill=contrasting_colour(rng, base),
+            width=int(rng.integers(1, 3)) * SUPERSAMPLE,
+        )
 
     radii = rng.uniform(0.11, 0.17, SHAPES_PER_IMAGE) * size
     # Centres from top to bottom with at least a small gap between neighbours; the spare height is spread at
@@ -128,8 +135,15 @@ def render(ordering: tuple[str, ...], size: int, rng: np.random.Generator, style
     ys = radii[0] + np.concatenate([[0], np.cumsum(gaps)]) + offsets
     xs = rng.uniform(radii, size - radii)
     for shape, x, y, r in zip(ordering, xs, ys, radii):
-        draw_shape(draw, shape, x * SUPERSAMPLE, y * SUPERSAMPLE, r * SUPERSAMPLE, rng.uniform(0, 2 * np.pi),
-                   contrasting_colour(rng, base))
+        draw_shape(
+            draw,
+            shape,
+            x * SUPERSAMPLE,
+            y * SUPERSAMPLE,
+            r * SUPERSAMPLE,
+            rng.uniform(0, 2 * np.pi),
+            contrasting_colour(rng, base),
+        )
 
     pixels = np.asarray(image.resize((size, size), Image.BOX), dtype=np.float32)
     if style == "textured":
@@ -137,8 +151,7 @@ def render(ordering: tuple[str, ...], size: int, rng: np.random.Generator, style
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
 
 
-def write_images(root: str, split: str, start: int, stop: int, classes: int, size: int, seed: int,
-                 style: str) -> int:
+def write_images(root: str, split: str, start: int, stop: int, classes: int, size: int, seed: int, style: str) -> int:
     """Render and save images start..stop-1 of a split (image i belongs to class i mod classes)."""
     orderings = class_orderings(classes)
     for index in range(start, stop):
@@ -154,14 +167,24 @@ def manifest(classes: int, train: int, val: int, size: int, seed: int, style: st
         "version": VERSION,
         "params": {"classes": classes, "train": train, "val": val, "size": size, "seed": seed, "style": style},
         "task": "the class is the top-to-bottom order of the shapes in the image",
-        "classes": [{"index": k, "folder": class_folder(k, o), "top_to_bottom": list(o)}
-                    for k, o in enumerate(class_orderings(classes))],
+        "classes": [
+            {"index": k, "folder": class_folder(k, o), "top_to_bottom": list(o)}
+            for k, o in enumerate(class_orderings(classes))
+        ],
         "counts": {"train": train, "val": val},
     }
 
 
-def make_synthetic(out: str | os.PathLike, classes: int = 10, train: int = 10000, val: int = 2000, size: int = 64,
-                   seed: int = 0, workers: int | None = None, style: str = "textured") -> Path:
+def make_synthetic(
+    out: str | os.PathLike,
+    classes: int = 10,
+    train: int = 10000,
+    val: int = 2000,
+    size: int = 64,
+    seed: int = 0,
+    workers: int | None = None,
+    style: str = "textured",
+) -> Path:
     """Write the dataset to `out` atomically (built in a hidden sibling folder, then renamed); returns `out`.
 
     If `out` already holds this very dataset (same manifest), nothing is done.
@@ -190,8 +213,11 @@ def make_synthetic(out: str | os.PathLike, classes: int = 10, train: int = 10000
         for split in SPLITS:
             for entry in expected["classes"]:
                 (partial / split / entry["folder"]).mkdir(parents=True)
-        tasks = [(str(partial), split, start, min(start + CHUNK, count), classes, size, seed, style)
-                 for split, count in (("train", train), ("val", val)) for start in range(0, count, CHUNK)]
+        tasks = [
+            (str(partial), split, start, min(start + CHUNK, count), classes, size, seed, style)
+            for split, count in (("train", train), ("val", val))
+            for start in range(0, count, CHUNK)
+        ]
         workers = workers or len(os.sched_getaffinity(0))
         if workers == 1:
             for task in tasks:

@@ -1,6 +1,7 @@
 """Model families (one per file) and the registry of named constructors."""
 
 from . import deit, efficientvit, swin  # noqa: F401  (they register their models)
-from .registry import create_model, list_models, model_family, register_model
+from .registry import list_models, model_family, register_model
+from .spec import ModelSpec, create_model
 
-__all__ = ["create_model", "list_models", "model_family", "register_model"]
+__all__ = ["ModelSpec", "create_model", "list_models", "model_family", "register_model"]

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .layers import ConvNorm, Tap, is_channels_last, make_activation
 
 ATTENTION_KINDS = ("cascade", "split", "full")
@@ -81,11 +82,11 @@ class CascadedGroupAttention(nn.Module):
     ):
         super().__init__()
         if kind not in ATTENTION_KINDS:
-            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {kind!r}")
+            raise UserError(f"attention must be one of {ATTENTION_KINDS}, got {kind!r}")
         if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
+            raise UserError(f"width {dim} is not divisible by num_heads {num_heads}")
         if q_dwconv and len(q_kernels) < num_heads:
-            raise ValueError(f"q_kernels needs one kernel size per head ({num_heads}), got {tuple(q_kernels)}")
+            raise UserError(f"q_kernels needs one kernel size per head ({num_heads}), got {tuple(q_kernels)}")
         self.kind = kind
         self.num_heads = num_heads
         self.key_dim = key_dim
@@ -95,9 +96,13 @@ class CascadedGroupAttention(nn.Module):
         in_dim = dim if kind == "full" else self.split_dim
         qkv_dim = 2 * key_dim + self.value_dim
         self.qkvs = nn.ModuleList(ConvNorm(in_dim, qkv_dim, norm=norm) for _ in range(num_heads))
-        self.dws = nn.ModuleList(
-            ConvNorm(key_dim, key_dim, k, 1, k // 2, groups=key_dim, norm=norm) for k in q_kernels[:num_heads]
-        ) if q_dwconv else nn.ModuleList()
+        self.dws = (
+            nn.ModuleList(
+                ConvNorm(key_dim, key_dim, k, 1, k // 2, groups=key_dim, norm=norm) for k in q_kernels[:num_heads]
+            )
+            if q_dwconv
+            else nn.ModuleList()
+        )
         self.proj = nn.Sequential(
             make_activation(act, inplace=True), ConvNorm(self.value_dim * num_heads, dim, bn_weight_init=0.0, norm=norm)
         )
@@ -194,16 +199,25 @@ class TokenAttention(nn.Module):
     separate operators instead of the fused kernel, with no tap listening (the memory profile's view of it).
     """
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, kind: str = "full",
-                 fused_qkv: bool = True, window: tuple[int, int] | None = None, qkv_bias: bool = True,
-                 qk_dim: int | None = None, v_dim: int | None = None):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        head_dim: int | None = None,
+        kind: str = "full",
+        fused_qkv: bool = True,
+        window: tuple[int, int] | None = None,
+        qkv_bias: bool = True,
+        qk_dim: int | None = None,
+        v_dim: int | None = None,
+    ):
         super().__init__()
         if kind not in ATTENTION_KINDS:
-            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {kind!r}")
+            raise UserError(f"attention must be one of {ATTENTION_KINDS}, got {kind!r}")
         if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
+            raise UserError(f"width {dim} is not divisible by num_heads {num_heads}")
         if kind != "full" and not fused_qkv:
-            raise ValueError("separate q/k/v projections (fused_qkv=False) exist for attention='full' only")
+            raise UserError("separate q/k/v projections (fused_qkv=False) exist for attention='full' only")
         self.kind = kind
         self.num_heads = num_heads
         self.head_dim = head_dim or dim // num_heads

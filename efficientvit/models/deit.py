@@ -11,10 +11,18 @@ import re
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .attention import TokenAttention, join_qkv
 from .efficientvit import as_pair
-from .layers import (AttentionLayer, FFNLayer, init_transformer_weights, layer_dims_for, layer_to_timm_block,
-                     parse_layout, timm_block_to_layer)
+from .layers import (
+    AttentionLayer,
+    FFNLayer,
+    init_transformer_weights,
+    layer_dims_for,
+    layer_to_timm_block,
+    parse_layout,
+    timm_block_to_layer,
+)
 from .registry import register_model
 
 NORM_EPS = 1e-6  # DeiT's (and timm's ViT) LayerNorm epsilon; torch's default 1e-5 shifts the logits measurably
@@ -43,16 +51,17 @@ class DeiT(nn.Module):
         super().__init__()
         img_size = as_pair(img_size)
         if img_size[0] % patch_size or img_size[1] % patch_size:
-            raise ValueError(f"img_size {img_size} must be a multiple of patch_size {patch_size}")
+            raise UserError(f"img_size {img_size} must be a multiple of patch_size {patch_size}")
         if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+            raise UserError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.layout = parse_layout(layout)
         # The class token reads the image only through attention: a layout without A layers (the 0% MHSA point of
         # Fig. 3, which the paper trains to 46.8% on ImageNet) must pool the patch tokens instead.
         self.global_pool = global_pool or ("token" if "A" in self.layout else "avg")
         if self.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' (the class token) or 'avg' (mean of patch tokens), "
-                             f"got {global_pool!r}")
+            raise UserError(
+                f"global_pool must be 'token' (the class token) or 'avg' (mean of patch tokens), got {global_pool!r}"
+            )
         self.img_size = img_size
         self.patch_size = patch_size
         self.grid = (img_size[0] // patch_size, img_size[1] // patch_size)
@@ -65,13 +74,21 @@ class DeiT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], embed_dim))
         drop_paths = torch.linspace(0, drop_path_rate, len(self.layout)).tolist()
         dims = layer_dims_for(self.layout, layer_dims)
-        self.layers = nn.Sequential(*(
-            AttentionLayer(embed_dim, TokenAttention(embed_dim, num_heads, head_dim, attention, fused_qkv,
-                                                     **dict(zip(("qk_dim", "v_dim"), d or ()))), dp,
-                           norm_eps=NORM_EPS)
-            if kind == "A" else FFNLayer(embed_dim, mlp_ratio, dp, hidden_dim=d, norm_eps=NORM_EPS)
-            for kind, dp, d in zip(self.layout, drop_paths, dims)
-        ))
+        self.layers = nn.Sequential(
+            *(
+                AttentionLayer(
+                    embed_dim,
+                    TokenAttention(
+                        embed_dim, num_heads, head_dim, attention, fused_qkv, **dict(zip(("qk_dim", "v_dim"), d or ()))
+                    ),
+                    dp,
+                    norm_eps=NORM_EPS,
+                )
+                if kind == "A"
+                else FFNLayer(embed_dim, mlp_ratio, dp, hidden_dim=d, norm_eps=NORM_EPS)
+                for kind, dp, d in zip(self.layout, drop_paths, dims)
+            )
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=NORM_EPS)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.stage_info = [dict(stage=1, resolution=self.grid, width=embed_dim, layout=self.layout, heads=num_heads)]
@@ -112,9 +129,9 @@ class DeiT(nn.Module):
 
     def to_timm_layout(self) -> dict[str, torch.Tensor]:
         if self.layout != "AF" * (len(self.layout) // 2):
-            raise ValueError(f"only the standard layout AF...AF has a timm equivalent, not {self.layout!r}")
+            raise UserError(f"only the standard layout AF...AF has a timm equivalent, not {self.layout!r}")
         if self.layers[0].attn.kind != "full":
-            raise ValueError("timm's layout exists for attention='full' only")
+            raise UserError("timm's layout exists for attention='full' only")
 
         def rename(key: str) -> str:
             m = re.match(r"^layers\.(\d+)\.(norm|attn|mlp)\.(.*)$", key)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .attention import ATTENTION_KINDS, LocalWindowAttention
 from .layers import ConvNorm, NormLinear, PatchMerging, Residual, depthwise_residual, ffn_residual, make_activation
 from .registry import register_model
@@ -33,8 +34,18 @@ class EfficientViTBlock(nn.Sequential):
     layout is the Swin-like ablation of Table 6: attention then one (DW conv +) FFN.
     """
 
-    def __init__(self, dim: int, mixer: nn.Module, sandwich: int, layout: str, token_interaction: bool,
-                 mlp_ratio: float, act: str, norm: str, drop_path: float):
+    def __init__(
+        self,
+        dim: int,
+        mixer: nn.Module,
+        sandwich: int,
+        layout: str,
+        token_interaction: bool,
+        mlp_ratio: float,
+        act: str,
+        norm: str,
+        drop_path: float,
+    ):
         def dw_ffn(i: int):
             if token_interaction:
                 yield f"dw{i}", depthwise_residual(dim, 0.0, norm, drop_path)
@@ -142,24 +153,29 @@ class EfficientViT(nn.Module):
     ):
         super().__init__()
         if not len(embed_dim) == len(depth) == len(num_heads):
-            raise ValueError("embed_dim, depth and num_heads need one entry per stage")
+            raise UserError("embed_dim, depth and num_heads need one entry per stage")
         if attention not in ATTENTION_KINDS:
-            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
+            raise UserError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
         if block_layout not in BLOCK_LAYOUTS:
-            raise ValueError(f"block_layout must be one of {BLOCK_LAYOUTS}, got {block_layout!r}")
+            raise UserError(f"block_layout must be one of {BLOCK_LAYOUTS}, got {block_layout!r}")
         if sandwich < 1:
-            raise ValueError(f"sandwich (N DW+FFN pairs per side) must be at least 1, got {sandwich}")
+            raise UserError(f"sandwich (N DW+FFN pairs per side) must be at least 1, got {sandwich}")
         if patch_size not in PATCH_SIZES:
-            raise ValueError(f"patch_size (the stem's stride) must be one of {PATCH_SIZES}, got {patch_size!r}")
+            raise UserError(f"patch_size (the stem's stride) must be one of {PATCH_SIZES}, got {patch_size!r}")
         img_size = as_pair(img_size)
         subsample = 2 ** (len(embed_dim) - 1)  # 2 at each subsample block
         if min(img_size) < patch_size * subsample:
             fits = [p for p in PATCH_SIZES if p * subsample <= min(img_size)]
             smallest = PATCH_SIZES[0]
-            hint = (f"for small images set patch_size={fits[-1]} (img_size must be at least {subsample} x patch_size)"
-                    if fits else f"even the smallest, patch_size={smallest}, needs {smallest * subsample} px")
-            raise ValueError(f"img_size {img_size} is smaller than the model's total stride {patch_size * subsample} "
-                             f"(patch_size {patch_size} x {subsample}): {hint}")
+            hint = (
+                f"for small images set patch_size={fits[-1]} (img_size must be at least {subsample} x patch_size)"
+                if fits
+                else f"even the smallest, patch_size={smallest}, needs {smallest * subsample} px"
+            )
+            raise UserError(
+                f"img_size {img_size} is smaller than the model's total stride {patch_size * subsample} "
+                f"(patch_size {patch_size} x {subsample}): {hint}"
+            )
         self.img_size = img_size
         self.patch_size = patch_size
         self.num_classes = num_classes
@@ -196,12 +212,16 @@ class EfficientViT(nn.Module):
             blocks = []
             for _ in range(n_blocks):
                 mixer = LocalWindowAttention(dim, **attention_args)
-                blocks.append(EfficientViTBlock(dim, mixer, sandwich, block_layout, token_interaction, mlp_ratio,
-                                                act, norm, drop_paths.pop(0)))
+                blocks.append(
+                    EfficientViTBlock(
+                        dim, mixer, sandwich, block_layout, token_interaction, mlp_ratio, act, norm, drop_paths.pop(0)
+                    )
+                )
             stages.append(EfficientViTStage(downsample, blocks))
             window = (min(window_size, resolution[0]), min(window_size, resolution[1]))
-            self.stage_info.append(dict(stage=i + 1, resolution=resolution, width=dim, depth=n_blocks,
-                                        heads=heads, window=window))
+            self.stage_info.append(
+                dict(stage=i + 1, resolution=resolution, width=dim, depth=n_blocks, heads=heads, window=window)
+            )
         self.stages = nn.Sequential(*stages)
         self.head = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if distillation:
@@ -234,7 +254,7 @@ class EfficientViT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-# Table 1 of the paper (../shared/paper/table1_variants.csv): widths, depths and heads per stage, and the kernel
+# Table 1 of the paper (analysis/published/table1_variants.csv): widths, depths and heads per stage, and the kernel
 # size of the depthwise conv on Q of each head. All use key_dim 16, window 7, FFN ratio 2.
 CONFIGS = {
     "efficientvit_m0": dict(embed_dim=(64, 128, 192), depth=(1, 2, 3), num_heads=(4, 4, 4), q_kernels=(5, 5, 5, 5)),

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import SqueezeExcitation, stochastic_depth
 
+from ..errors import UserError
+
 ACTIVATIONS = {"relu": nn.ReLU, "hardswish": nn.Hardswish, "gelu": nn.GELU}
 NORMS = ("bn", "ln")
 
@@ -20,7 +22,7 @@ def make_activation(name: str, inplace: bool = False) -> nn.Module:
     """`inplace=True` where the input is a fresh conv output nobody else reads: it saves a full-size allocation,
     which on CPU costs as much as the activation itself."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+        raise UserError(f"act must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     return ACTIVATIONS[name](inplace=True) if inplace and name != "gelu" else ACTIVATIONS[name]()
 
 
@@ -87,7 +89,7 @@ class ConvNorm(nn.Module):
         elif norm == "ln":
             self.bn = LayerNorm2d(out_dim)
         else:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+            raise UserError(f"norm must be one of {NORMS}, got {norm!r}")
         nn.init.constant_(self.bn.weight, bn_weight_init)
         nn.init.zeros_(self.bn.bias)
 
@@ -175,7 +177,7 @@ class PatchMerging(nn.Module):
 
 
 class Tap(nn.Identity):
-    """A pass-through point that analyses hook (DESIGN.md: "analyses see heads through taps").
+    """A pass-through point that analyses hook: they see the heads through taps, never by patching a model.
 
     Attention modules check `listening` and only then compute what the tap shows (per-head maps, per-head
     outputs); with no hook attached they keep the fused fast path.
@@ -190,9 +192,9 @@ def parse_layout(layout: str, where: str = "layout") -> str:
     """A layout is a string of layers: `A` (attention) or `F` (FFN), e.g. DeiT-T is "AF" * 12."""
     layout = layout.upper()
     if not layout:
-        raise ValueError(f"{where} is empty: give at least one layer, A (attention) or F (FFN)")
+        raise UserError(f"{where} is empty: give at least one layer, A (attention) or F (FFN)")
     if set(layout) - {"A", "F"}:
-        raise ValueError(f"{where} {layout!r} may only contain A (attention) and F (FFN)")
+        raise UserError(f"{where} {layout!r} may only contain A (attention) and F (FFN)")
     return layout
 
 
@@ -202,10 +204,10 @@ def layer_dims_for(layout: str, layer_dims: list | None, where: str = "layer_dim
     if layer_dims is None:
         return [None] * len(layout)
     if len(layer_dims) != len(layout):
-        raise ValueError(f"{where} has {len(layer_dims)} entries for {len(layout)} layers ({layout})")
+        raise UserError(f"{where} has {len(layer_dims)} entries for {len(layout)} layers ({layout})")
     for kind, dims in zip(layout, layer_dims):
         if dims is not None and (kind == "A") != isinstance(dims, (list, tuple)):
-            raise ValueError(f"{where}: an A layer takes [qk_dim, v_dim], an F layer one hidden width; got {dims}")
+            raise UserError(f"{where}: an A layer takes [qk_dim, v_dim], an F layer one hidden width; got {dims}")
     return list(layer_dims)
 
 
@@ -230,7 +232,7 @@ def mhsa_proportion(layouts: str | list[str]) -> float:
 def spread_layout(n_layers: int, n_attention: int) -> str:
     """A layout of `n_layers` with `n_attention` A layers spread evenly through it (Fig. 3's subnets)."""
     if not 0 <= n_attention <= n_layers:
-        raise ValueError(f"cannot place {n_attention} attention layers among {n_layers}")
+        raise UserError(f"cannot place {n_attention} attention layers among {n_layers}")
     slots = {int((i + 0.5) * n_layers / n_attention) for i in range(n_attention)} if n_attention else set()
     return "".join("A" if i in slots else "F" for i in range(n_layers))
 
@@ -253,8 +255,9 @@ class FFNLayer(nn.Module):
 
     profile_scope = "ffn"
 
-    def __init__(self, dim: int, mlp_ratio: float, drop_path: float = 0.0, hidden_dim: int | None = None,
-                 norm_eps: float = 1e-5):
+    def __init__(
+        self, dim: int, mlp_ratio: float, drop_path: float = 0.0, hidden_dim: int | None = None, norm_eps: float = 1e-5
+    ):
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, hidden_dim or int(dim * mlp_ratio))

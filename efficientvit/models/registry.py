@@ -1,4 +1,4 @@
-"""Named model constructors: `create_model("efficientvit_m4", num_classes=10, img_size=128)`."""
+"""Named model constructors, registered by each family's module; `ModelSpec` (spec.py) builds them."""
 
 from __future__ import annotations
 
@@ -38,11 +38,5 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model. Keyword arguments override its configuration (num_classes, img_size, knobs).
-
-    The model remembers how it was built (`model.config`), so checkpoints saved from it rebuild it.
-    """
-    model = _MODELS[check_model_name(name)](**kwargs)
-    model.config = {"name": name, "kwargs": dict(kwargs)}
-    return model
+def registered_constructor(name: str) -> Callable[..., nn.Module]:
+    return _MODELS[check_model_name(name)]

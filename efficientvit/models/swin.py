@@ -14,10 +14,17 @@ import torch
 from torch import nn
 from torchvision.ops import stochastic_depth
 
+from ..errors import UserError
 from .attention import TokenAttention, join_qkv
 from .efficientvit import as_pair
-from .layers import (FFNLayer, init_transformer_weights, layer_dims_for, layer_to_timm_block, parse_layout,
-                     timm_block_to_layer)
+from .layers import (
+    FFNLayer,
+    init_transformer_weights,
+    layer_dims_for,
+    layer_to_timm_block,
+    parse_layout,
+    timm_block_to_layer,
+)
 from .registry import register_model
 
 
@@ -53,12 +60,30 @@ class WindowAttentionLayer(nn.Module):
 
     profile_scope = "attention"
 
-    def __init__(self, dim: int, resolution: tuple[int, int], num_heads: int, head_dim: int | None, window: int,
-                 shift: int, kind: str, fused_qkv: bool, drop_path: float, dims: list | None = None):
+    def __init__(
+        self,
+        dim: int,
+        resolution: tuple[int, int],
+        num_heads: int,
+        head_dim: int | None,
+        window: int,
+        shift: int,
+        kind: str,
+        fused_qkv: bool,
+        drop_path: float,
+        dims: list | None = None,
+    ):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.attn = TokenAttention(dim, num_heads, head_dim, kind, fused_qkv, window=(window, window),
-                                   **dict(zip(("qk_dim", "v_dim"), dims or ())))
+        self.attn = TokenAttention(
+            dim,
+            num_heads,
+            head_dim,
+            kind,
+            fused_qkv,
+            window=(window, window),
+            **dict(zip(("qk_dim", "v_dim"), dims or ())),
+        )
         self.window, self.shift, self.drop_path = window, shift, drop_path
         self.register_buffer("attn_mask", shift_mask(resolution, window, shift) if shift else None, persistent=False)
 
@@ -128,12 +153,14 @@ class Swin(nn.Module):
         super().__init__()
         layouts = parse_stage_layouts(layout)
         if not len(layouts) == len(embed_dim) == len(num_heads):
-            raise ValueError(f"layout ({len(layouts)} stages), embed_dim ({len(embed_dim)}) and num_heads "
-                             f"({len(num_heads)}) need one entry per stage")
+            raise UserError(
+                f"layout ({len(layouts)} stages), embed_dim ({len(embed_dim)}) and num_heads "
+                f"({len(num_heads)}) need one entry per stage"
+            )
         img_size = as_pair(img_size)
         stride = patch_size * 2 ** (len(layouts) - 1)
         if img_size[0] % stride or img_size[1] % stride:
-            raise ValueError(f"img_size {img_size} must be a multiple of patch_size x 2^(stages-1) = {stride}")
+            raise UserError(f"img_size {img_size} must be a multiple of patch_size x 2^(stages-1) = {stride}")
         self.layout = layouts
         self.img_size = img_size
         self.num_classes = num_classes
@@ -148,7 +175,7 @@ class Swin(nn.Module):
         stages, self.stage_info = [], []
         for s, (stage_layout, dim, heads) in enumerate(zip(layouts, embed_dim, num_heads)):
             if dim % heads:
-                raise ValueError(f"embed_dim {dim} of stage {s + 1} is not divisible by num_heads {heads}")
+                raise UserError(f"embed_dim {dim} of stage {s + 1} is not divisible by num_heads {heads}")
             downsample = nn.Identity()
             if s > 0:
                 downsample = PatchMerging(embed_dim[s - 1], dim)
@@ -156,22 +183,44 @@ class Swin(nn.Module):
             # As in Swin: a map no larger than the window is one window, and is not shifted.
             window = min(window_size, *resolution)
             if resolution[0] % window or resolution[1] % window:
-                raise ValueError(f"window_size {window_size} does not tile stage {s + 1}'s {resolution[0]}x"
-                                 f"{resolution[1]} map: use an img_size that gives multiples of the window "
-                                 f"(e.g. {stride * window_size}) or a window_size dividing {resolution[0]}")
+                raise UserError(
+                    f"window_size {window_size} does not tile stage {s + 1}'s {resolution[0]}x"
+                    f"{resolution[1]} map: use an img_size that gives multiples of the window "
+                    f"(e.g. {stride * window_size}) or a window_size dividing {resolution[0]}"
+                )
             shift = window // 2 if min(resolution) > window_size else 0
             layers, n_attention = [], 0
             for kind in stage_layout:
                 dp, d = drop_paths.pop(0), dims.pop(0)
                 if kind == "A":
-                    layers.append(WindowAttentionLayer(dim, resolution, heads, head_dim, window,
-                                                       shift if n_attention % 2 else 0, attention, fused_qkv, dp, d))
+                    layers.append(
+                        WindowAttentionLayer(
+                            dim,
+                            resolution,
+                            heads,
+                            head_dim,
+                            window,
+                            shift if n_attention % 2 else 0,
+                            attention,
+                            fused_qkv,
+                            dp,
+                            d,
+                        )
+                    )
                     n_attention += 1
                 else:
                     layers.append(FFNLayer(dim, mlp_ratio, dp, hidden_dim=d))
             stages.append(SwinStage(downsample, layers))
-            self.stage_info.append(dict(stage=s + 1, resolution=resolution, width=dim, layout=stage_layout,
-                                        heads=heads, window=(window, window)))
+            self.stage_info.append(
+                dict(
+                    stage=s + 1,
+                    resolution=resolution,
+                    width=dim,
+                    layout=stage_layout,
+                    heads=heads,
+                    window=(window, window),
+                )
+            )
         self.stages = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -211,9 +260,9 @@ class Swin(nn.Module):
 
     def to_timm_layout(self) -> dict[str, torch.Tensor]:
         if any(s != "AF" * (len(s) // 2) for s in self.layout):
-            raise ValueError(f"only standard layouts (AF...AF per stage) have a timm equivalent, not {self.layout}")
+            raise UserError(f"only standard layouts (AF...AF per stage) have a timm equivalent, not {self.layout}")
         if self.stages[0].layers[0].attn.kind != "full":
-            raise ValueError("timm's layout exists for attention='full' only")
+            raise UserError("timm's layout exists for attention='full' only")
 
         def rename(key: str) -> str:
             key = re.sub(r"^head\.", "head.fc.", key)
@@ -228,10 +277,12 @@ class Swin(nn.Module):
 
 
 CONFIGS = {
-    "swin_tiny": dict(embed_dim=(96, 192, 384, 768), num_heads=(3, 6, 12, 24),
-                      layout=("AF" * 2, "AF" * 2, "AF" * 6, "AF" * 2)),
-    "swin_small": dict(embed_dim=(96, 192, 384, 768), num_heads=(3, 6, 12, 24),
-                       layout=("AF" * 2, "AF" * 2, "AF" * 18, "AF" * 2)),
+    "swin_tiny": dict(
+        embed_dim=(96, 192, 384, 768), num_heads=(3, 6, 12, 24), layout=("AF" * 2, "AF" * 2, "AF" * 6, "AF" * 2)
+    ),
+    "swin_small": dict(
+        embed_dim=(96, 192, 384, 768), num_heads=(3, 6, 12, 24), layout=("AF" * 2, "AF" * 2, "AF" * 18, "AF" * 2)
+    ),
 }
 
 

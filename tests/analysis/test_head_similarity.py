@@ -37,9 +37,15 @@ def test_streaming_equals_a_direct_computation():
     stat = hs.PairwiseCosine()
     for chunk in features.split([2, 4, 1]):
         stat.update(chunk)
-    direct = torch.tensor([[[
-        sum(F_cos(features[n, w, i], features[n, w, j]).item() for w in range(3)) / 3
-        for j in range(4)] for i in range(4)] for n in range(7)])
+    direct = torch.tensor(
+        [
+            [
+                [sum(F_cos(features[n, w, i], features[n, w, j]).item() for w in range(3)) / 3 for j in range(4)]
+                for i in range(4)
+            ]
+            for n in range(7)
+        ]
+    )
     assert torch.allclose(stat.mean(), direct.mean(0).double(), atol=1e-6)
     assert torch.allclose(stat.std(), direct.double().std(0, unbiased=False), atol=1e-6)
 
@@ -65,23 +71,35 @@ def test_the_spread_over_images_is_reported():
     for chunk in features.split([4, 2]):
         stat.update(chunk)
     cosine = torch.nn.functional.cosine_similarity(features[:, :, :, None], features[:, :, None, :], dim=-1)
-    by_hand = torch.tensor([[[max(cosine[n, w, i, j].item() for j in range(3) if j != i) for i in range(3)]
-                             for w in range(4)] for n in range(6)]).mean(dim=(1, 2))
+    by_hand = torch.tensor(
+        [
+            [[max(cosine[n, w, i, j].item() for j in range(3) if j != i) for i in range(3)] for w in range(4)]
+            for n in range(6)
+        ]
+    ).mean(dim=(1, 2))
     summary = hs.block_summary(stat)
     assert summary["mean_max_similarity"] == pytest.approx(by_hand.mean().item(), abs=1e-6)
     assert summary["mean_max_similarity_std"] == pytest.approx(by_hand.std(unbiased=False).item(), abs=1e-6)
-    assert summary["mean_max_similarity_ci95"] == pytest.approx(1.96 * by_hand.std(unbiased=False).item() / 6 ** 0.5,
-                                                                abs=1e-6)
+    assert summary["mean_max_similarity_ci95"] == pytest.approx(
+        1.96 * by_hand.std(unbiased=False).item() / 6**0.5, abs=1e-6
+    )
 
 
 def F_cos(a, b):
     return torch.nn.functional.cosine_similarity(a, b, dim=0)
 
 
-@pytest.mark.parametrize("name,kwargs", [("deit_tiny", TINY_DEIT),
-                                         ("swin_tiny", dict(img_size=64, patch_size=4, embed_dim=(12, 24),
-                                                            num_heads=(2, 4), window_size=4, layout="AF,AF")),
-                                         ("efficientvit_m0", dict(img_size=64))])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("deit_tiny", TINY_DEIT),
+        (
+            "swin_tiny",
+            dict(img_size=64, patch_size=4, embed_dim=(12, 24), num_heads=(2, 4), window_size=4, layout="AF,AF"),
+        ),
+        ("efficientvit_m0", dict(img_size=64)),
+    ],
+)
 def test_results_do_not_depend_on_batch_size(data, name, kwargs):
     model = efficientvit.create_model(name, **kwargs)
     a_pairs, a_summary = hs.head_similarity(model, loader(data, 3), "attention")
@@ -113,17 +131,37 @@ def test_split_heads_lower_the_similarity_on_a_constructed_model(data):
 def test_cli_writes_both_csvs_and_reads_our_checkpoints(data, tmp_path):
     model = efficientvit.create_model("deit_tiny", **TINY_DEIT)
     checkpoint = efficientvit.save_checkpoint(tmp_path / "proxy.pth", model)
-    assert hs.main(["--checkpoint", str(checkpoint), "--data", str(data), "--images", "50", "--batch", "4",
-                    "--workers", "0", "--out-dir", str(tmp_path / "out")]) == 0
+    assert (
+        hs.main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(data),
+                "--images",
+                "50",
+                "--batch",
+                "4",
+                "--workers",
+                "0",
+                "--out-dir",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     summary = pd.read_csv(tmp_path / "out" / "deit_tiny_proxy_attention_summary.csv")
     assert list(summary["block"]) == [1, 2] and (summary["n_images"] == 10).all()
     assert (tmp_path / "out" / "deit_tiny_proxy_attention_pairwise.json").exists()
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--model", "deit_tiny", "--img-size", "64"], None),
-    (["--model", "nope"], "unknown model"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--model", "deit_tiny", "--img-size", "64"], None),
+        (["--model", "nope"], "unknown model"),
+    ],
+)
 def test_bad_input(data, tmp_path, capsys, extra, message):
     if message is None:  # a model without attention
         extra = ["--model-config", str(write_ffn_only(tmp_path))]

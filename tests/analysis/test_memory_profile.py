@@ -27,10 +27,23 @@ def write_config(path: Path, layout: str) -> str:
 def profiled(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("profile")
     out = tmp / "run.csv"
-    code = memory_profile.main([
-        "--models", "efficientvit_m0", "--subnet-config", write_config(tmp / "a.yaml", "AAAA"),
-        write_config(tmp / "f.yaml", "FFFF"), "--batch", "2", "--img-size", "64", "--iters", "3", "--out", str(out),
-    ])
+    code = memory_profile.main(
+        [
+            "--models",
+            "efficientvit_m0",
+            "--subnet-config",
+            write_config(tmp / "a.yaml", "AAAA"),
+            write_config(tmp / "f.yaml", "FFFF"),
+            "--batch",
+            "2",
+            "--img-size",
+            "64",
+            "--iters",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     return out
 
@@ -126,8 +139,14 @@ def test_times_add_up_to_the_measured_step_time(device):
 
 
 def fake_event(name, parent=None, start=0, cpu=0.0, device=0.0, device_type=DeviceType.CPU):
-    return SimpleNamespace(name=name, cpu_parent=parent, time_range=SimpleNamespace(start=start),
-                           self_cpu_time_total=cpu, self_device_time_total=device, device_type=device_type)
+    return SimpleNamespace(
+        name=name,
+        cpu_parent=parent,
+        time_range=SimpleNamespace(start=start),
+        self_cpu_time_total=cpu,
+        self_device_time_total=device,
+        device_type=device_type,
+    )
 
 
 def test_cuda_kernel_time_is_counted_once():
@@ -175,30 +194,52 @@ def test_profiling_adds_no_operator_to_the_forward():
     memory_profile.explicit_attention(deit)
     explicit = Counter(dispatched_ops(deit, x))
     assert explicit["_softmax"] + explicit["softmax"] > 0
-    assert set((explicit - fused).keys()) <= {"mul", "softmax", "_softmax", "bmm", "matmul", "expand", "view",
-                                               "_unsafe_view", "clone", "transpose", "reshape"}
-    assert set((fused - explicit).keys()) <= {"scaled_dot_product_attention",
-                                               "_scaled_dot_product_flash_attention_for_cpu"}
+    assert set((explicit - fused).keys()) <= {
+        "mul",
+        "softmax",
+        "_softmax",
+        "bmm",
+        "matmul",
+        "expand",
+        "view",
+        "_unsafe_view",
+        "clone",
+        "transpose",
+        "reshape",
+    }
+    assert set((fused - explicit).keys()) <= {
+        "scaled_dot_product_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+    }
 
 
 def test_resume_skips_profiled_models(profiled, capsys):
     before = pd.read_csv(profiled)
-    assert memory_profile.main(["--models", "efficientvit_m0", "--batch", "2", "--img-size", "64",
-                                "--out", str(profiled)]) == 0
+    assert (
+        memory_profile.main(["--models", "efficientvit_m0", "--batch", "2", "--img-size", "64", "--out", str(profiled)])
+        == 0
+    )
     assert pd.read_csv(profiled).equals(before)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--models", "vit_huge"], "unknown model"),
-    (["--show", "shuffles"], "unknown category"),
-    (["--layout", "AF", "--models", "efficientvit_m0"], "applies to DeiT and Swin"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--models", "vit_huge"], "unknown model"),
+        (["--show", "shuffles"], "unknown category"),
+        (["--layout", "AF", "--models", "efficientvit_m0"], "applies to DeiT and Swin"),
+    ],
+)
 def test_bad_input_is_one_sentence(args, message, capsys):
     assert memory_profile.main(args) == 2
     assert message in capsys.readouterr().err
 
 
 def test_help_runs_as_a_script():
-    proc = subprocess.run([sys.executable, "analysis/memory_profile.py", "--help"], capture_output=True, text=True,
-                          cwd=Path(__file__).parents[2])
+    proc = subprocess.run(
+        [sys.executable, "analysis/memory_profile.py", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
     assert proc.returncode == 0 and "--subnet-config" in proc.stdout

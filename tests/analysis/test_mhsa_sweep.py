@@ -15,9 +15,20 @@ def config(tmp_path_factory):
         "runs": str(tmp / "runs"),
         "families": {"deit_tiny": dict(img_size=64, patch_size=16, embed_dim=24, num_heads=3, layout="AFAF")},
         "subnet": dict(seconds=0.01, rounds=1, steps=2, batch_size=2, cache=str(tmp / "cache.json")),
-        "train": dict(data=str(data), img_size=64, epochs=1, batch_size=8, workers=0, warmup_epochs=0,
-                      mixup=0.0, cutmix=0.0, auto_augment=None, reprob=0.0, repeated_aug=False,
-                      ema_decay=None),
+        "train": dict(
+            data=str(data),
+            img_size=64,
+            epochs=1,
+            batch_size=8,
+            workers=0,
+            warmup_epochs=0,
+            mixup=0.0,
+            cutmix=0.0,
+            auto_augment=None,
+            reprob=0.0,
+            repeated_aug=False,
+            ema_decay=None,
+        ),
     }
     path = tmp / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
@@ -65,11 +76,14 @@ def test_shards_merge_into_the_whole_grid(config, tmp_path):
     assert len(pd.read_csv(merged)) == 4
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--proportions", "1.5"], "within \\[0, 1\\]"),
-    (["--speedups", "0.5"], "at least 1"),
-    (["--families", "resnet"], "unknown family"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--proportions", "1.5"], "within \\[0, 1\\]"),
+        (["--speedups", "0.5"], "at least 1"),
+        (["--families", "resnet"], "unknown family"),
+    ],
+)
 def test_bad_grids_are_one_sentence(config, args, message, capsys):
     assert mhsa_sweep.main([*args, "--config", str(config)]) == 2
     assert __import__("re").search(message, capsys.readouterr().err)

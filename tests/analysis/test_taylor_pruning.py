@@ -6,6 +6,7 @@ from torch.utils.data import DataLoader, TensorDataset, default_collate
 import efficientvit
 from analysis import design_variant, taylor_pruning as tpr
 from efficientvit.data.synthetic import make_synthetic
+from efficientvit.models import ModelSpec
 from tests.helpers import top1_of_checkpoint
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=24, num_heads=3, layout="AFAF", num_classes=4)
@@ -80,8 +81,13 @@ def test_scores_are_molchanovs_criterion_checked_by_finite_differences():
         for kind, values in layer_scores.items():
             heads = 1 if kind == "ffn" else layer.module.attn.num_heads
             for index in range(min(len(values), 6)):
-                expected = sum(finite_difference_importance(model, filter_parameters(layer, kind, index, head), loader)
-                               for head in range(heads)) / heads  # a group over heads: the mean of its filters
+                expected = (
+                    sum(
+                        finite_difference_importance(model, filter_parameters(layer, kind, index, head), loader)
+                        for head in range(heads)
+                    )
+                    / heads
+                )  # a group over heads: the mean of its filters
                 assert values[index].item() == pytest.approx(expected, rel=1e-6, abs=1e-14), (kind, index)
 
 
@@ -90,22 +96,40 @@ def test_the_global_ranking_is_by_importance_and_per_flop_only_when_asked():
     model = efficientvit.create_model("deit_tiny", fused_qkv=False, **TINY)
     layers = tpr.model_layers(model)
     assert tpr.group_costs(layers[0])["qk"] > 2 * tpr.group_costs(layers[1])["ffn"]
-    scores = [{"qk": torch.full((8,), 3.0), "v": torch.full((8,), 5.0)}, {"ffn": torch.full((96,), 2.0)},
-              {"qk": torch.full((8,), 5.0), "v": torch.full((8,), 5.0)}, {"ffn": torch.full((96,), 5.0)}]
+    scores = [
+        {"qk": torch.full((8,), 3.0), "v": torch.full((8,), 5.0)},
+        {"ffn": torch.full((96,), 2.0)},
+        {"qk": torch.full((8,), 5.0), "v": torch.full((8,), 5.0)},
+        {"ffn": torch.full((96,), 5.0)},
+    ]
     assert list(tpr.choose(layers, scores, "channels", 1)) == [(1, "ffn")]  # the least important group
     assert list(tpr.choose(layers, scores, "channels", 1, "importance-per-flop")) == [(0, "qk")]  # the costliest
 
 
-@pytest.mark.parametrize("name,kwargs", [("deit_tiny", TINY),
-                                         ("swin_tiny", dict(img_size=32, patch_size=2, embed_dim=(12, 24),
-                                                            num_heads=(2, 4), window_size=4, layout="AF,AF",
-                                                            num_classes=4))])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("deit_tiny", TINY),
+        (
+            "swin_tiny",
+            dict(
+                img_size=32,
+                patch_size=2,
+                embed_dim=(12, 24),
+                num_heads=(2, 4),
+                window_size=4,
+                layout="AF,AF",
+                num_classes=4,
+            ),
+        ),
+    ],
+)
 def test_kept_widths_are_the_real_shapes_and_the_pruned_model_reloads(name, kwargs, tmp_path):
     model = efficientvit.create_model(name, fused_qkv=False, **kwargs)
     layers, before, after = tpr.prune(model, batches(), "ratio", 0.4, 2, torch.device("cpu"), batches=2)
     table = tpr.block_table(layers, before, after)
-    attention = [l.module.attn for l in layers if l.kind == "A"]
-    ffns = [l.module.mlp for l in layers if l.kind == "F"]
+    attention = [layer.module.attn for layer in layers if layer.kind == "A"]
+    ffns = [layer.module.mlp for layer in layers if layer.kind == "F"]
     assert list(table["qk_kept"]) == [a.q.out_features for a in attention]
     assert list(table["v_kept"]) == [a.v.out_features for a in attention]
     assert list(table["ffn_kept"]) == [m.fc1.out_features for m in ffns]
@@ -125,34 +149,82 @@ def data(tmp_path_factory):
 def test_cli_writes_ratios_and_the_designer_builds_a_variant(data, tmp_path):
     model = efficientvit.create_model("deit_tiny", **{**TINY, "img_size": 64})
     checkpoint = efficientvit.save_checkpoint(tmp_path / "deit.pth", model)
-    assert tpr.main(["--checkpoint", str(checkpoint), "--data", str(data), "--ratio", "0.3", "--batches", "2",
-                     "--batch", "8", "--workers", "0", "--out-dir", str(tmp_path), "--run", "r",
-                     "--save", str(tmp_path / "pruned.pth")]) == 0
+    assert (
+        tpr.main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(data),
+                "--ratio",
+                "0.3",
+                "--batches",
+                "2",
+                "--batch",
+                "8",
+                "--workers",
+                "0",
+                "--out-dir",
+                str(tmp_path),
+                "--run",
+                "r",
+                "--save",
+                str(tmp_path / "pruned.pth"),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(tmp_path / "r.csv")
     assert {"qk_ratio", "v_ratio", "ffn_ratio", "in_width", "heads"} <= set(table.columns)
     assert (table["v_ratio"] <= 1).all() and (table["ffn_ratio"] <= 4).all()
-    assert design_variant.main(["--pruning", str(tmp_path / "r.csv"), "--out-dir", str(tmp_path), "--name", "v",
-                                "--img-size", "64", "--seconds", "0.01", "--compare", "efficientvit_m0"]) == 0
-    from efficientvit.subnet import load_model_config
-    name, kwargs = load_model_config(tmp_path / "v.yaml")
+    assert (
+        design_variant.main(
+            [
+                "--pruning",
+                str(tmp_path / "r.csv"),
+                "--out-dir",
+                str(tmp_path),
+                "--name",
+                "v",
+                "--img-size",
+                "64",
+                "--seconds",
+                "0.01",
+                "--compare",
+                "efficientvit_m0",
+            ]
+        )
+        == 0
+    )
+    spec = ModelSpec.from_yaml(tmp_path / "v.yaml")
+    name, kwargs = spec.name, spec.kwargs
     variant = efficientvit.create_model(name, **kwargs)
     assert sum(p.numel() for p in variant.parameters()) > 0
     assert kwargs["key_dim"] % 4 == 0 and 0.25 <= kwargs["v_ratio"] <= 2
 
 
 def test_designer_reads_the_reallocation_off_the_ratios():
-    pruning = pd.DataFrame(dict(in_width=[96, 96, 192], heads=[3, 3, 6], qk_kept=[48, 60, 96],
-                                v_ratio=[1.0, 0.95, 0.8], ffn_ratio=[2.1, 1.9, 2.4]))
+    pruning = pd.DataFrame(
+        dict(
+            in_width=[96, 96, 192],
+            heads=[3, 3, 6],
+            qk_kept=[48, 60, 96],
+            v_ratio=[1.0, 0.95, 0.8],
+            ffn_ratio=[2.1, 1.9, 2.4],
+        )
+    )
     assert design_variant.reallocation(pruning) == {"key_dim": 16, "v_ratio": 1.0, "mlp_ratio": 2.0}
     variant = design_variant.design(pruning, target_flops=20e6, img_size=64)
-    flops = efficientvit.flops.count_flops(efficientvit.fuse(efficientvit.create_model(
-        variant["model"], **variant["model_kwargs"], img_size=64)))
+    flops = efficientvit.flops.count_flops(
+        efficientvit.fuse(efficientvit.create_model(variant["model"], **variant["model_kwargs"], img_size=64))
+    )
     assert flops == pytest.approx(20e6, rel=0.2)
 
 
 def test_designed_variant_with_a_small_stem_trains_on_fashion_mnist_sized_images():
-    pruning = pd.DataFrame(dict(in_width=[96, 192], heads=[3, 6], qk_kept=[48, 96], v_ratio=[1.0, 0.9],
-                                ffn_ratio=[2.0, 2.2]))
+    pruning = pd.DataFrame(
+        dict(in_width=[96, 192], heads=[3, 6], qk_kept=[48, 96], v_ratio=[1.0, 0.9], ffn_ratio=[2.0, 2.2])
+    )
     variant = design_variant.design(pruning, patch_size=4)
     assert variant["model_kwargs"]["patch_size"] == 4
     model = efficientvit.create_model(variant["model"], **variant["model_kwargs"], num_classes=10, img_size=32)
@@ -161,15 +233,19 @@ def test_designed_variant_with_a_small_stem_trains_on_fashion_mnist_sized_images
     assert "patch_size" not in design_variant.design(pruning)["model_kwargs"]  # the paper's stem by default
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--ratio", "1.5"], "within \\(0, 1\\)"),
-    (["--ratio", "0.5", "--target-speedup", "2"], "exactly one budget"),
-    (["--target-flops", "1G"], "already has"),
-    (["--target-flops", "1K"], "cannot be reached"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--ratio", "1.5"], "within \\(0, 1\\)"),
+        (["--ratio", "0.5", "--target-speedup", "2"], "exactly one budget"),
+        (["--target-flops", "1G"], "already has"),
+        (["--target-flops", "1K"], "cannot be reached"),
+    ],
+)
 def test_bad_budgets_are_one_sentence(data, tmp_path, capsys, args, message):
-    checkpoint = efficientvit.save_checkpoint(tmp_path / "deit.pth",
-                                              efficientvit.create_model("deit_tiny", **{**TINY, "img_size": 64}))
+    checkpoint = efficientvit.save_checkpoint(
+        tmp_path / "deit.pth", efficientvit.create_model("deit_tiny", **{**TINY, "img_size": 64})
+    )
     assert tpr.main(["--checkpoint", str(checkpoint), "--data", str(data), "--workers", "0", *args]) == 2
     assert message and __import__("re").search(message, capsys.readouterr().err)
 
@@ -182,18 +258,49 @@ def test_models_without_prunable_attention_and_missing_data(data, tmp_path, caps
 
 
 def test_pruned_model_fine_tunes_with_the_training_pipeline(data, tmp_path):
-    checkpoint = efficientvit.save_checkpoint(tmp_path / "deit.pth",
-                                              efficientvit.create_model("deit_tiny", **{**TINY, "img_size": 64}))
+    checkpoint = efficientvit.save_checkpoint(
+        tmp_path / "deit.pth", efficientvit.create_model("deit_tiny", **{**TINY, "img_size": 64})
+    )
     finetune = tmp_path / "finetune.yaml"
-    finetune.write_text(f"data: {data}\nimg_size: 64\nepochs: 1\nbatch_size: 8\nworkers: 0\nwarmup_epochs: 0\n"
-                        "mixup: 0.0\ncutmix: 0.0\nauto_augment: null\nreprob: 0.0\nrepeated_aug: false\n")
-    assert tpr.main(["--checkpoint", str(checkpoint), "--data", str(data), "--ratio", "0.3", "--batches", "1",
-                     "--batch", "8", "--workers", "0", "--out-dir", str(tmp_path), "--run", "r",
-                     "--save", str(tmp_path / "pruned.pth"), "--finetune-config", str(finetune)]) == 0
+    finetune.write_text(
+        f"data: {data}\nimg_size: 64\nepochs: 1\nbatch_size: 8\nworkers: 0\nwarmup_epochs: 0\n"
+        "mixup: 0.0\ncutmix: 0.0\nauto_augment: null\nreprob: 0.0\nrepeated_aug: false\n"
+    )
+    assert (
+        tpr.main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(data),
+                "--ratio",
+                "0.3",
+                "--batches",
+                "1",
+                "--batch",
+                "8",
+                "--workers",
+                "0",
+                "--out-dir",
+                str(tmp_path),
+                "--run",
+                "r",
+                "--save",
+                str(tmp_path / "pruned.pth"),
+                "--finetune-config",
+                str(finetune),
+            ]
+        )
+        == 0
+    )
     import json
+
     stats = json.loads((tmp_path / "r.json").read_text())["pruning"]
     assert stats["top1_finetuned"] == pytest.approx(
-        top1_of_checkpoint(tmp_path / "pruned_finetuned" / "checkpoint.pth", data, 64))
+        top1_of_checkpoint(tmp_path / "pruned_finetuned" / "checkpoint.pth", data, 64)
+    )
     tuned = efficientvit.model_from_checkpoint(tmp_path / "pruned_finetuned" / "checkpoint.pth")
-    assert tuned.config["kwargs"]["layer_dims"] == efficientvit.model_from_checkpoint(
-        tmp_path / "pruned.pth").config["kwargs"]["layer_dims"]
+    assert (
+        tuned.spec.kwargs["layer_dims"]
+        == efficientvit.model_from_checkpoint(tmp_path / "pruned.pth").spec.kwargs["layer_dims"]
+    )

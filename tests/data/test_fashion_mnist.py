@@ -73,16 +73,22 @@ def test_nothing_anywhere_and_offline_is_one_sentence_and_writes_nothing(monkeyp
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(fashion_mnist.datasets.FashionMNIST, "download", offline)
-    with pytest.raises(UserError, match=r"not found \(looked in .*not-installed and tried torchvision's download.*"
-                                        r"apt-get install dataset-fashion-mnist"):
+    with pytest.raises(
+        UserError,
+        match=r"not found \(looked in .*not-installed and tried torchvision's download.*"
+        r"apt-get install dataset-fashion-mnist",
+    ):
         fashion_mnist.prepare(tmp_path / "out")
     assert list(tmp_path.iterdir()) == []  # no root, no hidden partial folder
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda data: data[: len(data) // 2], "is truncated"),
-    (lambda data: data[:100] + bytes(b ^ 0xFF for b in data[100:200]) + data[200:], "is corrupt"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda data: data[: len(data) // 2], "is truncated"),
+        (lambda data: data[:100] + bytes(b ^ 0xFF for b in data[100:200]) + data[200:], "is corrupt"),
+    ],
+)
 def test_a_damaged_file_is_named(tmp_path, damage, message):
     source = tmp_path / "source"
     shutil.copytree(FIXTURE, source)

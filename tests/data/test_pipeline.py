@@ -7,8 +7,15 @@ from timm.data import create_transform
 from timm.data.auto_augment import _LEVEL_DENOM
 from torch.utils.data import DataLoader
 
-from efficientvit.data.pipeline import (RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate,
-                                        eval_transform, image_folder, train_transform)
+from efficientvit.data.pipeline import (
+    RepeatedAugmentationSampler,
+    batch_mixing,
+    check_bad_images,
+    collate,
+    eval_transform,
+    image_folder,
+    train_transform,
+)
 from efficientvit.data.synthetic import make_synthetic
 from efficientvit.errors import UserError
 
@@ -31,8 +38,16 @@ def test_transforms_follow_the_configured_image_size(data, size):
 def test_the_training_augmentation_is_the_official_one():
     """Cream's (and DeiT's) build_transform, written out with its literal arguments: our recipe must be the same
     transform, RandAugment at magnitude 9 of timm's 10 (not 9 of torchvision's 31 bins)."""
-    official = create_transform(224, is_training=True, color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1",
-                                interpolation="bicubic", re_prob=0.25, re_mode="pixel", re_count=1)
+    official = create_transform(
+        224,
+        is_training=True,
+        color_jitter=0.4,
+        auto_augment="rand-m9-mstd0.5-inc1",
+        interpolation="bicubic",
+        re_prob=0.25,
+        re_mode="pixel",
+        re_count=1,
+    )
     ours = train_transform(224).transforms[-1]
     assert repr(ours) == repr(official)
     randaug = next(t for t in ours.transforms if type(t).__name__ == "RandAugment")

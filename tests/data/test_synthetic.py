@@ -83,9 +83,16 @@ def test_a_dataset_written_before_styles_is_the_textured_one(tmp_path):
         make_synthetic(out, seed=0, workers=1, style="clean", **SMALL)
 
 
-@pytest.mark.parametrize("args, message", [(dict(classes=1), "--classes"), (dict(classes=13), "--classes"),
-                                           (dict(train=2), "--train"), (dict(size=16), "--size"),
-                                           (dict(style="noisy"), "--style")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (dict(classes=1), "--classes"),
+        (dict(classes=13), "--classes"),
+        (dict(train=2), "--train"),
+        (dict(size=16), "--size"),
+        (dict(style="noisy"), "--style"),
+    ],
+)
 def test_bad_arguments_are_one_sentence(tmp_path, args, message):
     with pytest.raises(UserError, match=message):
         make_synthetic(tmp_path / "g", workers=1, **{**SMALL, **args})

@@ -28,8 +28,16 @@ def train_mode():
 def batch_norm(sd, prefix, x):
     if TRAINING:  # batch statistics; the running ones are neither read nor updated
         return F.batch_norm(x, None, None, sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], True, 0.0, 1e-5)
-    return F.batch_norm(x, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"], sd[f"{prefix}.weight"],
-                        sd[f"{prefix}.bias"], False, 0.0, 1e-5)
+    return F.batch_norm(
+        x,
+        sd[f"{prefix}.running_mean"],
+        sd[f"{prefix}.running_var"],
+        sd[f"{prefix}.weight"],
+        sd[f"{prefix}.bias"],
+        False,
+        0.0,
+        1e-5,
+    )
 
 
 def conv_bn(sd, prefix, x, stride=1, padding=0):
@@ -108,8 +116,11 @@ def official_forward(sd, depth, kernels, x, key_dim=16, window=7):
             h = F.relu(conv_bn(sd, f"{p}.1.conv1", x))
             h = F.relu(conv_bn(sd, f"{p}.1.conv2", h, stride=2, padding=1))
             s = h.mean((2, 3), keepdim=True)
-            s = F.conv2d(F.relu(F.conv2d(s, sd[f"{p}.1.se.fc1.weight"], sd[f"{p}.1.se.fc1.bias"])),
-                         sd[f"{p}.1.se.fc2.weight"], sd[f"{p}.1.se.fc2.bias"])
+            s = F.conv2d(
+                F.relu(F.conv2d(s, sd[f"{p}.1.se.fc1.weight"], sd[f"{p}.1.se.fc1.bias"])),
+                sd[f"{p}.1.se.fc2.weight"],
+                sd[f"{p}.1.se.fc2.bias"],
+            )
             x = conv_bn(sd, f"{p}.1.conv3", h * s.sigmoid())
             x = x + dw(sd, f"{p}.2.0.m", x)
             x = x + ffn(sd, f"{p}.2.1.m", x)

@@ -80,8 +80,10 @@ def gradient_error(grads: dict, reference: dict) -> float:
     """Worst gradient difference, each relative to its tensor's largest magnitude; a tensor whose gradient is
     exactly zero in theory (a BN bias right before another BN) is measured against the model's largest gradient."""
     scale = 1e-3 * max(g.abs().max().item() for g in reference.values())
-    return max((grads[name].double() - g.double()).abs().max().item() / max(g.abs().max().item(), scale)
-               for name, g in reference.items())
+    return max(
+        (grads[name].double() - g.double()).abs().max().item() / max(g.abs().max().item(), scale)
+        for name, g in reference.items()
+    )
 
 
 @pytest.mark.slow

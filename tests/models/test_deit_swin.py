@@ -19,8 +19,13 @@ def test_default_layouts_have_timms_parameter_counts():
     assert count_params(efficientvit.create_model("swin_tiny")) == 28_288_354
 
 
-@pytest.mark.parametrize("name,fixture", [("deit_tiny", "timm_deit_tiny_patch16_224_keys.json"),
-                                          ("swin_tiny", "timm_swin_tiny_patch4_window7_224_keys.json")])
+@pytest.mark.parametrize(
+    "name,fixture",
+    [
+        ("deit_tiny", "timm_deit_tiny_patch16_224_keys.json"),
+        ("swin_tiny", "timm_swin_tiny_patch4_window7_224_keys.json"),
+    ],
+)
 def test_exports_exactly_timms_key_layout(name, fixture):
     expected = json.loads((FIXTURES / fixture).read_text())
     exported = efficientvit.create_model(name).to_timm_layout()
@@ -41,8 +46,9 @@ def test_timm_layout_round_trips_through_load_checkpoint():
 @pytest.mark.parametrize("layout", ["A", "F", "AAFF", "FAFFA"])
 def test_any_layout_and_attention_kind_builds_and_runs(kind, layout):
     deit = efficientvit.create_model("deit_tiny", layout=layout, attention=kind, num_classes=5, **SMALL_DEIT)
-    swin = efficientvit.create_model("swin_tiny", **{**SMALL_SWIN, "layout": [layout, layout[::-1]]},
-                                     attention=kind, num_classes=5)
+    swin = efficientvit.create_model(
+        "swin_tiny", **{**SMALL_SWIN, "layout": [layout, layout[::-1]]}, attention=kind, num_classes=5
+    )
     for model in (deit, swin):
         out = model(torch.randn(2, 3, 32, 32))
         assert out.shape == (2, 5)
@@ -54,7 +60,7 @@ def test_split_and_cascade_heads_only_see_their_split():
     for kind, head1_sees_split0 in (("split", False), ("cascade", True), ("full", True)):
         attn = TokenAttention(12, 3, kind=kind)
         seen = {}
-        attn.head_tap.register_forward_hook(lambda m, i, o: seen.setdefault("heads", o))
+        attn.head_tap.register_forward_hook(lambda m, i, o, seen=seen: seen.setdefault("heads", o))
         attn(x)
         x.grad = None
         seen["heads"][:, 1].sum().backward()
@@ -90,8 +96,9 @@ def test_every_other_attention_layer_of_a_swin_stage_is_shifted():
 
 
 def test_own_checkpoint_rebuilds_layout_widths_and_kind(tmp_path):
-    model = efficientvit.create_model("swin_tiny", **{**SMALL_SWIN, "layout": "AFFF,FFA"}, attention="split",
-                                      num_classes=3).eval()
+    model = efficientvit.create_model(
+        "swin_tiny", **{**SMALL_SWIN, "layout": "AFFF,FFA"}, attention="split", num_classes=3
+    ).eval()
     path = efficientvit.save_checkpoint(tmp_path / "swin.pth", model)
     rebuilt = efficientvit.model_from_checkpoint(path).eval()
     assert rebuilt.layout == ["AFFF", "FFA"]
@@ -113,14 +120,17 @@ def test_layout_helpers():
     assert layout.count("A") == 2 and layout.index("A") > 0 and layout.rindex("A") < 9
 
 
-@pytest.mark.parametrize("name,kwargs,message", [
-    ("deit_tiny", dict(layout="AFX"), "may only contain A"),
-    ("swin_tiny", dict(layout="AF,,AF,AF"), "stage 2 is empty"),
-    ("deit_tiny", dict(embed_dim=100, num_heads=3), "not divisible by num_heads"),
-    ("swin_tiny", dict(img_size=192), "window_size 7 does not tile"),
-    ("swin_tiny", dict(img_size=100), "multiple of patch_size"),
-    ("deit_tiny", dict(img_size=100), "multiple of patch_size"),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,message",
+    [
+        ("deit_tiny", dict(layout="AFX"), "may only contain A"),
+        ("swin_tiny", dict(layout="AF,,AF,AF"), "stage 2 is empty"),
+        ("deit_tiny", dict(embed_dim=100, num_heads=3), "not divisible by num_heads"),
+        ("swin_tiny", dict(img_size=192), "window_size 7 does not tile"),
+        ("swin_tiny", dict(img_size=100), "multiple of patch_size"),
+        ("deit_tiny", dict(img_size=100), "multiple of patch_size"),
+    ],
+)
 def test_bad_configurations_name_the_parameter(name, kwargs, message):
     with pytest.raises(ValueError, match=message):
         efficientvit.create_model(name, **kwargs)
@@ -131,9 +141,13 @@ def test_deit_without_attention_pools_the_patch_tokens():
     ffn_only = efficientvit.create_model("deit_tiny", img_size=32, patch_size=4, embed_dim=24, layout="FFFF").eval()
     x = torch.randn(2, 3, 32, 32)
     assert ffn_only.global_pool == "avg" and not torch.allclose(ffn_only(x)[0], ffn_only(x)[1])
-    assert torch.allclose(ffn_only.forward_head(ffn_only.forward_features(x), pre_logits=True),
-                          ffn_only.forward_features(x)[:, 1:].mean(dim=1))
-    assert efficientvit.create_model("deit_tiny", img_size=32, patch_size=4, embed_dim=24, layout="AF").global_pool \
+    assert torch.allclose(
+        ffn_only.forward_head(ffn_only.forward_features(x), pre_logits=True),
+        ffn_only.forward_features(x)[:, 1:].mean(dim=1),
+    )
+    assert (
+        efficientvit.create_model("deit_tiny", img_size=32, patch_size=4, embed_dim=24, layout="AF").global_pool
         == "token"
+    )
     with pytest.raises(ValueError, match="global_pool must be"):
         efficientvit.create_model("deit_tiny", layout="AF", global_pool="max")

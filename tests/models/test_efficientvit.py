@@ -12,12 +12,17 @@ from efficientvit.models.attention import CascadedGroupAttention, relative_offse
 from efficientvit.models.efficientvit import CONFIGS
 from efficientvit.models.layers import LayerNorm2d
 
-from .official_reference import (official_forward, offset_index, ours_to_official_key, random_official_state_dict,
-                                 train_mode)
+from .official_reference import (
+    official_forward,
+    offset_index,
+    ours_to_official_key,
+    random_official_state_dict,
+    train_mode,
+)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 MODELS = [f"efficientvit_m{i}" for i in range(6)]
-# The official code's exact parameter counts and fvcore FLOPs (../shared/paper/table2_efficientvit.csv).
+# The official code's exact parameter counts and fvcore FLOPs (analysis/published/table2_efficientvit.csv).
 PARAMS = dict(zip(MODELS, [2_349_436, 2_980_560, 4_187_554, 6_900_722, 8_804_228, 12_473_772]))
 PARAMS_FUSED = dict(zip(MODELS, [2_334_916, 2_964_256, 4_168_338, 6_875_890, 8_776_340, 12_436_260]))
 MFLOPS_FUSED = dict(zip(MODELS, [79.20, 167.05, 201.04, 262.67, 299.31, 521.59]))
@@ -68,8 +73,12 @@ def test_same_function_as_the_official_implementation(name, size):
     sd = random_official_state_dict(model)
     efficientvit.load_checkpoint(model, {"model": sd})
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
-    expected = official_forward({k: v.double() if v.is_floating_point() else v for k, v in sd.items()},
-                                CONFIGS[name]["depth"], CONFIGS[name]["q_kernels"], x)
+    expected = official_forward(
+        {k: v.double() if v.is_floating_point() else v for k, v in sd.items()},
+        CONFIGS[name]["depth"],
+        CONFIGS[name]["q_kernels"],
+        x,
+    )
     with torch.no_grad():
         assert torch.allclose(model.eval()(x), expected, atol=1e-9, rtol=1e-7)
 
@@ -84,8 +93,9 @@ def test_same_loss_and_gradients_as_the_official_implementation_in_train_mode(na
     targets = torch.tensor([3, 7])
     leaves = {k: v.double().requires_grad_() if v.is_floating_point() else v for k, v in sd.items()}
     with train_mode():
-        expected = F.cross_entropy(official_forward(leaves, CONFIGS[name]["depth"], CONFIGS[name]["q_kernels"], x),
-                                   targets)
+        expected = F.cross_entropy(
+            official_forward(leaves, CONFIGS[name]["depth"], CONFIGS[name]["q_kernels"], x), targets
+        )
     expected.backward()
     loss = F.cross_entropy(model.train()(x), targets)
     loss.backward()
@@ -261,7 +271,7 @@ def test_knob_attention_kind_changes_what_each_head_sees():
         randomize_batchnorm(module).eval()
         x = torch.randn(1, 64, 7, 7, requires_grad=True)
         heads = {}
-        module.head_tap.register_forward_hook(lambda m, i, o: heads.setdefault("out", o))
+        module.head_tap.register_forward_hook(lambda m, i, o, heads=heads: heads.setdefault("out", o))
         module(x)
         heads["out"][0, 1].sum().backward()
         assert (x.grad[0, :16].abs().sum() > 0) == sees_split0

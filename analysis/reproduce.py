@@ -1,9 +1,10 @@
-"""`efficientvit reproduce`: every analysis of the paper, end to end, as one resumable pipeline.
+"""Every analysis of the paper, end to end, as one resumable pipeline: `python analysis/reproduce.py --preset demo`.
 
 Stages: make (or find) the data, train the proxies, Fig. 2 (memory-bound profile), Fig. 3 (MHSA sweep), Fig. 4
 (head similarity), Fig. 5 (Taylor pruning and the variant designer), the notebooks (headless, writing
 results/figures/*.png), and results/REPORT.md with our numbers beside the paper's. Everything a preset needs is
 in its YAML (experiments/reproduce/<preset>.yaml): the CPU default, a quick first look, and the paper's scale.
+Like the presets' own paths, `experiments/` and `notebooks/` are read from the repository root, where it runs.
 
 Every stage skips work already done (each tool resumes by itself: trainings from their checkpoints, the sweep
 and the profile from their CSVs), so an interrupted run continues where it stopped.
@@ -13,24 +14,45 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
+import nbformat
+import pandas as pd
+import torch
 import yaml
+from nbclient import NotebookClient
 
-from .data.sources import open_split
-from .errors import UserError
-from .models import create_model
-from .results import record_outputs
+from analysis import design_variant, head_similarity, memory_profile, mhsa_sweep, taylor_pruning
+from analysis.report import write_report
+from efficientvit.checkpoint import model_from_checkpoint
+from efficientvit.data import fashion_mnist
+from efficientvit.data.sources import open_split
+from efficientvit.data.synthetic import make_synthetic
+from efficientvit.errors import UserError, exit_status
+from efficientvit.flops import count_params
+from efficientvit.models import create_model
+from efficientvit.results import record_outputs, write_results
+from efficientvit.subnet import find_subnet, save_subnet
+from efficientvit.train import make_config, train
 
-PRESETS = Path(__file__).resolve().parents[1] / "experiments" / "reproduce"
+PRESETS = Path("experiments/reproduce")
+NOTEBOOKS = Path("notebooks")
 FIGURES = ("fig2", "fig3", "fig4", "fig5")
-NOTEBOOK_INPUTS = {"proxies": "proxies", "fig2": "memory_profile", "fig3": "mhsa_sweep", "fig4": "head_similarity",
-                   "fig5": "taylor_pruning"}  # notebook name prefix: the results folder it reads
+NOTEBOOK_INPUTS = {
+    "proxies": "proxies",
+    "fig2": "memory_profile",
+    "fig3": "mhsa_sweep",
+    "fig4": "head_similarity",
+    "fig5": "taylor_pruning",
+}  # notebook name prefix: the results folder it reads
 
 
 def load_preset(name: str) -> dict:
     path = Path(name) if name.endswith(".yaml") else PRESETS / f"{name}.yaml"
+    if not path.is_file() and not PRESETS.is_dir():
+        raise UserError(f"no {PRESETS}/ here: run from the repository root (the presets name files relative to it)")
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
         raise UserError(f"unknown preset {name!r}: choose one of {known}, or give a YAML path")
@@ -50,8 +72,10 @@ class Progress:
         # finished stages recalibrate the estimates, once they are long enough to say something
         pace = self.done_actual / self.done_expected if self.done_actual > 60 else 1.0
         left = pace * sum(minutes for _, minutes in self.stages[index:]) * 60
-        print(f"[{index + 1}/{len(self.stages)}] {name}: {elapsed / 60:.1f} min elapsed, about "
-              f"{left / 60:.0f} min left", flush=True)
+        print(
+            f"[{index + 1}/{len(self.stages)}] {name}: {elapsed / 60:.1f} min elapsed, about {left / 60:.0f} min left",
+            flush=True,
+        )
         return time.perf_counter()
 
     def end(self, index: int, started: float) -> None:
@@ -61,8 +85,6 @@ class Progress:
 
 def make_data(preset: dict) -> str:
     """The preset's data: Fashion-MNIST prepared, the shapes generated, or an ImageFolder root checked."""
-    from .data import fashion_mnist
-
     data = preset["data"]
     path = str(data["path"])
     if fashion_mnist.refers_to_fashion_mnist(path):
@@ -70,36 +92,37 @@ def make_data(preset: dict) -> str:
     if (Path(path) / "train").is_dir() and (Path(path) / "val").is_dir():
         return path
     if "synthetic" not in data:
-        raise UserError(f"data directory {path} does not exist; point `data.path` (or --data) at fashion-mnist or "
-                        "an ImageFolder root with train/ and val/")
-    from .data.synthetic import make_synthetic
-
+        raise UserError(
+            f"data directory {path} does not exist; point `data.path` (or --data) at fashion-mnist or "
+            "an ImageFolder root with train/ and val/"
+        )
     return str(make_synthetic(path, **data["synthetic"]))
 
 
 def proxy_configs(preset: dict, data: str) -> dict:
     """The training config of every proxy, with the preset's overrides applied."""
-    from .train import make_config
-
     configs = {}
     for name, spec in preset.get("proxies", {}).items():
         values = yaml.safe_load(Path(spec["config"]).read_text())
-        configs[name] = make_config({**values, **preset.get("train_overrides", {}), **spec.get("set", {}),
-                                     "data": str(data), "out": str(Path(preset["runs"]) / name)})
+        configs[name] = make_config(
+            {
+                **values,
+                **preset.get("train_overrides", {}),
+                **spec.get("set", {}),
+                "data": str(data),
+                "out": str(Path(preset["runs"]) / name),
+            }
+        )
     return configs
 
 
 def check_preset(preset: dict) -> None:
     """Fail in a second, not after twenty minutes: every config the preset names loads, every model it trains
     builds and runs a batch at its image size, and the figures name proxies that exist."""
-    import torch
-
-    from analysis.mhsa_sweep import read_sweep_config
-
     for key in ("runs", "data"):
         if key not in preset:
             raise UserError(f"the preset has no `{key}`")
-    for name, config in proxy_configs(preset, preset["data"]["path"]).items():
+    for config in proxy_configs(preset, preset["data"]["path"]).values():
         model = create_model(config.model, num_classes=10, img_size=config.img_size, **config.model_kwargs)
         model.eval()(torch.zeros(1, 3, config.img_size, config.img_size))
     for figure in ("fig4", "fig5"):
@@ -108,7 +131,7 @@ def check_preset(preset: dict) -> None:
             if proxy not in preset.get("proxies", {}):
                 raise UserError(f"{figure} reads proxy {proxy!r}, which the preset does not train")
     if "fig3" in preset:
-        sweep = read_sweep_config(preset["fig3"]["config"])
+        sweep = mhsa_sweep.read_sweep_config(preset["fig3"]["config"])
         for family in preset["fig3"]["families"]:
             if family not in sweep["families"]:
                 raise UserError(f"fig3 sweeps {family!r}, which {preset['fig3']['config']} does not define")
@@ -118,13 +141,6 @@ def check_preset(preset: dict) -> None:
 def train_proxies(preset: dict, data: str, out: Path) -> dict[str, Path]:
     """Train (or finish training) every proxy of the preset; returns their checkpoints. Their accuracy and
     training curves go to out/proxies/ (summary.csv, curves.csv), so the results folder stands on its own."""
-    import pandas as pd
-
-    from .checkpoint import model_from_checkpoint
-    from .flops import count_params
-    from .results import write_results
-    from .train import train
-
     checkpoints, summary, curves = {}, [], []
     for name, config in proxy_configs(preset, data).items():
         checkpoint = Path(config.out) / "checkpoint.pth"
@@ -136,16 +152,28 @@ def train_proxies(preset: dict, data: str, out: Path) -> dict[str, Path]:
         curve = pd.read_csv(Path(config.out) / "curve.csv")
         images = len(open_split(config.data, "train", config.img_size))
         final = metrics.iloc[-1]
-        summary.append({"proxy": name, "model": config.model, "attention": config.model_kwargs.get("attention", "full"),
-                        "params": count_params(model_from_checkpoint(checkpoint)),
-                        "epochs": int(final["epoch"]), "train_images": min(images, config.train_images or images),
-                        "top1": final["val_top1"], "top5": final["val_top5"],
-                        "train_img_s": final["train_img_s"], "train_minutes": metrics["epoch_seconds"].sum() / 60})
+        summary.append(
+            {
+                "proxy": name,
+                "model": config.model,
+                "attention": config.model_kwargs.get("attention", "full"),
+                "params": count_params(model_from_checkpoint(checkpoint)),
+                "epochs": int(final["epoch"]),
+                "train_images": min(images, config.train_images or images),
+                "top1": final["val_top1"],
+                "top5": final["val_top5"],
+                "train_img_s": final["train_img_s"],
+                "train_minutes": metrics["epoch_seconds"].sum() / 60,
+            }
+        )
         curves.append(curve.assign(proxy=name))
         curves.append(metrics[["epoch", "val_top1"]].assign(proxy=name))
     if summary:
-        arguments = {"runs": preset["runs"], "proxies": preset["proxies"],
-                     "train_overrides": preset.get("train_overrides")}
+        arguments = {
+            "runs": preset["runs"],
+            "proxies": preset["proxies"],
+            "train_overrides": preset.get("train_overrides"),
+        }
         write_results(pd.DataFrame(summary), out / "proxies" / "summary.csv", arguments)
         write_results(pd.concat(curves, ignore_index=True), out / "proxies" / "curves.csv", arguments)
     return checkpoints
@@ -155,8 +183,6 @@ def finished(out: Path, epochs: int) -> bool:
     metrics = out / "metrics.csv"
     if not metrics.exists():
         return False
-    import pandas as pd
-
     frame = pd.read_csv(metrics)
     return len(frame) > 0 and int(frame["epoch"].iloc[-1]) >= epochs
 
@@ -172,26 +198,42 @@ def with_sidecar(csv: Path) -> list[Path]:
 
 
 def fig2(preset: dict, out: Path) -> list[Path]:
-    from analysis import memory_profile
-    from .subnet import find_subnet, save_model_config
-
     spec = preset["fig2"]
     configs = []
     for proportion in spec.get("subnet_proportions", []):
-        result = find_subnet(spec["subnet_family"], spec["subnet_speedup"], proportion,
-                             base={"img_size": spec["img_size"]}, **spec.get("subnet", {}))
-        path = out / "memory_profile" / "subnets" / f"{spec['subnet_family']}_{spec['subnet_speedup']}x_p{proportion}.yaml"
-        configs.append(str(save_model_config(result, path)))
-    run_tool(memory_profile.main, ["--models", *spec["models"], "--batch", str(spec["batch"]), "--img-size",
-                                   str(spec["img_size"]), "--iters", str(spec.get("iters", 3)), "--device",
-                                   preset.get("device", "cpu"), "--out", str(out / "memory_profile" / "profile.csv"),
-                                   *(["--subnet-config", *configs] if configs else [])])
+        result = find_subnet(
+            spec["subnet_family"],
+            spec["subnet_speedup"],
+            proportion,
+            base={"img_size": spec["img_size"]},
+            **spec.get("subnet", {}),
+        )
+        path = (
+            out / "memory_profile" / "subnets" / f"{spec['subnet_family']}_{spec['subnet_speedup']}x_p{proportion}.yaml"
+        )
+        configs.append(str(save_subnet(result, path)))
+    run_tool(
+        memory_profile.main,
+        [
+            "--models",
+            *spec["models"],
+            "--batch",
+            str(spec["batch"]),
+            "--img-size",
+            str(spec["img_size"]),
+            "--iters",
+            str(spec.get("iters", 3)),
+            "--device",
+            preset.get("device", "cpu"),
+            "--out",
+            str(out / "memory_profile" / "profile.csv"),
+            *(["--subnet-config", *configs] if configs else []),
+        ],
+    )
     return with_sidecar(out / "memory_profile" / "profile.csv") + [Path(c) for c in configs]
 
 
 def fig3(preset: dict, out: Path, data: str) -> list[Path]:
-    from analysis import mhsa_sweep
-
     spec = preset["fig3"]
     sweep = yaml.safe_load(Path(spec["config"]).read_text())
     sweep["train"] = {**sweep["train"], **spec.get("train_overrides", {}), "data": str(data)}
@@ -199,76 +241,133 @@ def fig3(preset: dict, out: Path, data: str) -> list[Path]:
     config = out / "mhsa_sweep" / "sweep_config.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    run_tool(mhsa_sweep.main, ["--config", str(config), "--families", *spec["families"],
-                               "--speedups", *map(str, spec["speedups"]), "--proportions",
-                               *map(str, spec["proportions"]), "--seeds", *map(str, spec.get("seeds", [0])),
-                               "--device", preset.get("device", "cpu"), "--out", str(out / "mhsa_sweep" / "sweep.csv")])
+    run_tool(
+        mhsa_sweep.main,
+        [
+            "--config",
+            str(config),
+            "--families",
+            *spec["families"],
+            "--speedups",
+            *map(str, spec["speedups"]),
+            "--proportions",
+            *map(str, spec["proportions"]),
+            "--seeds",
+            *map(str, spec.get("seeds", [0])),
+            "--device",
+            preset.get("device", "cpu"),
+            "--out",
+            str(out / "mhsa_sweep" / "sweep.csv"),
+        ],
+    )
     return with_sidecar(out / "mhsa_sweep" / "sweep.csv") + [config]
 
 
 def fig4(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> list[Path]:
-    from analysis import head_similarity
-
     spec = preset["fig4"]
     written = []
     for proxy in spec["proxies"]:
         for feature in spec.get("features", ["attention"]):
             run = f"{proxy}_{feature}"
-            written += [path for table in ("summary", "pairwise")
-                        for path in with_sidecar(out / "head_similarity" / f"{run}_{table}.csv")]
+            written += [
+                path
+                for table in ("summary", "pairwise")
+                for path in with_sidecar(out / "head_similarity" / f"{run}_{table}.csv")
+            ]
             if (out / "head_similarity" / f"{run}_summary.csv").exists():
                 continue
-            run_tool(head_similarity.main, ["--checkpoint", str(checkpoints[proxy]), "--data", str(data),
-                                            "--images", str(spec["images"]), "--feature", feature,
-                                            "--device", preset.get("device", "cpu"), "--run", run,
-                                            "--out-dir", str(out / "head_similarity")])
+            run_tool(
+                head_similarity.main,
+                [
+                    "--checkpoint",
+                    str(checkpoints[proxy]),
+                    "--data",
+                    str(data),
+                    "--images",
+                    str(spec["images"]),
+                    "--feature",
+                    feature,
+                    "--device",
+                    preset.get("device", "cpu"),
+                    "--run",
+                    run,
+                    "--out-dir",
+                    str(out / "head_similarity"),
+                ],
+            )
     return written
 
 
 def fig5(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> list[Path]:
-    from analysis import design_variant, taylor_pruning
-
     spec = preset["fig5"]
     run = f"{spec['proxy']}_ratio_{spec['ratio']}"
     table = out / "taylor_pruning" / f"{run}.csv"
     if not table.exists():
-        run_tool(taylor_pruning.main, ["--checkpoint", str(checkpoints[spec["proxy"]]), "--data", str(data),
-                                       "--ratio", str(spec["ratio"]), "--batches", str(spec.get("batches", 10)),
-                                       "--device", preset.get("device", "cpu"), "--run", run,
-                                       "--out-dir", str(out / "taylor_pruning"),
-                                       "--save", str(Path(preset["runs"]) / "pruned" / f"{run}.pth")])
+        run_tool(
+            taylor_pruning.main,
+            [
+                "--checkpoint",
+                str(checkpoints[spec["proxy"]]),
+                "--data",
+                str(data),
+                "--ratio",
+                str(spec["ratio"]),
+                "--batches",
+                str(spec.get("batches", 10)),
+                "--device",
+                preset.get("device", "cpu"),
+                "--run",
+                run,
+                "--out-dir",
+                str(out / "taylor_pruning"),
+                "--save",
+                str(Path(preset["runs"]) / "pruned" / f"{run}.pth"),
+            ],
+        )
     variant = out / "variants" / f"{run}_variant.yaml"
     if not variant.exists():
-        run_tool(design_variant.main, ["--pruning", str(table), "--out-dir", str(out / "variants"),
-                                       "--img-size", str(spec.get("variant_img_size", 224)),
-                                       "--patch-size", str(spec.get("variant_patch_size", 16)),
-                                       "--seconds", str(spec.get("variant_seconds", 0.3))])
+        run_tool(
+            design_variant.main,
+            [
+                "--pruning",
+                str(table),
+                "--out-dir",
+                str(out / "variants"),
+                "--img-size",
+                str(spec.get("variant_img_size", 224)),
+                "--patch-size",
+                str(spec.get("variant_patch_size", 16)),
+                "--seconds",
+                str(spec.get("variant_seconds", 0.3)),
+            ],
+        )
     return with_sidecar(table) + [variant]
 
 
+def execute_notebook(path: Path, results: Path) -> None:
+    """Run a notebook headless from its folder against `results`, injected (as papermill does) after the cell
+    tagged `parameters`; each notebook writes its figures to results/figures."""
+    notebook = nbformat.read(path, as_version=4)
+    where = next(i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", []))
+    notebook.cells.insert(where + 1, nbformat.v4.new_code_cell(f"RESULTS = {str(Path(results).resolve())!r}"))
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
+
+
 def notebooks(out: Path) -> None:
-    """Execute every notebook headless against `out`; each writes its figures to out/figures."""
-    import os
-
-    import nbformat
-    from nbclient import NotebookClient
-
-    folder = Path(__file__).resolve().parents[1] / "notebooks"
-    os.environ["EFFICIENTVIT_RESULTS"] = str(out.resolve())
-    for path in sorted(folder.glob("*.ipynb")):
+    """Every notebook whose results folder the run wrote."""
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
         analysis = NOTEBOOK_INPUTS[path.stem.split("_")[0]]
         if not any((out / analysis).glob("*.csv")):
             continue
         print(f"  {path.name}", flush=True)
-        notebook = nbformat.read(path, as_version=4)
-        NotebookClient(notebook, timeout=600, kernel_name="python3",
-                       resources={"metadata": {"path": str(folder)}}).execute()
+        execute_notebook(path, out)
 
 
-def reproduce(preset_name: str, out: Path, only: list[str], data_override: str | None = None,
-              fresh: bool = False) -> Path:
-    from .report import write_report
-
+def reproduce(
+    preset_name: str, out: Path, only: list[str], data_override: str | None = None, fresh: bool = False
+) -> Path:
     preset = load_preset(preset_name)
     if data_override:
         preset["data"] = {"path": data_override}
@@ -290,8 +389,11 @@ def reproduce(preset_name: str, out: Path, only: list[str], data_override: str |
         elif stage == "proxies":
             checkpoints = train_proxies(preset, data, out) if {"fig4", "fig5"} & set(only) else {}
             if checkpoints:
-                record_outputs(out, stage, with_sidecar(out / "proxies" / "summary.csv")
-                               + with_sidecar(out / "proxies" / "curves.csv"))
+                record_outputs(
+                    out,
+                    stage,
+                    with_sidecar(out / "proxies" / "summary.csv") + with_sidecar(out / "proxies" / "curves.csv"),
+                )
         elif stage == "fig2":
             record_outputs(out, stage, fig2(preset, out))
         elif stage == "fig3":
@@ -308,25 +410,42 @@ def reproduce(preset_name: str, out: Path, only: list[str], data_override: str |
     return report
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="demo", help="demo (default, ~23 min on 2 cores), quick (smaller), "
-                                                        "paper (ImageNet, GPUs), or a preset YAML")
-    parser.add_argument("--out", type=Path, help="results folder (default results/<preset>: a run never overwrites "
-                                                 "the committed reference in results/)")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Make the data, train the proxies, run Figs. 2-5 and the variant designer, execute the notebooks "
+        "(figures in <out>/figures) and write <out>/REPORT.md. Run from the repository root. Interrupted, "
+        "it continues where it stopped when run again (finished work is always kept)."
+    )
+    parser.add_argument(
+        "--preset",
+        default="demo",
+        help="demo (default, ~25 min on 2 cores), quick (smaller), paper (ImageNet, GPUs), or a preset YAML",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results folder (default results/<preset>: a run never overwrites the committed reference in results/)",
+    )
     parser.add_argument("--only", default=",".join(FIGURES), help="figures to run, e.g. fig2,fig4 (all)")
-    parser.add_argument("--data", help="data to use instead of the preset's: fashion-mnist or an ImageFolder root "
-                                       "(e.g. ImageNet)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run (the default: finished work is always kept)")
+    parser.add_argument(
+        "--data", help="data to use instead of the preset's: fashion-mnist or an ImageFolder root (e.g. ImageNet)"
+    )
     parser.add_argument("--fresh", action="store_true", help="delete the preset's results and runs, start over")
+    return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> None:
+def command(args: argparse.Namespace) -> None:
     only = [f.strip() for f in args.only.split(",") if f.strip()]
     unknown = sorted(set(only) - set(FIGURES))
     if unknown:
         raise UserError(f"--only takes {', '.join(FIGURES)}; unknown: {', '.join(unknown)}")
-    if args.resume and args.fresh:
-        raise UserError("--resume and --fresh contradict each other")
     out = args.out or Path("results") / Path(args.preset).name.removesuffix(".yaml")
     reproduce(args.preset, out, only, args.data, args.fresh)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return exit_status("reproduce", command, parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
