@@ -419,7 +419,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--preset",
         default="demo",
-        help="demo (default, ~25 min on 2 cores), quick (smaller), paper (ImageNet, GPUs), or a preset YAML",
+        help="demo (default, ~28 min on 2 cores), quick (smaller), paper (ImageNet, GPUs), or a preset YAML",
     )
     parser.add_argument(
         "--out",
