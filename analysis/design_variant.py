@@ -17,9 +17,9 @@ Example: python analysis/design_variant.py --pruning results/taylor_pruning/swin
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -28,10 +28,11 @@ import yaml
 
 import efficientvit
 from efficientvit.bench import interleaved_throughput
+from efficientvit.config import knob, parse_config
 from efficientvit.errors import UserError, exit_status
 from efficientvit.flops import count_flops, count_params
+from efficientvit.models import ModelSpec
 from efficientvit.models.efficientvit import CONFIGS
-from efficientvit.results import atomic_write_text
 
 REQUIRED = ("in_width", "heads", "qk_kept", "v_ratio", "ffn_ratio")
 
@@ -111,57 +112,48 @@ def compare(variant: dict, name: str, img_size: int, seconds: float, others: lis
     )
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Turn Taylor pruning ratios into an EfficientViT configuration and compare it with M0..M5."
-    )
-    parser.add_argument("--pruning", required=True, help="CSV written by analysis/taylor_pruning.py")
-    parser.add_argument(
-        "--base",
-        default="efficientvit_m0",
-        help="EfficientViT whose widths/depths/heads to start from (efficientvit_m0)",
-    )
-    parser.add_argument("--target-flops", type=float, help="scale the widths to about this many fused FLOPs")
-    parser.add_argument("--name", help="variant name (default <pruning run>_variant)")
-    parser.add_argument("--out-dir", type=Path, default=Path("experiments/variants"), help="where the YAML goes")
-    parser.add_argument("--img-size", type=int, default=224, help="input size of the comparison (224)")
-    parser.add_argument(
-        "--patch-size",
-        type=int,
-        default=16,
-        help="stem stride of the variant (16, the paper's; 4 for 28-32 px images such as Fashion-MNIST)",
-    )
-    parser.add_argument("--seconds", type=float, default=0.5, help="timing budget per model and round (0.5)")
-    parser.add_argument(
-        "--compare",
-        nargs="*",
-        default=list(CONFIGS),
-        metavar="MODEL",
-        help="models to show beside the variant (efficientvit_m0 .. m5)",
-    )
-    return parser.parse_args(argv)
+DESCRIPTION = "Turn Taylor pruning ratios into an EfficientViT configuration and compare it with M0..M5."
 
 
-def command(args: argparse.Namespace) -> None:
-    path = Path(args.pruning)
+@dataclass
+class VariantConfig:
+    pruning: str = knob(help="CSV written by analysis/taylor_pruning.py")
+    base: str = knob("efficientvit_m0", "EfficientViT whose widths/depths/heads to start from")
+    target_flops: float | None = knob(None, "scale the widths to about this many fused FLOPs")
+    name: str | None = knob(None, "variant name (default <pruning run>_variant)")
+    out_dir: Path = knob(Path("experiments/variants"), "where the YAML goes")
+    img_size: int = knob(224, "input size of the comparison")
+    patch_size: int = knob(16, "stem stride of the variant (16: the paper's; 4 for 28-32 px images, Fashion-MNIST)")
+    seconds: float = knob(0.5, "timing budget per model and round")
+    compare: list[str] = knob(list(CONFIGS), "models to show beside the variant", metavar="MODEL")
+
+
+def run(config: VariantConfig) -> ModelSpec:
+    """Design the variant, write it as a model YAML, print it beside M0..M5; returns its spec."""
+    path = Path(config.pruning)
     if not path.exists():
         raise UserError(f"pruning CSV {path} does not exist: run analysis/taylor_pruning.py first")
-    variant = design(pd.read_csv(path), args.base, args.target_flops, args.img_size, args.patch_size)
-    name = args.name or f"{path.stem}_variant"
-    table = compare(variant, name, args.img_size, args.seconds, args.compare)
-    out = args.out_dir / f"{name}.yaml"
-    header = (
-        f"# Designed by analysis/design_variant.py from {path} (Taylor pruning ratios).\n"
-        f"# Build: create_model(model, **model_kwargs); train: merge into a training config.\n"
+    variant = design(pd.read_csv(path), config.base, config.target_flops, config.img_size, config.patch_size)
+    name = config.name or f"{path.stem}_variant"
+    table = compare(variant, name, config.img_size, config.seconds, config.compare)
+    spec = ModelSpec(variant["model"], variant["model_kwargs"])
+    out = spec.to_yaml(
+        config.out_dir / f"{name}.yaml",
+        f"Designed by analysis/design_variant.py from {path} (Taylor pruning ratios).\n"
+        "Build: create_model(model, **model_kwargs); train: merge into a training config.",
     )
-    atomic_write_text(out, header + yaml.safe_dump(variant, sort_keys=False))
     print(yaml.safe_dump(variant["model_kwargs"], sort_keys=False, default_flow_style=None).strip())
     print(f"\n{table.to_string(index=False)}\n(CPU, batch 16, {torch.get_num_threads()} threads, interleaved medians)")
     print(f"written to {out}")
+    return spec
+
+
+def parse_args(argv: list[str] | None = None) -> VariantConfig:
+    return parse_config(VariantConfig, argv, DESCRIPTION)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return exit_status("design_variant", command, parse_args(argv))
+    return exit_status("design_variant", run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ Example: python analysis/head_similarity.py --model deit_tiny --checkpoint runs/
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import efficientvit
+from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.data.pipeline import check_bad_images, collate
 from efficientvit.data.sources import open_split
 from efficientvit.errors import UserError, exit_status
@@ -189,67 +190,66 @@ def build_model(name: str | None, checkpoint: str | None, model_config: str | No
     return spec.build(**overrides)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Per-head cosine similarity of every attention block (the paper's Fig. 4); writes "
-        "results/head_similarity/<run>_pairwise.csv and <run>_summary.csv with JSON sidecars."
-    )
-    parser.add_argument("--model", help="registered model name (not needed for checkpoints of this project)")
-    parser.add_argument("--model-config", help="model YAML (e.g. from `efficientvit subnet`) instead of --model")
-    parser.add_argument("--checkpoint", help="weights: this project's, timm's or the official release's")
-    parser.add_argument(
-        "--data", required=True, help="fashion-mnist, or an ImageFolder root (DATA/<split>/<class>/<image>)"
-    )
-    parser.add_argument("--split", default="val", help="split to read (val)")
-    parser.add_argument("--images", type=int, default=1000, help="images to average over (1000)")
-    parser.add_argument(
-        "--batch", type=int, default=64, help="images per forward pass (64); results do not depend on it"
-    )
-    parser.add_argument(
-        "--feature",
-        default="attention",
-        choices=sorted(FEATURES),
-        help="compare the heads' attention maps or their outputs (attention)",
-    )
-    parser.add_argument("--img-size", type=int, help="input size (default: the model's)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (cpu)")
-    parser.add_argument("--workers", type=int, default=2, help="data loading processes (2)")
-    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
-    parser.add_argument("--run", help="run name (default <model>_<checkpoint>_<feature>)")
-    parser.add_argument("--out-dir", type=Path, default=Path("results/head_similarity"), help="where to write")
-    return parser.parse_args(argv)
+DESCRIPTION = (
+    "Per-head cosine similarity of every attention block (the paper's Fig. 4); writes "
+    "results/head_similarity/<run>_pairwise.csv and <run>_summary.csv with JSON sidecars."
+)
 
 
-def command(args: argparse.Namespace) -> None:
-    device = resolve_device(args.device)
-    if args.images < 1 or args.batch < 1:
+@dataclass
+class SimilarityConfig:
+    data: str = knob(help="fashion-mnist, or an ImageFolder root (DATA/<split>/<class>/<image>)")
+    model: str | None = knob(None, "registered model name (not needed for checkpoints of this project)")
+    model_config: str | None = knob(None, "model YAML (e.g. from `efficientvit subnet`) instead of --model")
+    checkpoint: str | None = knob(None, "weights: this project's, timm's or the official release's")
+    split: str = knob("val", "split to read")
+    images: int = knob(1000, "images to average over")
+    batch: int = knob(64, "images per forward pass; results do not depend on it")
+    feature: str = knob("attention", "compare the heads' attention maps or their outputs", choices=sorted(FEATURES))
+    img_size: int | None = knob(None, "input size (default: the model's)")
+    device: str = knob("cpu", "cpu, cuda or auto")
+    workers: int = knob(2, "data loading processes")
+    skip_bad: bool = knob(False, "skip unreadable images instead of stopping")
+    run: str | None = knob(None, "run name (default <model>_<checkpoint>_<feature>)")
+    out_dir: Path = knob(Path("results/head_similarity"), "where to write")
+
+
+def run(config: SimilarityConfig) -> pd.DataFrame:
+    """Measure, write <run>_pairwise.csv and <run>_summary.csv, and return the summary (one row per block)."""
+    device = resolve_device(config.device)
+    if config.images < 1 or config.batch < 1:
         raise UserError("--images and --batch must be at least 1")
-    model = build_model(args.model, args.checkpoint, args.model_config, args.img_size)
+    model = build_model(config.model, config.checkpoint, config.model_config, config.img_size)
     name = model.spec.name
-    dataset = open_split(args.data, args.split, model.img_size[0])
-    if args.images > len(dataset):
-        print(f"the {args.split} split has {len(dataset)} images, fewer than --images {args.images}: using all")
-    dataset = Subset(dataset, range(min(args.images, len(dataset))))
-    loader = DataLoader(dataset, batch_size=args.batch, num_workers=args.workers, collate_fn=collate)
-    pairwise, summary = head_similarity(model, loader, args.feature, device=device, skip_bad=args.skip_bad)
-    checkpoint = Path(args.checkpoint).stem if args.checkpoint else "random_init"
+    dataset = open_split(config.data, config.split, model.img_size[0])
+    if config.images > len(dataset):
+        print(f"the {config.split} split has {len(dataset)} images, fewer than --images {config.images}: using all")
+    dataset = Subset(dataset, range(min(config.images, len(dataset))))
+    loader = DataLoader(dataset, batch_size=config.batch, num_workers=config.workers, collate_fn=collate)
+    pairwise, summary = head_similarity(model, loader, config.feature, device=device, skip_bad=config.skip_bad)
+    checkpoint = Path(config.checkpoint).stem if config.checkpoint else "random_init"
     for table in (pairwise, summary):
         table.insert(0, "model", name)
         table.insert(1, "checkpoint", checkpoint)
-    run = args.run or f"{name}_{checkpoint}_{args.feature}"
-    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    write_results(pairwise, args.out_dir / f"{run}_pairwise.csv", arguments)
-    write_results(summary, args.out_dir / f"{run}_summary.csv", arguments)
-    print(
-        summary[
-            ["stage", "block", "heads", "mean_max_similarity", "mean_max_similarity_ci95", "max_of_mean_similarity"]
-        ].to_string(index=False, float_format=lambda v: f"{v:.3f}")
-    )
-    print(f"written to {args.out_dir / run}_pairwise.csv and _summary.csv")
+    name = config.run or f"{name}_{checkpoint}_{config.feature}"
+    write_results(pairwise, config.out_dir / f"{name}_pairwise.csv", config_arguments(config))
+    write_results(summary, config.out_dir / f"{name}_summary.csv", config_arguments(config))
+    print(f"written to {config.out_dir / name}_pairwise.csv and _summary.csv")
+    return summary
+
+
+def show(config: SimilarityConfig) -> None:
+    summary = run(config)
+    columns = ["stage", "block", "heads", "mean_max_similarity", "mean_max_similarity_ci95", "max_of_mean_similarity"]
+    print(summary[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def parse_args(argv: list[str] | None = None) -> SimilarityConfig:
+    return parse_config(SimilarityConfig, argv, DESCRIPTION)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return exit_status("head_similarity", command, parse_args(argv))
+    return exit_status("head_similarity", show, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ Example: python analysis/memory_profile.py --models deit_tiny swin_tiny efficien
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import re
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +37,7 @@ from torch.utils.flop_counter import flop_registry
 from tqdm import tqdm
 
 import efficientvit
+from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.errors import UserError, exit_status
 from efficientvit.models import ModelSpec
 from efficientvit.models.attention import TokenAttention
@@ -362,7 +363,7 @@ def describe_layout(model: nn.Module) -> tuple[str, float]:
     return "sandwich", kinds.count("attention") / len(kinds)
 
 
-def run(
+def profile_models(
     specs: list[ModelSpec],
     device: torch.device,
     batch: int,
@@ -406,100 +407,92 @@ def run(
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Profile where a model's inference time goes, by operator category and layer scope "
-        "(the paper's Fig. 2); writes results/memory_profile/<run>.csv and .json."
-    )
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        default=["deit_tiny", "swin_tiny", "efficientvit_m4"],
-        help="registered model names (default: deit_tiny swin_tiny efficientvit_m4)",
-    )
-    parser.add_argument("--layout", help="A/F layout for the DeiT/Swin models (Swin: stages separated by commas)")
-    parser.add_argument(
-        "--subnet-config",
-        nargs="*",
-        default=[],
-        metavar="YAML",
-        help="model configurations written by `efficientvit subnet`, profiled too",
-    )
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where to run (cpu)")
-    parser.add_argument("--batch", type=int, default=16, help="images per forward pass (16, the paper's CPU batch)")
-    parser.add_argument("--img-size", type=int, default=224, help="input size (224)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
-    parser.add_argument("--iters", type=int, default=5, help="profiled forward passes per model (5)")
-    parser.add_argument("--warmup", type=int, default=2, help="forward passes before profiling (2)")
-    parser.add_argument(
-        "--fused-attention",
-        action="store_true",
-        help="profile the fused scaled_dot_product_attention kernel instead of the explicit "
-        "matmul/softmax attention of the models the paper profiled",
-    )
-    parser.add_argument(
-        "--show",
-        nargs="*",
-        default=[],
-        metavar="CATEGORY",
-        help=f"also print the share of these categories ({', '.join(CATEGORIES)})",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        help="CSV path (default results/memory_profile/<device>_b<batch>_"
-        "<img>.csv); models already in it are skipped (resume)",
-    )
-    parser.add_argument("--fresh", action="store_true", help="ignore an existing CSV instead of resuming it")
-    return parser.parse_args(argv)
+DESCRIPTION = (
+    "Profile where a model's inference time goes, by operator category and layer scope (the paper's Fig. 2); "
+    "writes results/memory_profile/<run>.csv and .json."
+)
 
 
-def command(args: argparse.Namespace) -> None:
-    unknown = sorted(set(args.show) - set(CATEGORIES))
+@dataclass
+class ProfileConfig:
+    models: list[str] = knob(["deit_tiny", "swin_tiny", "efficientvit_m4"], "registered model names")
+    layout: str | None = knob(None, "A/F layout for the DeiT/Swin models (Swin: stages separated by commas)")
+    subnet_config: list[str] = knob([], "model YAMLs (e.g. from `efficientvit subnet`), profiled too", metavar="YAML")
+    device: str = knob("cpu", "where to run", choices=("cpu", "cuda", "auto"))
+    batch: int = knob(16, "images per forward pass (16: the paper's CPU batch)")
+    img_size: int = knob(224, "input size")
+    threads: int | None = knob(None, "CPU threads (default: torch's choice)")
+    iters: int = knob(5, "profiled forward passes per model")
+    warmup: int = knob(2, "forward passes before profiling")
+    fused_attention: bool = knob(
+        False,
+        "profile the fused scaled_dot_product_attention kernel instead of the explicit matmul/softmax attention of "
+        "the models the paper profiled",
+    )
+    show: list[str] = knob([], f"also print the share of these categories ({', '.join(CATEGORIES)})", metavar="CAT")
+    out: Path | None = knob(
+        None,
+        "CSV path (default results/memory_profile/<device>_b<batch>_<img>.csv); models already in it are "
+        "skipped (resume)",
+    )
+    fresh: bool = knob(False, "ignore an existing CSV instead of resuming it")
+
+
+def run(config: ProfileConfig) -> pd.DataFrame:
+    """Profile every model of the config (resuming the CSV), write the CSV and its sidecar, return the table."""
+    unknown = sorted(set(config.show) - set(CATEGORIES))
     if unknown:
         raise UserError(f"unknown category {', '.join(unknown)}: choose from {', '.join(CATEGORIES)}")
-    if args.batch < 1 or args.iters < 1:
+    if config.batch < 1 or config.iters < 1:
         raise UserError("--batch and --iters must be at least 1")
-    device = resolve_device(args.device)
-    specs = model_specs(args.models, args.layout, args.subnet_config)
-    out = args.out or Path("results/memory_profile") / f"{device.type}_b{args.batch}_{args.img_size}.csv"
-    done = None if args.fresh else read_results(out)
+    device = resolve_device(config.device)
+    specs = model_specs(config.models, config.layout, config.subnet_config)
+    out = config.out or Path("results/memory_profile") / f"{device.type}_b{config.batch}_{config.img_size}.csv"
+    done = None if config.fresh else read_results(out)
     balance = machine_balance(device)
-    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
     def save(frame: pd.DataFrame) -> None:
-        write_results(frame, out, arguments, {"machine_balance": balance})
+        write_results(frame, out, config_arguments(config), {"machine_balance": balance})
 
-    frame = run(
+    frame = profile_models(
         specs,
         device,
-        args.batch,
-        args.img_size,
-        args.threads,
-        args.iters,
-        args.warmup,
+        config.batch,
+        config.img_size,
+        config.threads,
+        config.iters,
+        config.warmup,
         done,
         save,
-        args.fused_attention,
+        config.fused_attention,
     )
+    print(
+        f"balance point {balance['balance_flops_per_byte']:.1f} FLOP/byte "
+        f"({balance['peak_matmul_flops'] / 1e9:.0f} GFLOP/s matmul, "
+        f"{balance['copy_bandwidth_bytes_s'] / 1e9:.1f} GB/s copy); written to {out}"
+    )
+    return frame
+
+
+def show(config: ProfileConfig) -> None:
+    frame = run(config)
     summary = (
         frame.groupby(["model", "layout"], sort=False)
         .apply(lambda g: g.loc[g["memory_bound"], "share"].sum(), include_groups=False)
         .rename("memory_bound_share")
     )
     print(summary.to_string(float_format=lambda v: f"{100 * v:.1f}%"))
-    for cat in args.show:
+    for cat in config.show:
         shares = frame[frame["category"] == cat].groupby("model", sort=False)["share"].sum()
         print(f"{cat}: " + ", ".join(f"{m} {100 * s:.1f}%" for m, s in shares.items()))
-    print(
-        f"balance point {balance['balance_flops_per_byte']:.1f} FLOP/byte "
-        f"({balance['peak_matmul_flops'] / 1e9:.0f} GFLOP/s matmul, "
-        f"{balance['copy_bandwidth_bytes_s'] / 1e9:.1f} GB/s copy); written to {out}"
-    )
+
+
+def parse_args(argv: list[str] | None = None) -> ProfileConfig:
+    return parse_config(ProfileConfig, argv, DESCRIPTION)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return exit_status("memory_profile", command, parse_args(argv))
+    return exit_status("memory_profile", show, parse_args(argv))
 
 
 if __name__ == "__main__":

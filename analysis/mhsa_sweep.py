@@ -17,15 +17,16 @@ Example: python analysis/mhsa_sweep.py --families deit_tiny --speedups 1.25 1.5 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 import efficientvit
+from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.errors import UserError, exit_status
 from efficientvit.flops import count_flops, count_params
 from efficientvit.results import read_results, write_results
@@ -95,9 +96,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(v) for v in text.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard takes i/n, e.g. 0/4, got {text!r}") from None
+        raise UserError(f"--shard takes i/n, e.g. 0/4, got {text!r}") from None
     if not 0 <= index < count:
-        raise argparse.ArgumentTypeError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+        raise UserError(f"--shard i/n needs 0 <= i < n, got {text!r}")
     return index, count
 
 
@@ -187,70 +188,70 @@ def merge(paths: list[str], out: Path, arguments: dict) -> pd.DataFrame:
     return merged
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Train throughput-matched DeiT/Swin subnets over MHSA proportions (the paper's Fig. 3); "
-        "writes one row per point to results/mhsa_sweep/<run>.csv."
-    )
-    parser.add_argument("--families", nargs="+", default=["deit_tiny", "swin_tiny"], help="deit_tiny, swin_tiny")
-    parser.add_argument("--speedups", nargs="+", type=float, default=[1.25, 1.5], help="target speed-ups (1.25 1.5)")
-    parser.add_argument(
-        "--proportions",
-        nargs="+",
-        type=float,
-        default=[0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0],
-        help="MHSA proportions, 0 to 1",
-    )
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (0)")
-    parser.add_argument("--config", help="sweep YAML (experiments/cpu/sweep.yaml, experiments/paper/sweep.yaml)")
-    parser.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="i/n", help="run every n-th point from i")
-    parser.add_argument("--device", default="cpu", help="where the subnets are timed (cpu)")
-    parser.add_argument("--out", type=Path, help="CSV (default results/mhsa_sweep/<config>[_shard_i_of_n].csv)")
-    parser.add_argument("--merge", nargs="+", metavar="CSV", help="join these shard CSVs into --out and stop")
-    parser.add_argument(
-        "--subnets-only",
-        action="store_true",
-        help="only search (and cache) the subnets; do this once before running under torchrun",
-    )
-    return parser.parse_args(argv)
+DESCRIPTION = (
+    "Train throughput-matched DeiT/Swin subnets over MHSA proportions (the paper's Fig. 3); writes one row per "
+    "point to results/mhsa_sweep/<run>.csv."
+)
 
 
-def command(args: argparse.Namespace) -> None:
-    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    if args.merge:
-        if not args.out:
+@dataclass
+class SweepConfig:
+    families: list[str] = knob(["deit_tiny", "swin_tiny"], "deit_tiny, swin_tiny")
+    speedups: list[float] = knob([1.25, 1.5], "target speed-ups")
+    proportions: list[float] = knob([0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0], "MHSA proportions, 0 to 1")
+    seeds: list[int] = knob([0], "training seeds")
+    config: str | None = knob(None, "sweep YAML (experiments/cpu/sweep.yaml, experiments/paper/sweep.yaml)")
+    shard: str = knob("0/1", "run every n-th point from i", metavar="i/n")
+    device: str = knob("cpu", "where the subnets are timed")
+    out: Path | None = knob(None, "CSV (default results/mhsa_sweep/<config>[_shard_i_of_n].csv)")
+    merge: list[str] = knob([], "join these shard CSVs into --out and stop", metavar="CSV")
+    subnets_only: bool = knob(False, "only search (and cache) the subnets; do this once before running under torchrun")
+
+
+def run(config: SweepConfig, sweep: dict | None = None) -> pd.DataFrame:
+    """Every point of the grid (this shard's), or the merged shards; returns the table. `sweep` is the content of
+    a sweep YAML (read from `config.config` when not given)."""
+    arguments = config_arguments(config)
+    if config.merge:
+        if not config.out:
             raise UserError("--merge needs --out, the merged CSV to write")
-        frame = merge(args.merge, args.out, arguments)
-    else:
-        if not args.config:
+        return merge(config.merge, config.out, arguments)
+    if sweep is None:
+        if not config.config:
             raise UserError("give --config, the sweep YAML (e.g. experiments/cpu/sweep.yaml)")
-        sweep = read_sweep_config(args.config)
-        points = grid(args.families, args.speedups, args.proportions, args.seeds)
-        index, count = args.shard
-        shard = f"_shard_{index}_of_{count}" if count > 1 else ""
-        out = args.out or Path("results/mhsa_sweep") / f"{Path(args.config).stem}{shard}.csv"
-        if args.subnets_only:
-            search_subnets(points[index::count], sweep, args.device)
-            return
-        frame = sweep_points(points[index::count], sweep, out, arguments, args.device)
-    print(
-        frame[
-            [
-                "family",
-                "speedup_target",
-                "speedup_measured",
-                "speedup_met",
-                "mhsa_proportion",
-                "mhsa_proportion_actual",
-                "seed",
-                "top1",
-            ]
-        ].to_string(index=False)
-    )
+        sweep = read_sweep_config(config.config)
+    points = grid(config.families, config.speedups, config.proportions, config.seeds)
+    index, count = parse_shard(config.shard)
+    shard = f"_shard_{index}_of_{count}" if count > 1 else ""
+    out = config.out or Path("results/mhsa_sweep") / f"{Path(config.config or 'sweep').stem}{shard}.csv"
+    if config.subnets_only:
+        search_subnets(points[index::count], sweep, config.device)
+        return pd.DataFrame(columns=COLUMNS)
+    return sweep_points(points[index::count], sweep, out, arguments, config.device)
+
+
+def show(config: SweepConfig) -> None:
+    frame = run(config)
+    columns = [
+        "family",
+        "speedup_target",
+        "speedup_measured",
+        "speedup_met",
+        "mhsa_proportion",
+        "mhsa_proportion_actual",
+        "seed",
+        "top1",
+    ]
+    if len(frame):
+        print(frame[columns].to_string(index=False))
+
+
+def parse_args(argv: list[str] | None = None) -> SweepConfig:
+    return parse_config(SweepConfig, argv, DESCRIPTION)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return exit_status("mhsa_sweep", command, parse_args(argv))
+    return exit_status("mhsa_sweep", show, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ and the profile from their CSVs), so an interrupted run continues where it stopp
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -27,10 +27,12 @@ from nbclient import NotebookClient
 from analysis import design_variant, head_similarity, memory_profile, mhsa_sweep, taylor_pruning
 from analysis.report import write_report
 from efficientvit.checkpoint import model_from_checkpoint
+from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.data import fashion_mnist
 from efficientvit.data.sources import open_split
 from efficientvit.data.synthetic import make_synthetic
 from efficientvit.errors import UserError, exit_status
+from efficientvit.files import atomic_write_text
 from efficientvit.flops import count_params
 from efficientvit.models import create_model
 from efficientvit.results import record_outputs, write_results
@@ -187,10 +189,10 @@ def finished(out: Path, epochs: int) -> bool:
     return len(frame) > 0 and int(frame["epoch"].iloc[-1]) >= epochs
 
 
-def run_tool(main, argv: list[str]) -> None:
-    print("  " + " ".join([main.__module__.replace(".", "/") + ".py", *argv]), flush=True)
-    if main(argv) != 0:
-        raise UserError(f"{main.__module__} failed (see above)")
+def announce(config) -> None:
+    """One line per tool call: which analysis runs with which configuration."""
+    changed = {k: v for k, v in config_arguments(config).items() if v not in (None, [], False)}
+    print(f"  {type(config).__name__}({', '.join(f'{k}={v}' for k, v in changed.items())})", flush=True)
 
 
 def with_sidecar(csv: Path) -> list[Path]:
@@ -208,59 +210,40 @@ def fig2(preset: dict, out: Path) -> list[Path]:
             base={"img_size": spec["img_size"]},
             **spec.get("subnet", {}),
         )
-        path = (
-            out / "memory_profile" / "subnets" / f"{spec['subnet_family']}_{spec['subnet_speedup']}x_p{proportion}.yaml"
-        )
-        configs.append(str(save_subnet(result, path)))
-    run_tool(
-        memory_profile.main,
-        [
-            "--models",
-            *spec["models"],
-            "--batch",
-            str(spec["batch"]),
-            "--img-size",
-            str(spec["img_size"]),
-            "--iters",
-            str(spec.get("iters", 3)),
-            "--device",
-            preset.get("device", "cpu"),
-            "--out",
-            str(out / "memory_profile" / "profile.csv"),
-            *(["--subnet-config", *configs] if configs else []),
-        ],
+        name = f"{spec['subnet_family']}_{spec['subnet_speedup']}x_p{proportion}.yaml"
+        configs.append(str(save_subnet(result, out / "memory_profile" / "subnets" / name)))
+    config = memory_profile.ProfileConfig(
+        models=spec["models"],
+        subnet_config=configs,
+        device=preset.get("device", "cpu"),
+        batch=spec["batch"],
+        img_size=spec["img_size"],
+        iters=spec.get("iters", 3),
+        out=out / "memory_profile" / "profile.csv",
     )
-    return with_sidecar(out / "memory_profile" / "profile.csv") + [Path(c) for c in configs]
+    announce(config)
+    memory_profile.run(config)
+    return with_sidecar(config.out) + [Path(c) for c in configs]
 
 
 def fig3(preset: dict, out: Path, data: str) -> list[Path]:
     spec = preset["fig3"]
-    sweep = yaml.safe_load(Path(spec["config"]).read_text())
+    sweep = mhsa_sweep.read_sweep_config(spec["config"])
     sweep["train"] = {**sweep["train"], **spec.get("train_overrides", {}), "data": str(data)}
     sweep["runs"] = str(Path(preset["runs"]) / "mhsa_sweep")
-    config = out / "mhsa_sweep" / "sweep_config.yaml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    run_tool(
-        mhsa_sweep.main,
-        [
-            "--config",
-            str(config),
-            "--families",
-            *spec["families"],
-            "--speedups",
-            *map(str, spec["speedups"]),
-            "--proportions",
-            *map(str, spec["proportions"]),
-            "--seeds",
-            *map(str, spec.get("seeds", [0])),
-            "--device",
-            preset.get("device", "cpu"),
-            "--out",
-            str(out / "mhsa_sweep" / "sweep.csv"),
-        ],
+    record = atomic_write_text(out / "mhsa_sweep" / "sweep_config.yaml", yaml.safe_dump(sweep, sort_keys=False))
+    config = mhsa_sweep.SweepConfig(
+        families=spec["families"],
+        speedups=spec["speedups"],
+        proportions=spec["proportions"],
+        seeds=spec.get("seeds", [0]),
+        config=str(record),
+        device=preset.get("device", "cpu"),
+        out=out / "mhsa_sweep" / "sweep.csv",
     )
-    return with_sidecar(out / "mhsa_sweep" / "sweep.csv") + [config]
+    announce(config)
+    mhsa_sweep.run(config, sweep)
+    return with_sidecar(config.out) + [record]
 
 
 def fig4(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> list[Path]:
@@ -276,25 +259,17 @@ def fig4(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> li
             ]
             if (out / "head_similarity" / f"{run}_summary.csv").exists():
                 continue
-            run_tool(
-                head_similarity.main,
-                [
-                    "--checkpoint",
-                    str(checkpoints[proxy]),
-                    "--data",
-                    str(data),
-                    "--images",
-                    str(spec["images"]),
-                    "--feature",
-                    feature,
-                    "--device",
-                    preset.get("device", "cpu"),
-                    "--run",
-                    run,
-                    "--out-dir",
-                    str(out / "head_similarity"),
-                ],
+            config = head_similarity.SimilarityConfig(
+                data=str(data),
+                checkpoint=str(checkpoints[proxy]),
+                images=spec["images"],
+                feature=feature,
+                device=preset.get("device", "cpu"),
+                run=run,
+                out_dir=out / "head_similarity",
             )
+            announce(config)
+            head_similarity.run(config)
     return written
 
 
@@ -303,44 +278,29 @@ def fig5(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> li
     run = f"{spec['proxy']}_ratio_{spec['ratio']}"
     table = out / "taylor_pruning" / f"{run}.csv"
     if not table.exists():
-        run_tool(
-            taylor_pruning.main,
-            [
-                "--checkpoint",
-                str(checkpoints[spec["proxy"]]),
-                "--data",
-                str(data),
-                "--ratio",
-                str(spec["ratio"]),
-                "--batches",
-                str(spec.get("batches", 10)),
-                "--device",
-                preset.get("device", "cpu"),
-                "--run",
-                run,
-                "--out-dir",
-                str(out / "taylor_pruning"),
-                "--save",
-                str(Path(preset["runs"]) / "pruned" / f"{run}.pth"),
-            ],
+        config = taylor_pruning.PruneConfig(
+            data=str(data),
+            checkpoint=str(checkpoints[spec["proxy"]]),
+            ratio=spec["ratio"],
+            batches=spec.get("batches", 10),
+            device=preset.get("device", "cpu"),
+            run=run,
+            out_dir=out / "taylor_pruning",
+            save=Path(preset["runs"]) / "pruned" / f"{run}.pth",
         )
+        announce(config)
+        taylor_pruning.run(config)
     variant = out / "variants" / f"{run}_variant.yaml"
     if not variant.exists():
-        run_tool(
-            design_variant.main,
-            [
-                "--pruning",
-                str(table),
-                "--out-dir",
-                str(out / "variants"),
-                "--img-size",
-                str(spec.get("variant_img_size", 224)),
-                "--patch-size",
-                str(spec.get("variant_patch_size", 16)),
-                "--seconds",
-                str(spec.get("variant_seconds", 0.3)),
-            ],
+        config = design_variant.VariantConfig(
+            pruning=str(table),
+            out_dir=out / "variants",
+            img_size=spec.get("variant_img_size", 224),
+            patch_size=spec.get("variant_patch_size", 16),
+            seconds=spec.get("variant_seconds", 0.3),
         )
+        announce(config)
+        design_variant.run(config)
     return with_sidecar(table) + [variant]
 
 
@@ -410,41 +370,37 @@ def reproduce(
     return report
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Make the data, train the proxies, run Figs. 2-5 and the variant designer, execute the notebooks "
-        "(figures in <out>/figures) and write <out>/REPORT.md. Run from the repository root. Interrupted, "
-        "it continues where it stopped when run again (finished work is always kept)."
-    )
-    parser.add_argument(
-        "--preset",
-        default="demo",
-        help="demo (default, ~28 min on 2 cores), quick (smaller), paper (ImageNet, GPUs), or a preset YAML",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        help="results folder (default results/<preset>: a run never overwrites the committed reference in results/)",
-    )
-    parser.add_argument("--only", default=",".join(FIGURES), help="figures to run, e.g. fig2,fig4 (all)")
-    parser.add_argument(
-        "--data", help="data to use instead of the preset's: fashion-mnist or an ImageFolder root (e.g. ImageNet)"
-    )
-    parser.add_argument("--fresh", action="store_true", help="delete the preset's results and runs, start over")
-    return parser.parse_args(argv)
+DESCRIPTION = (
+    "Make the data, train the proxies, run Figs. 2-5 and the variant designer, execute the notebooks (figures in "
+    "<out>/figures) and write <out>/REPORT.md. Run from the repository root. Interrupted, it continues where it "
+    "stopped when run again (finished work is always kept)."
+)
 
 
-def command(args: argparse.Namespace) -> None:
-    only = [f.strip() for f in args.only.split(",") if f.strip()]
+@dataclass
+class ReproduceConfig:
+    preset: str = knob("demo", "demo (~28 min on 2 cores), quick (smaller), paper (ImageNet, GPUs), or a preset YAML")
+    out: Path | None = knob(None, "results folder (default results/<preset>: never the committed results/)")
+    only: str = knob(",".join(FIGURES), "figures to run, e.g. fig2,fig4")
+    data: str | None = knob(None, "data instead of the preset's: fashion-mnist or an ImageFolder root (e.g. ImageNet)")
+    fresh: bool = knob(False, "delete the preset's results and runs, start over")
+
+
+def run(config: ReproduceConfig) -> Path:
+    only = [f.strip() for f in config.only.split(",") if f.strip()]
     unknown = sorted(set(only) - set(FIGURES))
     if unknown:
         raise UserError(f"--only takes {', '.join(FIGURES)}; unknown: {', '.join(unknown)}")
-    out = args.out or Path("results") / Path(args.preset).name.removesuffix(".yaml")
-    reproduce(args.preset, out, only, args.data, args.fresh)
+    out = config.out or Path("results") / Path(config.preset).name.removesuffix(".yaml")
+    return reproduce(config.preset, out, only, config.data, config.fresh)
+
+
+def parse_args(argv: list[str] | None = None) -> ReproduceConfig:
+    return parse_config(ReproduceConfig, argv, DESCRIPTION)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return exit_status("reproduce", command, parse_args(argv))
+    return exit_status("reproduce", run, parse_args(argv))
 
 
 if __name__ == "__main__":

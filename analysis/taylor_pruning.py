@@ -33,6 +33,7 @@ Example: python analysis/taylor_pruning.py --model swin_tiny --checkpoint swin.p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import efficientvit
+from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.data.pipeline import check_bad_images, collate
 from efficientvit.data.sources import open_split
 from efficientvit.errors import UserError, exit_status
@@ -273,7 +275,7 @@ def separate_qkv_model(name: str | None, checkpoint: str | None, num_classes: in
     return separate
 
 
-def parse_budget(args: argparse.Namespace) -> tuple[str, float]:
+def parse_budget(args) -> tuple[str, float]:
     chosen = [b for b in ("ratio", "target_flops", "target_speedup") if getattr(args, b) is not None]
     if len(chosen) != 1:
         raise UserError("give exactly one budget: --ratio, --target-flops or --target-speedup")
@@ -292,45 +294,6 @@ def parse_flops(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"FLOPs must be a number with an optional K/M/G suffix, got {text!r}"
         ) from None
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Taylor structured pruning of a DeiT/Swin model with a global ranking (the paper's Fig. 5): "
-        "per block, the Q/K, V and FFN widths kept. Writes results/taylor_pruning/<run>.csv and .json "
-        "and the pruned checkpoint."
-    )
-    parser.add_argument("--model", help="deit_tiny, swin_tiny, ... (not needed for checkpoints of this project)")
-    parser.add_argument("--checkpoint", help="weights to prune: this project's or timm's")
-    parser.add_argument(
-        "--data", required=True, help="fashion-mnist, or an ImageFolder root with train/ (scores) and val/ (accuracy)"
-    )
-    budget = parser.add_argument_group("budget (exactly one)")
-    budget.add_argument("--ratio", type=float, help="fraction of the prunable channels to remove, in (0, 1)")
-    budget.add_argument("--target-flops", type=parse_flops, help="multiply-adds per image to reach, e.g. 30M")
-    budget.add_argument("--target-speedup", type=float, help="FLOPs reduction factor to reach, e.g. 1.5")
-    parser.add_argument("--batches", type=int, default=10, help="batches whose gradients score the channels (10)")
-    parser.add_argument(
-        "--rank-by",
-        choices=RANKINGS,
-        default="importance",
-        help="importance: Molchanov's global ranking (the paper's); importance-per-flop: each "
-        "group's score divided by its multiply-adds",
-    )
-    parser.add_argument("--batch", type=int, default=32, help="images per batch (32)")
-    parser.add_argument(
-        "--iterative", type=int, default=1, metavar="STEPS", help="prune in STEPS rounds, rescoring after each (1)"
-    )
-    parser.add_argument("--eval-images", type=int, default=2000, help="validation images for accuracy (2000)")
-    parser.add_argument("--finetune-config", help="training YAML to fine-tune the pruned model with afterwards")
-    parser.add_argument("--img-size", type=int, help="input size (default: the model's)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (cpu)")
-    parser.add_argument("--workers", type=int, default=2, help="data loading processes (2)")
-    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
-    parser.add_argument("--run", help="run name (default <model>_<budget>)")
-    parser.add_argument("--out-dir", type=Path, default=Path("results/taylor_pruning"), help="CSV folder")
-    parser.add_argument("--save", type=Path, help="pruned checkpoint (default runs/pruned/<run>.pth)")
-    return parser.parse_args(argv)
 
 
 def prune(
@@ -372,61 +335,108 @@ def prune(
     return layers, before, layer_dims(layers)
 
 
-def command(args: argparse.Namespace) -> None:
-    budget, amount = parse_budget(args)
-    device = resolve_device(args.device)
-    classes = open_split(args.data, "train", args.img_size or 224).classes
-    model = separate_qkv_model(args.model, args.checkpoint, len(classes), args.img_size).to(device)
+DESCRIPTION = (
+    "Taylor structured pruning of a DeiT/Swin model with a global ranking (the paper's Fig. 5): per block, the "
+    "Q/K, V and FFN widths kept. Writes results/taylor_pruning/<run>.csv and .json and the pruned checkpoint. "
+    "Give exactly one budget: --ratio, --target-flops or --target-speedup."
+)
+
+
+@dataclass
+class PruneConfig:
+    data: str = knob(help="fashion-mnist, or an ImageFolder root with train/ (scores) and val/ (accuracy)")
+    model: str | None = knob(None, "deit_tiny, swin_tiny, ... (not needed for checkpoints of this project)")
+    checkpoint: str | None = knob(None, "weights to prune: this project's or timm's")
+    ratio: float | None = knob(None, "budget: fraction of the prunable channels to remove, in (0, 1)")
+    target_flops: float | None = knob(None, "budget: multiply-adds per image to reach, e.g. 30M", type=parse_flops)
+    target_speedup: float | None = knob(None, "budget: FLOPs reduction factor to reach, e.g. 1.5")
+    batches: int = knob(10, "batches whose gradients score the channels")
+    rank_by: str = knob(
+        "importance",
+        "importance: Molchanov's global ranking (the paper's); importance-per-flop: each group's score divided "
+        "by its multiply-adds",
+        choices=RANKINGS,
+    )
+    batch: int = knob(32, "images per batch")
+    iterative: int = knob(1, "prune in STEPS rounds, rescoring after each", metavar="STEPS")
+    eval_images: int = knob(2000, "validation images for accuracy")
+    finetune_config: str | None = knob(None, "training YAML to fine-tune the pruned model with afterwards")
+    img_size: int | None = knob(None, "input size (default: the model's)")
+    device: str = knob("cpu", "cpu, cuda or auto")
+    workers: int = knob(2, "data loading processes")
+    skip_bad: bool = knob(False, "skip unreadable images instead of stopping")
+    run: str | None = knob(None, "run name (default <model>_<budget>)")
+    out_dir: Path = knob(Path("results/taylor_pruning"), "CSV folder")
+    save: Path | None = knob(None, "pruned checkpoint (default runs/pruned/<run>.pth)")
+
+
+def run(config: PruneConfig) -> pd.DataFrame:
+    """Prune, save the pruned checkpoint (and fine-tune it if asked), write the per-block table and return it;
+    the sidecar holds params, FLOPs and top-1 before and after."""
+    budget, amount = parse_budget(config)
+    device = resolve_device(config.device)
+    classes = open_split(config.data, "train", config.img_size or 224).classes
+    model = separate_qkv_model(config.model, config.checkpoint, len(classes), config.img_size).to(device)
     size = model.img_size[0]
-    train = open_split(args.data, "train", size)
-    val = open_split(args.data, "val", size, classes=classes)
-    val = Subset(val, range(min(args.eval_images, len(val))))
+    train = open_split(config.data, "train", size)
+    val = open_split(config.data, "val", size, classes=classes)
+    val = Subset(val, range(min(config.eval_images, len(val))))
     generator = torch.Generator().manual_seed(0)
     train_loader = DataLoader(
-        train, batch_size=args.batch, shuffle=True, generator=generator, num_workers=args.workers, collate_fn=collate
+        train,
+        batch_size=config.batch,
+        shuffle=True,
+        generator=generator,
+        num_workers=config.workers,
+        collate_fn=collate,
     )
-    val_loader = DataLoader(val, batch_size=64, num_workers=args.workers, collate_fn=collate)
+    val_loader = DataLoader(val, batch_size=64, num_workers=config.workers, collate_fn=collate)
     name = model.spec.name
     stats = {
         "params_before": count_params(model),
         "flops_before": count_flops(model),
-        "top1_before": evaluate(model, val_loader, device, args.skip_bad, distributed=False)["top1"],
+        "top1_before": evaluate(model, val_loader, device, config.skip_bad, distributed=False)["top1"],
     }
     layers, before, after = prune(
-        model, train_loader, budget, amount, args.iterative, device, args.skip_bad, args.batches, args.rank_by
+        model, train_loader, budget, amount, config.iterative, device, config.skip_bad, config.batches, config.rank_by
     )
     stats.update(
         params_after=count_params(model),
         flops_after=count_flops(model),
-        top1_after=evaluate(model, val_loader, device, args.skip_bad, distributed=False)["top1"],
+        top1_after=evaluate(model, val_loader, device, config.skip_bad, distributed=False)["top1"],
     )
-    run = args.run or f"{name}_{budget}_{amount:g}"
-    save = args.save or Path("runs/pruned") / f"{run}.pth"
+    run_name = config.run or f"{name}_{budget}_{amount:g}"
+    save = config.save or Path("runs/pruned") / f"{run_name}.pth"
     efficientvit.save_checkpoint(save, model, pruning=stats)
-    if args.finetune_config:
-        config = load_config(
-            args.finetune_config, [f"init={save}", f"model={name}", f"out={save.with_suffix('')}_finetuned"]
+    if config.finetune_config:
+        finetune = dataclasses.replace(
+            load_config(config.finetune_config), init=str(save), model=name, out=f"{save.with_suffix('')}_finetuned"
         )
-        history = train_model(config)
-        stats["top1_finetuned"] = history[-1]["val_top1"]
+        stats["top1_finetuned"] = train_model(finetune)[-1]["val_top1"]
     table = block_table(layers, before, after)
     table.insert(0, "model", name)
-    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    out = write_results(table, args.out_dir / f"{run}.csv", arguments, {"pruning": stats, "checkpoint": str(save)})
-    print(
-        table[["block", "stage", "in_width", "qk_ratio", "v_ratio", "ffn_ratio"]].to_string(
-            index=False, float_format=lambda v: f"{v:.2f}"
-        )
-    )
+    extra = {"pruning": stats, "checkpoint": str(save)}
+    out = write_results(table, config.out_dir / f"{run_name}.csv", config_arguments(config), extra)
     print(
         f"params {stats['params_before']:,} -> {stats['params_after']:,}; FLOPs {stats['flops_before'] / 1e6:.1f} M"
         f" -> {stats['flops_after'] / 1e6:.1f} M; top-1 {stats['top1_before']:.1f} -> {stats['top1_after']:.1f}"
     )
     print(f"written to {out}; pruned model: {save}")
+    return table
+
+
+def show(config: PruneConfig) -> None:
+    table = run(config)
+    columns = ["block", "stage", "in_width", "qk_ratio", "v_ratio", "ffn_ratio"]
+    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+
+
+def parse_args(argv: list[str] | None = None) -> PruneConfig:
+    return parse_config(PruneConfig, argv, DESCRIPTION)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return exit_status("taylor_pruning", command, parse_args(argv))
+    return exit_status("taylor_pruning", show, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint, unwrap
 from .data.pipeline import RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate
+from .config import knob
 from .data.pipeline import OFFICIAL_AUTO_AUGMENT
 from .data.sources import Augment, open_split
 from .errors import UserError, exit_status
@@ -74,13 +75,6 @@ CURVE = ("epoch", "lr", "train_loss")  # curve.csv: the training loss every CURV
 CURVE_STEPS = 20
 TUNE_ROUNDS = 3  # timed training steps per precision when the trainer measures whether bf16 pays off
 TUNE_MIN_STEPS = 50  # shorter runs (tests, smoke runs) skip that measurement: it would cost more than it could save
-
-
-def knob(default, help: str):
-    """A config field; `help` is shown by `efficientvit train --help`."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
