@@ -41,7 +41,8 @@ from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.errors import UserError, exit_status
 from efficientvit.models import ModelSpec
 from efficientvit.models.attention import TokenAttention
-from efficientvit.models.layers import Residual, mhsa_proportion
+from efficientvit.models.layers import Residual
+from efficientvit.models.layout import format_layout, mhsa_proportion
 from efficientvit.results import read_results, write_results
 from efficientvit.runtime import out_of_memory, resolve_device
 
@@ -357,8 +358,7 @@ def model_specs(names: list[str], layout: str | None, subnet_configs: list[str])
 def describe_layout(model: nn.Module) -> tuple[str, float]:
     """The model's A/F layout and its MHSA proportion (for EfficientViT: attention layers among A + FFN layers)."""
     if hasattr(model, "layout"):
-        layout = model.layout if isinstance(model.layout, str) else ",".join(model.layout)
-        return layout, mhsa_proportion(layout.replace(",", ""))
+        return format_layout(model.layout), mhsa_proportion(model.layout)
     kinds = [m.profile_scope for m in model.modules() if getattr(m, "profile_scope", None) in ("attention", "ffn")]
     return "sandwich", kinds.count("attention") / len(kinds)
 

@@ -29,6 +29,7 @@ import efficientvit
 from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.errors import UserError, exit_status
 from efficientvit.flops import count_flops, count_params
+from efficientvit.models.layout import format_layout
 from efficientvit.results import read_results, write_results
 from efficientvit.subnet import FAMILIES, find_subnet
 from efficientvit.train import make_config, train
@@ -121,7 +122,7 @@ def run_point(point: dict, sweep: dict, device: str) -> dict:
     metrics = pd.read_csv(out / "metrics.csv")
     final = metrics.iloc[-1]
     model = efficientvit.create_model(point["family"], img_size=config.img_size, **kwargs)
-    layout = kwargs["layout"] if isinstance(kwargs["layout"], str) else ",".join(kwargs["layout"])
+    layout = format_layout(kwargs["layout"])
     return {
         **point,
         "speedup_measured": subnet["speedup_measured"],

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .files import atomic_path
+from .models.registry import family_checkpoint_filter
 from .models.spec import ModelSpec
 from .models.attention import join_qkv, split_qkv
 
@@ -85,30 +85,11 @@ def unwrap(obj: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
     return obj, "timm"
 
 
-def official_efficientvit_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename the Cream release's keys: blocksK.* -> stages.(K-1).*, `c` -> conv, `l` -> linear, stem 0/2/4/6."""
-
-    def rename(key: str) -> str:
-        key = re.sub(r"^patch_embed\.(\d)\.", lambda m: f"patch_embed.conv{int(m[1]) // 2 + 1}.", key)
-        match = re.match(r"^blocks(\d)\.(\d+)\.(.*)$", key)
-        if match:
-            stage, index, rest = int(match[1]) - 1, int(match[2]), match[3]
-            if stage > 0 and index < 3:  # the subsample block opens every stage after the first
-                key = f"stages.{stage}.downsample.{('res1', 'patchmerge', 'res2')[index]}.{rest}"
-            else:
-                key = f"stages.{stage}.blocks.{index - 3 if stage > 0 else index}.{rest}"
-        return ".".join({"c": "conv", "l": "linear"}.get(part, part) for part in key.split("."))
-
-    return {rename(k): v for k, v in state.items()}
-
-
 def convert(state: dict[str, torch.Tensor], fmt: str, model: nn.Module) -> dict[str, torch.Tensor]:
     """Bring a state dict of a known format into the model's own layout, including fused vs separate q/k/v."""
     state = {k: v for k, v in state.items() if not k.endswith(IGNORED_KEYS)}
-    if fmt == "official":
-        state = official_efficientvit_to_ours(state)
-    elif fmt == "timm" and hasattr(model, "from_timm_layout"):
-        state = model.from_timm_layout(state)
+    if fmt != FORMAT and getattr(model, "spec", None) is not None:
+        state = family_checkpoint_filter(model.spec.name)(state, fmt)
     own = model.state_dict()
     if any(k.endswith(".qkv.weight") and k not in own for k in state):
         state = split_qkv(state)

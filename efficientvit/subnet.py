@@ -29,7 +29,7 @@ from .bench import interleaved_throughput
 from .errors import UserError
 from .files import atomic_write_text
 from .models import ModelSpec, create_model
-from .models.layers import mhsa_proportion, spread_layout
+from .models.layout import mhsa_proportion, spread_layout
 from .runtime import resolve_device
 
 FAMILIES = ("deit_tiny", "swin_tiny")

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 import efficientvit
-from efficientvit.models.layers import mhsa_proportion
+from efficientvit.models.layout import mhsa_proportion
 from efficientvit.models import ModelSpec
 from efficientvit.subnet import find_subnet, neighbours, save_subnet
 

@@ -14,15 +14,8 @@ from torch import nn
 from ..errors import UserError
 from .attention import TokenAttention, join_qkv
 from .efficientvit import as_pair
-from .layers import (
-    AttentionLayer,
-    FFNLayer,
-    init_transformer_weights,
-    layer_dims_for,
-    layer_to_timm_block,
-    parse_layout,
-    timm_block_to_layer,
-)
+from .layers import AttentionLayer, FFNLayer, init_transformer_weights
+from .layout import layer_dims_for, layer_to_timm_block, parse_layout, timm_block_to_layer
 from .registry import register_model
 
 NORM_EPS = 1e-6  # DeiT's (and timm's ViT) LayerNorm epsilon; torch's default 1e-5 shifts the logits measurably
@@ -116,17 +109,7 @@ class DeiT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    # -- timm's layout: blocks.i = (norm1, attn) + (norm2, mlp) = our layers 2i and 2i+1 --------------------------
-    def from_timm_layout(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        def rename(key: str) -> str:
-            m = re.match(r"^blocks\.(\d+)\.(norm1|attn|norm2|mlp)\.(.*)$", key)
-            if not m:
-                return key
-            layer, part = timm_block_to_layer(int(m[1]), m[2])
-            return f"layers.{layer}.{part}.{m[3]}"
-
-        return {rename(k): v for k, v in state.items()}
-
+    # -- timm's layout: blocks.i = (norm1, attn) + (norm2, mlp) = our layers 2i and 2i+1 (checkpoint_filter) ----
     def to_timm_layout(self) -> dict[str, torch.Tensor]:
         if self.layout != "AF" * (len(self.layout) // 2):
             raise UserError(f"only the standard layout AF...AF has a timm equivalent, not {self.layout!r}")
@@ -143,6 +126,21 @@ class DeiT(nn.Module):
         return {rename(k): v for k, v in join_qkv(self.state_dict()).items()}
 
 
+def checkpoint_filter(state: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
+    """timm's DeiT keys in ours: blocks.i.(norm1|attn) -> layers.2i, blocks.i.(norm2|mlp) -> layers.2i+1."""
+    if fmt != "timm":
+        return state
+
+    def rename(key: str) -> str:
+        m = re.match(r"^blocks\.(\d+)\.(norm1|attn|norm2|mlp)\.(.*)$", key)
+        if not m:
+            return key
+        layer, part = timm_block_to_layer(int(m[1]), m[2])
+        return f"layers.{layer}.{part}.{m[3]}"
+
+    return {rename(k): v for k, v in state.items()}
+
+
 CONFIGS = {
     "deit_tiny": dict(embed_dim=192, num_heads=3),
     "deit_small": dict(embed_dim=384, num_heads=6),
@@ -155,7 +153,7 @@ def _register(name: str) -> None:
         return DeiT(**{**CONFIGS[name], **kwargs})
 
     build.__name__ = name
-    register_model(name, family="deit")(build)
+    register_model(name, family="deit", checkpoint_filter=checkpoint_filter)(build)
 
 
 for _name in CONFIGS:

@@ -7,6 +7,7 @@ ablations of Table 6 and Fig. 7 are constructor arguments.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 
 import torch
@@ -254,6 +255,26 @@ class EfficientViT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def checkpoint_filter(state: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
+    """The official (Cream) release's keys in ours: blocksK.* -> stages.(K-1).*, `c` -> conv, `l` -> linear, stem
+    0/2/4/6 -> conv1..4. timm's port already uses our names."""
+    if fmt != "official":
+        return state
+
+    def rename(key: str) -> str:
+        key = re.sub(r"^patch_embed\.(\d)\.", lambda m: f"patch_embed.conv{int(m[1]) // 2 + 1}.", key)
+        match = re.match(r"^blocks(\d)\.(\d+)\.(.*)$", key)
+        if match:
+            stage, index, rest = int(match[1]) - 1, int(match[2]), match[3]
+            if stage > 0 and index < 3:  # the subsample block opens every stage after the first
+                key = f"stages.{stage}.downsample.{('res1', 'patchmerge', 'res2')[index]}.{rest}"
+            else:
+                key = f"stages.{stage}.blocks.{index - 3 if stage > 0 else index}.{rest}"
+        return ".".join({"c": "conv", "l": "linear"}.get(part, part) for part in key.split("."))
+
+    return {rename(k): v for k, v in state.items()}
+
+
 # Table 1 of the paper (analysis/published/table1_variants.csv): widths, depths and heads per stage, and the kernel
 # size of the depthwise conv on Q of each head. All use key_dim 16, window 7, FFN ratio 2.
 CONFIGS = {
@@ -272,7 +293,7 @@ def _register(name: str) -> None:
 
     build.__name__ = name
     build.__doc__ = f"EfficientViT-{name[-2:].upper()} (Table 1): {CONFIGS[name]}"
-    register_model(name, family="efficientvit")(build)
+    register_model(name, family="efficientvit", checkpoint_filter=checkpoint_filter)(build)
 
 
 for _name in CONFIGS:

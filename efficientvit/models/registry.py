@@ -11,15 +11,23 @@ from ..errors import UserError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _FAMILIES: dict[str, str] = {}
+# family -> checkpoint_filter(state, fmt): another release's state dict ("official", "timm") in our key layout
+_FILTERS: dict[str, Callable[[dict, str], dict]] = {}
 
 
-def register_model(name: str, family: str):
+def register_model(name: str, family: str, checkpoint_filter: Callable[[dict, str], dict]):
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _MODELS[name] = fn
         _FAMILIES[name] = family
+        _FILTERS[family] = checkpoint_filter
         return fn
 
     return add
+
+
+def family_checkpoint_filter(name: str) -> Callable[[dict, str], dict]:
+    """The checkpoint filter of a registered model's family (each family module defines its own)."""
+    return _FILTERS[model_family(name)]
 
 
 def list_models(family: str | None = None) -> list[str]:

@@ -17,14 +17,8 @@ from torchvision.ops import stochastic_depth
 from ..errors import UserError
 from .attention import TokenAttention, join_qkv
 from .efficientvit import as_pair
-from .layers import (
-    FFNLayer,
-    init_transformer_weights,
-    layer_dims_for,
-    layer_to_timm_block,
-    parse_layout,
-    timm_block_to_layer,
-)
+from .layers import FFNLayer, init_transformer_weights
+from .layout import layer_dims_for, layer_to_timm_block, parse_stage_layouts, timm_block_to_layer
 from .registry import register_model
 
 
@@ -98,7 +92,7 @@ class WindowAttentionLayer(nn.Module):
         return x + stochastic_depth(y, self.drop_path, "row", self.training)
 
 
-class PatchMerging(nn.Module):
+class SwinPatchMerging(nn.Module):
     """Swin's down-sampling: concatenate each 2x2 neighbourhood (4C), LayerNorm, Linear to the next width."""
 
     profile_scope = "patch_merging"
@@ -122,12 +116,6 @@ class SwinStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(self.downsample(x))
-
-
-def parse_stage_layouts(layout: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Per-stage layouts as a list, or one string with stages separated by commas ("AFAF,AFAF,...")."""
-    stages = layout.split(",") if isinstance(layout, str) else list(layout)
-    return [parse_layout(s.strip(), f"layout of stage {i + 1}") for i, s in enumerate(stages)]
 
 
 class Swin(nn.Module):
@@ -178,7 +166,7 @@ class Swin(nn.Module):
                 raise UserError(f"embed_dim {dim} of stage {s + 1} is not divisible by num_heads {heads}")
             downsample = nn.Identity()
             if s > 0:
-                downsample = PatchMerging(embed_dim[s - 1], dim)
+                downsample = SwinPatchMerging(embed_dim[s - 1], dim)
                 resolution = (resolution[0] // 2, resolution[1] // 2)
             # As in Swin: a map no larger than the window is one window, and is not shifted.
             window = min(window_size, *resolution)
@@ -245,19 +233,7 @@ class Swin(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    # -- timm's layout: layers.s.blocks.b = (norm1, attn) + (norm2, mlp) = our stages.s.layers 2b and 2b+1 ---------
-    def from_timm_layout(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        def rename(key: str) -> str:
-            key = re.sub(r"^head\.fc\.", "head.", key)
-            key = re.sub(r"^layers\.(\d+)\.downsample\.", r"stages.\1.downsample.", key)
-            m = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(norm1|attn|norm2|mlp)\.(.*)$", key)
-            if not m:
-                return key
-            layer, part = timm_block_to_layer(int(m[2]), m[3])
-            return f"stages.{m[1]}.layers.{layer}.{part}.{m[4]}"
-
-        return {rename(k): v for k, v in state.items() if not k.endswith("attn_mask")}
-
+    # -- timm's layout: layers.s.blocks.b = (norm1, attn) + (norm2, mlp) = our stages.s.layers 2b and 2b+1 -----
     def to_timm_layout(self) -> dict[str, torch.Tensor]:
         if any(s != "AF" * (len(s) // 2) for s in self.layout):
             raise UserError(f"only standard layouts (AF...AF per stage) have a timm equivalent, not {self.layout}")
@@ -276,6 +252,24 @@ class Swin(nn.Module):
         return {rename(k): v for k, v in join_qkv(self.state_dict()).items()}
 
 
+def checkpoint_filter(state: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
+    """timm's Swin keys in ours: layers.s.blocks.b -> stages.s.layers 2b (attention) and 2b+1 (FFN), head.fc ->
+    head; the shift masks are rebuilt by the model."""
+    if fmt != "timm":
+        return state
+
+    def rename(key: str) -> str:
+        key = re.sub(r"^head\.fc\.", "head.", key)
+        key = re.sub(r"^layers\.(\d+)\.downsample\.", r"stages.\1.downsample.", key)
+        m = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(norm1|attn|norm2|mlp)\.(.*)$", key)
+        if not m:
+            return key
+        layer, part = timm_block_to_layer(int(m[2]), m[3])
+        return f"stages.{m[1]}.layers.{layer}.{part}.{m[4]}"
+
+    return {rename(k): v for k, v in state.items() if not k.endswith("attn_mask")}
+
+
 CONFIGS = {
     "swin_tiny": dict(
         embed_dim=(96, 192, 384, 768), num_heads=(3, 6, 12, 24), layout=("AF" * 2, "AF" * 2, "AF" * 6, "AF" * 2)
@@ -291,7 +285,7 @@ def _register(name: str) -> None:
         return Swin(**{**CONFIGS[name], **kwargs})
 
     build.__name__ = name
-    register_model(name, family="swin")(build)
+    register_model(name, family="swin", checkpoint_filter=checkpoint_filter)(build)
 
 
 for _name in CONFIGS:

@@ -7,7 +7,7 @@ import torch
 import efficientvit
 from efficientvit.flops import count_params
 from efficientvit.models.attention import TokenAttention
-from efficientvit.models.layers import mhsa_proportion, spread_layout
+from efficientvit.models.layout import mhsa_proportion, spread_layout
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 SMALL_DEIT = dict(img_size=32, patch_size=8, embed_dim=24, num_heads=3)
