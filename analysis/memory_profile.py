@@ -44,7 +44,7 @@ from efficientvit.models.attention import TokenAttention
 from efficientvit.models.layers import Residual
 from efficientvit.models.layout import format_layout, mhsa_proportion
 from efficientvit.results import read_results, write_results
-from efficientvit.runtime import out_of_memory, resolve_device
+from efficientvit.runtime import copy_bandwidth, out_of_memory, peak_matmul_macs, resolve_device
 
 CATEGORIES = (
     "reshape",
@@ -323,25 +323,8 @@ def profile_model(
 def machine_balance(device: torch.device, seconds: float = 0.5) -> dict[str, float]:
     """Peak fp32 matmul FLOP/s and copy bandwidth of this device, and their ratio (the balance point: operators
     with fewer FLOPs per byte than this are memory-bound here)."""
-
-    def rate(fn, work: float) -> float:
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        runs, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            fn()
-            runs += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return work * runs / (time.perf_counter() - start)
-
-    n = 2048
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    src = torch.randn(32 * 2**20, device=device)  # 128 MiB, far beyond the caches
-    dst = torch.empty_like(src)
-    peak = rate(lambda: a @ b, 2 * n**3)
-    bandwidth = rate(lambda: dst.copy_(src), 2 * src.numel() * src.element_size())
+    peak = 2 * peak_matmul_macs(device, seconds)  # FLOPs: 2 per multiply-add, as the rows count them
+    bandwidth = copy_bandwidth(device, seconds)
     return {"peak_matmul_flops": peak, "copy_bandwidth_bytes_s": bandwidth, "balance_flops_per_byte": peak / bandwidth}
 
 

@@ -118,9 +118,8 @@ def run_point(point: dict, sweep: dict, device: str) -> dict:
     config = make_config(
         {**sweep["train"], "model": point["family"], "model_kwargs": kwargs, "out": str(out), "seed": point["seed"]}
     )
-    train(config, resume=True)
-    metrics = pd.read_csv(out / "metrics.csv")
-    final = metrics.iloc[-1]
+    history = train(config, resume=True)  # a finished run returns its history from the checkpoint
+    final = history[-1]
     model = efficientvit.create_model(point["family"], img_size=config.img_size, **kwargs)
     layout = format_layout(kwargs["layout"])
     return {
@@ -136,7 +135,7 @@ def run_point(point: dict, sweep: dict, device: str) -> dict:
         "top1": final["val_top1"],
         "top5": final["val_top5"],
         "epochs": int(final["epoch"]),
-        "train_seconds": round(metrics["epoch_seconds"].sum(), 1),
+        "train_seconds": round(sum(row["epoch_seconds"] for row in history), 1),
         "checkpoint": str(out / "checkpoint.pth"),
     }
 

@@ -40,7 +40,7 @@ from .flops import count_flops
 from .fuse import fuse
 from .models import create_model, list_models
 from .files import atomic_write_text
-from .runtime import out_of_memory, require, resolve_device
+from .runtime import out_of_memory, peak_matmul_macs, require, resolve_device
 
 MODE_HELP = {
     "eager": "the model as built",
@@ -229,22 +229,6 @@ def interleaved_throughput(models: list[nn.Module], rounds: int = 3, **kwargs) -
         for model, runs in zip(models, samples):
             runs.append(measure_throughput(model, **kwargs))
     return samples
-
-
-def peak_matmul_macs(device: str = "cpu", seconds: float = 1.0, dtype: torch.dtype = torch.float32) -> float:
-    """Multiply-adds per second of a large square matmul (2048 on CPU, 8192 on GPU): the machine's practical peak,
-    in the unit fvcore counts model FLOPs in."""
-    n = 8192 if device == "cuda" else 2048
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    a @ b
-    sync()
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    sync()
-    return count * n**3 / (time.perf_counter() - start)
 
 
 def count_macs(model: nn.Module, img_size: int) -> float:
