@@ -1,10 +1,12 @@
-"""Attention kinds the paper compares, on (B, C, H, W) feature maps.
+"""Attention kinds the paper compares:
 
 `full`    every head sees all channels (standard multi-head self-attention),
 `split`   head i sees only the i-th channel split (Sec. 3.2, "feeding each head with a split"),
 `cascade` head i sees split i plus the output of head i-1 (Cascaded Group Attention, Eq. 1-2).
 
-All three are one module with one loop over heads, so an ablation is a constructor argument.
+The rule is written once (`head_input`); two modules apply it: `CascadedGroupAttention` on EfficientViT's
+(B, C, H, W) windows with conv projections, and `TokenAttention` on DeiT's and Swin's (..., N, C) tokens with
+Linear projections. In both the kind is a constructor argument, so an ablation is one knob.
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ def fit_channels(x: torch.Tensor, channels: int, dim: int = 1) -> torch.Tensor:
         return x.narrow(dim, 0, channels)
     pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, channels - size]
     return F.pad(x, pad)
+
+
+def head_input(
+    kind: str, x: torch.Tensor, splits: tuple, i: int, previous: torch.Tensor | None, dim: int
+) -> torch.Tensor:
+    """What head i reads, the one rule of the three kinds: all channels (full), its own split (split), or its
+    split plus the previous head's output (cascade, Eq. 1-2 of the paper). `dim` is the channel dimension."""
+    if kind == "full":
+        return x
+    if kind == "cascade" and previous is not None:
+        return splits[i] + fit_channels(previous, splits[i].shape[dim], dim=dim)
+    return splits[i]
 
 
 def attend(q, k, v, bias: torch.Tensor | None, scale: float, keep_map: bool):
@@ -127,12 +141,7 @@ class CascadedGroupAttention(nn.Module):
         splits = x.chunk(self.num_heads, dim=1)
         outputs, maps = [], []
         for i, qkv in enumerate(self.qkvs):
-            if self.kind == "full":
-                head_in = x
-            elif self.kind == "cascade" and i > 0:
-                head_in = splits[i] + fit_channels(outputs[-1], self.split_dim)
-            else:
-                head_in = splits[i]
+            head_in = head_input(self.kind, x, splits, i, outputs[-1] if outputs else None, dim=1)
             q, k, v = qkv(head_in).split([self.key_dim, self.key_dim, self.value_dim], dim=1)
             if self.dws:
                 q = self.dws[i](q)
@@ -275,9 +284,7 @@ class TokenAttention(nn.Module):
             outs, maps = [], []
             splits = x.chunk(self.num_heads, dim=-1)
             for i, qkv in enumerate(self.qkvs):
-                head_in = splits[i]
-                if self.kind == "cascade" and i > 0:
-                    head_in = head_in + fit_channels(outs[-1], self.split_dim, dim=-1)
+                head_in = head_input(self.kind, x, splits, i, outs[-1] if outs else None, dim=-1)
                 q, k, v = qkv(head_in).split([self.qk_dim, self.qk_dim, self.v_dim], dim=-1)
                 out_i, map_i = attend(q, k, v, None if bias is None else bias[..., i, :, :], self.scale, explicit)
                 outs.append(out_i)
