@@ -10,17 +10,14 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.published import paper_table
+from analysis.verdicts import best_in_range, compare
 from efficientvit.results import atomic_write_text, listed_outputs, recorded_stages
 
 
 def csvs(out: Path, folder: str, pattern: str = "*.csv") -> pd.DataFrame | None:
     """The run's own tables in out/folder (those its manifest lists), concatenated."""
     files = listed_outputs(out, folder, pattern)
-    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True) if files else None
-
-
-def verdict(holds: bool) -> str:
-    return "**holds**" if holds else "**does not hold**"
+    return pd.concat([pd.read_csv(f).assign(source=f.stem) for f in files], ignore_index=True) if files else None
 
 
 def proxies_section(out: Path) -> list[str]:
@@ -61,7 +58,7 @@ def fig2_section(out: Path) -> list[str]:
         .unstack()
     )
     per_scope = per_scope.dropna()
-    attention_heavier = bool((per_scope["attention"] > per_scope["ffn"]).all()) if len(per_scope) else False
+    heavier = compare(100 * per_scope["attention"], 100 * per_scope["ffn"], "greater")
     lines += [
         "",
         "Share of each layer kind's own time that is memory-bound:",
@@ -77,8 +74,8 @@ def fig2_section(out: Path) -> list[str]:
         "",
         "Paper (V100, PyTorch profiler): 44.26% of Swin-T-1.25x's runtime (20% MHSA) is memory-bound, "
         "most of it inside MHSA.",
-        f'Finding "memory-bound operations weigh more inside attention than inside FFN": '
-        f"{verdict(attention_heavier)} here (CPU).",
+        'Finding "memory-bound operations weigh more inside attention than inside FFN" (attention minus FFN, '
+        f"points, each profiled model a run): {heavier.describe()} here (CPU).",
     ]
     return lines
 
@@ -118,15 +115,15 @@ def fig3_section(out: Path) -> list[str]:
             f"| {r.family} | {r.speedup_target}x ({r.speedup:.2f}x{missed}) | {r.mhsa_proportion:.1f} "
             f"({r.actual:.3f}) | {r.top1:.1f} | {r.seeds} | {theirs} |"
         )
-    for (family, speedup), curve in table.groupby(["family", "speedup_target"]):
-        matched = curve[curve["met"]]
+    for (family, speedup), runs in frame.groupby(["family", "speedup_target"]):
+        matched = runs[runs["speedup_met"].astype(bool)]
         if matched.empty:
             verdicts.append(f"{family} {speedup}x: no point met its speed-up target")
             continue
-        best = matched.loc[matched["top1"].idxmax(), "actual"]
+        result = best_in_range(matched, "mhsa_proportion_actual", "top1", 0.2, 0.4)
         verdicts.append(
-            f"{family} {speedup}x: best at MHSA {best:.2f} among the {len(matched)} throughput-matched "
-            f"points ({verdict(0.2 <= best <= 0.4)})"
+            f"{family} {speedup}x, {matched['mhsa_proportion_actual'].nunique()} throughput-matched points: best "
+            f"inside 20-40% in {100 * result.effect:.0f}% of bootstrap draws ({result.runs}): **{result.verdict}**"
         )
     misses = int((~table["met"]).sum())
     lines += [
@@ -163,13 +160,12 @@ def fig4_section(out: Path) -> list[str]:
         )
     paper = paper_table("fig4_head_similarity")
     paper_means = paper.groupby(["model", "heads"])["similarity_pct"].mean()
+    # a run is one trained proxy (checkpoint): its mean over blocks
+    per_run = frame.groupby(["family", "feature", "attention_kind", "checkpoint"])["mean_max_similarity"].mean()
     for family, feature in sorted({(f, feat) for f, feat, _ in means}):
         if (family, feature, "full") in means and (family, feature, "split") in means:
-            drop = 100 * (means[(family, feature, "full")] - means[(family, feature, "split")])
-            verdicts.append(
-                f"{family} ({feature}): split heads {'lower' if drop > 0 else 'raise'} it by "
-                f"{abs(drop):.1f} points ({verdict(drop > 0)})"
-            )
+            result = compare(100 * per_run[family, feature, "full"], 100 * per_run[family, feature, "split"])
+            verdicts.append(f"{family} ({feature}), full minus split, points: {result.describe()}")
     lines += [
         "",
         "Max head similarity: per image and window, each head's highest cosine similarity to another head "
@@ -197,12 +193,15 @@ def fig5_section(out: Path) -> list[str]:
     ]
     paper = paper_table("fig5_taylor_pruning_swin_t")
     ours_v, ours_qk = frame["v_ratio"].mean(), frame["qk_ratio"].mean()
+    per_run = frame.groupby("source")[["v_ratio", "qk_ratio"]].mean()
+    kept_more = compare(100 * per_run["v_ratio"], 100 * per_run["qk_ratio"], "greater")
     lines += [
         "",
         f"Means, ours: Q/K {ours_qk:.2f}, V {ours_v:.2f}, FFN {frame['ffn_ratio'].mean():.2f} "
         f"(before pruning 1, 1, 4). Paper (Swin-T, ImageNet): Q/K {paper['qk_ratio'].mean():.2f}, "
         f"V {paper['v_ratio'].mean():.2f}, FFN {paper['ffn_ratio'].mean():.2f}.",
-        f'Finding "V keeps more channels than Q/K": {verdict(ours_v > ours_qk)}.',
+        f'Finding "V keeps more channels than Q/K" (V minus Q/K kept, % of the input width, each pruning run a '
+        f"run): {kept_more.describe()}.",
     ]
     variants = listed_outputs(out, "variants", "*.yaml")
     if variants:
@@ -238,6 +237,11 @@ def write_report(out: Path, preset: str, data: str, seconds: float) -> Path:
         f"Generated by `python analysis/reproduce.py --preset {preset}` in {seconds / 60:.1f} min. Our numbers come "
         f"from small proxies trained on `{data}` (Fig. 2 times the full-size models); the paper's from "
         "ImageNet-scale models. Each section says whether the paper's finding shows at this scale.",
+        "",
+        "Verdicts follow the rules in `analysis/verdicts.py`: a difference **holds** when the 95% Welch interval "
+        "over runs (seeds, or profiled models) lies on the paper's side of zero, **does not hold** when it lies on "
+        "the other side, and is **inconclusive** when it straddles zero or a side has a single run; a best point "
+        "holds when it falls inside the paper's range in at least 95% of 2,000 bootstrap draws over runs.",
         "",
     ]
     for title, body, figure in sections:

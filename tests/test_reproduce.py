@@ -126,4 +126,7 @@ def test_report_marks_subnets_that_missed_their_speedup_and_lists_actual_proport
     text = write_report(out, "micro", "fixture", 1.0).read_text()
     fig3 = text.split("## Figure 3")[1].split("## Figure 4")[0]
     assert "1.5x (1.30x **missed**) | 0.6 (0.583)" in fig3 and "1.25x (1.27x) | 0.2 (0.167)" in fig3
-    assert "among the 4 throughput-matched points" in fig3  # the missed point is left out of the 1.5x verdict
+    assert "1.5x, 4 throughput-matched points" in fig3  # the missed point is left out of the 1.5x verdict
+    assert "(4 points x at least 2 runs): **does not hold**" in fig3  # the fixture's curves rise to 100% MHSA
+    fig4 = text.split("## Figure 4")[1].split("## Figure 5")[0]
+    assert "1 vs 1 runs: **inconclusive**" in fig4  # one proxy per kind: no verdict from a single run

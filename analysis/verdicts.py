@@ -1,0 +1,82 @@
+"""How the report decides whether a finding of the paper holds here, from repeated runs (seeds), never one.
+
+Two rules, written down so that a reader can check them:
+
+- `compare(a, b, expect)`: the paper says `a` is larger (or smaller) than `b`. With at least two runs on each
+  side, the 95% Welch t-interval of mean(a) - mean(b) decides: entirely on the expected side, the finding
+  **holds**; entirely on the other side, it **does not hold**; straddling zero, **inconclusive**. Fewer than two
+  runs on a side: inconclusive (one run says nothing about the spread).
+- `best_in_range(curve, low, high)`: the paper says the best x (e.g. the MHSA proportion) lies in [low, high].
+  Each point's runs are resampled with replacement (2,000 bootstrap draws, fixed seed) and the best x taken in
+  each draw: in at least 95% of draws inside the range, the finding **holds**; in at most 5%, it **does not
+  hold**; otherwise **inconclusive**. Every point needs at least two runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
+CONFIDENCE = 0.95
+DRAWS = 2000
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str  # holds, does not hold, inconclusive
+    effect: float  # mean(a) - mean(b), or the share of draws whose best x lies in the range
+    low: float  # the interval around the effect (nan where there is none)
+    high: float
+    runs: str  # how many runs decided it, e.g. "3 vs 3 seeds"
+
+    def describe(self, unit: str = "") -> str:
+        interval = "" if np.isnan(self.low) else f" [{self.low:.1f}, {self.high:.1f}]{unit}"
+        return f"{self.effect:+.1f}{unit}{interval}, {self.runs}: **{self.verdict}**"
+
+
+def compare(a, b, expect: str = "greater") -> Verdict:
+    """Does `a` exceed `b` (expect="greater") or fall below it ("less")? Welch's 95% interval of the difference."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    runs = f"{len(a)} vs {len(b)} runs"
+    effect = a.mean() - b.mean() if len(a) and len(b) else float("nan")
+    if len(a) < 2 or len(b) < 2:
+        return Verdict(UNSURE, effect, float("nan"), float("nan"), runs)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = np.sqrt(va + vb)
+    if se == 0:  # identical runs on both sides: the difference is exact
+        low = high = effect
+    else:
+        dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+        half = stats.t.ppf(0.5 + CONFIDENCE / 2, dof) * se
+        low, high = effect - half, effect + half
+    sign = 1 if expect == "greater" else -1
+    if sign * low > 0 and sign * high > 0:
+        verdict = HOLDS
+    elif sign * low < 0 and sign * high < 0:
+        verdict = FAILS
+    else:
+        verdict = UNSURE
+    return Verdict(verdict, effect, low, high, runs)
+
+
+def best_in_range(curve: pd.DataFrame, x: str, y: str, low: float, high: float, seed: int = 0) -> Verdict:
+    """`curve` has one row per run: the position `x` and the outcome `y`. Bootstrap the runs of every point and
+    count the draws whose best point lies in [low, high]."""
+    groups = [group[y].to_numpy(float) for _, group in curve.groupby(x)]
+    xs = np.array(sorted(curve[x].unique()))
+    fewest = min(len(g) for g in groups)
+    runs = f"{len(xs)} points x at least {fewest} runs"
+    observed = xs[np.argmax([g.mean() for g in groups])]
+    inside_observed = float(low <= observed <= high)
+    if fewest < 2:
+        return Verdict(UNSURE, inside_observed, float("nan"), float("nan"), runs)
+    rng = np.random.default_rng(seed)
+    means = np.stack([rng.choice(g, size=(DRAWS, len(g))).mean(axis=1) for g in groups], axis=1)
+    best = xs[means.argmax(axis=1)]
+    share = float(((best >= low) & (best <= high)).mean())
+    verdict = HOLDS if share >= CONFIDENCE else FAILS if share <= 1 - CONFIDENCE else UNSURE
+    return Verdict(verdict, share, float("nan"), float("nan"), runs)
