@@ -20,6 +20,11 @@ def csvs(out: Path, folder: str, pattern: str = "*.csv") -> pd.DataFrame | None:
     return pd.concat([pd.read_csv(f).assign(source=f.stem) for f in files], ignore_index=True) if files else None
 
 
+def spread(values: pd.Series) -> str:
+    """Mean, and the s.d. over runs where there are several."""
+    return f"{values.mean():.2f}" + (f" ± {values.std():.2f}" if len(values) > 1 else "")
+
+
 def proxies_section(out: Path) -> list[str]:
     frame = csvs(out, "proxies", "summary.csv")
     if frame is None:
@@ -143,9 +148,9 @@ def fig4_section(out: Path) -> list[str]:
         return ["Not run."]
     frame["family"] = frame["model"].str.split("_").str[0]
     lines = [
-        "| family | feature | heads | mean over blocks of the max head similarity (± 95% CI over images) | "
+        "| family | feature | heads | runs | mean over blocks of the max head similarity (± 95% CI over images) | "
         "per block (%) | maximum of the image means |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     means = {}
@@ -153,15 +158,16 @@ def fig4_section(out: Path) -> list[str]:
         means[(family, feature, kind)] = group["mean_max_similarity"].mean()
         # the blocks' errors are correlated (the same images): the mean of their half-widths bounds the mean's
         ci = group["mean_max_similarity_ci95"].mean()
-        per_block = " ".join(f"{100 * v:.0f}" for v in group.sort_values("block")["mean_max_similarity"])
+        per_block = " ".join(f"{100 * v:.0f}" for v in group.groupby("block")["mean_max_similarity"].mean())
+        runs, mean = group["source"].nunique(), 100 * means[(family, feature, kind)]
         lines.append(
-            f"| {family} | {feature} | {kind} | {100 * means[(family, feature, kind)]:.1f}% "
-            f"± {100 * ci:.1f} | {per_block} | {100 * group['max_of_mean_similarity'].mean():.1f}% |"
+            f"| {family} | {feature} | {kind} | {runs} | {mean:.1f}% ± {100 * ci:.1f} | {per_block} | "
+            f"{100 * group['max_of_mean_similarity'].mean():.1f}% |"
         )
     paper = paper_table("fig4_head_similarity")
     paper_means = paper.groupby(["model", "heads"])["similarity_pct"].mean()
-    # a run is one trained proxy (checkpoint): its mean over blocks
-    per_run = frame.groupby(["family", "feature", "attention_kind", "checkpoint"])["mean_max_similarity"].mean()
+    # a run is one trained proxy (one summary file): its mean over blocks
+    per_run = frame.groupby(["family", "feature", "attention_kind", "source"])["mean_max_similarity"].mean()
     for family, feature in sorted({(f, feat) for f, feat, _ in means}):
         if (family, feature, "full") in means and (family, feature, "split") in means:
             result = compare(100 * per_run[family, feature, "full"], 100 * per_run[family, feature, "split"])
@@ -186,11 +192,14 @@ def fig5_section(out: Path) -> list[str]:
     frame = csvs(out, "taylor_pruning")
     if frame is None:
         return ["Not run."]
-    lines = ["| block | stage | in width | Q/K kept | V kept | FFN kept |", "|---|---|---|---|---|---|"]
-    lines += [
-        f"| {r.block} | {r.stage} | {r.in_width} | {r.qk_ratio:.2f} | {r.v_ratio:.2f} | {r.ffn_ratio:.2f} |"
-        for r in frame.itertuples()
+    lines = [
+        "| model | block | stage | in width | runs | Q/K kept | V kept | FFN kept |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    blocks = frame.groupby(["model", "block", "stage", "in_width"])
+    for (model, block, stage, width), group in blocks:
+        kept = " | ".join(spread(group[f"{kind}_ratio"]) for kind in ("qk", "v", "ffn"))
+        lines.append(f"| {model} | {block} | {stage} | {width} | {group['source'].nunique()} | {kept} |")
     paper = paper_table("fig5_taylor_pruning_swin_t")
     ours_v, ours_qk = frame["v_ratio"].mean(), frame["qk_ratio"].mean()
     per_run = frame.groupby("source")[["v_ratio", "qk_ratio"]].mean()

@@ -101,20 +101,30 @@ def make_data(preset: dict) -> str:
     return str(make_synthetic(path, **data["synthetic"]))
 
 
+def proxy_runs(preset: dict, proxy: str) -> list[str]:
+    """The trained runs of one proxy: `<proxy>` alone, or `<proxy>_seed<k>` for each of the preset's `seeds`
+    (a proxy's own `seeds` override the preset's)."""
+    seeds = preset["proxies"][proxy].get("seeds", preset.get("seeds"))
+    return [proxy] if seeds is None else [f"{proxy}_seed{seed}" for seed in seeds]
+
+
 def proxy_configs(preset: dict, data: str) -> dict:
-    """The training config of every proxy, with the preset's overrides applied."""
+    """The training config of every run of every proxy, with the preset's overrides (and the run's seed)."""
     configs = {}
     for name, spec in preset.get("proxies", {}).items():
         values = yaml.safe_load(Path(spec["config"]).read_text())
-        configs[name] = make_config(
-            {
-                **values,
-                **preset.get("train_overrides", {}),
-                **spec.get("set", {}),
-                "data": str(data),
-                "out": str(Path(preset["runs"]) / name),
-            }
-        )
+        seeds = spec.get("seeds", preset.get("seeds"))
+        for run, seed in zip(proxy_runs(preset, name), [None] if seeds is None else seeds):
+            configs[run] = make_config(
+                {
+                    **values,
+                    **preset.get("train_overrides", {}),
+                    **spec.get("set", {}),
+                    **({} if seed is None else {"seed": seed}),
+                    "data": str(data),
+                    "out": str(Path(preset["runs"]) / run),
+                }
+            )
     return configs
 
 
@@ -157,6 +167,7 @@ def train_proxies(preset: dict, data: str, out: Path) -> dict[str, Path]:
         summary.append(
             {
                 "proxy": name,
+                "seed": config.seed,
                 "model": config.model,
                 "attention": config.model_kwargs.get("attention", "full"),
                 "params": count_params(model_from_checkpoint(checkpoint)),
@@ -249,9 +260,9 @@ def fig3(preset: dict, out: Path, data: str) -> list[Path]:
 def fig4(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> list[Path]:
     spec = preset["fig4"]
     written = []
-    for proxy in spec["proxies"]:
+    for proxy_run in [run for proxy in spec["proxies"] for run in proxy_runs(preset, proxy)]:
         for feature in spec.get("features", ["attention"]):
-            run = f"{proxy}_{feature}"
+            run = f"{proxy_run}_{feature}"
             written += [
                 path
                 for table in ("summary", "pairwise")
@@ -261,7 +272,7 @@ def fig4(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> li
                 continue
             config = head_similarity.SimilarityConfig(
                 data=str(data),
-                checkpoint=str(checkpoints[proxy]),
+                checkpoint=str(checkpoints[proxy_run]),
                 images=spec["images"],
                 feature=feature,
                 device=preset.get("device", "cpu"),
@@ -274,13 +285,19 @@ def fig4(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> li
 
 
 def fig5(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> list[Path]:
+    """Prune every run of the named proxies (`proxy`, or a list in `proxies`); the variant is designed from the
+    first run's ratios."""
     spec = preset["fig5"]
-    run = f"{spec['proxy']}_ratio_{spec['ratio']}"
-    table = out / "taylor_pruning" / f"{run}.csv"
-    if not table.exists():
+    proxies = spec.get("proxies", [spec["proxy"]] if "proxy" in spec else [])
+    tables = []
+    for proxy_run in [run for proxy in proxies for run in proxy_runs(preset, proxy)]:
+        run = f"{proxy_run}_ratio_{spec['ratio']}"
+        tables.append(out / "taylor_pruning" / f"{run}.csv")
+        if tables[-1].exists():
+            continue
         config = taylor_pruning.PruneConfig(
             data=str(data),
-            checkpoint=str(checkpoints[spec["proxy"]]),
+            checkpoint=str(checkpoints[proxy_run]),
             ratio=spec["ratio"],
             batches=spec.get("batches", 10),
             device=preset.get("device", "cpu"),
@@ -290,10 +307,10 @@ def fig5(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> li
         )
         announce(config)
         taylor_pruning.run(config)
-    variant = out / "variants" / f"{run}_variant.yaml"
+    variant = out / "variants" / f"{tables[0].stem}_variant.yaml"
     if not variant.exists():
         config = design_variant.VariantConfig(
-            pruning=str(table),
+            pruning=str(tables[0]),
             out_dir=out / "variants",
             img_size=spec.get("variant_img_size", 224),
             patch_size=spec.get("variant_patch_size", 16),
@@ -301,7 +318,7 @@ def fig5(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> li
         )
         announce(config)
         design_variant.run(config)
-    return with_sidecar(table) + [variant]
+    return [path for table in tables for path in with_sidecar(table)] + [variant]
 
 
 def execute_notebook(path: Path, results: Path) -> None:

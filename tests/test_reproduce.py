@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from analysis.report import write_report
-from analysis.reproduce import check_preset, load_preset, proxy_configs, reproduce
+from analysis.reproduce import check_preset, load_preset, proxy_configs, proxy_runs, reproduce
 from efficientvit.errors import UserError
 from efficientvit.results import MANIFEST, record_outputs
 
@@ -130,3 +130,30 @@ def test_report_marks_subnets_that_missed_their_speedup_and_lists_actual_proport
     assert "(4 points x at least 2 runs): **does not hold**" in fig3  # the fixture's curves rise to 100% MHSA
     fig4 = text.split("## Figure 4")[1].split("## Figure 5")[0]
     assert "1 vs 1 runs: **inconclusive**" in fig4  # one proxy per kind: no verdict from a single run
+
+
+def test_the_reference_preset_trains_three_seeds_of_every_heads_kind(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    preset = load_preset("reference")
+    check_preset(preset)
+    configs = proxy_configs(preset, "fashion-mnist")
+    assert len(configs) == 18 and {c.seed for c in configs.values()} == {0, 1, 2}
+    assert {c.model_kwargs["attention"] for c in configs.values()} == {"full", "split", "cascade"}
+    assert sum(preset["minutes"].values()) <= 240  # the budget: four hours on two cores
+
+
+def test_a_proxy_with_seeds_trains_one_run_per_seed_and_every_figure_reads_them_all(preset):
+    settings = yaml.safe_load(preset.read_text())
+    settings["seeds"] = [0, 1, 2]
+    settings["proxies"]["deit_split"]["seeds"] = [5]  # a proxy's own seeds win
+    configs = proxy_configs(settings, "data")
+    assert {name: config.seed for name, config in configs.items()} == {
+        "deit_full_seed0": 0,
+        "deit_full_seed1": 1,
+        "deit_full_seed2": 2,
+        "deit_split_seed5": 5,
+    }
+    assert configs["deit_full_seed1"].out.endswith("deit_full_seed1")
+    assert proxy_runs(settings, "deit_full") == ["deit_full_seed0", "deit_full_seed1", "deit_full_seed2"]
+    del settings["seeds"]
+    assert proxy_runs(settings, "deit_full") == ["deit_full"]  # no seeds: the run is the proxy, as before
