@@ -212,6 +212,21 @@ def fig5_section(out: Path) -> list[str]:
         f'Finding "V keeps more channels than Q/K" (V minus Q/K kept, % of the input width, each pruning run a '
         f"run): {kept_more.describe()}.",
     ]
+    pruned = csvs(out, "pruned", "summary.csv")
+    if pruned is not None:
+        columns = [c for c in ("top1_before", "top1_after", "top1_finetuned") if c in pruned]
+        lines += [
+            "",
+            "| model | runs | top-1 before | after pruning | after fine-tuning | params kept | FLOPs kept |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for model, group in pruned.groupby("model"):
+            top1 = [spread(group[c]) + "%" for c in columns] + ["-"] * (3 - len(columns))
+            params = (group["params_after"] / group["params_before"]).mean()
+            flops = (group["flops_after"] / group["flops_before"]).mean()
+            lines.append(f"| {model} | {len(group)} | {' | '.join(top1)} | {params:.2f} | {flops:.2f} |")
+        swin = paper_table("fig5_pruning_top1").iloc[0]
+        lines += ["", f"Paper (Swin-T, ImageNet): {swin.top1_before}% before pruning, {swin.top1_pruned}% after."]
     variants = listed_outputs(out, "variants", "*.yaml")
     if variants:
         lines += ["", f"Designed variant ({variants[0].name}):", "", "```yaml", variants[0].read_text().strip(), "```"]

@@ -12,6 +12,8 @@ and the profile from their CSVs), so an interrupted run continues where it stopp
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 import sys
 import time
@@ -285,28 +287,44 @@ def fig4(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> li
 
 
 def fig5(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> list[Path]:
-    """Prune every run of the named proxies (`proxy`, or a list in `proxies`); the variant is designed from the
-    first run's ratios."""
+    """Prune every run of the named proxies (`proxy`, or a list in `proxies`), fine-tune each pruned model when
+    the preset asks (`finetune`: training-config overrides, e.g. {train_images: 10000}) and tabulate top-1 before,
+    after pruning and after fine-tuning in out/pruned/summary.csv; the variant is designed from the first run."""
     spec = preset["fig5"]
     proxies = spec.get("proxies", [spec["proxy"]] if "proxy" in spec else [])
-    tables = []
+    configs = proxy_configs(preset, data)
+    tables, rows = [], []
     for proxy_run in [run for proxy in proxies for run in proxy_runs(preset, proxy)]:
         run = f"{proxy_run}_ratio_{spec['ratio']}"
         tables.append(out / "taylor_pruning" / f"{run}.csv")
-        if tables[-1].exists():
-            continue
-        config = taylor_pruning.PruneConfig(
-            data=str(data),
-            checkpoint=str(checkpoints[proxy_run]),
-            ratio=spec["ratio"],
-            batches=spec.get("batches", 10),
-            device=preset.get("device", "cpu"),
-            run=run,
-            out_dir=out / "taylor_pruning",
-            save=Path(preset["runs"]) / "pruned" / f"{run}.pth",
-        )
-        announce(config)
-        taylor_pruning.run(config)
+        pruned = Path(preset["runs"]) / "pruned" / f"{run}.pth"
+        if not tables[-1].exists():
+            config = taylor_pruning.PruneConfig(
+                data=str(data),
+                checkpoint=str(checkpoints[proxy_run]),
+                ratio=spec["ratio"],
+                batches=spec.get("batches", 10),
+                eval_images=spec.get("eval_images", 10000),
+                device=preset.get("device", "cpu"),
+                run=run,
+                out_dir=out / "taylor_pruning",
+                save=pruned,
+            )
+            announce(config)
+            taylor_pruning.run(config)
+        stats = json.loads(tables[-1].with_suffix(".json").read_text())["pruning"]
+        row = {"proxy": proxy_run, "model": configs[proxy_run].model, "seed": configs[proxy_run].seed, **stats}
+        if spec.get("finetune") is not None:
+            finetune = dataclasses.replace(
+                configs[proxy_run], **spec["finetune"], init=str(pruned), out=str(pruned.with_suffix("")) + "_finetuned"
+            )
+            if not finished(Path(finetune.out), finetune.epochs):
+                print(f"  fine-tuning {run}", flush=True)
+                train(finetune, resume=True)
+            row["top1_finetuned"] = pd.read_csv(Path(finetune.out) / "metrics.csv")["val_top1"].iloc[-1]
+        rows.append(row)
+    summary = out / "pruned" / "summary.csv"
+    write_results(pd.DataFrame(rows), summary, {"fig5": spec})
     variant = out / "variants" / f"{tables[0].stem}_variant.yaml"
     if not variant.exists():
         config = design_variant.VariantConfig(
@@ -318,7 +336,7 @@ def fig5(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> li
         )
         announce(config)
         design_variant.run(config)
-    return [path for table in tables for path in with_sidecar(table)] + [variant]
+    return [path for table in tables for path in with_sidecar(table)] + with_sidecar(summary) + [variant]
 
 
 def execute_notebook(path: Path, results: Path) -> None:

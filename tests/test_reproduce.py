@@ -54,7 +54,15 @@ def preset(tmp_path):
         "fig2": {"models": ["efficientvit_m0"], "batch": 2, "img_size": 64, "iters": 1},
         "fig3": {"config": str(sweep), "families": ["deit_tiny"], "speedups": [1.25], "proportions": [0.5]},
         "fig4": {"proxies": ["deit_full", "deit_split"], "images": 8, "features": ["attention"]},
-        "fig5": {"proxy": "deit_full", "ratio": 0.3, "batches": 1, "variant_img_size": 64, "variant_seconds": 0.01},
+        "fig5": {
+            "proxy": "deit_full",
+            "ratio": 0.3,
+            "batches": 1,
+            "variant_img_size": 64,
+            "variant_seconds": 0.01,
+            "finetune": {"epochs": 1},
+            "eval_images": 8,
+        },
     }
     path = tmp_path / "micro.yaml"
     path.write_text(yaml.safe_dump(micro))
@@ -69,6 +77,9 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     for title in ("Figure 2", "Figure 3", "Figure 4", "Figure 5"):
         assert title in text
     assert "Not run" not in text
+    pruned = pd.read_csv(out / "pruned" / "summary.csv")  # pruned, then fine-tuned from the pruned checkpoint
+    assert list(pruned["proxy"]) == ["deit_full"] and pruned["top1_finetuned"].notna().all()
+    assert "after fine-tuning" in text and (tmp_path / "runs" / "pruned" / "deit_full_ratio_0.3_finetuned").is_dir()
     figures = {p.stem for p in (out / "figures").glob("*.png")}
     assert {"fig2_memory_bound", "fig3_mhsa_sweep", "fig4_head_similarity", "fig5_taylor_pruning"} <= figures
     checkpoint = tmp_path / "runs" / "deit_full" / "checkpoint.pth"
@@ -76,7 +87,8 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     capsys.readouterr()
     reproduce(str(preset), out, ["fig2", "fig3", "fig4", "fig5"])  # run again: nothing is redone
     assert checkpoint.stat().st_mtime_ns == stamp
-    assert "training deit_full" not in capsys.readouterr().out  # no proxy trained again
+    printed = capsys.readouterr().out
+    assert "training deit_full" not in printed and "resumed" not in printed  # no proxy or fine-tuning trained again
 
 
 ROOT = Path(__file__).parents[1]
