@@ -227,6 +227,27 @@ def fig5_section(out: Path) -> list[str]:
             lines.append(f"| {model} | {len(group)} | {' | '.join(top1)} | {params:.2f} | {flops:.2f} |")
         swin = paper_table("fig5_pruning_top1").iloc[0]
         lines += ["", f"Paper (Swin-T, ImageNet): {swin.top1_before}% before pruning, {swin.top1_pruned}% after."]
+    front = csvs(out, "pareto", "pareto.csv")
+    if front is not None:
+        lines += [
+            "",
+            "Accuracy against CPU throughput (32 px, batch 64, interleaved medians), the designed variant and "
+            "EfficientViT-M0 trained with the same recipe and budget (one training each):",
+            "",
+            "| model | kind | top-1 | img/s | params | on the Pareto front |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in front.sort_values("img_s", ascending=False).itertuples():
+            lines.append(
+                f"| {r.name} | {r.kind} | {r.top1:.1f}% | {r.img_s:.0f} | {r.params:,} | "
+                f"{'yes' if r.pareto else 'no'} |"
+            )
+        on_front = bool(front.loc[front["kind"] == "variant", "pareto"].all())
+        lines += [
+            "",
+            f"The designed variant is {'on' if on_front else 'off'} the accuracy-throughput Pareto front "
+            "(no other model both more accurate and faster).",
+        ]
     variants = listed_outputs(out, "variants", "*.yaml")
     if variants:
         lines += ["", f"Designed variant ({variants[0].name}):", "", "```yaml", variants[0].read_text().strip(), "```"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from nbclient import NotebookClient
 
 from analysis import design_variant, head_similarity, memory_profile, mhsa_sweep, taylor_pruning
 from analysis.report import write_report
+from efficientvit.bench import interleaved_throughput
 from efficientvit.checkpoint import model_from_checkpoint
 from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.data import fashion_mnist
@@ -36,7 +38,7 @@ from efficientvit.data.synthetic import make_synthetic
 from efficientvit.errors import UserError, exit_status
 from efficientvit.files import atomic_write_text
 from efficientvit.flops import count_params
-from efficientvit.models import create_model
+from efficientvit.models import ModelSpec, create_model
 from efficientvit.results import record_outputs, write_results
 from efficientvit.subnet import find_subnet, save_subnet
 from efficientvit.train import make_config, train
@@ -336,7 +338,87 @@ def fig5(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> li
         )
         announce(config)
         design_variant.run(config)
-    return [path for table in tables for path in with_sidecar(table)] + with_sidecar(summary) + [variant]
+    written = [path for table in tables for path in with_sidecar(table)] + with_sidecar(summary) + [variant]
+    if spec.get("variant_train") is not None:
+        written += pareto(preset, out, data, ModelSpec.from_yaml(variant), spec)
+    return written
+
+
+def pareto(preset: dict, out: Path, data: str, variant: ModelSpec, spec: dict) -> list[Path]:
+    """The loop the paper closed by hand: the designed variant and EfficientViT-M0 (scaled to the data) trained
+    with the same recipe and budget (`variant_config` + `variant_train`), then timed in turns with the proxies
+    and the best throughput-matched Fig. 3 subnets on this CPU; out/pareto/pareto.csv has top-1, img/s and
+    whether each point is on the accuracy-throughput Pareto front."""
+    values = yaml.safe_load(Path(spec["variant_config"]).read_text())
+    contenders = {}  # name -> (kind, spec, top-1)
+    for name, model_spec in (
+        ("designed_variant", variant),
+        ("efficientvit_m0", ModelSpec(values["model"], values["model_kwargs"])),
+    ):
+        config = make_config(
+            {
+                **values,
+                **spec["variant_train"],
+                "model": model_spec.name,
+                "model_kwargs": model_spec.kwargs,
+                "data": str(data),
+                "out": str(Path(preset["runs"]) / "pareto" / name),
+            }
+        )
+        if not finished(Path(config.out), config.epochs):
+            print(f"  training {name} for the accuracy-throughput plot", flush=True)
+            train(config, resume=True)
+        top1 = pd.read_csv(Path(config.out) / "metrics.csv")["val_top1"].iloc[-1]
+        contenders[name] = ("variant" if name == "designed_variant" else "efficientvit", model_spec, top1)
+    summary = pd.read_csv(out / "proxies" / "summary.csv")
+    for proxy, config in proxy_configs(preset, data).items():
+        if config.model_kwargs.get("attention", "full") == "full":
+            top1 = summary.loc[summary["proxy"] == proxy, "top1"].iloc[0]
+            contenders[proxy] = ("proxy", ModelSpec(config.model, config.model_kwargs), top1)
+    sweep = out / "mhsa_sweep" / "sweep.csv"
+    if sweep.exists():
+        runs = pd.read_csv(sweep)
+        runs = runs[runs["speedup_met"].astype(bool)]
+        for family, group in runs.groupby("family"):
+            best = group.groupby("mhsa_proportion_actual")["top1"].mean().idxmax()
+            chosen = group[group["mhsa_proportion_actual"] == best].iloc[0]
+            contenders[f"{family}_subnet_p{best:.2f}"] = (
+                "best Fig. 3 subnet",
+                model_from_checkpoint(chosen["checkpoint"]).spec,
+                group[group["mhsa_proportion_actual"] == best]["top1"].mean(),
+            )
+    img_size = values["img_size"]
+    models = [model_spec.build(img_size=img_size, num_classes=10).eval() for _, model_spec, _ in contenders.values()]
+    timings = interleaved_throughput(
+        models, rounds=spec.get("pareto_rounds", 3), seconds=spec.get("pareto_seconds", 0.5), batch_size=64, warmup=3
+    )
+    table = pd.DataFrame(
+        [
+            {"name": name, "kind": kind, "top1": top1, "img_s": statistics.median(runs), "params": count_params(model)}
+            for (name, (kind, _, top1)), runs, model in zip(contenders.items(), timings, models)
+        ]
+    )
+    table["pareto"] = [
+        not (
+            (table["top1"] >= r.top1)
+            & (table["img_s"] >= r.img_s)
+            & ((table["top1"] > r.top1) | (table["img_s"] > r.img_s))
+        ).any()
+        for r in table.itertuples()
+    ]
+    path = out / "pareto" / "pareto.csv"
+    write_results(
+        table,
+        path,
+        {
+            "variant_config": spec["variant_config"],
+            "variant_train": spec["variant_train"],
+            "img_size": img_size,
+            "batch": 64,
+            "threads": torch.get_num_threads(),
+        },
+    )
+    return with_sidecar(path)
 
 
 def execute_notebook(path: Path, results: Path) -> None:

@@ -44,6 +44,8 @@ def preset(tmp_path):
             }
         )
     )
+    variant_recipe = tmp_path / "variant.yaml"  # the designed variant and M0 train with this (64 px, 16 px stem)
+    variant_recipe.write_text(yaml.safe_dump({"model": "efficientvit_m0", "model_kwargs": {}, **TRAIN}))
     micro = {
         "runs": str(tmp_path / "runs"),
         "data": {"path": str(tmp_path / "data"), "synthetic": dict(classes=4, train=16, val=8, size=64, seed=0)},
@@ -60,6 +62,10 @@ def preset(tmp_path):
             "batches": 1,
             "variant_img_size": 64,
             "variant_seconds": 0.01,
+            "variant_config": str(variant_recipe),
+            "variant_train": {"epochs": 1},
+            "pareto_rounds": 1,
+            "pareto_seconds": 0.01,
             "finetune": {"epochs": 1},
             "eval_images": 8,
         },
@@ -80,6 +86,11 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     pruned = pd.read_csv(out / "pruned" / "summary.csv")  # pruned, then fine-tuned from the pruned checkpoint
     assert list(pruned["proxy"]) == ["deit_full"] and pruned["top1_finetuned"].notna().all()
     assert "after fine-tuning" in text and (tmp_path / "runs" / "pruned" / "deit_full_ratio_0.3_finetuned").is_dir()
+    front = pd.read_csv(out / "pareto" / "pareto.csv")  # the designed variant trained, timed, placed
+    matched = pd.read_csv(out / "mhsa_sweep" / "sweep.csv")["speedup_met"].any()  # tiny timings may miss 1.25x
+    expected = {"designed_variant", "efficientvit_m0", "deit_full"} | ({"deit_tiny_subnet_p0.50"} if matched else set())
+    assert set(front["name"]) == expected
+    assert front["pareto"].any() and "Pareto front" in text
     figures = {p.stem for p in (out / "figures").glob("*.png")}
     assert {"fig2_memory_bound", "fig3_mhsa_sweep", "fig4_head_similarity", "fig5_taylor_pruning"} <= figures
     checkpoint = tmp_path / "runs" / "deit_full" / "checkpoint.pth"
