@@ -63,7 +63,7 @@ def fig2_section(out: Path) -> list[str]:
         .unstack()
     )
     per_scope = per_scope.dropna()
-    heavier = compare(100 * per_scope["attention"], 100 * per_scope["ffn"], "greater")
+    heavier = compare(100 * per_scope["attention"], 100 * per_scope["ffn"], "greater", paired=True)
     lines += [
         "",
         "Share of each layer kind's own time that is memory-bound:",
@@ -80,7 +80,7 @@ def fig2_section(out: Path) -> list[str]:
         "Paper (V100, PyTorch profiler): 44.26% of Swin-T-1.25x's runtime (20% MHSA) is memory-bound, "
         "most of it inside MHSA.",
         'Finding "memory-bound operations weigh more inside attention than inside FFN" (attention minus FFN, '
-        f"points, each profiled model a run): {heavier.describe()} here (CPU).",
+        f"points, paired within each profiled model): {heavier.describe()} here (CPU).",
     ]
     return lines
 
@@ -170,8 +170,10 @@ def fig4_section(out: Path) -> list[str]:
     per_run = frame.groupby(["family", "feature", "attention_kind", "source"])["mean_max_similarity"].mean()
     for family, feature in sorted({(f, feat) for f, feat, _ in means}):
         if (family, feature, "full") in means and (family, feature, "split") in means:
-            result = compare(100 * per_run[family, feature, "full"], 100 * per_run[family, feature, "split"])
-            verdicts.append(f"{family} ({feature}), full minus split, points: {result.describe()}")
+            for other in ("split", "cascade"):
+                if (family, feature, other) in means:
+                    result = compare(100 * per_run[family, feature, "full"], 100 * per_run[family, feature, other])
+                    verdicts.append(f"{family} ({feature}), full minus {other}, points: {result.describe()}")
     lines += [
         "",
         "Max head similarity: per image and window, each head's highest cosine similarity to another head "

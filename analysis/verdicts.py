@@ -3,7 +3,8 @@
 Two rules, written down so that a reader can check them:
 
 - `compare(a, b, expect)`: the paper says `a` is larger (or smaller) than `b`. With at least two runs on each
-  side, the 95% Welch t-interval of mean(a) - mean(b) decides: entirely on the expected side, the finding
+  side, the 95% Welch t-interval of mean(a) - mean(b) (with `paired`, when a[i] and b[i] come from the same run:
+  the t-interval of the mean of a[i] - b[i]) decides: entirely on the expected side, the finding
   **holds**; entirely on the other side, it **does not hold**; straddling zero, **inconclusive**. Fewer than two
   runs on a side: inconclusive (one run says nothing about the spread).
 - `best_in_range(curve, low, high)`: the paper says the best x (e.g. the MHSA proportion) lies in [low, high].
@@ -38,21 +39,23 @@ class Verdict:
         return f"{self.effect:+.1f}{unit}{interval}, {self.runs}: **{self.verdict}**"
 
 
-def compare(a, b, expect: str = "greater") -> Verdict:
-    """Does `a` exceed `b` (expect="greater") or fall below it ("less")? Welch's 95% interval of the difference."""
+def compare(a, b, expect: str = "greater", paired: bool = False) -> Verdict:
+    """Does `a` exceed `b` (expect="greater") or fall below it ("less")? The 95% t-interval of the difference:
+    Welch's for independent runs, the paired one when a[i] and b[i] were measured on the same run."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    runs = f"{len(a)} vs {len(b)} runs"
+    runs = f"{len(a)} paired runs" if paired else f"{len(a)} vs {len(b)} runs"
     effect = a.mean() - b.mean() if len(a) and len(b) else float("nan")
     if len(a) < 2 or len(b) < 2:
         return Verdict(UNSURE, effect, float("nan"), float("nan"), runs)
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = np.sqrt(va + vb)
-    if se == 0:  # identical runs on both sides: the difference is exact
-        low = high = effect
+    if paired:
+        d = a - b
+        se, dof = d.std(ddof=1) / np.sqrt(len(d)), len(d) - 1
     else:
-        dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-        half = stats.t.ppf(0.5 + CONFIDENCE / 2, dof) * se
-        low, high = effect - half, effect + half
+        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+        se = np.sqrt(va + vb)
+        dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se > 0 else 1
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, dof) * se  # 0 when the runs agree exactly
+    low, high = effect - half, effect + half
     sign = 1 if expect == "greater" else -1
     if sign * low > 0 and sign * high > 0:
         verdict = HOLDS

@@ -52,3 +52,14 @@ def test_best_in_range_is_inconclusive_when_the_points_tie_within_noise_or_run_o
     assert best_in_range(curve(flat, 3.0), "p", "top1", 0.2, 0.4).verdict == UNSURE
     peak = {0.0: 40, 0.2: 60, 0.4: 58, 0.6: 50, 1.0: 35}
     assert best_in_range(curve(peak, 0.5, runs=1), "p", "top1", 0.2, 0.4).verdict == UNSURE
+
+
+def test_paired_runs_use_the_differences():
+    """Two models whose attention shares differ a lot between models but always exceed their FFN share by about 10
+    points: unpaired, the spread between models hides it; paired, it holds."""
+    attention, ffn = [10.0, 30.0, 50.0, 70.0], [0.5, 19.0, 41.0, 59.5]
+    assert compare(attention, ffn).verdict == UNSURE
+    paired = compare(attention, ffn, paired=True)
+    assert paired.verdict == HOLDS and paired.runs == "4 paired runs"
+    d = np.subtract(attention, ffn)
+    assert paired.high - paired.effect == pytest.approx(3.182 * d.std(ddof=1) / 2, rel=1e-3)  # t(3) = 3.182
