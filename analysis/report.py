@@ -285,10 +285,11 @@ def write_report(out: Path, preset: str, data: str, seconds: float) -> Path:
         f"from small proxies trained on `{data}` (Fig. 2 times the full-size models); the paper's from "
         "ImageNet-scale models. Each section says whether the paper's finding shows at this scale.",
         "",
-        "Verdicts follow the rules in `analysis/verdicts.py`: a difference **holds** when the 95% Welch interval "
-        "over runs (seeds, or profiled models) lies on the paper's side of zero, **does not hold** when it lies on "
-        "the other side, and is **inconclusive** when it straddles zero or a side has a single run; a best point "
-        "holds when it falls inside the paper's range in at least 95% of 2,000 bootstrap draws over runs.",
+        "Verdicts follow the rules in `analysis/verdicts.py`: a difference **holds** when its 95% t-interval "
+        "over runs (Welch's across seeds, paired within a profiled model) lies on the paper's side of zero, "
+        "**does not hold** when it lies on the other side, and is **inconclusive** when it straddles zero or a "
+        "side has a single run; a best point holds when it falls inside the paper's range in at least 95% of "
+        "2,000 bootstrap draws over runs.",
         "",
     ]
     for title, body, figure in sections:
