@@ -160,11 +160,8 @@ def train_proxies(preset: dict, data: str, out: Path) -> dict[str, Path]:
     checkpoints, summary, curves = {}, [], []
     for name, config in proxy_configs(preset, data).items():
         checkpoint = Path(config.out) / "checkpoint.pth"
-        if not finished(Path(config.out), config.epochs):
-            print(f"  training {name} ({config.model}, {config.epochs} epochs)", flush=True)
-            train(config, resume=True)
+        metrics = trained(config, f"training {name} ({config.model}, {config.epochs} epochs)")
         checkpoints[name] = checkpoint
-        metrics = pd.read_csv(Path(config.out) / "metrics.csv")
         curve = pd.read_csv(Path(config.out) / "curve.csv")
         images = len(open_split(config.data, "train", config.img_size))
         final = metrics.iloc[-1]
@@ -196,12 +193,15 @@ def train_proxies(preset: dict, data: str, out: Path) -> dict[str, Path]:
     return checkpoints
 
 
-def finished(out: Path, epochs: int) -> bool:
-    metrics = out / "metrics.csv"
-    if not metrics.exists():
-        return False
-    frame = pd.read_csv(metrics)
-    return len(frame) > 0 and int(frame["epoch"].iloc[-1]) >= epochs
+def trained(config, what: str) -> pd.DataFrame:
+    """The per-epoch metrics of a training run, training it first (or finishing it) unless it has all its epochs:
+    every training of the pipeline goes through here, so a rerun redoes none."""
+    metrics = Path(config.out) / "metrics.csv"
+    frame = pd.read_csv(metrics) if metrics.exists() else None
+    if frame is None or frame.empty or int(frame["epoch"].iloc[-1]) < config.epochs:
+        print(f"  {what}", flush=True)
+        train(config, resume=True)
+    return pd.read_csv(metrics)
 
 
 def announce(config) -> None:
@@ -320,10 +320,7 @@ def fig5(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> li
             finetune = dataclasses.replace(
                 configs[proxy_run], **spec["finetune"], init=str(pruned), out=str(pruned.with_suffix("")) + "_finetuned"
             )
-            if not finished(Path(finetune.out), finetune.epochs):
-                print(f"  fine-tuning {run}", flush=True)
-                train(finetune, resume=True)
-            row["top1_finetuned"] = pd.read_csv(Path(finetune.out) / "metrics.csv")["val_top1"].iloc[-1]
+            row["top1_finetuned"] = trained(finetune, f"fine-tuning {run}")["val_top1"].iloc[-1]
         rows.append(row)
     summary = out / "pruned" / "summary.csv"
     write_results(pd.DataFrame(rows), summary, {"fig5": spec})
@@ -365,10 +362,7 @@ def pareto(preset: dict, out: Path, data: str, variant: ModelSpec, spec: dict) -
                 "out": str(Path(preset["runs"]) / "pareto" / name),
             }
         )
-        if not finished(Path(config.out), config.epochs):
-            print(f"  training {name} for the accuracy-throughput plot", flush=True)
-            train(config, resume=True)
-        top1 = pd.read_csv(Path(config.out) / "metrics.csv")["val_top1"].iloc[-1]
+        top1 = trained(config, f"training {name} for the accuracy-throughput plot")["val_top1"].iloc[-1]
         contenders[name] = ("variant" if name == "designed_variant" else "efficientvit", model_spec, top1)
     summary = pd.read_csv(out / "proxies" / "summary.csv")
     for proxy, config in proxy_configs(preset, data).items():
