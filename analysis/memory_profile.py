@@ -77,6 +77,7 @@ OP_CATEGORY = {
 }
 CATEGORY_OF = {op: category for category, ops in OP_CATEGORY.items() for op in ops.split()}
 COLUMNS = [
+    "name",
     "model",
     "layout",
     "mhsa_proportion",
@@ -328,14 +329,16 @@ def machine_balance(device: torch.device, seconds: float = 0.5) -> dict[str, flo
     return {"peak_matmul_flops": peak, "copy_bandwidth_bytes_s": bandwidth, "balance_flops_per_byte": peak / bandwidth}
 
 
-def model_specs(names: list[str], layout: str | None, subnet_configs: list[str]) -> list[ModelSpec]:
-    specs = []
+def model_specs(names: list[str], layout: str | None, subnet_configs: list[str]) -> dict[str, ModelSpec]:
+    """Every model to profile under the name its rows carry: the model's own, `<model>[<layout>]` when --layout
+    reshapes it, and a model YAML's file name (e.g. swin_tiny_1.25x_p0.2 for a subnet the pipeline saved)."""
+    specs = {}
     for name in names:
         reshaped = layout and efficientvit.models.model_family(name) in ("deit", "swin")
-        specs.append(ModelSpec(name, {"layout": layout} if reshaped else {}))
-    if layout and not any(spec.kwargs for spec in specs):
+        specs[f"{name}[{layout}]" if reshaped else name] = ModelSpec(name, {"layout": layout} if reshaped else {})
+    if layout and not any(spec.kwargs for spec in specs.values()):
         raise UserError("--layout applies to DeiT and Swin models; none was given in --models")
-    return specs + [ModelSpec.from_yaml(path) for path in subnet_configs]
+    return specs | {Path(path).stem: ModelSpec.from_yaml(path) for path in subnet_configs}
 
 
 def describe_layout(model: nn.Module) -> tuple[str, float]:
@@ -347,7 +350,7 @@ def describe_layout(model: nn.Module) -> tuple[str, float]:
 
 
 def profile_models(
-    specs: list[ModelSpec],
+    specs: dict[str, ModelSpec],
     device: torch.device,
     batch: int,
     img_size: int,
@@ -361,7 +364,7 @@ def profile_models(
     if threads:
         torch.set_num_threads(threads)
     frames = [] if done is None else [done]
-    for spec in tqdm(specs, desc="profiling", unit="model"):
+    for label, spec in tqdm(specs.items(), desc="profiling", unit="model"):
         name, model = spec.name, spec.build(img_size=img_size)
         layout, proportion = describe_layout(model)
         if done is not None and ((done["model"] == name) & (done["layout"] == layout)).any():
@@ -374,9 +377,10 @@ def profile_models(
                     f"batch {batch} does not fit in {device.type} memory for {name}: lower --batch"
                 ) from None
             raise
-        frame.insert(0, "model", name)
-        frame.insert(1, "layout", layout)
-        frame.insert(2, "mhsa_proportion", round(proportion, 4))
+        frame.insert(0, "name", label)
+        frame.insert(1, "model", name)
+        frame.insert(2, "layout", layout)
+        frame.insert(3, "mhsa_proportion", round(proportion, 4))
         for column, value in (
             ("device", device.type),
             ("batch", batch),
@@ -460,13 +464,13 @@ def run(config: ProfileConfig) -> pd.DataFrame:
 def show(config: ProfileConfig) -> None:
     frame = run(config)
     summary = (
-        frame.groupby(["model", "layout"], sort=False)
+        frame.groupby("name", sort=False)
         .apply(lambda g: g.loc[g["memory_bound"], "share"].sum(), include_groups=False)
         .rename("memory_bound_share")
     )
     print(summary.to_string(float_format=lambda v: f"{100 * v:.1f}%"))
     for cat in config.show:
-        shares = frame[frame["category"] == cat].groupby("model", sort=False)["share"].sum()
+        shares = frame[frame["category"] == cat].groupby("name", sort=False)["share"].sum()
         print(f"{cat}: " + ", ".join(f"{m} {100 * s:.1f}%" for m, s in shares.items()))
 
 

@@ -5,7 +5,8 @@ from 0 to 1, trains each, and finds 20-40% MHSA best. For every point (family, s
 script builds the subnet with `efficientvit.subnet.find_subnet` (widths searched until the measured speed-up
 matches), trains it with the training pipeline under the sweep config, and appends one row to the CSV: the
 requested and the actual MHSA proportion (whole layers: 0.2 of 12 layers is 2, i.e. 0.167), the target and the
-measured speed-up, and `speedup_met` (False: more than 5% off even after a wider search; the report marks it).
+measured speed-up, and `speedup_met` (False: more than 5% off even after the wider and the FFN-width searches; the
+report marks it).
 
 Resumable and shardable: finished points are skipped, an interrupted training resumes from its checkpoint,
 `--shard i/n` runs every n-th point starting at i (for several processes or machines), `--merge` joins shard
@@ -43,6 +44,7 @@ COLUMNS = (
         "mhsa_proportion_actual",
         "layout",
         "widths",
+        "mlp_ratio",
         "params",
         "flops",
         "throughput",
@@ -129,6 +131,7 @@ def run_point(point: dict, sweep: dict, device: str) -> dict:
         "mhsa_proportion_actual": subnet["mhsa_proportion_actual"],
         "layout": layout,
         "widths": str(kwargs["embed_dim"]),
+        "mlp_ratio": kwargs.get("mlp_ratio", base.get("mlp_ratio", 4.0)),  # the search's fine knob
         "params": count_params(model),
         "flops": count_flops(model),
         "throughput": subnet["throughput"],
@@ -172,7 +175,7 @@ def sweep_points(points: list[dict], sweep: dict, out: Path, arguments: dict, de
         row = run_point(point, sweep, device)
         rows.append(row)
         if writer:
-            write_results(pd.DataFrame(rows)[COLUMNS], out, arguments)
+            write_results(pd.DataFrame(rows).reindex(columns=COLUMNS), out, arguments)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -25,6 +25,18 @@ def spread(values: pd.Series) -> str:
     return f"{values.mean():.2f}" + (f" ± {values.std():.2f}" if len(values) > 1 else "")
 
 
+def late_and_early(frame: pd.DataFrame, value: str, run: str = "source") -> tuple[pd.Series, pd.Series]:
+    """Per run, the mean of `value` over its last third of blocks and over its first third: the two sides of the
+    paper's "more so in the late blocks", compared paired within each run."""
+    late, early = {}, {}
+    for name, group in frame.groupby(run):
+        blocks = sorted(group["block"].unique())
+        third = max(1, len(blocks) // 3)
+        late[name] = group.loc[group["block"].isin(blocks[-third:]), value].mean()
+        early[name] = group.loc[group["block"].isin(blocks[:third]), value].mean()
+    return pd.Series(late), pd.Series(early)
+
+
 def proxies_section(out: Path) -> list[str]:
     frame = csvs(out, "proxies", "summary.csv")
     if frame is None:
@@ -51,14 +63,12 @@ def fig2_section(out: Path) -> list[str]:
     if frame is None:
         return ["Not run."]
     bound = frame[frame["memory_bound"]]
-    shares = bound.groupby(["model", "layout", "mhsa_proportion"], sort=False)["share"].sum().reset_index()
-    lines = ["| model | layout | MHSA proportion | memory-bound share |", "|---|---|---|---|"]
-    lines += [
-        f"| {r.model} | {r.layout[:32]} | {r.mhsa_proportion:.2f} | {100 * r.share:.1f}% |" for r in shares.itertuples()
-    ]
+    shares = bound.groupby(["name", "mhsa_proportion"], sort=False)["share"].sum().reset_index()
+    lines = ["| model | MHSA proportion | memory-bound share |", "|---|---|---|"]
+    lines += [f"| {r.name} | {r.mhsa_proportion:.2f} | {100 * r.share:.1f}% |" for r in shares.itertuples()]
     scoped = frame[frame["scope"].isin(["attention", "ffn"])]
     per_scope = (
-        scoped.groupby(["model", "layout", "scope"])
+        scoped.groupby(["name", "scope"], sort=False)
         .apply(lambda g: g.loc[g["memory_bound"], "share"].sum() / g["share"].sum(), include_groups=False)
         .unstack()
     )
@@ -66,21 +76,26 @@ def fig2_section(out: Path) -> list[str]:
     heavier = compare(100 * per_scope["attention"], 100 * per_scope["ffn"], "greater", paired=True)
     lines += [
         "",
-        "Share of each layer kind's own time that is memory-bound:",
+        "Share of each layer kind's own time that is memory-bound (models with both kinds of layer):",
         "",
-        "| model | layout | attention | FFN |",
-        "|---|---|---|---|",
+        "| model | attention | FFN |",
+        "|---|---|---|",
     ]
-    lines += [
-        f"| {model} | {layout[:32]} | {100 * r.attention:.1f}% | {100 * r.ffn:.1f}% |"
-        for (model, layout), r in per_scope.iterrows()
-    ]
+    lines += [f"| {name} | {100 * r.attention:.1f}% | {100 * r.ffn:.1f}% |" for name, r in per_scope.iterrows()]
+    # the pipeline's subnets are named <family>_<speed-up>x_p<proportion>: one series per family and speed-up
+    subnets = shares.assign(series=shares["name"].str.extract(r"^(.+x)_p[\d.]+$")[0]).dropna(subset=["series"])
+    ends = subnets.sort_values("mhsa_proportion").groupby("series")["share"].agg(["first", "last"])
+    rises = compare(100 * ends["last"], 100 * ends["first"], "greater", paired=True)
+    paper = paper_table("fig2_memory_bound").iloc[0]
     lines += [
         "",
-        "Paper (V100, PyTorch profiler): 44.26% of Swin-T-1.25x's runtime (20% MHSA) is memory-bound, "
-        "most of it inside MHSA.",
+        f"Paper ({paper.device}, PyTorch profiler): {paper.memory_bound_pct}% of Swin-T-1.25x's runtime "
+        f"({100 * paper.mhsa_proportion:.0f}% MHSA) is memory-bound, most of it inside MHSA.",
         'Finding "memory-bound operations weigh more inside attention than inside FFN" (attention minus FFN, '
         f"points, paired within each profiled model): {heavier.describe()} here (CPU).",
+        'Finding "fewer MHSA layers, a smaller memory-bound share" (the throughput-matched subnet with the most '
+        "MHSA layers minus the one with the fewest, points, paired within each family and speed-up: "
+        f"{', '.join(ends.index) or 'no subnets profiled'}): {rises.describe()}.",
     ]
     return lines
 
@@ -174,6 +189,11 @@ def fig4_section(out: Path) -> list[str]:
                 if (family, feature, other) in means:
                     result = compare(100 * per_run[family, feature, "full"], 100 * per_run[family, feature, other])
                     verdicts.append(f"{family} ({feature}), full minus {other}, points: {result.describe()}")
+    later = []
+    full_maps = frame[(frame["attention_kind"] == "full") & (frame["feature"] == "attention")]
+    for family, group in full_maps.groupby("family"):
+        late, early = late_and_early(group.assign(pct=100 * group["mean_max_similarity"]), "pct")
+        later.append(f"{family}: {compare(late, early, 'greater', paired=True).describe()}")
     lines += [
         "",
         "Max head similarity: per image and window, each head's highest cosine similarity to another head "
@@ -185,6 +205,10 @@ def fig4_section(out: Path) -> list[str]:
         + ".",
         'Finding "feeding each head its own channel split lowers head similarity": '
         + ("; ".join(verdicts) if verdicts else "needs both full and split runs")
+        + ".",
+        'Finding "heads are more alike in the late blocks" (full heads, attention maps: the mean over the last '
+        "third of the blocks minus the first third, points, paired within each run): "
+        + ("; ".join(later) if later else "needs full-heads runs on attention maps")
         + ".",
     ]
     return lines
@@ -206,6 +230,15 @@ def fig5_section(out: Path) -> list[str]:
     ours_v, ours_qk = frame["v_ratio"].mean(), frame["qk_ratio"].mean()
     per_run = frame.groupby("source")[["v_ratio", "qk_ratio"]].mean()
     kept_more = compare(100 * per_run["v_ratio"], 100 * per_run["qk_ratio"], "greater")
+    # the share of a block's prunable channels (Q/K, V, FFN hidden) kept, ours and the paper's
+    kept = frame.assign(
+        pct=100
+        * (frame["qk_kept"] + frame["v_kept"] + frame["ffn_kept"])
+        / (frame["qk_before"] + frame["v_before"] + frame["ffn_before"])
+    )
+    late, early = late_and_early(kept, "pct")
+    theirs = paper.assign(pct=100 * (paper["qk_ratio"] + paper["v_ratio"] + paper["ffn_ratio"]) / 6, source="paper")
+    paper_late, paper_early = late_and_early(theirs, "pct")
     lines += [
         "",
         f"Means, ours: Q/K {ours_qk:.2f}, V {ours_v:.2f}, FFN {frame['ffn_ratio'].mean():.2f} "
@@ -213,6 +246,10 @@ def fig5_section(out: Path) -> list[str]:
         f"V {paper['v_ratio'].mean():.2f}, FFN {paper['ffn_ratio'].mean():.2f}.",
         f'Finding "V keeps more channels than Q/K" (V minus Q/K kept, % of the input width, each pruning run a '
         f"run): {kept_more.describe()}.",
+        'Finding "pruning cuts most in the last blocks" (share of a block\'s Q/K, V and FFN channels kept, the '
+        "last third of the blocks minus the first third, points, paired within each pruning run): "
+        f"{compare(late, early, 'less', paired=True).describe()} (paper's Swin-T: "
+        f"{paper_late.iloc[0] - paper_early.iloc[0]:+.1f}).",
     ]
     pruned = csvs(out, "pruned", "summary.csv")
     if pruned is not None:

@@ -215,18 +215,18 @@ def with_sidecar(csv: Path) -> list[Path]:
 
 
 def fig2(preset: dict, out: Path) -> list[Path]:
+    """Profile the full-size models and the throughput-matched subnets of every family, speed-up and MHSA
+    proportion the preset lists (`subnet_families`, `subnet_speedups`, `subnet_proportions`)."""
     spec = preset["fig2"]
     configs = []
-    for proportion in spec.get("subnet_proportions", []):
-        result = find_subnet(
-            spec["subnet_family"],
-            spec["subnet_speedup"],
-            proportion,
-            base={"img_size": spec["img_size"]},
-            **spec.get("subnet", {}),
-        )
-        name = f"{spec['subnet_family']}_{spec['subnet_speedup']}x_p{proportion}.yaml"
-        configs.append(str(save_subnet(result, out / "memory_profile" / "subnets" / name)))
+    for family in spec.get("subnet_families", []):
+        for speedup in spec.get("subnet_speedups", []):
+            for proportion in spec.get("subnet_proportions", []):
+                result = find_subnet(
+                    family, speedup, proportion, base={"img_size": spec["img_size"]}, **spec.get("subnet", {})
+                )
+                name = f"{family}_{speedup}x_p{proportion}.yaml"
+                configs.append(str(save_subnet(result, out / "memory_profile" / "subnets" / name)))
     config = memory_profile.ProfileConfig(
         models=spec["models"],
         subnet_config=configs,

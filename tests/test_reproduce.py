@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.report import write_report
+from analysis.report import late_and_early, write_report
+from analysis.verdicts import compare
 from analysis.reproduce import check_preset, load_preset, proxy_configs, proxy_runs, reproduce
 from efficientvit.errors import UserError
 from efficientvit.results import MANIFEST, record_outputs
@@ -53,7 +54,16 @@ def preset(tmp_path):
             "deit_full": {"config": str(proxy)},
             "deit_split": {"config": str(proxy), "set": {"model_kwargs": {**TINY_DEIT, "attention": "split"}}},
         },
-        "fig2": {"models": ["efficientvit_m0"], "batch": 2, "img_size": 64, "iters": 1},
+        "fig2": {
+            "models": ["efficientvit_m0"],
+            "batch": 2,
+            "img_size": 64,
+            "iters": 1,
+            "subnet_families": ["deit_tiny"],
+            "subnet_speedups": [1.25, 1.5],
+            "subnet_proportions": [1.0],
+            "subnet": dict(seconds=0.01, rounds=1, steps=2, batch_size=2, cache=str(tmp_path / "cache.json")),
+        },
         "fig3": {"config": str(sweep), "families": ["deit_tiny"], "speedups": [1.25], "proportions": [0.5]},
         "fig4": {"proxies": ["deit_full", "deit_split"], "images": 8, "features": ["attention"]},
         "fig5": {
@@ -91,6 +101,8 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     expected = {"designed_variant", "efficientvit_m0", "deit_full"} | ({"deit_tiny_subnet_p0.50"} if matched else set())
     assert set(front["name"]) == expected
     assert front["pareto"].any() and "Pareto front" in text
+    profiled = set(pd.read_csv(out / "memory_profile" / "profile.csv")["name"])  # every family x speed-up subnet
+    assert profiled == {"efficientvit_m0", "deit_tiny_1.25x_p1.0", "deit_tiny_1.5x_p1.0"}
     figures = {p.stem for p in (out / "figures").glob("*.png")}
     assert {"fig2_memory_bound", "fig3_mhsa_sweep", "fig4_head_similarity", "fig5_taylor_pruning"} <= figures
     checkpoint = tmp_path / "runs" / "deit_full" / "checkpoint.pth"
@@ -153,6 +165,21 @@ def test_report_marks_subnets_that_missed_their_speedup_and_lists_actual_proport
     assert "(4 points x at least 2 runs): **does not hold**" in fig3  # the fixture's curves rise to 100% MHSA
     fig4 = text.split("## Figure 4")[1].split("## Figure 5")[0]
     assert "1 vs 1 runs: **inconclusive**" in fig4  # one proxy per kind: no verdict from a single run
+
+
+def test_late_blocks_are_compared_with_early_ones_within_each_run():
+    """Six blocks: the last third (5, 6) against the first third (1, 2) of each run; three runs whose late blocks
+    are 4 points higher give "holds", and the same effect under noise 20 times larger gives "inconclusive"."""
+    rows = [
+        {"source": f"seed{seed}", "block": block, "pct": 50 + (4 if block > 4 else 0)}
+        for seed in range(3)
+        for block in range(1, 7)
+    ]
+    late, early = late_and_early(pd.DataFrame(rows), "pct")
+    assert list(late) == [54, 54, 54] and list(early) == [50, 50, 50]
+    assert compare(late, early, "greater", paired=True).verdict == "holds"
+    noisy = pd.DataFrame(rows).assign(pct=lambda f: f["pct"] + [80 * (-1) ** i * (i % 5) for i in range(len(f))])
+    assert compare(*late_and_early(noisy, "pct"), "greater", paired=True).verdict == "inconclusive"
 
 
 def test_the_reference_preset_trains_three_seeds_of_every_heads_kind(monkeypatch):

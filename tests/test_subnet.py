@@ -79,3 +79,29 @@ def test_a_met_target_needs_no_second_search(monkeypatch):
     monkeypatch.setattr(efficientvit.subnet, "measure_speedups", on_target)
     assert find_subnet("deit_tiny", 1.25, 0.5, base=TINY_DEIT, cache=None, **BUDGET)["met"] is True
     assert max(calls) <= 5
+
+
+def test_the_ffn_width_meets_a_target_that_the_width_steps_jump_over(monkeypatch):
+    """A cost model where every width step moves the speed-up by about 30% (so no width lands within 5% of 1.25x):
+    the FFN expansion ratio, the fine knob, brings the subnet onto the target; with no FFN layer to tune the miss
+    is kept and marked."""
+
+    def cost(kwargs):
+        width, layout = kwargs["embed_dim"], kwargs["layout"]
+        hidden = int(width * kwargs.get("mlp_ratio", 4.0))
+        return sum(4 * width * width if kind == "A" else 2 * width * hidden for kind in layout)
+
+    def by_cost(family, candidates, base, rounds, seconds, batch_size, device):
+        full = cost(efficientvit.subnet.subnet_kwargs(family, 0.5, 1.0, base))
+        return [(full / cost(k), 100.0 * full / cost(k), 100.0) for k in candidates]
+
+    monkeypatch.setattr(efficientvit.subnet, "measure_speedups", by_cost)
+    base = dict(TINY_DEIT, embed_dim=24)  # steps of 6 channels: 18 wide is 1.78x, 24 wide 1.0x
+    result = find_subnet("deit_tiny", 1.25, 0.5, base=base, cache=None, **BUDGET)
+    assert result["met"] is True and abs(result["speedup_measured"] / 1.25 - 1) <= 0.05
+    assert result["kwargs"]["mlp_ratio"] != 4.0 and result["kwargs"]["embed_dim"] in (18, 24)
+    model = ModelSpec("deit_tiny", result["kwargs"]).build()  # the tuned subnet builds with that FFN width
+    ffn = next(layer for layer in model.layers if hasattr(layer, "mlp"))
+    assert ffn.mlp.fc1.out_features == int(result["kwargs"]["embed_dim"] * result["kwargs"]["mlp_ratio"])
+    attention_only = find_subnet("deit_tiny", 1.25, 1.0, base=base, cache=None, **BUDGET)
+    assert attention_only["met"] is False and "mlp_ratio" not in attention_only["kwargs"]

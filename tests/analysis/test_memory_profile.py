@@ -51,6 +51,7 @@ def profiled(tmp_path_factory):
 def test_every_operator_has_a_category_and_a_layer_scope(profiled):
     frame = pd.read_csv(profiled)
     assert list(frame.columns) == memory_profile.COLUMNS
+    assert set(frame["name"]) == {"efficientvit_m0", "a", "f"}  # a model YAML's rows carry its file name
     assert set(frame["category"]) <= set(memory_profile.CATEGORIES)
     m0 = frame[frame["model"] == "efficientvit_m0"]
     assert set(m0["scope"]) == {"patch_embed", "token_interaction", "attention", "ffn", "patch_merging", "head"}

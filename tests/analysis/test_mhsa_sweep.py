@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
 
 from analysis import mhsa_sweep
+from efficientvit import train as train_module
 from efficientvit.data.synthetic import make_synthetic
 from tests.helpers import top1_of_checkpoint
 
@@ -64,6 +67,44 @@ def test_grid_runs_every_point_and_resumes_after_a_crash(config, tmp_path, monke
     for row in frame.itertuples():  # each point's top-1 is its trained subnet's, evaluated independently
         assert row.top1 == pytest.approx(top1_of_checkpoint(row.checkpoint, data, 64))
     assert all(layout.count("A") == round(p * 4) for layout, p in zip(frame["layout"], frame["mhsa_proportion"]))
+
+
+def test_a_sweep_killed_inside_a_training_resumes_it_from_its_last_epoch(config, tmp_path, monkeypatch):
+    """Killed in the second epoch of the second point: the rerun keeps the first point's row, trains only the lost
+    epoch again (from the first epoch's checkpoint) and ends with one row per point."""
+    sweep = yaml.safe_load(config.read_text())
+    sweep["train"]["epochs"], sweep["runs"] = 2, str(tmp_path / "runs")
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    out = tmp_path / "sweep.csv"
+    args = ["--families", "deit_tiny", "--speedups", "1.25", "--proportions", "0.25", "0.75"]
+    args += ["--config", str(path), "--out", str(out)]
+    real, epochs = train_module.train_one_epoch, []
+
+    def counted(*args, **kwargs):
+        epochs.append(1)
+        if len(epochs) == 4 and not resumed:
+            raise KeyboardInterrupt  # the second point's second epoch
+        return real(*args, **kwargs)
+
+    def subnet(family, speedup, proportion, base, **_):  # the search is not what this test is about
+        layout = "AFFF" if proportion < 0.5 else "AAAF"
+        kwargs = {**base, "layout": layout}
+        return dict(kwargs=kwargs, speedup_measured=speedup, met=True, mhsa_proportion_actual=0.25, throughput=1.0)
+
+    resumed = False
+    monkeypatch.setattr(mhsa_sweep, "find_subnet", subnet)
+    monkeypatch.setattr(train_module, "train_one_epoch", counted)
+    with pytest.raises(KeyboardInterrupt):
+        mhsa_sweep.main(args)
+    assert len(pd.read_csv(out)) == 1
+    resumed, epochs[:] = True, []
+    assert mhsa_sweep.main(args) == 0
+    assert len(epochs) == 1  # only the interrupted epoch ran again
+    frame = pd.read_csv(out)
+    assert len(frame) == 2 and not frame.duplicated(subset=mhsa_sweep.KEY).any() and (frame["epochs"] == 2).all()
+    for row in frame.itertuples():
+        assert list(pd.read_csv(Path(row.checkpoint).parent / "metrics.csv")["epoch"]) == [1, 2]
 
 
 def test_shards_merge_into_the_whole_grid(config, tmp_path):
