@@ -39,7 +39,7 @@ from efficientvit.errors import UserError, exit_status
 from efficientvit.files import atomic_write_text
 from efficientvit.flops import count_params
 from efficientvit.models import ModelSpec, create_model
-from efficientvit.results import record_outputs, write_results
+from efficientvit.results import device_description, record_outputs, write_results
 from efficientvit.subnet import find_subnet, save_subnet
 from efficientvit.train import make_config, train
 
@@ -453,6 +453,11 @@ def reproduce(
     stages += [("notebooks and report", minutes.get("report", 1))]
     progress = Progress(stages)
     data = checkpoints = None
+    device = device_description(preset.get("device", "cpu"))
+
+    def record(stage: str, started: float, paths: list[Path]) -> None:
+        record_outputs(out, stage, paths, time.perf_counter() - started, device)
+
     for index, (stage, _) in enumerate(stages):
         started = progress.begin(index)
         if stage == "data":
@@ -460,22 +465,19 @@ def reproduce(
         elif stage == "proxies":
             checkpoints = train_proxies(preset, data, out) if {"fig4", "fig5"} & set(only) else {}
             if checkpoints:
-                record_outputs(
-                    out,
-                    stage,
-                    with_sidecar(out / "proxies" / "summary.csv") + with_sidecar(out / "proxies" / "curves.csv"),
-                )
+                proxies = out / "proxies"
+                record(stage, started, with_sidecar(proxies / "summary.csv") + with_sidecar(proxies / "curves.csv"))
         elif stage == "fig2":
-            record_outputs(out, stage, fig2(preset, out))
+            record(stage, started, fig2(preset, out))
         elif stage == "fig3":
-            record_outputs(out, stage, fig3(preset, out, data))
+            record(stage, started, fig3(preset, out, data))
         elif stage == "fig4":
-            record_outputs(out, stage, fig4(preset, out, data, checkpoints))
+            record(stage, started, fig4(preset, out, data, checkpoints))
         elif stage == "fig5":
-            record_outputs(out, stage, fig5(preset, out, data, checkpoints))
+            record(stage, started, fig5(preset, out, data, checkpoints))
         else:
             notebooks(out)
-            report = write_report(out, preset_name, data, time.perf_counter() - progress.start)
+            report = write_report(out, preset_name, data)
         progress.end(index, started)
     print(f"done in {(time.perf_counter() - progress.start) / 60:.1f} min: {report} and {out / 'figures'}")
     return report

@@ -31,12 +31,28 @@ def git_commit() -> str | None:
         return None
 
 
+def processor_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def device_description(device: str) -> str:
+    """One line for reports: the GPU's name, or the CPU's with the threads torch uses."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{processor_name()}, {torch.get_num_threads()} threads"
+
+
 def environment() -> dict[str, Any]:
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": processor_name(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -64,12 +80,26 @@ def read_results(csv_path: str | os.PathLike) -> pd.DataFrame | None:
 MANIFEST = "manifest.json"
 
 
-def record_outputs(out: str | os.PathLike, stage: str, paths: list[Path]) -> None:
-    """List in out/manifest.json the files `stage` wrote (replacing what that stage listed before)."""
+def record_outputs(
+    out: str | os.PathLike, stage: str, paths: list[Path], seconds: float | None = None, device: str | None = None
+) -> None:
+    """List in out/manifest.json the files `stage` wrote (replacing what that stage listed before) and, given
+    `seconds`, add them to the stage's time: a stage resumed over several runs sums the time each spent on it."""
     out = Path(out)
     manifest = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).exists() else {"stages": {}}
     manifest["stages"][stage] = sorted(str(Path(p).relative_to(out)) for p in paths if Path(p).exists())
+    if seconds is not None:
+        timing = manifest.setdefault("timing", {}).setdefault(stage, {"seconds": 0.0, "runs": 0, "devices": []})
+        timing["seconds"] += seconds
+        timing["runs"] += 1
+        timing["devices"] = sorted(set(timing["devices"]) | ({device} if device else set()))
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+
+
+def stage_timing(out: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Per stage: the seconds all runs spent on it, how many runs, on which devices (empty without a manifest)."""
+    path = Path(out) / MANIFEST
+    return json.loads(path.read_text()).get("timing", {}) if path.exists() else {}
 
 
 def recorded_stages(out: str | os.PathLike) -> set[str] | None:

@@ -11,7 +11,7 @@ from analysis.report import late_and_early, write_report
 from analysis.verdicts import compare
 from analysis.reproduce import check_preset, load_preset, proxy_configs, proxy_runs, reproduce
 from efficientvit.errors import UserError
-from efficientvit.results import MANIFEST, record_outputs
+from efficientvit.results import MANIFEST, record_outputs, stage_timing
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 
@@ -103,6 +103,9 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     assert front["pareto"].any() and "Pareto front" in text
     profiled = set(pd.read_csv(out / "memory_profile" / "profile.csv")["name"])  # every family x speed-up subnet
     assert profiled == {"efficientvit_m0", "deit_tiny_1.25x_p1.0", "deit_tiny_1.5x_p1.0"}
+    timing = stage_timing(out)  # every stage's time and device, in the report too
+    assert set(timing) == {"proxies", "fig2", "fig3", "fig4", "fig5"} and all(t["seconds"] > 0 for t in timing.values())
+    assert "| fig3 |" in text and "threads |" in text
     figures = {p.stem for p in (out / "figures").glob("*.png")}
     assert {"fig2_memory_bound", "fig3_mhsa_sweep", "fig4_head_similarity", "fig5_taylor_pruning"} <= figures
     checkpoint = tmp_path / "runs" / "deit_full" / "checkpoint.pth"
@@ -110,6 +113,7 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     capsys.readouterr()
     reproduce(str(preset), out, ["fig2", "fig3", "fig4", "fig5"])  # run again: nothing is redone
     assert checkpoint.stat().st_mtime_ns == stamp
+    assert all(t["runs"] == 2 for t in stage_timing(out).values())  # a resumed stage adds its time
     printed = capsys.readouterr().out
     assert "training deit_full" not in printed and "resumed" not in printed  # no proxy or fine-tuning trained again
 
@@ -143,22 +147,22 @@ def test_report_reads_only_the_files_its_run_wrote(tmp_path):
     stages = {"fig4": "head_similarity", "fig5": "taylor_pruning"}
     for stage, folder in stages.items():
         record_outputs(out, stage, sorted((out / folder).glob("*")))
-    before = write_report(out, "micro", "fixture", 1.0).read_text()
+    before = write_report(out, "micro", "fixture").read_text()
     stray = pd.read_csv(out / "taylor_pruning" / "fixture.csv").assign(v_ratio=0.0123, qk_ratio=0.0456)
     stray.to_csv(out / "taylor_pruning" / "other_run.csv", index=False)
     summary = pd.read_csv(out / "head_similarity" / "deit_tiny_full_summary.csv").assign(attention_kind="cascade")
     summary.to_csv(out / "head_similarity" / "stray_summary.csv", index=False)
-    after = write_report(out, "micro", "fixture", 1.0).read_text()
+    after = write_report(out, "micro", "fixture").read_text()
     assert after == before and "0.01" not in after and "cascade" not in after
     assert "manifest has no `fig2` stage" in after and "manifest has no `fig3` stage" in after
     (out / MANIFEST).unlink()  # analyses run by hand, no manifest: the whole folder is read
-    assert "cascade" in write_report(out, "micro", "fixture", 1.0).read_text()
+    assert "cascade" in write_report(out, "micro", "fixture").read_text()
 
 
 def test_report_marks_subnets_that_missed_their_speedup_and_lists_actual_proportions(tmp_path):
     out = tmp_path / "results"
     shutil.copytree(FIXTURES, out)
-    text = write_report(out, "micro", "fixture", 1.0).read_text()
+    text = write_report(out, "micro", "fixture").read_text()
     fig3 = text.split("## Figure 3")[1].split("## Figure 4")[0]
     assert "1.5x (1.30x **missed**) | 0.6 (0.583)" in fig3 and "1.25x (1.27x) | 0.2 (0.167)" in fig3
     assert "1.5x, 4 throughput-matched points" in fig3  # the missed point is left out of the 1.5x verdict
