@@ -7,7 +7,8 @@ in its YAML (experiments/reproduce/<preset>.yaml): the CPU default, a quick firs
 Like the presets' own paths, `experiments/` and `notebooks/` are read from the repository root, where it runs.
 
 Every stage skips work already done (each tool resumes by itself: trainings from their checkpoints, the sweep
-and the profile from their CSVs), so an interrupted run continues where it stopped.
+and the profile from their CSVs), so an interrupted run continues where it stopped. The trainings also shard:
+`--shard i/n` trains every n-th proxy run and Fig. 3 point from i, and the run without --shard then analyses.
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ def fig2(preset: dict, out: Path) -> list[Path]:
     return with_sidecar(config.out) + [Path(c) for c in configs]
 
 
-def fig3(preset: dict, out: Path, data: str) -> list[Path]:
+def fig3(preset: dict, out: Path, data: str, shard: str = "0/1") -> list[Path]:
     spec = preset["fig3"]
     sweep = mhsa_sweep.read_sweep_config(spec["config"])
     sweep["train"] = {**sweep["train"], **spec.get("train_overrides", {}), "data": str(data)}
@@ -253,6 +254,7 @@ def fig3(preset: dict, out: Path, data: str) -> list[Path]:
         proportions=spec["proportions"],
         seeds=spec.get("seeds", [0]),
         config=str(record),
+        shard=shard,
         device=preset.get("device", "cpu"),
         out=out / "mhsa_sweep" / "sweep.csv",
     )
@@ -436,9 +438,27 @@ def notebooks(out: Path) -> None:
         execute_notebook(path, out)
 
 
+def train_shard(preset: dict, only: list[str], index: int, count: int) -> None:
+    """One shard's share of the trainings, for several processes or machines (sharing the runs folder and the
+    subnet cache, $XDG_CACHE_HOME): every count-th proxy run and Fig. 3 point from `index`. It writes only under
+    the runs folder; the run without --shard afterwards finds them trained and does every analysis."""
+    data = make_data(preset)
+    if {"fig4", "fig5"} & set(only):
+        for name, config in list(proxy_configs(preset, data).items())[index::count]:
+            trained(config, f"training {name} ({config.model}, {config.epochs} epochs), shard {index}/{count}")
+    if "fig3" in only and "fig3" in preset:
+        fig3(preset, Path(preset["runs"]) / f"shard_{index}_of_{count}", data, shard=f"{index}/{count}")
+    print(f"shard {index}/{count} trained; when every shard is done, run again without --shard to analyse")
+
+
 def reproduce(
-    preset_name: str, out: Path, only: list[str], data_override: str | None = None, fresh: bool = False
-) -> Path:
+    preset_name: str,
+    out: Path,
+    only: list[str],
+    data_override: str | None = None,
+    fresh: bool = False,
+    shard: str = "0/1",
+) -> Path | None:
     preset = load_preset(preset_name)
     if data_override:
         preset["data"] = {"path": data_override}
@@ -446,6 +466,9 @@ def reproduce(
     if fresh:
         for folder in (out, Path(preset["runs"])):
             shutil.rmtree(folder, ignore_errors=True)
+    index, count = mhsa_sweep.parse_shard(shard)
+    if count > 1:
+        return train_shard(preset, only, index, count)
     out.mkdir(parents=True, exist_ok=True)
     minutes = preset.get("minutes", {})
     stages = [("data", minutes.get("data", 1)), ("proxies", minutes.get("proxies", 1))]
@@ -497,15 +520,21 @@ class ReproduceConfig:
     only: str = knob(",".join(FIGURES), "figures to run, e.g. fig2,fig4")
     data: str | None = knob(None, "data instead of the preset's: fashion-mnist or an ImageFolder root (e.g. ImageNet)")
     fresh: bool = knob(False, "delete the preset's results and runs, start over")
+    shard: str = knob(
+        "0/1",
+        "train only every n-th proxy run and Fig. 3 point from i (one process or machine per shard, sharing the "
+        "runs folder and $XDG_CACHE_HOME); afterwards run without --shard to analyse",
+        metavar="i/n",
+    )
 
 
-def run(config: ReproduceConfig) -> Path:
+def run(config: ReproduceConfig) -> Path | None:
     only = [f.strip() for f in config.only.split(",") if f.strip()]
     unknown = sorted(set(only) - set(FIGURES))
     if unknown:
         raise UserError(f"--only takes {', '.join(FIGURES)}; unknown: {', '.join(unknown)}")
     out = config.out or Path("results") / Path(config.preset).name.removesuffix(".yaml")
-    return reproduce(config.preset, out, only, config.data, config.fresh)
+    return reproduce(config.preset, out, only, config.data, config.fresh, config.shard)
 
 
 def parse_args(argv: list[str] | None = None) -> ReproduceConfig:

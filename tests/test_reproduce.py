@@ -118,6 +118,20 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     assert "training deit_full" not in printed and "resumed" not in printed  # no proxy or fine-tuning trained again
 
 
+def test_shards_train_their_share_and_the_unsharded_run_trains_nothing_again(preset, tmp_path, capsys):
+    out = tmp_path / "results"
+    for shard in ("0/2", "1/2"):
+        assert reproduce(str(preset), out, ["fig3", "fig4"], shard=shard) is None
+    printed = capsys.readouterr().out
+    assert printed.count("training deit_full") == 1 and printed.count("training deit_split") == 1
+    assert not out.exists()  # shards write only under the runs folder
+    checkpoints = {path: path.stat().st_mtime_ns for path in (tmp_path / "runs").rglob("checkpoint.pth")}
+    assert len(checkpoints) == 3  # two proxies and the one Fig. 3 point
+    report = reproduce(str(preset), out, ["fig3", "fig4"]).read_text()
+    assert {path: path.stat().st_mtime_ns for path in checkpoints} == checkpoints  # nothing trained again
+    assert "full minus split" in report and len(pd.read_csv(out / "mhsa_sweep" / "sweep.csv")) == 1
+
+
 ROOT = Path(__file__).parents[1]
 
 
