@@ -323,10 +323,13 @@ def run_bench(
             macs = count_macs(fold_norms(model, name), img_size)  # of the BN-fused graph, whatever the mode
             for mode in modes[name]:
                 log(f"preparing {name} ({mode})")
+                started = time.perf_counter()
                 entry = prepare(model, name, mode, device, batch, img_size, threads, x=x)
                 out = entry.run().cpu()  # the first call also compiles (compile)
                 entries.append(entry)
                 info[name, mode] = {
+                    # what a user waits before the first batch: compilation, or export and session set-up
+                    "prepare_seconds": time.perf_counter() - started,
                     "macs_per_img": macs,
                     "max_logit_diff": (out - reference).abs().max().item(),
                     "max_abs_logit": reference.abs().max().item(),
@@ -338,6 +341,8 @@ def run_bench(
             raise
     log("measuring the peak matmul rate")
     peak = peak_matmul_macs(device)
+    uses_bf16 = any("bf16" in modes[name] for name in models)
+    peak_bf16 = peak_matmul_macs(device, dtype=torch.bfloat16) if uses_bf16 else math.nan
     rows = []
     for r in range(rounds):
         log(f"round {r + 1}/{rounds}")
@@ -354,7 +359,9 @@ def run_bench(
                 }
             )
     samples = pd.DataFrame(rows)
-    samples["share_of_peak"] = samples["macs_per_img"] * samples["img_s"] / peak
+    samples["share_of_peak"] = samples["macs_per_img"] * samples["img_s"] / peak  # of the fp32 peak, every mode
+    own_peak = samples["mode"].map(lambda mode: peak_bf16 if mode == "bf16" else peak)
+    samples["share_of_own_peak"] = samples["macs_per_img"] * samples["img_s"] / own_peak  # bf16: of the bf16 peak
     meta = {
         "device": device,
         "batch": batch,
@@ -362,6 +369,7 @@ def run_bench(
         "img_size": img_size,
         "seconds": seconds,
         "peak_gmac_s": round(peak / 1e9, 2),
+        "peak_bf16_gmac_s": round(peak_bf16 / 1e9, 2),
         "memory_method": "cuda max_memory_allocated"
         if device == "cuda"
         else "rise of the peak resident set (VmHWM) over one batch, in a fresh process",
@@ -382,6 +390,8 @@ def summarize(samples):
         peak_mem_mb=("peak_mem_mb", "first"),
         gmacs=("macs_per_img", "first"),
         share_of_peak=("share_of_peak", "median"),
+        share_of_own_peak=("share_of_own_peak", "median"),
+        prepare_seconds=("prepare_seconds", "first"),
         max_logit_diff=("max_logit_diff", "first"),
         max_abs_logit=("max_abs_logit", "first"),
         rounds=("round", "count"),

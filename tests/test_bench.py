@@ -48,6 +48,8 @@ def test_bench_times_models_in_turns_and_writes_every_round(tmp_path, capsys):
     assert (macs - counter.get_total_flops() / 2).abs().max() < 0.01 * macs.iloc[0]
     peak = samples["macs_per_img"] * samples["img_s"] / samples["share_of_peak"]  # one peak, measured once
     assert peak.max() == pytest.approx(peak.min(), rel=1e-9) and 1e8 < peak.iloc[0] < 1e13
+    assert (samples["prepare_seconds"] > 0).all()  # time to the first batch (compile time for compile)
+    assert (samples["share_of_own_peak"] == samples["share_of_peak"]).all()  # no bf16 entry: the fp32 peak
     assert (tmp_path / "bench.json").exists()
 
 
