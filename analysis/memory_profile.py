@@ -21,8 +21,10 @@ Example: python analysis/memory_profile.py --models deit_tiny swin_tiny efficien
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from torch.utils.flop_counter import flop_registry
 from tqdm import tqdm
 
 import efficientvit
+from efficientvit.bench import onnx_session, prepare
 from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.errors import UserError, exit_status
 from efficientvit.models import ModelSpec
@@ -55,9 +58,12 @@ CATEGORIES = (
     "activation",
     "matmul",
     "convolution",
+    "fused",
     "other",
 )
-MEMORY_BOUND = {"reshape", "copy", "elementwise", "normalization"}  # the set the paper names
+# the set the paper names, and the kernels inductor generates by fusing those operators (with softmax and
+# activations) into one pass over memory: no matmul or convolution is ever inside one on CPU
+MEMORY_BOUND = {"reshape", "copy", "elementwise", "normalization", "fused"}
 OP_CATEGORY = {
     "reshape": "view reshape _reshape_alias permute transpose t flatten unflatten squeeze unsqueeze expand split "
     "split_with_sizes chunk narrow slice select unbind as_strided view_as _unsafe_view alias movedim "
@@ -71,13 +77,30 @@ OP_CATEGORY = {
     "activation": "relu relu_ gelu hardswish hardswish_ sigmoid silu hardsigmoid",
     "matmul": "matmul mm bmm addmm linear baddbmm scaled_dot_product_attention "
     "_scaled_dot_product_flash_attention_for_cpu _scaled_dot_product_attention_math "
-    "_scaled_dot_product_flash_attention _scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_flash_attention _scaled_dot_product_efficient_attention _mkl_linear _linear_pointwise",
     "convolution": "conv2d convolution _convolution mkldnn_convolution _mkldnn_convolution cudnn_convolution "
+    "_convolution_pointwise "
     "_nnpack_spatial_convolution thnn_conv2d",
 }
 CATEGORY_OF = {op: category for category, ops in OP_CATEGORY.items() for op in ops.split()}
+# onnxruntime's node types (after its graph optimisations: NCHWc reorders, fused convolutions and matmuls)
+ORT_CATEGORY = {
+    "reshape": "Reshape Flatten Squeeze Unsqueeze Identity",
+    "copy": "Transpose Split Slice Concat Gather Expand Pad ReorderInput ReorderOutput",
+    "elementwise": "Add Sub Mul Div Where",
+    "normalization": "LayerNormalization SkipLayerNormalization SimplifiedLayerNormalization BatchNormalization",
+    "softmax": "Softmax",
+    "activation": "Relu HardSwish HardSigmoid Gelu FastGelu Sigmoid Erf",
+    "matmul": "MatMul FusedMatMul Gemm",
+    "convolution": "Conv FusedConv NchwcConv",
+}
+ORT_CATEGORY_OF = {op: category for category, ops in ORT_CATEGORY.items() for op in ops.split()}
+MODES = ("eager", "compile", "onnxruntime")
+GRAPH = "graph"  # the scope of a compiled kernel: inductor's kernels span layers
+WRAPPERS = ("## ", "Torch-Compiled Region", "TorchDynamo", "Pregraph bytecode", "AOTDispatcher", "CompiledFunction")
 COLUMNS = [
     "name",
+    "mode",
     "model",
     "layout",
     "mhsa_proportion",
@@ -108,6 +131,8 @@ def op_name(name: str) -> str:
 
 
 def category(name: str) -> str:
+    if "cpp_fused" in name or name.startswith("triton_"):
+        return "fused"
     return CATEGORY_OF.get(op_name(name), "other")
 
 
@@ -270,8 +295,14 @@ def profile_model(
     iters: int,
     warmup: int,
     fused_attention: bool = False,
+    mode: str = "eager",
 ) -> pd.DataFrame:
-    """Per (scope, category): calls and self time per forward pass, share of the total, bytes and FLOPs."""
+    """Per (scope, category): calls and self time per forward pass, share of the total, bytes and FLOPs. `mode`:
+    eager (the paper's measurement), or the compiled or onnxruntime graph `efficientvit bench` times."""
+    if mode == "compile":
+        return tabulate(*profile_compiled(model, batch, img_size, iters, warmup))
+    if mode == "onnxruntime":
+        return tabulate(*profile_onnxruntime(model, batch, img_size, iters, warmup))
     model = efficientvit.fuse(model, channels_last=False).to(device).eval()  # the NCHW graph the paper profiled
     if not fused_attention:
         explicit_attention(model)
@@ -298,8 +329,14 @@ def profile_model(
     counter = BytesAndFlops(stack)
     with torch.no_grad(), scopes(model, stack), counter:
         model(x)
-
     time_us, calls = attribute_times(prof.events(), device.type)
+    return tabulate(time_us, calls, step_seconds, counter)
+
+
+def tabulate(time_us: dict, calls: dict, step_seconds: list[float], counter: BytesAndFlops | None = None):
+    """One row per (scope, category): calls and self time per pass, share of the total, and (eager) the bytes and
+    FLOPs the dispatch pass counted; a fused kernel's bytes and FLOPs are not observable, so they stay empty."""
+    iters = len(step_seconds)
     time_us = {key: t / iters for key, t in time_us.items()}
     total = sum(time_us.values())
     rows = [
@@ -310,8 +347,8 @@ def profile_model(
             calls=calls[(scope, cat)] // iters,
             self_time_us=round(t, 2),
             share=t / total,
-            bytes=counter.bytes[(scope, cat)],
-            flops=counter.flops[(scope, cat)],
+            bytes=counter.bytes[(scope, cat)] if counter else None,
+            flops=counter.flops[(scope, cat)] if counter else None,
             step_time_us=round(1e6 * sum(step_seconds) / iters, 2),
         )
         for (scope, cat), t in time_us.items()
@@ -319,6 +356,98 @@ def profile_model(
     frame = pd.DataFrame(rows)
     frame["arithmetic_intensity"] = frame["flops"] / frame["bytes"].where(frame["bytes"] > 0)
     return frame
+
+
+def kernel_times(events) -> tuple[dict, dict]:
+    """A compiled graph's self time (us) and kernel calls per category, summed over the profiled passes: each
+    operator's self time goes to the outermost kernel below the framework's own frames (an inductor kernel, a
+    matmul or convolution library call). As in eager mode, the Python between kernels (here the frames' own
+    time) is in no row; `step_time_us` has the whole pass. Scope: `graph`."""
+    time_us, calls = defaultdict(float), defaultdict(int)
+    for event in events:
+        if event.name == PASS or event.name.startswith(WRAPPERS) or event.device_type != DeviceType.CPU:
+            continue
+        chain = [event, *ancestors(event)]
+        top = next((i for i, frame in enumerate(chain) if frame.name == PASS), None)
+        if top is None:
+            continue
+        outermost = [frame for frame in chain[:top] if not frame.name.startswith(WRAPPERS)][-1]
+        key = (GRAPH, category(outermost.name))
+        time_us[key] += event.self_cpu_time_total
+        calls[key] += outermost is event
+    return time_us, calls
+
+
+def profile_compiled(model: nn.Module, batch: int, img_size: tuple[int, int], iters: int, warmup: int):
+    """(time per (scope, category) over the passes, calls, seconds per pass) of the model as `efficientvit bench
+    --mode compile` runs it: BatchNorm folded, channels-last, torch.compile with inductor and weight freezing."""
+    import torch._inductor.config as inductor_config
+
+    x = torch.randn(batch, 3, *img_size)
+    with inductor_config.patch({"cpp.enable_kernel_profile": True}):  # a profiler event per generated kernel
+        entry = prepare(model, model.spec.name, "compile", "cpu", batch, img_size[0], x=x)
+        for _ in range(max(warmup, 1)):  # the first call compiles
+            entry.run()
+    step_seconds = []
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            started = time.perf_counter()
+            with torch.profiler.record_function(PASS):
+                entry.run()
+            step_seconds.append(time.perf_counter() - started)
+    time_us, calls = kernel_times(prof.events())
+    return time_us, calls, step_seconds
+
+
+def onnx_scope(node: str, scoped: dict[str, str]) -> str | None:
+    """A node's layer scope from its name, which the exporter builds from the module path
+    ('/stages/stages.0/blocks/blocks.0/dw0/m/conv/Conv_output_0' is in module stages.0.blocks.0.dw0.m.conv);
+    None for a node onnxruntime made up (`Gelu_token_42`) or one outside every scoped module."""
+    parts = node.strip("/").split("/")[:-1]
+    path = ".".join(part.split(".")[-1] for part in parts)
+    while path:
+        if path in scoped:
+            return scoped[path]
+        path = path.rpartition(".")[0]
+    return None
+
+
+def profile_onnxruntime(model: nn.Module, batch: int, img_size: tuple[int, int], iters: int, warmup: int):
+    """(time per (scope, category) over the passes, calls, seconds per pass) of the model as `efficientvit bench
+    --mode onnxruntime` runs it, from onnxruntime's own profiler: every node run of the last `iters` runs."""
+    graph = efficientvit.fuse(model).eval()
+    scoped = {name: scope for name, module in graph.named_modules() if (scope := scope_of(name, module))}
+    x = torch.randn(batch, 3, *img_size)
+    with tempfile.TemporaryDirectory() as folder:
+        session = onnx_session(graph, x, torch.get_num_threads(), "cpu", profile_prefix=f"{folder}/ort")
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        for _ in range(warmup):
+            session.run(None, feed)
+        step_seconds = []
+        for _ in range(iters):
+            started = time.perf_counter()
+            session.run(None, feed)
+            step_seconds.append(time.perf_counter() - started)
+        trace = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted(
+        (e["ts"], e["ts"] + e["dur"]) for e in trace if e.get("cat") == "Session" and e["name"] == "model_run"
+    )
+    nodes = sorted(
+        (e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")), key=lambda e: e["ts"]
+    )
+    time_us, calls = defaultdict(float), defaultdict(int)
+    for start, end in runs[-iters:]:  # the earlier runs were the warm-up
+        scope = STEM
+        for event in (e for e in nodes if start <= e["ts"] <= end):
+            node = event["name"].removesuffix("_kernel_time")
+            # as in eager mode, the model's own operators (exported names outside every scoped module) go to the
+            # stem before the first layer and to the head after it; a node onnxruntime made up joins its neighbour
+            own = onnx_scope(node, scoped)
+            scope = own or (scope if not node.startswith("/") else STEM if scope == STEM else HEAD)
+            key = (scope, ORT_CATEGORY_OF.get(event["args"].get("op_name"), "other"))
+            time_us[key] += event["dur"]
+            calls[key] += 1
+    return time_us, calls, step_seconds
 
 
 def machine_balance(device: torch.device, seconds: float = 0.5) -> dict[str, float]:
@@ -360,17 +489,19 @@ def profile_models(
     done: pd.DataFrame | None = None,
     on_model=None,
     fused_attention: bool = False,
+    modes: tuple[str, ...] = ("eager",),
 ) -> pd.DataFrame:
     if threads:
         torch.set_num_threads(threads)
     frames = [] if done is None else [done]
-    for label, spec in tqdm(specs.items(), desc="profiling", unit="model"):
+    runs = [(label, spec, mode) for label, spec in specs.items() for mode in modes]
+    for label, spec, mode in tqdm(runs, desc="profiling", unit="model"):
         name, model = spec.name, spec.build(img_size=img_size)
         layout, proportion = describe_layout(model)
-        if done is not None and ((done["model"] == name) & (done["layout"] == layout)).any():
+        if done is not None and ((done["name"] == label) & (done["mode"] == mode)).any():
             continue  # profiled in an earlier, interrupted run
         try:
-            frame = profile_model(model, batch, model.img_size, device, iters, warmup, fused_attention)
+            frame = profile_model(model, batch, model.img_size, device, iters, warmup, fused_attention, mode)
         except (RuntimeError, MemoryError) as e:
             if out_of_memory(e):
                 raise UserError(
@@ -378,9 +509,10 @@ def profile_models(
                 ) from None
             raise
         frame.insert(0, "name", label)
-        frame.insert(1, "model", name)
-        frame.insert(2, "layout", layout)
-        frame.insert(3, "mhsa_proportion", round(proportion, 4))
+        frame.insert(1, "mode", mode)
+        frame.insert(2, "model", name)
+        frame.insert(3, "layout", layout)
+        frame.insert(4, "mhsa_proportion", round(proportion, 4))
         for column, value in (
             ("device", device.type),
             ("batch", batch),
@@ -416,6 +548,13 @@ class ProfileConfig:
         "profile the fused scaled_dot_product_attention kernel instead of the explicit matmul/softmax attention of "
         "the models the paper profiled",
     )
+    modes: list[str] = knob(
+        ["eager"],
+        "execution paths: eager (the paper's: operators by layer scope, bytes and FLOPs), compile (torch.compile "
+        "with inductor and freezing: its generated kernels count as `fused`, memory-bound), onnxruntime (its "
+        "profiler's node times); the last two as `efficientvit bench` runs them, CPU only",
+        choices=MODES,
+    )
     show: list[str] = knob([], f"also print the share of these categories ({', '.join(CATEGORIES)})", metavar="CAT")
     out: Path | None = knob(
         None,
@@ -433,9 +572,15 @@ def run(config: ProfileConfig) -> pd.DataFrame:
     if config.batch < 1 or config.iters < 1:
         raise UserError("--batch and --iters must be at least 1")
     device = resolve_device(config.device)
+    if device.type != "cpu" and set(config.modes) != {"eager"}:
+        raise UserError("--modes compile and onnxruntime profile on the CPU: use --device cpu")
     specs = model_specs(config.models, config.layout, config.subnet_config)
     out = config.out or Path("results/memory_profile") / f"{device.type}_b{config.batch}_{config.img_size}.csv"
     done = None if config.fresh else read_results(out)
+    if done is not None and not set(COLUMNS) <= set(done.columns):
+        missing = ", ".join(sorted(set(COLUMNS) - set(done.columns)))
+        print(f"{out} was written by an older version (no {missing}): profiling every model again")
+        done = None
     balance = machine_balance(device)
 
     def save(frame: pd.DataFrame) -> None:
@@ -452,6 +597,7 @@ def run(config: ProfileConfig) -> pd.DataFrame:
         done,
         save,
         config.fused_attention,
+        tuple(config.modes),
     )
     print(
         f"balance point {balance['balance_flops_per_byte']:.1f} FLOP/byte "
@@ -464,14 +610,14 @@ def run(config: ProfileConfig) -> pd.DataFrame:
 def show(config: ProfileConfig) -> None:
     frame = run(config)
     summary = (
-        frame.groupby("name", sort=False)
+        frame.groupby(["name", "mode"], sort=False)
         .apply(lambda g: g.loc[g["memory_bound"], "share"].sum(), include_groups=False)
         .rename("memory_bound_share")
     )
     print(summary.to_string(float_format=lambda v: f"{100 * v:.1f}%"))
     for cat in config.show:
-        shares = frame[frame["category"] == cat].groupby("name", sort=False)["share"].sum()
-        print(f"{cat}: " + ", ".join(f"{m} {100 * s:.1f}%" for m, s in shares.items()))
+        shares = frame[frame["category"] == cat].groupby(["name", "mode"], sort=False)["share"].sum()
+        print(f"{cat}: " + ", ".join(f"{m} ({mode}) {100 * s:.1f}%" for (m, mode), s in shares.items()))
 
 
 def parse_args(argv: list[str] | None = None) -> ProfileConfig:

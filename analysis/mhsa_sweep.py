@@ -166,7 +166,8 @@ def search_subnets(points: list[dict], sweep: dict, device: str) -> None:
 def sweep_points(points: list[dict], sweep: dict, out: Path, arguments: dict, device: str) -> pd.DataFrame:
     writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun only the first process writes the CSV
     done = read_results(out)
-    rows = [] if done is None else done.to_dict("records")
+    # rows written before the FFN-width search had every FFN at the expansion of 4
+    rows = [] if done is None else done.reindex(columns=COLUMNS).fillna({"mlp_ratio": 4.0}).to_dict("records")
     finished = {tuple(r[k] for k in KEY) for r in rows}
     for n, point in enumerate(points, start=1):
         if tuple(point[k] for k in KEY) in finished:

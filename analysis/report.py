@@ -27,8 +27,9 @@ def spread(values: pd.Series) -> str:
 
 
 def late_and_early(frame: pd.DataFrame, value: str, run: str = "source") -> tuple[pd.Series, pd.Series]:
-    """Per run, the mean of `value` over its last third of blocks and over its first third: the two sides of the
-    paper's "more so in the late blocks", compared paired within each run."""
+    """Per run, the mean of `value` over its last third of blocks and over its first third (a third rounded down,
+    at least one block): the two sides of the paper's "more so in the late blocks", compared paired within each
+    run."""
     late, early = {}, {}
     for name, group in frame.groupby(run):
         blocks = sorted(group["block"].unique())
@@ -63,10 +64,24 @@ def fig2_section(out: Path) -> list[str]:
     frame = csvs(out, "memory_profile")
     if frame is None:
         return ["Not run."]
+    lines = []
+    if frame["mode"].nunique() > 1:  # compiled and exported graphs: what each execution path leaves memory-bound
+        by_mode = frame[frame["memory_bound"]].pivot_table(index="name", columns="mode", values="share", aggfunc="sum")
+        lines += ["| model | " + " | ".join(by_mode.columns) + " |", "|---|" + "---|" * len(by_mode.columns)]
+        lines += [f"| {name} | " + " | ".join(f"{100 * v:.1f}%" for v in r) + " |" for name, r in by_mode.iterrows()]
+        lines += ["", "The paper's analysis below is on the eager graphs (operators and layer scopes).", ""]
+    frame = frame[frame["mode"] == "eager"]
+    found = listed_outputs(out, "memory_profile/subnets", "subnets.csv")
+    subnets = pd.read_csv(found[0]).set_index("name") if found else pd.DataFrame(columns=["met"])
     bound = frame[frame["memory_bound"]]
     shares = bound.groupby(["name", "mhsa_proportion"], sort=False)["share"].sum().reset_index()
-    lines = ["| model | MHSA proportion | memory-bound share |", "|---|---|---|"]
-    lines += [f"| {r.name} | {r.mhsa_proportion:.2f} | {100 * r.share:.1f}% |" for r in shares.itertuples()]
+    lines += ["| model | MHSA proportion | speed-up asked (measured) | memory-bound share |", "|---|---|---|---|"]
+    for r in shares.itertuples():
+        speed = "-"
+        if r.name in subnets.index:
+            subnet = subnets.loc[r.name]
+            speed = f"{subnet.speedup_target}x ({subnet.speedup_measured:.2f}x{'' if subnet.met else ' **missed**'})"
+        lines.append(f"| {r.name} | {r.mhsa_proportion:.2f} | {speed} | {100 * r.share:.1f}% |")
     scoped = frame[frame["scope"].isin(["attention", "ffn"])]
     per_scope = (
         scoped.groupby(["name", "scope"], sort=False)
@@ -74,7 +89,7 @@ def fig2_section(out: Path) -> list[str]:
         .unstack()
     )
     per_scope = per_scope.dropna()
-    heavier = compare(100 * per_scope["attention"], 100 * per_scope["ffn"], "greater", paired=True)
+    heavier = compare(100 * per_scope["attention"], 100 * per_scope["ffn"], "greater", paired=True, unit="models")
     lines += [
         "",
         "Share of each layer kind's own time that is memory-bound (models with both kinds of layer):",
@@ -83,10 +98,14 @@ def fig2_section(out: Path) -> list[str]:
         "|---|---|---|",
     ]
     lines += [f"| {name} | {100 * r.attention:.1f}% | {100 * r.ffn:.1f}% |" for name, r in per_scope.iterrows()]
-    # the pipeline's subnets are named <family>_<speed-up>x_p<proportion>: one series per family and speed-up
-    subnets = shares.assign(series=shares["name"].str.extract(r"^(.+x)_p[\d.]+$")[0]).dropna(subset=["series"])
-    ends = subnets.sort_values("mhsa_proportion").groupby("series")["share"].agg(["first", "last"])
-    rises = compare(100 * ends["last"], 100 * ends["first"], "greater", paired=True)
+    # the pipeline's subnets (<family>_<speed-up>x_p<proportion>) that met their speed-up: a series per family and
+    # speed-up, from its fewest to its most MHSA layers
+    matched = shares[shares["name"].isin(subnets.index[subnets["met"].astype(bool)])]
+    series = matched.assign(series=matched["name"].str.extract(r"^(.+x)_p[\d.]+$")[0])
+    ends = series.sort_values("mhsa_proportion").groupby("series")["share"].agg(["first", "last", "count"])
+    ends = ends[ends["count"] > 1]
+    rises = compare(100 * ends["last"], 100 * ends["first"], "greater", paired=True, unit="subnet series")
+    trend = rises.describe() if len(ends) else "no series of two or more throughput-matched subnets: not tested"
     paper = paper_table("fig2_memory_bound").iloc[0]
     lines += [
         "",
@@ -95,8 +114,8 @@ def fig2_section(out: Path) -> list[str]:
         'Finding "memory-bound operations weigh more inside attention than inside FFN" (attention minus FFN, '
         f"points, paired within each profiled model): {heavier.describe()} here (CPU).",
         'Finding "fewer MHSA layers, a smaller memory-bound share" (the throughput-matched subnet with the most '
-        "MHSA layers minus the one with the fewest, points, paired within each family and speed-up: "
-        f"{', '.join(ends.index) or 'no subnets profiled'}): {rises.describe()}.",
+        "MHSA layers minus the one with the fewest, points, paired within each family and speed-up, one profile "
+        f"each; subnets that missed their speed-up left out): {trend}.",
     ]
     return lines
 
@@ -106,11 +125,15 @@ def fig3_section(out: Path) -> list[str]:
     if frame is None:
         return ["Not run."]
     paper = paper_table("fig3_mhsa_proportion_top1")
+    if "mlp_ratio" not in frame:  # written before the FFN-width search existed: every FFN at its expansion of 4
+        frame["mlp_ratio"] = 4.0
     table = (
         frame.groupby(["family", "speedup_target", "mhsa_proportion"])
         .agg(
             actual=("mhsa_proportion_actual", "first"),
+            mlp_ratio=("mlp_ratio", "first"),
             top1=("top1", "mean"),
+            top1_sd=("top1", "std"),
             seeds=("seed", "nunique"),
             speedup=("speedup_measured", "mean"),
             met=("speedup_met", "all"),
@@ -118,9 +141,9 @@ def fig3_section(out: Path) -> list[str]:
         .reset_index()
     )
     lines = [
-        "| family | speed-up target (measured) | MHSA proportion asked (actual) | top-1 (ours) | seeds | "
-        "top-1 (paper, ImageNet) |",
-        "|---|---|---|---|---|---|",
+        "| family | speed-up target (measured) | MHSA proportion asked (actual) | FFN expansion | top-1 (ours, ± s.d.) "
+        "| seeds | top-1 (paper, ImageNet) |",
+        "|---|---|---|---|---|---|---|",
     ]
     family_names = {"deit_tiny": "deit_t", "swin_tiny": "swin_t"}
     verdicts = []
@@ -132,9 +155,10 @@ def fig3_section(out: Path) -> list[str]:
         ]
         theirs = f"{match['top1'].iloc[0]:.1f}" if len(match) else "-"
         missed = "" if r.met else " **missed**"
+        sd = f" ± {r.top1_sd:.1f}" if r.seeds > 1 else ""
         lines.append(
             f"| {r.family} | {r.speedup_target}x ({r.speedup:.2f}x{missed}) | {r.mhsa_proportion:.1f} "
-            f"({r.actual:.3f}) | {r.top1:.1f} | {r.seeds} | {theirs} |"
+            f"({r.actual:.3f}) | {r.mlp_ratio:g} | {r.top1:.1f}{sd} | {r.seeds} | {theirs} |"
         )
     for (family, speedup), runs in frame.groupby(["family", "speedup_target"]):
         matched = runs[runs["speedup_met"].astype(bool)]
@@ -150,7 +174,8 @@ def fig3_section(out: Path) -> list[str]:
     lines += [
         "",
         "MHSA proportions are whole layers (asked 0.2 of 12 layers is 2 layers: 0.167). A point marked "
-        "**missed** ran more than 5% off its target speed-up even after a wider width search: it is not "
+        "**missed** ran more than 5% off its target speed-up even after the wider width search and the FFN-width "
+        "search (FFN expansion in the table where that search moved it from 4): it is not "
         f"throughput-matched and the verdict leaves it out ({misses} of {len(table)} points here).",
         "Paper: 20-40% MHSA is best for both families and speed-ups.",
         'Finding "a 20-40% MHSA proportion is best": ' + "; ".join(verdicts) + ".",
@@ -192,9 +217,13 @@ def fig4_section(out: Path) -> list[str]:
                     verdicts.append(f"{family} ({feature}), full minus {other}, points: {result.describe()}")
     later = []
     full_maps = frame[(frame["attention_kind"] == "full") & (frame["feature"] == "attention")]
+    paper_full = paper[paper["heads"] == "full"].assign(family=lambda f: f["model"].str.split("_").str[0])
     for family, group in full_maps.groupby("family"):
         late, early = late_and_early(group.assign(pct=100 * group["mean_max_similarity"]), "pct")
-        later.append(f"{family}: {compare(late, early, 'greater', paired=True).describe()}")
+        theirs = paper_full[paper_full["family"] == family].assign(source="paper")
+        paper_late, paper_early = late_and_early(theirs, "similarity_pct") if len(theirs) else ([], [])
+        versus = f" (paper: {paper_late.iloc[0] - paper_early.iloc[0]:+.1f})" if len(theirs) else ""
+        later.append(f"{family}: {compare(late, early, 'greater', paired=True).describe()}{versus}")
     lines += [
         "",
         "Max head similarity: per image and window, each head's highest cosine similarity to another head "
@@ -208,7 +237,8 @@ def fig4_section(out: Path) -> list[str]:
         + ("; ".join(verdicts) if verdicts else "needs both full and split runs")
         + ".",
         'Finding "heads are more alike in the late blocks" (full heads, attention maps: the mean over the last '
-        "third of the blocks minus the first third, points, paired within each run): "
+        "third of the blocks minus the first third, points, paired within each run; the paper's own curves show "
+        "it for Swin-T, not for DeiT-T): "
         + ("; ".join(later) if later else "needs full-heads runs on attention maps")
         + ".",
     ]
@@ -237,9 +267,12 @@ def fig5_section(out: Path) -> list[str]:
         * (frame["qk_kept"] + frame["v_kept"] + frame["ffn_kept"])
         / (frame["qk_before"] + frame["v_before"] + frame["ffn_before"])
     )
-    late, early = late_and_early(kept, "pct")
     theirs = paper.assign(pct=100 * (paper["qk_ratio"] + paper["v_ratio"] + paper["ffn_ratio"]) / 6, source="paper")
     paper_late, paper_early = late_and_early(theirs, "pct")
+    cuts = "; ".join(
+        f"{model}: {compare(*late_and_early(group, 'pct'), 'less', paired=True).describe()}"
+        for model, group in kept.groupby("model")
+    )
     lines += [
         "",
         f"Means, ours: Q/K {ours_qk:.2f}, V {ours_v:.2f}, FFN {frame['ffn_ratio'].mean():.2f} "
@@ -249,8 +282,7 @@ def fig5_section(out: Path) -> list[str]:
         f"run): {kept_more.describe()}.",
         'Finding "pruning cuts most in the last blocks" (share of a block\'s Q/K, V and FFN channels kept, the '
         "last third of the blocks minus the first third, points, paired within each pruning run): "
-        f"{compare(late, early, 'less', paired=True).describe()} (paper's Swin-T: "
-        f"{paper_late.iloc[0] - paper_early.iloc[0]:+.1f}).",
+        f"{cuts} (paper's Swin-T: {paper_late.iloc[0] - paper_early.iloc[0]:+.1f}).",
     ]
     pruned = csvs(out, "pruned", "summary.csv")
     if pruned is not None:

@@ -8,7 +8,8 @@ Like the presets' own paths, `experiments/` and `notebooks/` are read from the r
 
 Every stage skips work already done (each tool resumes by itself: trainings from their checkpoints, the sweep
 and the profile from their CSVs), so an interrupted run continues where it stopped. The trainings also shard:
-`--shard i/n` trains every n-th proxy run and Fig. 3 point from i, and the run without --shard then analyses.
+`--subnets-only` once, then `--shard i/n` trains every n-th proxy run and Fig. 3 point from i, and the run
+without --shard then analyses.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from efficientvit.errors import UserError, exit_status
 from efficientvit.files import atomic_write_text
 from efficientvit.flops import count_params
 from efficientvit.models import ModelSpec, create_model
-from efficientvit.results import device_description, record_outputs, write_results
+from efficientvit.results import add_stage_time, device_description, record_outputs, write_results
 from efficientvit.subnet import find_subnet, save_subnet
 from efficientvit.train import make_config, train
 
@@ -164,7 +165,7 @@ def train_proxies(preset: dict, data: str, out: Path) -> dict[str, Path]:
         metrics = trained(config, f"training {name} ({config.model}, {config.epochs} epochs)")
         checkpoints[name] = checkpoint
         curve = pd.read_csv(Path(config.out) / "curve.csv")
-        images = len(open_split(config.data, "train", config.img_size))
+        dataset = open_split(config.data, "train", config.img_size)
         final = metrics.iloc[-1]
         summary.append(
             {
@@ -174,7 +175,8 @@ def train_proxies(preset: dict, data: str, out: Path) -> dict[str, Path]:
                 "attention": config.model_kwargs.get("attention", "full"),
                 "params": count_params(model_from_checkpoint(checkpoint)),
                 "epochs": int(final["epoch"]),
-                "train_images": min(images, config.train_images or images),
+                "train_images": min(len(dataset), config.train_images or len(dataset)),
+                "classes": len(dataset.classes),
                 "top1": final["val_top1"],
                 "top5": final["val_top5"],
                 "train_img_s": final["train_img_s"],
@@ -219,15 +221,19 @@ def fig2(preset: dict, out: Path) -> list[Path]:
     """Profile the full-size models and the throughput-matched subnets of every family, speed-up and MHSA
     proportion the preset lists (`subnet_families`, `subnet_speedups`, `subnet_proportions`)."""
     spec = preset["fig2"]
-    configs = []
+    configs, subnets = [], []
+    folder = out / "memory_profile" / "subnets"
     for family in spec.get("subnet_families", []):
         for speedup in spec.get("subnet_speedups", []):
             for proportion in spec.get("subnet_proportions", []):
                 result = find_subnet(
                     family, speedup, proportion, base={"img_size": spec["img_size"]}, **spec.get("subnet", {})
                 )
-                name = f"{family}_{speedup}x_p{proportion}.yaml"
-                configs.append(str(save_subnet(result, out / "memory_profile" / "subnets" / name)))
+                name = f"{family}_{speedup}x_p{proportion}"
+                configs.append(str(save_subnet(result, folder / f"{name}.yaml")))
+                subnets.append({"name": name, **{k: v for k, v in result.items() if k not in ("model", "kwargs")}})
+    if subnets:  # whether each subnet met its speed-up: the report's trend verdict reads only those that did
+        write_results(pd.DataFrame(subnets), folder / "subnets.csv", {"fig2": spec})
     config = memory_profile.ProfileConfig(
         models=spec["models"],
         subnet_config=configs,
@@ -239,14 +245,19 @@ def fig2(preset: dict, out: Path) -> list[Path]:
     )
     announce(config)
     memory_profile.run(config)
-    return with_sidecar(config.out) + [Path(c) for c in configs]
+    tables = with_sidecar(folder / "subnets.csv") if subnets else []
+    return with_sidecar(config.out) + [Path(c) for c in configs] + tables
 
 
-def fig3(preset: dict, out: Path, data: str, shard: str = "0/1") -> list[Path]:
+def fig3(preset: dict, out: Path, data: str, shard: str = "0/1", subnets_only: bool = False) -> list[Path]:
+    """The MHSA sweep (or this shard's part of it, whose subnets must be in the cache already; or only the subnet
+    search, with `subnets_only`)."""
     spec = preset["fig3"]
     sweep = mhsa_sweep.read_sweep_config(spec["config"])
     sweep["train"] = {**sweep["train"], **spec.get("train_overrides", {}), "data": str(data)}
     sweep["runs"] = str(Path(preset["runs"]) / "mhsa_sweep")
+    if shard != "0/1":
+        sweep["subnet"] = {**sweep["subnet"], "search": False}
     record = atomic_write_text(out / "mhsa_sweep" / "sweep_config.yaml", yaml.safe_dump(sweep, sort_keys=False))
     config = mhsa_sweep.SweepConfig(
         families=spec["families"],
@@ -257,6 +268,7 @@ def fig3(preset: dict, out: Path, data: str, shard: str = "0/1") -> list[Path]:
         shard=shard,
         device=preset.get("device", "cpu"),
         out=out / "mhsa_sweep" / "sweep.csv",
+        subnets_only=subnets_only,
     )
     announce(config)
     mhsa_sweep.run(config, sweep)
@@ -438,16 +450,21 @@ def notebooks(out: Path) -> None:
         execute_notebook(path, out)
 
 
-def train_shard(preset: dict, only: list[str], index: int, count: int) -> None:
-    """One shard's share of the trainings, for several processes or machines (sharing the runs folder and the
-    subnet cache, $XDG_CACHE_HOME): every count-th proxy run and Fig. 3 point from `index`. It writes only under
-    the runs folder; the run without --shard afterwards finds them trained and does every analysis."""
+def train_shard(preset: dict, out: Path, only: list[str], index: int, count: int, device: str) -> None:
+    """One shard's share of the trainings, for several processes or machines sharing the runs folder: every
+    count-th proxy run and Fig. 3 point from `index`. The Fig. 3 subnets come from the cache (`--subnets-only`
+    searched them once); the shard's results go under the runs folder and only its time into out's manifest, and
+    the run without --shard afterwards finds everything trained and does every analysis."""
     data = make_data(preset)
     if {"fig4", "fig5"} & set(only):
+        started = time.perf_counter()
         for name, config in list(proxy_configs(preset, data).items())[index::count]:
             trained(config, f"training {name} ({config.model}, {config.epochs} epochs), shard {index}/{count}")
+        add_stage_time(out, f"proxies, shard {index}/{count}", time.perf_counter() - started, device)
     if "fig3" in only and "fig3" in preset:
+        started = time.perf_counter()
         fig3(preset, Path(preset["runs"]) / f"shard_{index}_of_{count}", data, shard=f"{index}/{count}")
+        add_stage_time(out, f"fig3, shard {index}/{count}", time.perf_counter() - started, device)
     print(f"shard {index}/{count} trained; when every shard is done, run again without --shard to analyse")
 
 
@@ -458,17 +475,24 @@ def reproduce(
     data_override: str | None = None,
     fresh: bool = False,
     shard: str = "0/1",
+    subnets_only: bool = False,
 ) -> Path | None:
     preset = load_preset(preset_name)
     if data_override:
         preset["data"] = {"path": data_override}
     check_preset(preset)
+    index, count = mhsa_sweep.parse_shard(shard)
+    if fresh and count > 1:
+        raise UserError("--fresh would delete the runs every shard shares: start over without --shard, then shard")
     if fresh:
         for folder in (out, Path(preset["runs"])):
             shutil.rmtree(folder, ignore_errors=True)
-    index, count = mhsa_sweep.parse_shard(shard)
+    device = device_description(preset.get("device", "cpu"))
+    if subnets_only:
+        fig3(preset, Path(preset["runs"]) / "subnets", make_data(preset), subnets_only=True)
+        return None
     if count > 1:
-        return train_shard(preset, only, index, count)
+        return train_shard(preset, out, only, index, count, device)
     out.mkdir(parents=True, exist_ok=True)
     minutes = preset.get("minutes", {})
     stages = [("data", minutes.get("data", 1)), ("proxies", minutes.get("proxies", 1))]
@@ -476,31 +500,33 @@ def reproduce(
     stages += [("notebooks and report", minutes.get("report", 1))]
     progress = Progress(stages)
     data = checkpoints = None
-    device = device_description(preset.get("device", "cpu"))
-
-    def record(stage: str, started: float, paths: list[Path]) -> None:
-        record_outputs(out, stage, paths, time.perf_counter() - started, device)
-
     for index, (stage, _) in enumerate(stages):
         started = progress.begin(index)
-        if stage == "data":
-            data = make_data(preset)
-        elif stage == "proxies":
-            checkpoints = train_proxies(preset, data, out) if {"fig4", "fig5"} & set(only) else {}
-            if checkpoints:
-                proxies = out / "proxies"
-                record(stage, started, with_sidecar(proxies / "summary.csv") + with_sidecar(proxies / "curves.csv"))
-        elif stage == "fig2":
-            record(stage, started, fig2(preset, out))
-        elif stage == "fig3":
-            record(stage, started, fig3(preset, out, data))
-        elif stage == "fig4":
-            record(stage, started, fig4(preset, out, data, checkpoints))
-        elif stage == "fig5":
-            record(stage, started, fig5(preset, out, data, checkpoints))
-        else:
-            notebooks(out)
-            report = write_report(out, preset_name, data)
+        timed = stage in FIGURES or (stage == "proxies" and bool({"fig4", "fig5"} & set(only)))
+        try:
+            if stage == "data":
+                data = make_data(preset)
+            elif stage == "proxies":
+                checkpoints = train_proxies(preset, data, out) if {"fig4", "fig5"} & set(only) else {}
+                if checkpoints:
+                    proxies = out / "proxies"
+                    record_outputs(
+                        out, stage, [*with_sidecar(proxies / "summary.csv"), *with_sidecar(proxies / "curves.csv")]
+                    )
+            elif stage == "fig2":
+                record_outputs(out, stage, fig2(preset, out))
+            elif stage == "fig3":
+                record_outputs(out, stage, fig3(preset, out, data))
+            elif stage == "fig4":
+                record_outputs(out, stage, fig4(preset, out, data, checkpoints))
+            elif stage == "fig5":
+                record_outputs(out, stage, fig5(preset, out, data, checkpoints))
+            else:
+                notebooks(out)
+                report = write_report(out, preset_name, data)
+        finally:  # an interrupted stage's time counts too: the resumed run adds its own
+            if timed:
+                add_stage_time(out, stage, time.perf_counter() - started, device)
         progress.end(index, started)
     print(f"done in {(time.perf_counter() - progress.start) / 60:.1f} min: {report} and {out / 'figures'}")
     return report
@@ -520,10 +546,14 @@ class ReproduceConfig:
     only: str = knob(",".join(FIGURES), "figures to run, e.g. fig2,fig4")
     data: str | None = knob(None, "data instead of the preset's: fashion-mnist or an ImageFolder root (e.g. ImageNet)")
     fresh: bool = knob(False, "delete the preset's results and runs, start over")
+    subnets_only: bool = knob(
+        False,
+        "only search (and cache) the Fig. 3 subnets, on the machine that times them: do this once before --shard",
+    )
     shard: str = knob(
         "0/1",
         "train only every n-th proxy run and Fig. 3 point from i (one process or machine per shard, sharing the "
-        "runs folder and $XDG_CACHE_HOME); afterwards run without --shard to analyse",
+        "runs folder and the subnet cache, $XDG_CACHE_HOME); afterwards run without --shard to analyse",
         metavar="i/n",
     )
 
@@ -534,7 +564,7 @@ def run(config: ReproduceConfig) -> Path | None:
     if unknown:
         raise UserError(f"--only takes {', '.join(FIGURES)}; unknown: {', '.join(unknown)}")
     out = config.out or Path("results") / Path(config.preset).name.removesuffix(".yaml")
-    return reproduce(config.preset, out, only, config.data, config.fresh, config.shard)
+    return reproduce(config.preset, out, only, config.data, config.fresh, config.shard, config.subnets_only)
 
 
 def parse_args(argv: list[str] | None = None) -> ReproduceConfig:

@@ -39,11 +39,12 @@ class Verdict:
         return f"{self.effect:+.1f}{unit}{interval}, {self.runs}: **{self.verdict}**"
 
 
-def compare(a, b, expect: str = "greater", paired: bool = False) -> Verdict:
+def compare(a, b, expect: str = "greater", paired: bool = False, unit: str = "runs") -> Verdict:
     """Does `a` exceed `b` (expect="greater") or fall below it ("less")? The 95% t-interval of the difference:
-    Welch's for independent runs, the paired one when a[i] and b[i] were measured on the same run."""
+    Welch's for independent runs, the paired one when a[i] and b[i] were measured on the same run. `unit` names
+    what a pair or a run is in the verdict's text."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    runs = f"{len(a)} paired runs" if paired else f"{len(a)} vs {len(b)} runs"
+    runs = f"{len(a)} paired {unit}" if paired else f"{len(a)} vs {len(b)} {unit}"
     effect = a.mean() - b.mean() if len(a) and len(b) else float("nan")
     if len(a) < 2 or len(b) < 2:
         return Verdict(UNSURE, effect, float("nan"), float("nan"), runs)

@@ -119,8 +119,9 @@ class Entry:
     batch: int
 
 
-def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, device: str):
-    """An onnxruntime session on the ONNX export of `model` for inputs shaped like `x` (the file is temporary)."""
+def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, device: str, profile_prefix: str | None = None):
+    """An onnxruntime session on the ONNX export of `model` for inputs shaped like `x` (the file is temporary);
+    with `profile_prefix`, onnxruntime's profiler records every node run (`session.end_profiling()` writes it)."""
     ort = require("onnxruntime", "--mode onnxruntime")
     tmp = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)
     tmp.close()
@@ -129,6 +130,9 @@ def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, device: str):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     session = ort.InferenceSession(tmp.name, options, providers=providers)
     os.unlink(tmp.name)

@@ -40,10 +40,11 @@ def processor_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def device_description(device: str) -> str:
+def device_description(device: str | torch.device) -> str:
     """One line for reports: the GPU's name, or the CPU's with the threads torch uses."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     return f"{processor_name()}, {torch.get_num_threads()} threads"
 
 
@@ -80,26 +81,34 @@ def read_results(csv_path: str | os.PathLike) -> pd.DataFrame | None:
 MANIFEST = "manifest.json"
 
 
-def record_outputs(
-    out: str | os.PathLike, stage: str, paths: list[Path], seconds: float | None = None, device: str | None = None
-) -> None:
-    """List in out/manifest.json the files `stage` wrote (replacing what that stage listed before) and, given
-    `seconds`, add them to the stage's time: a stage resumed over several runs sums the time each spent on it."""
+def read_manifest(out: Path) -> dict[str, Any]:
+    return json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).exists() else {"stages": {}}
+
+
+def record_outputs(out: str | os.PathLike, stage: str, paths: list[Path]) -> None:
+    """List in out/manifest.json the files `stage` wrote (replacing what that stage listed before)."""
     out = Path(out)
-    manifest = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).exists() else {"stages": {}}
+    manifest = read_manifest(out)
     manifest["stages"][stage] = sorted(str(Path(p).relative_to(out)) for p in paths if Path(p).exists())
-    if seconds is not None:
-        timing = manifest.setdefault("timing", {}).setdefault(stage, {"seconds": 0.0, "runs": 0, "devices": []})
-        timing["seconds"] += seconds
-        timing["runs"] += 1
-        timing["devices"] = sorted(set(timing["devices"]) | ({device} if device else set()))
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+
+
+def add_stage_time(out: str | os.PathLike, stage: str, seconds: float, device: str) -> None:
+    """Add `seconds` on `device` to the stage's time in out/manifest.json: a stage interrupted and resumed over
+    several runs sums the time each spent on it, finished or not."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(out)
+    timing = manifest.setdefault("timing", {}).setdefault(stage, {"seconds": 0.0, "runs": 0, "devices": []})
+    timing["seconds"] += seconds
+    timing["runs"] += 1
+    timing["devices"] = sorted(set(timing["devices"]) | {device})
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
 
 
 def stage_timing(out: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """Per stage: the seconds all runs spent on it, how many runs, on which devices (empty without a manifest)."""
-    path = Path(out) / MANIFEST
-    return json.loads(path.read_text()).get("timing", {}) if path.exists() else {}
+    return read_manifest(Path(out)).get("timing", {})
 
 
 def recorded_stages(out: str | os.PathLike) -> set[str] | None:

@@ -129,6 +129,7 @@ def find_subnet(
     steps: int = 6,
     device: str = "cpu",
     cache: Path | None = DEFAULT_CACHE,
+    search: bool = True,
 ) -> dict[str, Any]:
     """Search the width scale whose subnet runs `speedup` times faster than the full model; returns a result dict
     with the configuration (`model`, `kwargs`), `speedup_measured`, throughputs, the layout's actual MHSA
@@ -137,7 +138,8 @@ def find_subnet(
     `steps` bisection steps on the width scale, then the subnets of the two nearest rounded widths on either
     side are timed together with `2 x rounds` rounds (six and `4 x rounds` if that misses the target, then the
     FFN expansion steps of `finer_ffn` if it still misses); the closest to the target is re-timed for the
-    figure."""
+    figure. With `search=False` the answer must come from the cache (a shard of a sweep never times: timings of
+    processes sharing a machine would disturb each other)."""
     if family not in FAMILIES:
         raise UserError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
     if not 0.0 <= proportion <= 1.0:
@@ -145,7 +147,7 @@ def find_subnet(
     if speedup < 1.0:
         raise UserError(f"speed-up must be at least 1 (a subnet is faster than the full model), got {speedup}")
     base = {**(base or {}), **({"img_size": img_size} if img_size else {})}
-    search = [SEARCH_VERSION, seconds, rounds, steps]
+    budget = [SEARCH_VERSION, seconds, rounds, steps]
     key = json.dumps(
         dict(
             family=family,
@@ -155,13 +157,18 @@ def find_subnet(
             batch=batch_size,
             threads=torch.get_num_threads(),
             device=device,
-            search=search,
+            search=budget,
         ),
         sort_keys=True,
     )
     cached = read_cache(cache)
     if key in cached:
         return cached[key]
+    if not search:
+        raise UserError(
+            f"no cached {family} subnet for {speedup}x at MHSA proportion {proportion} in {cache}: search the subnets "
+            "first, once, on the machine that times them (--subnets-only), and share that cache"
+        )
 
     def timed(candidates, n_rounds):
         return measure_speedups(family, candidates, base, n_rounds, seconds, batch_size, device)
@@ -201,7 +208,7 @@ def find_subnet(
         full_throughput=round(full_tp, 1),
         met=not missed(ratio),
     )
-    write_cache(cache, {**cached, key: result})
+    write_cache(cache, {**read_cache(cache), key: result})  # read again: another process may have added some
     return result
 
 

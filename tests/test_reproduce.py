@@ -120,11 +120,17 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
 
 def test_shards_train_their_share_and_the_unsharded_run_trains_nothing_again(preset, tmp_path, capsys):
     out = tmp_path / "results"
+    with pytest.raises(UserError, match="search the subnets first"):  # a shard never times a subnet itself
+        reproduce(str(preset), out, ["fig3"], shard="0/2")
+    with pytest.raises(UserError, match="--fresh would delete"):
+        reproduce(str(preset), out, ["fig3"], shard="0/2", fresh=True)
+    assert reproduce(str(preset), out, ["fig3"], subnets_only=True) is None
     for shard in ("0/2", "1/2"):
         assert reproduce(str(preset), out, ["fig3", "fig4"], shard=shard) is None
     printed = capsys.readouterr().out
     assert printed.count("training deit_full") == 1 and printed.count("training deit_split") == 1
-    assert not out.exists()  # shards write only under the runs folder
+    assert [p.name for p in out.iterdir()] == [MANIFEST]  # shards write under the runs folder, and their time
+    assert {"proxies, shard 0/2", "fig3, shard 1/2"} <= set(stage_timing(out))
     checkpoints = {path: path.stat().st_mtime_ns for path in (tmp_path / "runs").rglob("checkpoint.pth")}
     assert len(checkpoints) == 3  # two proxies and the one Fig. 3 point
     report = reproduce(str(preset), out, ["fig3", "fig4"]).read_text()
@@ -181,6 +187,8 @@ def test_report_marks_subnets_that_missed_their_speedup_and_lists_actual_proport
     assert "1.5x (1.30x **missed**) | 0.6 (0.583)" in fig3 and "1.25x (1.27x) | 0.2 (0.167)" in fig3
     assert "1.5x, 4 throughput-matched points" in fig3  # the missed point is left out of the 1.5x verdict
     assert "(4 points x at least 2 runs): **does not hold**" in fig3  # the fixture's curves rise to 100% MHSA
+    fig2 = text.split("## Figure 2")[1].split("## Figure 3")[0]  # a subnet off its speed-up leaves the trend
+    assert "| deit_tiny_1.5x_p0.75 | 0.75 | 1.5x (1.30x **missed**) |" in fig2 and "1 paired subnet series" in fig2
     fig4 = text.split("## Figure 4")[1].split("## Figure 5")[0]
     assert "1 vs 1 runs: **inconclusive**" in fig4  # one proxy per kind: no verdict from a single run
 

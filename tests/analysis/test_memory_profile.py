@@ -244,3 +244,21 @@ def test_help_runs_as_a_script():
         cwd=Path(__file__).parents[2],
     )
     assert proc.returncode == 0 and "--subnet-config" in proc.stdout
+
+
+@pytest.mark.slow
+def test_compiled_and_onnxruntime_graphs_are_profiled_by_kernel_category(tmp_path):
+    """The execution paths `efficientvit bench` times: inductor's generated kernels count as `fused` (memory-bound),
+    library matmuls as matmul; onnxruntime's nodes keep the layer scope their module path names."""
+    out = tmp_path / "modes.csv"
+    args = ["--models", "deit_tiny", "--layout", "AFAF", "--modes", "compile", "onnxruntime", "--batch", "2"]
+    assert memory_profile.main([*args, "--img-size", "64", "--iters", "2", "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    compiled, ort = frame[frame["mode"] == "compile"], frame[frame["mode"] == "onnxruntime"]
+    for graph in (compiled, ort):
+        assert graph["share"].sum() == pytest.approx(1.0) and (graph["step_time_us"] > 0).all()
+    kernels = compiled.set_index("category")["calls"]
+    assert kernels["fused"] >= 4 and kernels["matmul"] >= 2 and set(compiled["scope"]) == {"graph"}
+    assert compiled.loc[compiled["category"] == "fused", "memory_bound"].all()
+    assert {"attention", "ffn", "patch_embed"} <= set(ort["scope"])
+    assert ort.loc[ort["scope"] == "ffn", "category"].isin(["matmul", "activation"]).any()
