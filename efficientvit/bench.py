@@ -111,12 +111,15 @@ def perturb_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 
 @dataclass
 class Entry:
-    """One model prepared in one mode: `run()` pushes the prepared batch through it and returns the logits."""
+    """One model prepared in one mode: `run()` pushes the prepared batch through it and returns the logits (what is
+    timed); `forward(images)` does the same for a batch of fp32 NCHW images of the prepared shape, converted to the
+    mode's layout and precision first."""
 
     name: str
     mode: str
     run: Callable[[], Any]
     batch: int
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, device: str, profile_prefix: str | None = None):
@@ -158,15 +161,26 @@ def prepare(
     graph = model if mode == "eager" else fold_norms(model, name)
     if mode == "onnxruntime":
         session = onnx_session(graph, x, threads, device)
-        feed = {session.get_inputs()[0].name: x.numpy()}
-        return Entry(name, mode, lambda: torch.from_numpy(session.run(None, feed)[0]), batch)
+        input_name = session.get_inputs()[0].name
+
+        def infer(images: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {input_name: images.numpy()})[0])
+
+        feed = x.numpy()
+        return Entry(name, mode, lambda: torch.from_numpy(session.run(None, {input_name: feed})[0]), batch, infer)
+
+    def convert(images: torch.Tensor) -> torch.Tensor:
+        images = images.to(dev)
+        if mode in ("channels_last", "compile", "bf16"):
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images.to(torch.bfloat16) if mode == "bf16" else images
+
     graph = graph.to(dev)
-    x = x.to(dev)
+    x = convert(x)
     if mode in ("channels_last", "compile", "bf16"):
         graph = graph.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
     if mode == "bf16":
-        graph, x = graph.to(torch.bfloat16), x.to(torch.bfloat16)
+        graph = graph.to(torch.bfloat16)
     module = graph
     if mode == "compile":
         if dev.type == "cpu":
@@ -178,14 +192,14 @@ def prepare(
     amp = dev.type == "cuda" and mode != "bf16"
 
     @torch.inference_mode()
-    def run():
+    def call(images: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            out = module(x)
+            out = module(images)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return out.float()
 
-    return Entry(name, mode, run, batch)
+    return Entry(name, mode, lambda: call(x), batch, lambda images: call(convert(images)).cpu())
 
 
 def time_entry(entry: Entry, seconds: float, warmup: int = 2) -> tuple[float, float]:

@@ -352,6 +352,12 @@ def bf16_pays_off(model: nn.Module, batch_shape: tuple, channels_last: bool) -> 
 
 
 @torch.no_grad()
+def hits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How many images have their class first, and among the first five, of their logits."""
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
+    return top[:, 0].sum(), top.any(dim=1).sum()
+
+
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, skip_bad: bool, distributed: bool) -> dict:
     """Top-1, top-5 (%) and mean cross-entropy over this process's share of the data, summed over processes."""
     model.eval()
@@ -362,9 +368,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, skip_ba
             continue
         images, targets = images.to(device), targets.to(device)
         logits = model(images).float()
-        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
-        sums[0] += hits[:, 0].sum()
-        sums[1] += hits.any(dim=1).sum()
+        top1, top5 = hits(logits, targets)
+        sums[0] += top1
+        sums[1] += top5
         sums[2] += F.cross_entropy(logits, targets, reduction="sum")
         sums[3] += len(targets)
     if distributed:

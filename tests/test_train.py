@@ -179,6 +179,19 @@ def test_eval_command_reports_top1_of_a_checkpoint(data, straight_run, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_eval_compares_execution_modes_with_eager_fp32(data, straight_run, capsys):
+    """Nine images in batches of 4 (the last one padded): each mode's top-1, its agreement with eager fp32's
+    predictions and its largest logit difference, the bf16 one within bf16's precision."""
+    checkpoint = str(straight_run / "checkpoint.pth")
+    args = ["eval", "--checkpoint", checkpoint, "--data", str(data), "--workers", "0", "--batch-size", "4"]
+    assert cli.main([*args, "--modes", "channels_last", "onnxruntime", "bf16"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert list(rows) == ["eager", "channels_last", "onnxruntime", "bf16"]
+    assert rows["eager"][3] == "100.00%" and float(rows["eager"][4]) == 0.0
+    assert float(rows["onnxruntime"][4]) < 1e-4 and rows["onnxruntime"][1] == rows["eager"][1]
+    assert float(rows["bf16"][4]) < 0.1
+
+
 def test_hard_distillation_from_a_teacher_checkpoint(data, straight_run, tmp_path):
     config = make_config(
         {

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..bench import MODES, Entry, prepare
 
 from ..checkpoint import model_from_checkpoint, read_checkpoint
-from ..data.pipeline import collate
+from ..data.pipeline import check_bad_images, collate
 from ..data.sources import open_split
 from ..errors import UserError
 from ..runtime import resolve_device
-from ..train import evaluate
+from ..train import evaluate, hits
 
 HELP = "top-1, top-5 and loss of a trained checkpoint on an ImageFolder split"
 
@@ -36,6 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-bad", action="store_true", help="skip unreadable images (and count them) instead of stopping"
     )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        metavar="MODE",
+        help="also evaluate the model as `efficientvit bench` runs it in these modes (" + ", ".join(MODES) + ") and "
+        "report, for each, top-1 and how often its prediction agrees with eager fp32 (CPU)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -53,6 +66,8 @@ def run(args: argparse.Namespace) -> None:
             f"{args.data}/{args.split} has {len(dataset.classes)} classes but the model predicts {model.num_classes}"
         )
     loader = DataLoader(dataset, args.batch_size, num_workers=args.workers, collate_fn=collate)
+    if args.modes:
+        return compare_modes(model, loader, args)
     device = resolve_device("auto")
     metrics = evaluate(model.to(device), loader, device, args.skip_bad, distributed=False)
     skipped = f", {metrics['skipped']} unreadable skipped" if metrics["skipped"] else ""
@@ -60,3 +75,39 @@ def run(args: argparse.Namespace) -> None:
         f"{args.checkpoint}{' (EMA)' if args.ema else ''} on {args.data}/{args.split} ({len(dataset)} images"
         f"{skipped}): top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}  loss {metrics['loss']:.4f}"
     )
+
+
+def mode_logits(entry: Entry, loader: DataLoader, skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets of the whole split through one bench entry; the last batch is padded to the prepared
+    batch size (exported and compiled graphs have a fixed shape) and the padding dropped."""
+    logits, targets = [], []
+    for images, labels, bad in tqdm(loader, desc=entry.mode, leave=False):
+        check_bad_images(bad, skip_bad)
+        if images is None:
+            continue
+        padding = entry.batch - len(images)
+        batch = torch.cat([images, images[-1:].expand(padding, -1, -1, -1)]) if padding else images
+        logits.append(entry.forward(batch)[: len(images)].float())
+        targets.append(labels)
+    return torch.cat(logits), torch.cat(targets)
+
+
+def compare_modes(model: nn.Module, loader: DataLoader, args: argparse.Namespace) -> None:
+    """Top-1 of every mode, its agreement with eager fp32's predictions, and its largest logit difference."""
+    model, name, size = model.eval(), model.spec.name, model.img_size[0]
+    reference, targets = mode_logits(
+        prepare(model, name, "eager", batch=args.batch_size, img_size=size), loader, args.skip_bad
+    )
+    print(f"{args.checkpoint} on {args.data}/{args.split} ({len(targets)} images), batches of {args.batch_size}:")
+    print("mode            top-1   top-5   same top-1 as eager fp32   max |logit diff|")
+    for mode in dict.fromkeys(["eager", *args.modes]):
+        if mode == "eager":
+            logits = reference
+        else:
+            logits = mode_logits(
+                prepare(model, name, mode, batch=args.batch_size, img_size=size), loader, args.skip_bad
+            )[0]
+        top1, top5 = (100 * h.item() / len(targets) for h in hits(logits, targets))
+        agree = 100 * (logits.argmax(1) == reference.argmax(1)).float().mean().item()
+        diff = (logits - reference).abs().max().item()
+        print(f"{mode:<15} {top1:6.2f}  {top5:6.2f}  {agree:24.2f}%  {diff:17.1e}")
