@@ -357,63 +357,87 @@ def fig5(preset: dict, out: Path, data: str, checkpoints: dict[str, Path]) -> li
 
 def pareto(preset: dict, out: Path, data: str, variant: ModelSpec, spec: dict) -> list[Path]:
     """The loop the paper closed by hand: the designed variant and EfficientViT-M0 (scaled to the data) trained
-    with the same recipe and budget (`variant_config` + `variant_train`), then timed in turns with the proxies
-    and the best throughput-matched Fig. 3 subnets on this CPU; out/pareto/pareto.csv has top-1, img/s and
-    whether each point is on the accuracy-throughput Pareto front."""
+    with the same recipe and budget (`variant_config` + `variant_train`), once per seed of `variant_seeds` (the
+    recipe's own seed by default), then timed in turns with the proxies and the best throughput-matched Fig. 3
+    subnets on this CPU. out/pareto/pareto.csv has one row per model and training seed (top-1, img/s) and whether
+    the model's mean is on the accuracy-throughput Pareto front."""
     values = yaml.safe_load(Path(spec["variant_config"]).read_text())
-    contenders = {}  # name -> (kind, spec, top-1)
+    contenders = {}  # name -> (kind, spec, {seed: top-1})
     for name, model_spec in (
         ("designed_variant", variant),
         ("efficientvit_m0", ModelSpec(values["model"], values["model_kwargs"])),
     ):
-        config = make_config(
-            {
-                **values,
-                **spec["variant_train"],
-                "model": model_spec.name,
-                "model_kwargs": model_spec.kwargs,
-                "data": str(data),
-                "out": str(Path(preset["runs"]) / "pareto" / name),
-            }
-        )
-        top1 = trained(config, f"training {name} for the accuracy-throughput plot")["val_top1"].iloc[-1]
-        contenders[name] = ("variant" if name == "designed_variant" else "efficientvit", model_spec, top1)
-    summary = pd.read_csv(out / "proxies" / "summary.csv")
-    for proxy, config in proxy_configs(preset, data).items():
+        runs = {}
+        for seed in spec.get("variant_seeds", [values.get("seed", 0)]):
+            config = make_config(
+                {
+                    **values,
+                    **spec["variant_train"],
+                    "model": model_spec.name,
+                    "model_kwargs": model_spec.kwargs,
+                    "seed": seed,
+                    "data": str(data),
+                    "out": str(Path(preset["runs"]) / "pareto" / f"{name}_seed{seed}"),
+                }
+            )
+            runs[seed] = trained(config, f"training {name} (seed {seed}) for the accuracy-throughput plot")[
+                "val_top1"
+            ].iloc[-1]
+        contenders[name] = ("variant" if name == "designed_variant" else "efficientvit", model_spec, runs)
+    summary, configs = pd.read_csv(out / "proxies" / "summary.csv"), proxy_configs(preset, data)
+    for proxy in preset["proxies"]:
+        config = configs[proxy_runs(preset, proxy)[0]]
         if config.model_kwargs.get("attention", "full") == "full":
-            top1 = summary.loc[summary["proxy"] == proxy, "top1"].iloc[0]
+            trainings = summary[summary["proxy"].isin(proxy_runs(preset, proxy))]
+            top1 = dict(zip(trainings["seed"], trainings["top1"]))
             contenders[proxy] = ("proxy", ModelSpec(config.model, config.model_kwargs), top1)
     sweep = out / "mhsa_sweep" / "sweep.csv"
     if sweep.exists():
-        runs = pd.read_csv(sweep)
-        runs = runs[runs["speedup_met"].astype(bool)]
-        for family, group in runs.groupby("family"):
+        points = pd.read_csv(sweep)
+        points = points[points["speedup_met"].astype(bool)]
+        for family, group in points.groupby("family"):
             best = group.groupby("mhsa_proportion_actual")["top1"].mean().idxmax()
-            chosen = group[group["mhsa_proportion_actual"] == best].iloc[0]
+            chosen = group[group["mhsa_proportion_actual"] == best]
             contenders[f"{family}_subnet_p{best:.2f}"] = (
                 "best Fig. 3 subnet",
-                model_from_checkpoint(chosen["checkpoint"]).spec,
-                group[group["mhsa_proportion_actual"] == best]["top1"].mean(),
+                model_from_checkpoint(chosen["checkpoint"].iloc[0]).spec,
+                dict(zip(chosen.seed, chosen.top1)),
             )
     img_size = values["img_size"]
     models = [model_spec.build(img_size=img_size, num_classes=10).eval() for _, model_spec, _ in contenders.values()]
     timings = interleaved_throughput(
         models, rounds=spec.get("pareto_rounds", 3), seconds=spec.get("pareto_seconds", 0.5), batch_size=64, warmup=3
     )
-    table = pd.DataFrame(
+    means = pd.DataFrame(
         [
-            {"name": name, "kind": kind, "top1": top1, "img_s": statistics.median(runs), "params": count_params(model)}
-            for (name, (kind, _, top1)), runs, model in zip(contenders.items(), timings, models)
+            {"name": name, "top1": statistics.mean(runs.values()), "img_s": statistics.median(timing)}
+            for (name, (_, _, runs)), timing in zip(contenders.items(), timings)
         ]
     )
-    table["pareto"] = [
-        not (
-            (table["top1"] >= r.top1)
-            & (table["img_s"] >= r.img_s)
-            & ((table["top1"] > r.top1) | (table["img_s"] > r.img_s))
+    front = {
+        r.name
+        for r in means.itertuples()
+        if not (
+            (means["top1"] >= r.top1)
+            & (means["img_s"] >= r.img_s)
+            & ((means["top1"] > r.top1) | (means["img_s"] > r.img_s))
         ).any()
-        for r in table.itertuples()
-    ]
+    }
+    table = pd.DataFrame(
+        [
+            {
+                "name": name,
+                "kind": kind,
+                "seed": seed,
+                "top1": top1,
+                "img_s": speed,
+                "params": count_params(model),
+                "pareto": name in front,
+            }
+            for (name, (kind, _, runs)), speed, model in zip(contenders.items(), means["img_s"], models)
+            for seed, top1 in runs.items()
+        ]
+    )
     path = out / "pareto" / "pareto.csv"
     write_results(
         table,

@@ -74,6 +74,7 @@ def preset(tmp_path):
             "variant_seconds": 0.01,
             "variant_config": str(variant_recipe),
             "variant_train": {"epochs": 1},
+            "variant_seeds": [0, 1],
             "pareto_rounds": 1,
             "pareto_seconds": 0.01,
             "finetune": {"epochs": 1},
@@ -100,6 +101,7 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     matched = pd.read_csv(out / "mhsa_sweep" / "sweep.csv")["speedup_met"].any()  # tiny timings may miss 1.25x
     expected = {"designed_variant", "efficientvit_m0", "deit_full"} | ({"deit_tiny_subnet_p0.50"} if matched else set())
     assert set(front["name"]) == expected
+    assert sorted(front.loc[front["name"] == "designed_variant", "seed"]) == [0, 1]  # one row per training seed
     assert front["pareto"].any() and "Pareto front" in text
     profiled = set(pd.read_csv(out / "memory_profile" / "profile.csv")["name"])  # every family x speed-up subnet
     assert profiled == {"efficientvit_m0", "deit_tiny_1.25x_p1.0", "deit_tiny_1.5x_p1.0"}
