@@ -351,13 +351,13 @@ def bf16_pays_off(model: nn.Module, batch_shape: tuple, channels_last: bool) -> 
     return statistics.median(seconds[True]) < statistics.median(seconds[False])
 
 
-@torch.no_grad()
 def hits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """How many images have their class first, and among the first five, of their logits."""
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
     return top[:, 0].sum(), top.any(dim=1).sum()
 
 
+@torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, skip_bad: bool, distributed: bool) -> dict:
     """Top-1, top-5 (%) and mean cross-entropy over this process's share of the data, summed over processes."""
     model.eval()
