@@ -513,6 +513,8 @@ def reproduce(
             shutil.rmtree(folder, ignore_errors=True)
     device = device_description(preset.get("device", "cpu"))
     if subnets_only:
+        if "fig3" not in preset:
+            raise UserError(f"--subnets-only searches the Fig. 3 subnets, and preset {preset_name} has no fig3")
         fig3(preset, Path(preset["runs"]) / "subnets", make_data(preset), subnets_only=True)
         return None
     if count > 1:

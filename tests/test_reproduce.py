@@ -126,6 +126,12 @@ def test_shards_train_their_share_and_the_unsharded_run_trains_nothing_again(pre
         reproduce(str(preset), out, ["fig3"], shard="0/2")
     with pytest.raises(UserError, match="--fresh would delete"):
         reproduce(str(preset), out, ["fig3"], shard="0/2", fresh=True)
+    without_fig3 = tmp_path / "no_fig3.yaml"
+    without_fig3.write_text(
+        yaml.safe_dump({k: v for k, v in yaml.safe_load(preset.read_text()).items() if k != "fig3"})
+    )
+    with pytest.raises(UserError, match="has no fig3"):
+        reproduce(str(without_fig3), out, ["fig3"], subnets_only=True)
     assert reproduce(str(preset), out, ["fig3"], subnets_only=True) is None
     for shard in ("0/2", "1/2"):
         assert reproduce(str(preset), out, ["fig3", "fig4"], shard=shard) is None
