@@ -50,12 +50,24 @@ MODE_HELP = {
     "compile": "channels_last through torch.compile (inductor, with weight freezing on CPU)",
     "onnxruntime": "the fused model exported to ONNX and run by onnxruntime",
     "bf16": "channels_last with weights and activations in bfloat16 (AMX/AVX-512 BF16 on recent Xeons)",
+    "compile_bf16": "bf16 through torch.compile (inductor, weight freezing on CPU)",
 }
 MODES = tuple(MODE_HELP)
+CHANNELS_LAST_MODES = ("channels_last", "compile", "bf16", "compile_bf16")
+BF16_MODES = ("bf16", "compile_bf16")
+COMPILED_MODES = ("compile", "compile_bf16")
 TORCHVISION_MODELS = ("mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf")
 TIMM_PREFIX = "timm:"
 # How far a mode's logits may stray from eager fp32, relative to the largest |logit| (what tests hold modes to).
-MODE_TOLERANCE = {"eager": 0.0, "fused": 1e-4, "channels_last": 1e-4, "compile": 1e-4, "onnxruntime": 1e-4, "bf16": 0.1}
+MODE_TOLERANCE = {
+    "eager": 0.0,
+    "fused": 1e-4,
+    "channels_last": 1e-4,
+    "compile": 1e-4,
+    "onnxruntime": 1e-4,
+    "bf16": 0.1,
+    "compile_bf16": 0.1,
+}
 
 
 def model_names() -> list[str]:
@@ -171,25 +183,25 @@ def prepare(
 
     def convert(images: torch.Tensor) -> torch.Tensor:
         images = images.to(dev)
-        if mode in ("channels_last", "compile", "bf16"):
+        if mode in CHANNELS_LAST_MODES:
             images = images.contiguous(memory_format=torch.channels_last)
-        return images.to(torch.bfloat16) if mode == "bf16" else images
+        return images.to(torch.bfloat16) if mode in BF16_MODES else images
 
     graph = graph.to(dev)
     x = convert(x)
-    if mode in ("channels_last", "compile", "bf16"):
+    if mode in CHANNELS_LAST_MODES:
         graph = graph.to(memory_format=torch.channels_last)
-    if mode == "bf16":
+    if mode in BF16_MODES:
         graph = graph.to(torch.bfloat16)
     module = graph
-    if mode == "compile":
+    if mode in COMPILED_MODES:
         if dev.type == "cpu":
             import torch._inductor.config as inductor_config
 
             inductor_config.freezing = True  # constant weights: prepacked, BN/ReLU/add fused into the convs
         module = torch.compile(graph)
     # The paper's GPU protocol runs under AMP; bf16 already chose its precision.
-    amp = dev.type == "cuda" and mode != "bf16"
+    amp = dev.type == "cuda" and mode not in BF16_MODES
 
     @torch.inference_mode()
     def call(images: torch.Tensor) -> torch.Tensor:
@@ -283,8 +295,8 @@ def _child_peak_rss(name: str, mode: str, batch: int, img_size: int, threads: in
 def peak_memory_mb(name: str, mode: str, device: str, batch: int, img_size: int, threads: int) -> float:
     """Memory one batch takes beyond the prepared model. CUDA: `torch.cuda.max_memory_allocated`. CPU: in a fresh
     process, the rise of the peak resident set (VmHWM, reset before the batch) over the resident set before it;
-    tracemalloc cannot see torch's allocations. NaN for compile, whose compilation would dominate the figure."""
-    if mode == "compile":
+    tracemalloc cannot see torch's allocations. NaN for the compiled modes, whose compilation would dominate it."""
+    if mode in COMPILED_MODES:
         return math.nan
     if device == "cuda":
         entry = prepare(build_model(name, img_size), name, mode, device, batch, img_size, threads)
@@ -359,7 +371,7 @@ def run_bench(
             raise
     log("measuring the peak matmul rate")
     peak = peak_matmul_macs(device)
-    uses_bf16 = any("bf16" in modes[name] for name in models)
+    uses_bf16 = any(mode in BF16_MODES for name in models for mode in modes[name])
     peak_bf16 = peak_matmul_macs(device, dtype=torch.bfloat16) if uses_bf16 else math.nan
     rows = []
     for r in range(rounds):
@@ -378,7 +390,7 @@ def run_bench(
             )
     samples = pd.DataFrame(rows)
     samples["share_of_peak"] = samples["macs_per_img"] * samples["img_s"] / peak  # of the fp32 peak, every mode
-    own_peak = samples["mode"].map(lambda mode: peak_bf16 if mode == "bf16" else peak)
+    own_peak = samples["mode"].map(lambda mode: peak_bf16 if mode in BF16_MODES else peak)
     samples["share_of_own_peak"] = samples["macs_per_img"] * samples["img_s"] / own_peak  # bf16: of the bf16 peak
     meta = {
         "device": device,

@@ -65,13 +65,14 @@ def test_modes_give_eager_logits_within_their_tolerance(mode):
 
 
 @pytest.mark.slow
-def test_compile_mode_gives_eager_logits():
+@pytest.mark.parametrize("mode", bench.COMPILED_MODES)
+def test_compiled_modes_give_eager_logits(mode):
     model = bench.perturb_norms(bench.build_model("efficientvit_m0", 64))
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         reference = model(x)
-    out = bench.prepare(model, "efficientvit_m0", "compile", batch=2, img_size=64, threads=1, x=x).run()
-    assert (out - reference).abs().max() <= bench.MODE_TOLERANCE["compile"] * reference.abs().max()
+    out = bench.prepare(model, "efficientvit_m0", mode, batch=2, img_size=64, threads=1, x=x).run()
+    assert (out - reference).abs().max() <= bench.MODE_TOLERANCE[mode] * reference.abs().max()
 
 
 def test_baselines_build_and_fold():
