@@ -7,7 +7,8 @@
 Entries: ours M0-M5 and timm's port of the same models (same state-dict layout) in every mode both run (fused,
 channels_last, compile, onnxruntime, bf16, compile_bf16), and the paper's CPU baselines (fused, channels_last,
 onnxruntime), on `--threads` threads; then the models of the paper's CPU ratios again on one thread, the paper's
-own protocol (cpu_b16_1thread.csv).
+own protocol (cpu_b16_1thread.csv); then the Fig. 2 profiler on M0 and M4 in eager, compile and onnxruntime
+(profile_modes.csv; `--no-profile` skips it).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ MODES = ("fused", "channels_last", "compile", "onnxruntime", "bf16", "compile_bf
 FP32 = MODES[:4]
 TARGETS = {"per_mode": 1.2, "best": 1.3, "fp32_share_of_peak": 0.6}  # the issue's targets, medians over rounds
 SINGLE_CSV = "cpu_b16_1thread.csv"
+PROFILE_CSV = "profile_modes.csv"
+PROFILED = ["efficientvit_m0", "efficientvit_m4"]  # the smallest and the paper's Fig. 2 model
+PROFILED_MODES = ["eager", "compile", "onnxruntime"]
 PAPER = [
     ("efficientvit_m3", "mobilenet_v2", "~3x (Intel CPU)"),
     ("efficientvit_m5", "efficientnet_b0", "~1.9x"),
@@ -58,7 +62,7 @@ def mark(value: float, target: float, percent: bool = False) -> str:
     return f"**{text}** ✓" if value >= target else text
 
 
-def report(samples, single, peak, peak_bf16, args) -> str:
+def report(samples, single, peak, peak_bf16, args, profile=None) -> str:
     summary = summarize(samples)
     best = best_modes(samples)
     eager = {m: best_modes(samples[samples["mode"].isin(EAGER)])[m] for m in OURS + TIMM + CNNS}
@@ -120,8 +124,8 @@ def report(samples, single, peak, peak_bf16, args) -> str:
             f"{mark(fp32.share_of_peak, TARGETS['fp32_share_of_peak'], percent=True)} ({fp32['mode']}) | "
             f"{mark(bf16.share_of_peak, 1.0, percent=True)} ({100 * bf16.share_of_own_peak:.0f}%, {bf16['mode']}) |"
         )
+    lines += ["", *profile_section(profile)]
     lines += [
-        "",
         "## Compile time and numerics",
         "",
         "Seconds from an eval-mode model to its first batch (compile: inductor with freezing; onnxruntime: export "
@@ -184,6 +188,37 @@ def report(samples, single, peak, peak_bf16, args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def profile_section(profile) -> list[str]:
+    """Where the time goes in each execution path: the Fig. 2 profiler's memory-bound share per model and mode."""
+    lines = [
+        "## Where the time goes, per execution path",
+        "",
+    ]
+    if profile is None:
+        return lines + ["Not profiled in this run (`--no-profile`).", ""]
+    lines += [
+        "The paper's Fig. 2 profiler (`analysis/memory_profile.py --modes eager compile onnxruntime`, batch 16, "
+        "224 px) on each path a user takes: eager as the paper profiled it (BatchNorm unfolded), `torch.compile` "
+        "(inductor with freezing; its generated kernels are the category `fused`, memory-bound), onnxruntime "
+        "(its own profiler's node times). Memory-bound: reshape, copy, element-wise, normalization and fused "
+        "kernels.",
+        "",
+        "| model | mode | ms per batch (profiled) | memory-bound share | largest memory-bound categories | "
+        "matmul + convolution |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (name, mode), g in profile.groupby(["name", "mode"], sort=False):
+        by_category = g.groupby("category")["share"].sum().sort_values(ascending=False)
+        bound = by_category[by_category.index.isin(g.loc[g["memory_bound"], "category"])]
+        largest = ", ".join(f"{cat} {100 * share:.1f}%" for cat, share in bound.head(3).items())
+        compute = by_category.reindex(["matmul", "convolution"]).fillna(0).sum()
+        lines.append(
+            f"| {name} | {mode} | {g['step_time_us'].iloc[0] / 1e3:.1f} | {100 * bound.sum():.1f}% | {largest} | "
+            f"{100 * compute:.1f}% |"
+        )
+    return lines + [""]
+
+
 def noisy_warning(summary) -> list[str]:
     """A loud line when the rounds disagree so much that the ratios below cannot be trusted."""
     spread = summary["img_s_max"] / summary["img_s_min"]
@@ -204,6 +239,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
     parser.add_argument("--seconds", type=float, default=1.0, help="time budget per measurement (1.0)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-entry peak-memory processes")
+    parser.add_argument(
+        "--no-profile", action="store_true", help=f"skip the per-mode profile of {' and '.join(PROFILED)}"
+    )
     parser.add_argument("--out", type=Path, default=HERE, help="folder for cpu_b16.csv and README.md (benchmarks/)")
     parser.add_argument("--from-csv", type=Path, help="only rewrite README.md from samples written before")
     return parser.parse_args(argv)
@@ -219,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.seconds = samples["round"].max() + 1, samples["seconds"].iloc[0]
         args.threads = samples["threads"].iloc[0]
         peaks = samples["peak_gmac_s"].iloc[0] * 1e9, samples["peak_bf16_gmac_s"].iloc[0] * 1e9
-        return write_report(report(samples, single, *peaks, args), args.out)
+        profile_csv = args.from_csv.with_name(PROFILE_CSV)
+        profile = pd.read_csv(profile_csv) if profile_csv.exists() else None
+        return write_report(report(samples, single, *peaks, args, profile), args.out)
     modes = {
         **{m: list(MODES) for m in OURS + TIMM},
         **{m: [*EAGER, "onnxruntime"] for m in CNNS},
@@ -251,8 +291,20 @@ def main(argv: list[str] | None = None) -> int:
         log=lambda s: print(f"1 thread: {s}", file=sys.stderr, flush=True),
     )
     write_csv(single, args.out / SINGLE_CSV, meta={**vars(args), "threads": 1})
+    profile = None if args.no_profile else profile_modes(args)
     peak_bf16 = samples["peak_bf16_gmac_s"].iloc[0] * 1e9
-    return write_report(report(samples, single, peak, peak_bf16, args), args.out)
+    return write_report(report(samples, single, peak, peak_bf16, args, profile), args.out)
+
+
+def profile_modes(args: argparse.Namespace):
+    """The Fig. 2 profile of PROFILED in every execution path, written to PROFILE_CSV (redone from scratch)."""
+    from analysis.memory_profile import ProfileConfig
+    from analysis.memory_profile import run as run_profile
+
+    config = ProfileConfig(
+        models=PROFILED, modes=PROFILED_MODES, threads=args.threads, out=args.out / PROFILE_CSV, fresh=True
+    )
+    return run_profile(config)
 
 
 def write_report(text: str, folder: Path) -> int:

@@ -65,3 +65,22 @@ def test_the_readme_gives_every_mode_both_sides_and_marks_the_targets():
     # 160 img/s x 1 G multiply-adds over a 100 G peak: 160% of the fp32 peak; bf16 150 of 100 (75% of its own)
     assert "| **1.58x** ✓ | **160%** ✓ (onnxruntime) | **150%** ✓ (75%, compile_bf16) |" in target
     assert "| efficientvit_m2 | 40 / 40 | 1.0 / 1.0 |" in text  # compile and export times, ours / timm
+
+
+def test_the_profile_table_gives_each_paths_memory_bound_share():
+    rows = [
+        # M0 eager: reshape 20% and element-wise 10% memory-bound, matmul 50%, convolution 20%
+        ("efficientvit_m0", "eager", "reshape", True, 0.2),
+        ("efficientvit_m0", "eager", "elementwise", True, 0.1),
+        ("efficientvit_m0", "eager", "matmul", False, 0.5),
+        ("efficientvit_m0", "eager", "convolution", False, 0.2),
+        # compiled: inductor's fused kernels 5%, the rest library convolutions
+        ("efficientvit_m0", "compile", "fused", True, 0.05),
+        ("efficientvit_m0", "compile", "convolution", False, 0.95),
+    ]
+    profile = pd.DataFrame(rows, columns=["name", "mode", "category", "memory_bound", "share"])
+    profile["step_time_us"] = profile["mode"].map({"eager": 40e3, "compile": 20e3})
+    lines = run.profile_section(profile)
+    assert "| efficientvit_m0 | eager | 40.0 | 30.0% | reshape 20.0%, elementwise 10.0% | 70.0% |" in lines
+    assert "| efficientvit_m0 | compile | 20.0 | 5.0% | fused 5.0% | 95.0% |" in lines
+    assert "Not profiled" in run.profile_section(None)[-2]
