@@ -195,6 +195,13 @@ def prepare(
         graph = graph.to(torch.bfloat16)
     module = graph
     if mode in COMPILED_MODES:
+        # Every model of one class shares its forward's code object, and dynamo compiles at most `recompile_limit`
+        # graphs per code object: past it, a model would silently run eager. Room for every model of a bench run,
+        # and an error rather than eager beyond that.
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+        dynamo_config.fail_on_recompile_limit_hit = True
         if dev.type == "cpu":
             import torch._inductor.config as inductor_config
 
