@@ -195,7 +195,7 @@ def profile_section(profile) -> list[str]:
         "",
     ]
     if profile is None:
-        return lines + ["Not profiled in this run (`--no-profile`).", ""]
+        return lines + [f"Not profiled in this run (`--no-profile`, or no {PROFILE_CSV} beside the samples).", ""]
     lines += [
         "The paper's Fig. 2 profiler (`analysis/memory_profile.py --modes eager compile onnxruntime`, batch 16, "
         "224 px) on each path a user takes: eager as the paper profiled it (BatchNorm unfolded), `torch.compile` "
