@@ -252,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_csv:
         import pandas as pd
 
+        missing = [p for p in (args.from_csv, args.from_csv.with_name(SINGLE_CSV)) if not p.exists()]
+        if missing:
+            sys.exit(f"benchmarks/run.py: {missing[0]} does not exist: give --from-csv the cpu_b16.csv of a full run")
+
         samples = pd.read_csv(args.from_csv)
         single = pd.read_csv(args.from_csv.with_name(SINGLE_CSV))
         args.rounds, args.seconds = samples["round"].max() + 1, samples["seconds"].iloc[0]
@@ -293,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         log=lambda s: print(f"1 thread: {s}", file=sys.stderr, flush=True),
     )
     write_csv(single, args.out / SINGLE_CSV, meta={**vars(args), "threads": 1})
+    if args.no_profile:  # an older profile beside these timings would be read back with them by --from-csv
+        for stale in (args.out / PROFILE_CSV, (args.out / PROFILE_CSV).with_suffix(".json")):
+            stale.unlink(missing_ok=True)
     profile = None if args.no_profile else profile_modes(args)
     peak_bf16 = samples["peak_bf16_gmac_s"].iloc[0] * 1e9
     return write_report(report(samples, single, peak, peak_bf16, args, profile), args.out)

@@ -87,3 +87,14 @@ def test_the_profile_table_gives_each_paths_memory_bound_share():
     assert "| efficientvit_m0 | eager | 40.0 | 30.0% | reshape 20.0%, elementwise 10.0% | 70.0% |" in lines
     assert "| efficientvit_m0 | compile | 20.0 | 5.0% | fused 5.0% | 95.0% |" in lines
     assert "Not profiled" in run.profile_section(None)[-2]
+
+
+def test_from_csv_names_a_missing_file(tmp_path, capsys):
+    missing = tmp_path / "cpu_b16.csv"
+    try:
+        run.main(["--from-csv", str(missing), "--out", str(tmp_path)])
+    except SystemExit as e:
+        assert str(missing) in str(e.code) and e.code != 0
+    else:
+        raise AssertionError("a missing --from-csv file must stop the script")
+    assert not (tmp_path / "README.md").exists()
