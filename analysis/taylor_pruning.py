@@ -57,7 +57,8 @@ from efficientvit.models.attention import TokenAttention
 from efficientvit.models.layers import FFNLayer
 from efficientvit.results import write_results
 from efficientvit.runtime import resolve_device
-from efficientvit.train import evaluate, load_config, train as train_model
+from efficientvit.train import evaluate, load_config
+from efficientvit.train import train as train_model
 
 KINDS = ("qk", "v", "ffn")
 RANKINGS = ("importance", "importance-per-flop")

@@ -27,10 +27,10 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from efficientvit.checkpoint import read_checkpoint
 from efficientvit.data.pipeline import collate
 from efficientvit.data.sources import Augment, open_split
 from efficientvit.results import atomic_write_text, write_results
-from efficientvit.checkpoint import read_checkpoint
 from efficientvit.train import Speed, make_config, train
 
 HERE = Path(__file__).resolve().parent

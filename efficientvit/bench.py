@@ -18,13 +18,14 @@ import math
 import multiprocessing
 import os
 import platform
-import sys
 import statistics
+import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import timm
@@ -36,10 +37,10 @@ from torch.fx.experimental.optimization import fuse as fx_fuse
 
 from .errors import UserError
 from .export import export_onnx
+from .files import atomic_write_text
 from .flops import count_flops
 from .fuse import fuse
 from .models import create_model, list_models
-from .files import atomic_write_text
 from .runtime import out_of_memory, peak_matmul_macs, require, resolve_device
 
 MODE_HELP = {

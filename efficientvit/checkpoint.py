@@ -23,9 +23,9 @@ from torch import nn
 
 from .errors import CheckpointError
 from .files import atomic_path
+from .models.attention import join_qkv, split_qkv
 from .models.registry import family_checkpoint_filter
 from .models.spec import ModelSpec
-from .models.attention import join_qkv, split_qkv
 
 FORMAT = "efficientvit-lab"
 IGNORED_KEYS = ("attention_bias_idxs", "relative_position_index", "attn_mask")  # buffers rebuilt by the model itself

@@ -8,16 +8,23 @@ configured this way, so a script's flags, a pipeline's call and a test's call ar
         batch: int = knob(16, "images per forward pass")
 
     config = parse_config(ProfileConfig, argv, "what the script does")   # --models ... --batch ...
+    config = config_from_dict(ProfileConfig, {"batch": 32}, "fig2")    # from YAML: the same types, the same errors
+
+`config_from_dict` is the one coercion for values that come as YAML (training configs, `--set key=value`, the
+pipeline's presets): unknown keys are named with the nearest valid one, wrong types in one sentence.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
 from typing import Any
+
+from .errors import UserError
 
 REQUIRED = dataclasses.MISSING
 
@@ -87,3 +94,74 @@ def parse_config(cls: type, argv: list[str] | None, description: str) -> Any:
 def config_arguments(config: Any) -> dict[str, Any]:
     """The config as plain values, for a JSON sidecar."""
     return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def unknown_key(key: str, valid: list[str], where: str) -> UserError:
+    """`key` is not one of `valid`: one sentence naming the nearest valid key."""
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return UserError(f"unknown key {key!r} in {where}{hint}; valid keys: {', '.join(valid)}")
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """`value` (as YAML or a flag gives it) as the type `hint` names, or a UserError naming `where`. YAML reads
+    1e-3 as text, so numbers may come as strings; a nested dataclass comes as a mapping."""
+    hint, optional = unwrap_optional(hint)
+    if value is None:
+        if optional or hint is Any:
+            return None
+        raise UserError(f"{where} needs a value")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    try:
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            return config_from_dict(hint, value, where)
+        if hint is Any:
+            return value
+        if hint is bool and isinstance(value, bool):
+            return value
+        if hint is int and not isinstance(value, bool) and float(value) == int(float(value)):
+            return int(float(value))
+        if hint is float and not isinstance(value, bool):
+            return float(value)
+        if hint in (str, Path) and isinstance(value, (str, Path)):
+            return hint(value)
+        if (hint is list or origin is list) and isinstance(value, (list, tuple)):
+            item = args[0] if args else Any
+            return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        if (hint is dict or origin is dict) and isinstance(value, dict):
+            return dict(value)
+    except (TypeError, ValueError):
+        pass
+    raise UserError(f"{where} must be {_type_name(hint)}{' or null' if optional else ''}, got {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is list or hint is list:
+        (item,) = typing.get_args(hint) or (float,)
+        return f"a list of {getattr(item, '__name__', str(item))} values"
+    if dataclasses.is_dataclass(hint):
+        return "a mapping of keys to values"
+    return {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "text",
+        Path: "a path",
+        dict: "a mapping",
+    }.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def config_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
+    """An instance of the dataclass `cls` from plain values (YAML): every key checked against the fields, every
+    value coerced to its field's type; a missing required field, an unknown key or a wrong type is a UserError."""
+    if not isinstance(values, dict):
+        raise UserError(f"{where} must be a mapping of keys to values, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in fields:
+            raise unknown_key(key, list(fields), where)
+    missing = [name for name, f in fields.items() if f.init and field_default(f) is REQUIRED and name not in values]
+    if missing:
+        raise UserError(f"{where} needs {', '.join(missing)}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{key: coerce(value, hints[key], f"{where}: {key}") for key, value in values.items()})

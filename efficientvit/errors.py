@@ -4,7 +4,7 @@ exits with code 2 (`exit_status`)."""
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 class UserError(ValueError):

@@ -8,7 +8,6 @@ Q @ K^T and attn @ V are two batched matmuls, and baddbmm is one (its bias add i
 from __future__ import annotations
 
 import math
-
 import warnings
 
 import torch

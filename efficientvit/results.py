@@ -125,3 +125,9 @@ def listed_outputs(out: str | os.PathLike, folder: str, pattern: str = "*.csv") 
         return files
     listed = {out / p for paths in json.loads((out / MANIFEST).read_text())["stages"].values() for p in paths}
     return [f for f in files if f in listed]
+
+
+def markdown_table(frame: pd.DataFrame) -> list[str]:
+    """The lines of a Markdown table of `frame`, one row per row, cells as they are (format them first)."""
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]

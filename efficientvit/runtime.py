@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib
 import time
+from collections.abc import Callable
 from types import ModuleType
-from typing import Callable
 
 import torch
 

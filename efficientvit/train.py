@@ -53,9 +53,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint, unwrap
-from .data.pipeline import RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate
 from .config import knob
-from .data.pipeline import OFFICIAL_AUTO_AUGMENT
+from .data.pipeline import OFFICIAL_AUTO_AUGMENT, RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate
 from .data.sources import Augment, open_split
 from .errors import UserError, exit_status
 from .losses import DISTILLATION_KINDS, DistillationLoss
@@ -84,7 +83,7 @@ class TrainConfig:
     model: str = knob("efficientvit_m4", "registered model name (efficientvit list)")
     model_kwargs: dict = knob({}, "extra constructor arguments, the ablation knobs, e.g. {attention: split}")
     data: str = knob("data/imagenet", "fashion-mnist, or an ImageFolder root holding train/<class>/* and val/<class>/*")
-    train_images: typing.Optional[int] = knob(
+    train_images: int | None = knob(
         None,
         "train on this many images of the training split (a fixed, seeded draw; null: all): shorter runs for sweeps",
     )
@@ -98,31 +97,31 @@ class TrainConfig:
     warmup_lr: float = knob(1e-6, "learning rate at the start of the linear warm-up")
     warmup_epochs: float = knob(5, "epochs of linear warm-up (fractions allowed)")
     weight_decay: float = knob(0.025, "AdamW weight decay; norms, biases and no_weight_decay() names get none")
-    clip_grad: typing.Optional[float] = knob(0.02, "gradient clipping threshold (null: none)")
+    clip_grad: float | None = knob(0.02, "gradient clipping threshold (null: none)")
     clip_mode: str = knob("agc", "agc: adaptive, unit-wise ratio of gradient to weight norm; norm: global norm")
     smoothing: float = knob(0.1, "label smoothing")
     mixup: float = knob(0.8, "MixUp alpha (0 turns it off); MixUp or CutMix is picked per batch")
     cutmix: float = knob(1.0, "CutMix alpha (0 turns it off)")
-    auto_augment: typing.Optional[str] = knob(OFFICIAL_AUTO_AUGMENT, "timm's augmentation policy (null: none)")
-    color_jitter: typing.Optional[float] = knob(
+    auto_augment: str | None = knob(OFFICIAL_AUTO_AUGMENT, "timm's augmentation policy (null: none)")
+    color_jitter: float | None = knob(
         0.4, "colour-jitter strength, applied only without auto_augment (as timm does); null: none"
     )
     reprob: float = knob(0.25, "random-erasing probability")
     crop_scale: list = knob([0.08, 1.0], "RandomResizedCrop area range, as fractions of the image")
     repeated_aug: bool = knob(True, "repeated augmentation: each image 3 times per epoch on different processes")
     drop_path: float = knob(0.0, "stochastic-depth rate (passed to the model as drop_path_rate when > 0)")
-    ema_decay: typing.Optional[float] = knob(0.99996, "EMA decay per step (null: no EMA)")
-    init: typing.Optional[str] = knob(
+    ema_decay: float | None = knob(0.99996, "EMA decay per step (null: no EMA)")
+    init: str | None = knob(
         None,
         "checkpoint of ours to start from, e.g. a pruned model: its architecture "
         "and weights replace model/model_kwargs",
     )
-    teacher: typing.Optional[str] = knob(
+    teacher: str | None = knob(
         None,
         "teacher to distil from (the model gets a distillation head): a "
         "checkpoint of ours, or a timm model name with teacher_weights",
     )
-    teacher_weights: typing.Optional[str] = knob(
+    teacher_weights: str | None = knob(
         None, "state dict of a timm teacher, e.g. regnety_160's trained weights (nothing is downloaded)"
     )
     distillation: str = knob(

@@ -3,9 +3,8 @@ import sys
 import pandas as pd
 import pytest
 import torch
-
-from torch.utils.flop_counter import FlopCounterMode
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import efficientvit
 from efficientvit import bench

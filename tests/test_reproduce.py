@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from analysis.report import late_and_early, write_report
-from analysis.verdicts import compare
 from analysis.reproduce import check_preset, load_preset, proxy_configs, proxy_runs, reproduce
+from analysis.verdicts import compare
 from efficientvit.errors import UserError
 from efficientvit.results import MANIFEST, record_outputs, stage_timing
 

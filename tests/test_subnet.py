@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 import efficientvit
-from efficientvit.models.layout import mhsa_proportion
 from efficientvit.models import ModelSpec
+from efficientvit.models.layout import mhsa_proportion
 from efficientvit.subnet import find_subnet, neighbours, save_subnet
 
 TINY_DEIT = dict(img_size=32, patch_size=8, embed_dim=48, num_heads=3, layout="AF" * 4)

@@ -8,15 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from efficientvit import cli, train as train_module
+from efficientvit import cli
+from efficientvit import train as train_module
 from efficientvit.checkpoint import read_checkpoint
+from efficientvit.data import fashion_mnist
 from efficientvit.data.synthetic import make_synthetic
 from efficientvit.errors import UserError
-from efficientvit.models import create_model
-from efficientvit.data import fashion_mnist
 from efficientvit.losses import DistillationLoss
-from tests.helpers import top1_of_checkpoint
+from efficientvit.models import create_model
 from efficientvit.train import Speed, adaptive_clip_grad_, choose_speed, load_config, make_config, param_groups, train
+from tests.helpers import top1_of_checkpoint
 
 # A few steps of M0 at its smallest input: 3 classes, 24 training images in batches of 8.
 TINY = dict(

@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..bench import MODES, Entry, prepare
-
 from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..data.pipeline import check_bad_images, collate
 from ..data.sources import open_split

@@ -12,13 +12,14 @@ out of the batch, and the training loop either stops with the file's name or cou
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
+from timm.data import create_transform
 from torch.utils.data import Sampler, default_collate
 from torchvision import datasets
-from timm.data import create_transform
 from torchvision.transforms import v2
 
 from ..errors import UserError

@@ -4,7 +4,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 import efficientvit
-from analysis import design_variant, taylor_pruning as tpr
+from analysis import design_variant
+from analysis import taylor_pruning as tpr
 from efficientvit.data.synthetic import make_synthetic
 from efficientvit.models import ModelSpec
 from tests.helpers import top1_of_checkpoint
