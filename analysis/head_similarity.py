@@ -23,9 +23,10 @@ each head's own arbitrary V basis. So every run also reports:
                           averaged over queries, windows and images. 1 is a uniform map; 1 - H / log N is the
                           row's KL divergence from uniform in units of log N. Per block `entropy_mean` (over
                           heads), `entropy_min`, and `near_uniform` when entropy_mean >= NEAR_UNIFORM (0.95: the
-                          rows are within 0.05 log N nats of uniform, e.g. logits that vary by about 0.6 across
-                          keys), where high map similarity says little. Rows of one key (no choice) are left
-                          out; a block with no other rows (1 x 1 windows) has NaN entropy and is flagged too.
+                          rows are within 0.05 log N nats of uniform: Gaussian logits with a standard deviation
+                          of 0.55 across 16 keys, 0.65 across 49, 0.7 across 197), where map similarity says
+                          little. Rows of one key (no choice) are left out; a block with no other rows (1 x 1
+                          windows) has NaN entropy and is flagged too: its maps are identical by construction.
   centred (attention)     the same cosine and the same reduction as mean_max_similarity, on each map minus the
                           uniform map over its reachable keys. Two uniform maps then give 0 instead of 1: a map no
                           further than UNIFORM_TOLERANCE (relative) from uniform, float32 rounding included, is
@@ -39,6 +40,8 @@ each head's own arbitrary V basis. So every run also reports:
                           features and their column sums. Per block `cka_mean_max` (mean over heads of the largest
                           CKA to another head) and `cka_max_max`. A head whose output is constant has no CKA (NaN)
                           and is left out.
+The pairwise table has the same controls per pair: `entropy_i`, `entropy_j` (each head's normalised entropy),
+`centred_cosine_mean`, `centred_cosine_std` (over images, windows averaged, as cosine_mean) and `cka`.
 Columns of the control a run does not compute are NaN. `--random-init` measures the checkpoint's architecture
 freshly initialised (`--seed`), on the same images: the control row; its checkpoint column says random_init.
 Statistics are accumulated in streaming fashion (memory grows only by a few numbers per image), so the result does
