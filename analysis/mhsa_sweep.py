@@ -33,7 +33,8 @@ from efficientvit.flops import count_flops, count_params
 from efficientvit.models.layout import format_layout
 from efficientvit.results import read_results, write_results
 from efficientvit.subnet import FAMILIES, find_subnet
-from efficientvit.train import make_config, train
+from efficientvit.train import train
+from efficientvit.train_config import make_config
 
 KEY = ["family", "speedup_target", "mhsa_proportion", "seed"]
 COLUMNS = (

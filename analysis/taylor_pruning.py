@@ -51,14 +51,15 @@ from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.data.pipeline import check_bad_images, collate
 from efficientvit.data.sources import open_split
 from efficientvit.errors import UserError, exit_status
+from efficientvit.evaluation import evaluate
 from efficientvit.flops import count_flops, count_params
 from efficientvit.models import ModelSpec
 from efficientvit.models.attention import TokenAttention
 from efficientvit.models.layers import FFNLayer
 from efficientvit.results import write_results
 from efficientvit.runtime import resolve_device
-from efficientvit.train import evaluate, load_config
 from efficientvit.train import train as train_model
+from efficientvit.train_config import load_config
 
 KINDS = ("qk", "v", "ffn")
 RANKINGS = ("importance", "importance-per-flop")

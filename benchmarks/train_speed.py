@@ -31,7 +31,9 @@ from efficientvit.checkpoint import read_checkpoint
 from efficientvit.data.pipeline import collate
 from efficientvit.data.sources import Augment, open_split
 from efficientvit.results import atomic_write_text, write_results
-from efficientvit.train import Speed, make_config, train
+from efficientvit.runtime import Speed
+from efficientvit.train import train
+from efficientvit.train_config import make_config
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "experiments" / "cpu"

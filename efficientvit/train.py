@@ -3,7 +3,8 @@
     efficientvit train --config experiments/cpu/efficientvit_m0.yaml [--set epochs=5] [--resume]
     torchrun --nproc_per_node 8 -m efficientvit.train --config experiments/paper/efficientvit_m4.yaml
 
-`train` is one straight line: config, data, model, optimizer, resume, loop, checkpoint. The recipe (Liu et al.
+`train` is one straight line: config, data, model, optimizer, resume, loop, checkpoint. Its configuration is
+`TrainConfig` (train_config.py), the evaluation every epoch `efficientvit.evaluation`. The recipe (Liu et al.
 2023, after DeiT): AdamW at 1e-3 per 512 images of global batch, weight decay 0.025 except on norms, biases and
 attention-bias tables; 5 warm-up epochs from 1e-6, then cosine down to 1e-5; label smoothing 0.1; MixUp 0.8 /
 CutMix 1.0; timm's RandAugment rand-m9-mstd0.5-inc1; random erasing 0.25; repeated augmentation; EMA of the
@@ -20,24 +21,20 @@ any epoch and resumed ends with the same weights, bit for bit, as one that never
 Speed: `fast` (on by default) runs the fused AdamW kernel and channels-last for the convolutional models (the
 same maths). `precision: auto` adds bf16 autocast where the device computes bf16 natively; on a CPU, a run long
 enough to repay it first times a few training steps of the model in both precisions and keeps bf16 only if it
-was faster. The checkpoint records the choice, so a resumed run computes the same way.
+was faster (`efficientvit.runtime.choose_speed`). The checkpoint records the choice, so a resumed run computes the
+same way.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import dataclasses
-import difflib
 import io
 import os
 import random
-import re
-import statistics
 import sys
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +42,6 @@ import numpy as np
 import timm
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -53,13 +49,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint, unwrap
-from .config import knob
-from .data.pipeline import OFFICIAL_AUTO_AUGMENT, RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate
+from .data.pipeline import RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate
 from .data.sources import Augment, open_split
 from .errors import UserError, exit_status
-from .losses import DISTILLATION_KINDS, DistillationLoss
-from .models import ModelSpec, create_model, model_family
-from .results import atomic_write_text
+from .evaluation import evaluate
+from .files import atomic_write_text
+from .losses import DistillationLoss
+from .models import ModelSpec, create_model
+from .runtime import Speed, choose_speed
+from .train_config import TrainConfig, config_help, load_config
 
 HELP = "train a model with the official recipe (also under torchrun)"
 DESCRIPTION = (
@@ -67,160 +65,9 @@ DESCRIPTION = (
     "and <out>/metrics.csv after every epoch. For many processes: "
     "torchrun --nproc_per_node N -m efficientvit.train --config ..."
 )
-CLIP_MODES = ("agc", "norm")
-PRECISIONS = ("fp32", "bf16", "auto")
 METRICS = ("epoch", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "ema_top1", "epoch_seconds", "train_img_s")
 CURVE = ("epoch", "lr", "train_loss")  # curve.csv: the training loss every CURVE_STEPS steps, epoch as a fraction
 CURVE_STEPS = 20
-TUNE_ROUNDS = 3  # timed training steps per precision when the trainer measures whether bf16 pays off
-TUNE_MIN_STEPS = 50  # shorter runs (tests, smoke runs) skip that measurement: it would cost more than it could save
-
-
-@dataclass
-class TrainConfig:
-    """Defaults are the official ImageNet recipe (Cream's EfficientViT main.py)."""
-
-    model: str = knob("efficientvit_m4", "registered model name (efficientvit list)")
-    model_kwargs: dict = knob({}, "extra constructor arguments, the ablation knobs, e.g. {attention: split}")
-    data: str = knob("data/imagenet", "fashion-mnist, or an ImageFolder root holding train/<class>/* and val/<class>/*")
-    train_images: int | None = knob(
-        None,
-        "train on this many images of the training split (a fixed, seeded draw; null: all): shorter runs for sweeps",
-    )
-    out: str = knob("runs/efficientvit_m4", "run folder: checkpoint.pth, metrics.csv, config.yaml")
-    img_size: int = knob(224, "training and evaluation image size (eval resizes to size x 256/224, then crops)")
-    epochs: int = knob(300, "training epochs")
-    batch_size: int = knob(256, "images per step per process (global batch = batch_size x processes)")
-    workers: int = knob(8, "DataLoader worker processes per training process (0 loads in the main process)")
-    lr: float = knob(1e-3, "learning rate for a global batch of 512; the run uses lr x global batch / 512")
-    min_lr: float = knob(1e-5, "learning rate at the end of the cosine schedule")
-    warmup_lr: float = knob(1e-6, "learning rate at the start of the linear warm-up")
-    warmup_epochs: float = knob(5, "epochs of linear warm-up (fractions allowed)")
-    weight_decay: float = knob(0.025, "AdamW weight decay; norms, biases and no_weight_decay() names get none")
-    clip_grad: float | None = knob(0.02, "gradient clipping threshold (null: none)")
-    clip_mode: str = knob("agc", "agc: adaptive, unit-wise ratio of gradient to weight norm; norm: global norm")
-    smoothing: float = knob(0.1, "label smoothing")
-    mixup: float = knob(0.8, "MixUp alpha (0 turns it off); MixUp or CutMix is picked per batch")
-    cutmix: float = knob(1.0, "CutMix alpha (0 turns it off)")
-    auto_augment: str | None = knob(OFFICIAL_AUTO_AUGMENT, "timm's augmentation policy (null: none)")
-    color_jitter: float | None = knob(
-        0.4, "colour-jitter strength, applied only without auto_augment (as timm does); null: none"
-    )
-    reprob: float = knob(0.25, "random-erasing probability")
-    crop_scale: list = knob([0.08, 1.0], "RandomResizedCrop area range, as fractions of the image")
-    repeated_aug: bool = knob(True, "repeated augmentation: each image 3 times per epoch on different processes")
-    drop_path: float = knob(0.0, "stochastic-depth rate (passed to the model as drop_path_rate when > 0)")
-    ema_decay: float | None = knob(0.99996, "EMA decay per step (null: no EMA)")
-    init: str | None = knob(
-        None,
-        "checkpoint of ours to start from, e.g. a pruned model: its architecture "
-        "and weights replace model/model_kwargs",
-    )
-    teacher: str | None = knob(
-        None,
-        "teacher to distil from (the model gets a distillation head): a "
-        "checkpoint of ours, or a timm model name with teacher_weights",
-    )
-    teacher_weights: str | None = knob(
-        None, "state dict of a timm teacher, e.g. regnety_160's trained weights (nothing is downloaded)"
-    )
-    distillation: str = knob(
-        "hard", "DeiT distillation kind: hard (the teacher's top class) or soft (its distribution, at distillation_tau)"
-    )
-    distillation_alpha: float = knob(0.5, "weight of the distillation loss")
-    distillation_tau: float = knob(1.0, "temperature of soft distillation")
-    skip_bad: bool = knob(False, "skip unreadable images (and count them) instead of stopping")
-    seed: int = knob(0, "seed of everything random")
-    precision: str = knob(
-        "fp32",
-        "fp32 (the official recipe, with a gradient scaler), bf16 (autocast), or auto "
-        "(bf16 where the device computes it natively: CUDA, CPUs with AVX-512 BF16 or "
-        "AMX, and on a CPU only if a timed trial finds it faster)",
-    )
-    fast: bool = knob(
-        True, "fused AdamW and channels-last for conv models (the same maths, faster); false: plain eager"
-    )
-    compile: bool = knob(False, "torch.compile the model (off by default: README, Training speed, says why)")
-
-
-def config_help() -> str:
-    lines = ["config keys (defaults: the official ImageNet recipe):"]
-    for f in dataclasses.fields(TrainConfig):
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        lines.append(
-            f"  {f.name} ({yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()})"
-            f"\n      {f.metadata['help']}"
-        )
-    return "\n".join(lines)
-
-
-def coerce(key: str, value, hint):
-    """Check a config value against its field's type; YAML reads 1e-3 as text, so numbers may come as strings."""
-    options = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
-    if value is None:
-        if type(None) in options:
-            return None
-        raise UserError(f"config key {key} needs a value")
-    kind = options[0]
-    try:
-        if kind is bool and isinstance(value, bool):
-            return value
-        if kind is int and not isinstance(value, bool) and float(value) == int(float(value)):
-            return int(float(value))
-        if kind is float and not isinstance(value, bool):
-            return float(value)
-        if kind is str and isinstance(value, str):
-            return value
-        if kind is list and isinstance(value, (list, tuple)):
-            return [float(v) for v in value]
-        if kind is dict and isinstance(value, dict):
-            return value
-    except (TypeError, ValueError):
-        pass
-    raise UserError(
-        f"config key {key} must be {'a list of numbers' if kind is list else kind.__name__}"
-        f"{' or null' if type(None) in options else ''}, got {value!r}"
-    )
-
-
-def make_config(values: dict) -> TrainConfig:
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
-    for key in values:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(names)}")
-    hints = typing.get_type_hints(TrainConfig)
-    config = TrainConfig(**{key: coerce(key, value, hints[key]) for key, value in values.items()})
-    for key, allowed in (("clip_mode", CLIP_MODES), ("precision", PRECISIONS), ("distillation", DISTILLATION_KINDS)):
-        if getattr(config, key) not in allowed:
-            raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}")
-    for key in ("epochs", "batch_size") + (("train_images",) if config.train_images is not None else ()):
-        if getattr(config, key) < 1:
-            raise UserError(f"{key} must be at least 1, got {getattr(config, key)}")
-    if len(config.crop_scale) != 2 or not 0 < config.crop_scale[0] <= config.crop_scale[1] <= 1:
-        raise UserError(f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {config.crop_scale}")
-    return config
-
-
-def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
-    """A YAML file of config keys, then `key=value` overrides (values read as YAML)."""
-    values = {}
-    if path:
-        if not Path(path).is_file():
-            raise UserError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(values, dict):
-            raise UserError(f"config file {path} must be a mapping of keys to values")
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise UserError(f"--set takes key=value, got {item!r}")
-        values[key.strip()] = yaml.safe_load(text)
-    return make_config(values)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -277,106 +124,6 @@ def write_table(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX: bf16 dot products in hardware. Elsewhere oneDNN emulates bf16, slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return (
-        torch.backends.mkldnn.is_available()
-        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        and re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
-    )
-
-
-@dataclass(frozen=True)
-class Speed:
-    """How the training step runs; `choose_speed` picks it, `describe` says it in the log."""
-
-    bf16: bool = False
-    channels_last: bool = False
-    fused_optimizer: bool = False
-    compile: bool = False
-
-    def describe(self) -> str:
-        parts = [
-            name
-            for name, on in (
-                ("bf16 autocast", self.bf16),
-                ("channels-last", self.channels_last),
-                ("fused AdamW", self.fused_optimizer),
-                ("torch.compile", self.compile),
-            )
-            if on
-        ]
-        return ", ".join(parts) or "plain fp32 eager"
-
-
-def choose_speed(
-    config: TrainConfig, model: nn.Module, device: torch.device, batch_shape: tuple, total_steps: int
-) -> Speed:
-    # conv models only: channels-last turns 1x1 convs into GEMMs; ViTs hold (tokens, channels) and gain nothing
-    channels_last = config.fast and model_family(model.spec.name) == "efficientvit"
-    bf16 = config.precision == "bf16"
-    if config.precision == "auto":
-        bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
-        if bf16 and device.type == "cpu" and total_steps >= TUNE_MIN_STEPS:
-            bf16 = bf16_pays_off(model, batch_shape, channels_last)
-    return Speed(bf16=bf16, channels_last=channels_last, fused_optimizer=config.fast, compile=config.compile)
-
-
-def bf16_pays_off(model: nn.Module, batch_shape: tuple, channels_last: bool) -> bool:
-    """Time training steps (forward and backward) of a copy of `model` in fp32 and under bf16 autocast, in turns,
-    on the CPU; True if bf16 is faster. On small matrices the casts can cost more than bf16's faster matmuls."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    probe = copy.deepcopy(model).to(memory_format=memory_format).train()
-    targets = torch.zeros(batch_shape[0], dtype=torch.long)
-    seconds = {False: [], True: []}
-    with torch.random.fork_rng(devices=[]):  # the run's random stream is untouched (dropout, drop-path)
-        images = torch.randn(batch_shape).contiguous(memory_format=memory_format)
-        for round_ in range(TUNE_ROUNDS + 1):  # round 0 warms up
-            for bf16 in (False, True):
-                started = time.perf_counter()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    outputs = probe(images)
-                    loss = F.cross_entropy(outputs[0] if isinstance(outputs, tuple) else outputs, targets)
-                loss.backward()
-                probe.zero_grad(set_to_none=True)
-                if round_:
-                    seconds[bf16].append(time.perf_counter() - started)
-    return statistics.median(seconds[True]) < statistics.median(seconds[False])
-
-
-def hits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """How many images have their class first, and among the first five, of their logits."""
-    top = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
-    return top[:, 0].sum(), top.any(dim=1).sum()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, skip_bad: bool, distributed: bool) -> dict:
-    """Top-1, top-5 (%) and mean cross-entropy over this process's share of the data, summed over processes."""
-    model.eval()
-    sums = torch.zeros(5, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, loss, images, skipped
-    for images, targets, bad in loader:
-        sums[4] += check_bad_images(bad, skip_bad)
-        if images is None:
-            continue
-        images, targets = images.to(device), targets.to(device)
-        logits = model(images).float()
-        top1, top5 = hits(logits, targets)
-        sums[0] += top1
-        sums[1] += top5
-        sums[2] += F.cross_entropy(logits, targets, reduction="sum")
-        sums[3] += len(targets)
-    if distributed:
-        dist.all_reduce(sums)
-    top1, top5, loss, count, skipped = sums.tolist()
-    count = max(count, 1)
-    return {"top1": 100 * top1 / count, "top5": 100 * top5 / count, "loss": loss / count, "skipped": int(skipped)}
 
 
 def build_teacher(config: TrainConfig, num_classes: int) -> nn.Module:

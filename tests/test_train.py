@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from efficientvit import cli
+from efficientvit import cli, runtime
 from efficientvit import train as train_module
 from efficientvit.checkpoint import read_checkpoint
 from efficientvit.data import fashion_mnist
@@ -16,7 +16,8 @@ from efficientvit.data.synthetic import make_synthetic
 from efficientvit.errors import UserError
 from efficientvit.losses import DistillationLoss
 from efficientvit.models import create_model
-from efficientvit.train import Speed, adaptive_clip_grad_, choose_speed, load_config, make_config, param_groups, train
+from efficientvit.train import adaptive_clip_grad_, param_groups, train
+from efficientvit.train_config import make_config
 from tests.helpers import top1_of_checkpoint
 
 # A few steps of M0 at its smallest input: 3 classes, 24 training images in batches of 8.
@@ -43,48 +44,6 @@ def straight_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")
     train(make_config({**TINY, "data": str(data), "out": str(out)}))
     return out
-
-
-def test_unknown_config_key_lists_valid_keys_and_suggests_the_closest():
-    with pytest.raises(
-        UserError,
-        match=r"unknown config key 'wieght_decay' \(did you mean 'weight_decay'\?\); "
-        r"valid keys: model, model_kwargs, data",
-    ):
-        load_config(None, ["wieght_decay=0.05"])
-
-
-def test_config_file_then_overrides_with_types_checked(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("model: efficientvit_m1\nlr: 1e-3\nepochs: 10\nclip_grad: null\n")
-    config = load_config(str(path), ["epochs=3", "model_kwargs={attention: split}"])
-    assert (config.model, config.lr, config.epochs, config.clip_grad) == ("efficientvit_m1", 0.001, 3, None)
-    assert config.model_kwargs == {"attention": "split"} and config.weight_decay == 0.025
-    with pytest.raises(UserError, match="epochs must be int"):
-        load_config(str(path), ["epochs=many"])
-    with pytest.raises(UserError, match="clip_mode must be one of"):
-        load_config(None, ["clip_mode=value"])
-
-
-OUR_PRESETS = sorted(str(p) for p in (Path(__file__).parent.parent / "experiments").rglob("efficientvit_m*.yaml"))
-
-
-@pytest.mark.parametrize("preset", OUR_PRESETS)
-def test_presets_are_valid_configs_of_registered_models(preset):
-    config = load_config(preset)
-    create_model(config.model, **config.model_kwargs)  # the name and knobs are known
-
-
-def test_paper_presets_follow_the_official_recipe():
-    config = load_config(str(Path(__file__).parent.parent / "experiments/paper/efficientvit_m4.yaml"))
-    assert (config.epochs, config.batch_size * 8, config.lr, config.weight_decay, config.clip_grad) == (
-        300,
-        2048,
-        1e-3,
-        0.025,
-        0.02,
-    )
-    assert (config.mixup, config.cutmix, config.auto_augment, config.reprob) == (0.8, 1.0, "rand-m9-mstd0.5-inc1", 0.25)
 
 
 def test_no_weight_decay_on_norms_biases_and_attention_bias_tables():
@@ -166,20 +125,6 @@ def test_resume_from_another_models_checkpoint_is_one_sentence(data, straight_ru
     with pytest.raises(UserError, match=r"holds efficientvit_m0\(.*\) but this run builds efficientvit_m1"):
         train(config, resume=str(straight_run / "checkpoint.pth"))
     assert list(tmp_path.iterdir()) == []
-
-
-def test_evaluation_builds_no_autograd_graph():
-    """Evaluation over a whole split must not record the forward passes (a lost no_grad once made every batch's
-    graph hang on the loss sum: 22 GB after 10,000 images)."""
-
-    class Recorder(nn.Linear):
-        def forward(self, x):
-            assert not torch.is_grad_enabled()
-            return super().forward(x)
-
-    batches = [(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), []) for _ in range(3)]
-    metrics = train_module.evaluate(Recorder(3, 3), batches, torch.device("cpu"), skip_bad=False, distributed=False)
-    assert 0 <= metrics["top1"] <= 100 and metrics["loss"] > 0
 
 
 def test_eval_command_reports_top1_of_a_checkpoint(data, straight_run, capsys):
@@ -359,37 +304,8 @@ def test_a_model_whose_stem_does_not_fit_fashion_mnist_says_which_knob(tmp_path)
         train(config)
 
 
-def test_precision_auto_picks_bf16_only_where_the_cpu_has_it_and_fp32_is_the_recipe(monkeypatch):
-    cpu, batch = torch.device("cpu"), (2, 3, 32, 32)
-    deit, m0 = create_model("deit_tiny", img_size=32, patch_size=4), create_model("efficientvit_m0", img_size=64)
-    auto = make_config({"precision": "auto"})
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
-    assert choose_speed(auto, deit, cpu, batch, 10) == Speed(bf16=True, fused_optimizer=True)
-    assert choose_speed(auto, m0, cpu, batch, 10) == Speed(bf16=True, channels_last=True, fused_optimizer=True)
-    assert choose_speed(make_config({}), m0, cpu, batch, 10) == Speed(channels_last=True, fused_optimizer=True)
-    assert choose_speed(make_config({"precision": "bf16", "fast": False}), m0, cpu, batch, 10) == Speed(bf16=True)
-    assert choose_speed(make_config({"fast": False}), m0, cpu, batch, 10) == Speed()
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
-    assert choose_speed(auto, deit, cpu, batch, 10_000) == Speed(fused_optimizer=True)
-    assert Speed().describe() == "plain fp32 eager"
-
-
-def test_a_long_run_keeps_bf16_only_if_it_measured_faster(monkeypatch):
-    cpu, batch = torch.device("cpu"), (2, 3, 32, 32)
-    deit = create_model("deit_tiny", img_size=32, patch_size=4, embed_dim=24, layout="AF")
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
-    for measured in (True, False):
-        monkeypatch.setattr(train_module, "bf16_pays_off", lambda *args, answer=measured: answer)
-        config = make_config({"precision": "auto"})
-        assert choose_speed(config, deit, cpu, batch, train_module.TUNE_MIN_STEPS).bf16 is measured
-    monkeypatch.undo()
-    state = torch.get_rng_state()
-    assert train_module.bf16_pays_off(deit, batch, channels_last=False) in (True, False)
-    assert torch.equal(torch.get_rng_state(), state)  # the timing left the run's random stream alone
-
-
 def test_without_native_bf16_the_run_falls_back_to_fp32(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     seen = []
     real_autocast = torch.autocast
 

@@ -15,8 +15,8 @@ from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..data.pipeline import check_bad_images, collate
 from ..data.sources import open_split
 from ..errors import UserError
+from ..evaluation import evaluate, hits
 from ..runtime import resolve_device
-from ..train import evaluate, hits
 
 HELP = "top-1, top-5 and loss of a trained checkpoint on an ImageFolder split"
 
