@@ -4,29 +4,47 @@ The paper prunes Swin-T with Taylor structured pruning (Molchanov et al., CVPR 2
 kept Q/K, V and FFN widths relative to the block's input width: Q/K and FFN are cut hard, V is kept until the last
 blocks. That is the evidence for EfficientViT's parameter reallocation (QK dim 16, V = input width, FFN ratio 2).
 
-Channel groups, pruned independently, with the same head dim kept by every head of a block:
-  qk   channel c of Q and of K in every head (Q and K must keep equal widths: the logits are their dot product)
-  v    channel c of V in every head, and the matching input column of the output projection
+Filters, Molchanov's unit of pruning, each scored on its own:
+  qk   channel c of head h in Q and in K together (the logits pair them: they go together)
+  v    channel c of head h in V, with the matching input column of the output projection
   ffn  hidden unit u of an FFN: row u of fc1 and column u of fc2
 
-Importance: Molchanov et al.'s first-order Taylor criterion for a group S of parameters (their Eq. 8), the
-squared first-order change of the loss when the group is removed, averaged over --batches batches of the
-training split:
+Importance: Molchanov et al.'s first-order Taylor criterion (their Eq. 8), the squared first-order change of the
+loss when the filter S is removed, averaged over --batches batches of the training split:
   I(S) = mean over batches b of ( sum_{s in S} w_s * dL_b/dw_s )^2
-for a filter S: every weight and bias entry one channel owns (an FFN unit: its fc1 row and fc2 column; a Q/K
-channel of one head: its rows of Q and K; a V channel: its row of V and the projection's input column). A group
-that ties a channel index across heads scores the mean of its filters. A test checks the scores against finite
-differences of the loss in float64.
+summed over every weight and bias entry the filter owns. A test checks the scores against finite differences.
 
-Global ranking under a resource budget, as Molchanov et al.: all groups of all blocks are ranked together by
-importance, and the lowest are removed until the budget is met (--ratio of the prunable channels, --target-flops,
-or --target-speedup as a FLOPs reduction); every group kind keeps at least one channel per layer. `--rank-by
-importance-per-flop` divides each score by the multiply-adds the group costs (not in the paper: it shifts the
-cuts towards expensive layers). --iterative N prunes in N rounds, rescoring in between. torch-pruning does the
-surgery (its layer pruners); its importance classes compute a different score (an unsquared |w * g| sum).
+Grouping within heads: channel index c means nothing across heads (each head has its own Q/K/V basis), while the
+model classes need every head of a layer to keep one width. So Q/K and V channels are ranked within each head, and
+a layer's k-th candidate of a kind is "the next least important channel of every head": the channel with head h's
+k-th smallest score, for every h, each head its own index. The candidate scores the mean over heads of those k-th
+smallest scores. The mean, not the sum, keeps a candidate on the scale of one filter, like an FFN unit it competes
+with (holding H filters does not make it worth H units; the budget already counts all its channels); the mean, not
+the largest or smallest head, lets no single head decide for the others. Each head's sorted scores rise with k,
+so the mean does too: a layer's candidates leave in order.
 
-Output: results/taylor_pruning/<run>.csv (one row per block) + .json (params, FLOPs, accuracy before/after), and
-the pruned model as a checkpoint of ours that rebuilds itself (runs/pruned/<run>.pth by default).
+Global ranking under a resource budget, as Molchanov et al.: the candidates of all layers (attention candidates and
+FFN units) are ranked together and the lowest removed until the round's budget is met (--ratio of the prunable
+channels, --target-flops, or --target-speedup as a FLOPs reduction); every kind keeps at least one channel per
+head. `--rank-by importance-per-flop` divides each score by the multiply-adds the candidate costs (not in the
+paper: it shifts the cuts towards expensive layers).
+
+Iterative schedule (Molchanov et al.; the default): --iterative STEPS rounds (default 4), each removing 1/STEPS of
+the budget (counted on what earlier rounds really removed, so the rounds together meet the budget one shot would),
+rescoring before each round, with --step-finetune N batches (default 50) of AdamW at --step-lr (default 1e-4, a
+twentieth of the proxies' peak rate; no weight decay), cross-entropy on the training split, between rounds.
+`--iterative 1` is one-shot pruning. A longer fine-tune of the final model is --finetune-config. torch-pruning's
+layer functions do the surgery (rows h * width + c_h, each head its own channels); its importance classes compute
+a different score (an unsquared |w * g| sum).
+
+Output: results/taylor_pruning/<run>.csv, one row per block (an attention layer and the FFN after it):
+  block, stage, in_width, heads        the block, its input (residual) width and its heads
+  qk_before, qk_kept, v_before, v_kept Q/K and V channels summed over heads; ffn_before, ffn_kept: FFN hidden units
+  qk_ratio, v_ratio, ffn_ratio         kept / in_width, the paper's Fig. 5 axis (unpruned: 1, 1 and the FFN ratio)
+  qk_kept_fraction, v_kept_fraction,   kept / before: how much of its own width each kind kept, the scale on which
+  ffn_kept_fraction                    "Q/K are cut more than FFN" is read (paired_effects: one run's effects)
++ .json (arguments, params, FLOPs, top-1 before/after pruning and after fine-tuning), and the pruned model as a
+checkpoint of ours that rebuilds itself (runs/pruned/<run>.pth by default).
 Example: python analysis/taylor_pruning.py --model swin_tiny --checkpoint swin.pth --data data/synth --ratio 0.4
 """
 
@@ -108,7 +126,7 @@ def model_layers(model: nn.Module) -> list[Layer]:
 
 
 def group_costs(layer: Layer) -> dict[str, float]:
-    """Multiply-adds per image that one channel group of each kind costs in this layer."""
+    """Multiply-adds per image that one candidate of each kind costs in this layer (a channel of every head)."""
     T, C, N = layer.tokens, layer.width, layer.keys
     if layer.kind == "F":
         return {"ffn": 2 * T * C}
@@ -143,9 +161,9 @@ def taylor_scores(
     device: torch.device,
     skip_bad: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
-    """Molchanov's importance of every channel group: each filter's squared first-order term, averaged over the
-    batches; a group that couples one channel index across heads scores the mean over its heads' filters (as
-    torch-pruning's default group reduction), so a group is not worth more for holding more heads."""
+    """Molchanov's importance of every filter, its squared first-order term averaged over the batches (float64):
+    per layer, {"ffn": (units,)} or {"qk": (heads, qk_dim), "v": (heads, v_dim)}, one score per channel of each
+    head (nothing is tied across heads here; choose() groups)."""
     model.eval()
     sums = [{kind: 0.0 for kind in widths(layer)} for layer in layers]
     done = 0
@@ -164,71 +182,96 @@ def taylor_scores(
     model.zero_grad()
     if done == 0:
         raise UserError("no images were read from the training split")
-    return [
-        {kind: (total.mean(dim=0) if total.ndim == 2 else total) / done for kind, total in layer_sums.items()}
-        for layer_sums in sums
-    ]
+    return [{kind: total / done for kind, total in layer_sums.items()} for layer_sums in sums]
 
 
 def widths(layer: Layer) -> dict[str, int]:
+    """Channels per head (Q/K, V) or FFN hidden units, as the layer is now."""
     if layer.kind == "F":
         return {"ffn": layer.module.mlp.fc1.out_features}
     return {"qk": layer.module.attn.qk_dim, "v": layer.module.attn.v_dim}
 
 
 def channels(layer: Layer, kind: str) -> int:
-    """Channels (rows) one group of `kind` holds: every head's for qk (Q and K) and v."""
+    """Channels (rows) one candidate of `kind` holds: one per head for V, two per head for Q/K (Q and K)."""
     if kind == "ffn":
         return 1
     return layer.module.attn.num_heads * (2 if kind == "qk" else 1)
 
 
-def choose(
-    layers: list[Layer], scores: list[dict[str, torch.Tensor]], budget: str, amount: float, rank_by: str = "importance"
-) -> dict:
-    """Global ranking: the groups to remove, {(layer index, kind): [channel indices]}, until the budget is met.
+def candidates(layers: list[Layer], scores: list[dict[str, torch.Tensor]], rank_by: str = "importance") -> list:
+    """Every candidate of the global ranking, least important first, as (value, layer index, kind, k, channel).
 
-    budget "channels": remove `amount` prunable channels; "flops": remove `amount` multiply-adds per image.
-    rank_by "importance" (Molchanov et al., the paper) or "importance-per-flop" (each score over its group's cost)."""
-    candidates = []
+    An FFN candidate is one unit (channel: its index). An attention candidate k is the channel with the k-th
+    smallest score in every head (channel: a tuple of per-head indices), valued at the mean over heads of those
+    k-th smallest scores (why the mean: the module docstring). With importance-per-flop, value / cost."""
+    found = []
     for i, (layer, layer_scores) in enumerate(zip(layers, scores)):
         costs = group_costs(layer)
         for kind, values in layer_scores.items():
             cost = costs[kind] if rank_by == "importance-per-flop" else 1.0
-            for index, value in enumerate(values.tolist()):
-                candidates.append((value / cost, i, kind, index))
-    candidates.sort()
+            if values.ndim == 1:
+                found += [(value / cost, i, kind, unit, unit) for unit, value in enumerate(values.tolist())]
+                continue
+            ranked, order = values.sort(dim=1, stable=True)  # within each head
+            per_head = order.t().tolist()  # [k][head]
+            found += [(value / cost, i, kind, k, tuple(per_head[k])) for k, value in enumerate(ranked.mean(0).tolist())]
+    return sorted(found, key=lambda candidate: candidate[:4])
+
+
+def candidate_cost(layer: Layer, kind: str, budget: str) -> float:
+    """What removing one candidate counts towards the budget: multiply-adds ("flops") or channels."""
+    return group_costs(layer)[kind] if budget == "flops" else channels(layer, kind)
+
+
+def choose(
+    layers: list[Layer], scores: list[dict[str, torch.Tensor]], budget: str, amount: float, rank_by: str = "importance"
+) -> dict:
+    """Global ranking: what to remove until `amount` is met, {(layer index, "ffn"): [units]} and
+    {(layer index, "qk" or "v"): [[channels of head 0], [channels of head 1], ...]} (equal counts per head).
+
+    budget "channels": remove `amount` prunable channels; "flops": remove `amount` multiply-adds per image.
+    rank_by "importance" (Molchanov et al., the paper) or "importance-per-flop" (each value over its cost)."""
     remaining = {(i, kind): w for i, layer in enumerate(layers) for kind, w in widths(layer).items()}
     chosen, removed = {}, 0.0
-    for _, i, kind, index in candidates:
+    for _, i, kind, _, channel in candidates(layers, scores, rank_by):
         if removed >= amount:
             break
         if remaining[(i, kind)] <= 1:
-            continue  # keep every layer runnable
+            continue  # keep every head runnable
         remaining[(i, kind)] -= 1
-        chosen.setdefault((i, kind), []).append(index)
-        removed += group_costs(layers[i])[kind] if budget == "flops" else channels(layers[i], kind)
+        if kind == "ffn":
+            chosen.setdefault((i, kind), []).append(channel)
+        else:
+            for head, index in zip(chosen.setdefault((i, kind), [[] for _ in channel]), channel):
+                head.append(index)
+        removed += candidate_cost(layers[i], kind, budget)
     return chosen
 
 
-def prune_layer(layer: Layer, kind: str, indices: list[int]) -> None:
-    """Remove channel groups with torch-pruning's layer functions, and record the new widths on the modules."""
+def prune_layer(layer: Layer, kind: str, indices: list) -> None:
+    """Remove channels with torch-pruning's layer functions, and record the new widths on the modules.
+    indices: FFN units, or for "qk"/"v" one list of channels per head (each head its own, equal counts)."""
     if kind == "ffn":
         mlp = layer.module.mlp
         tp.prune_linear_out_channels(mlp.fc1, indices)
         tp.prune_linear_in_channels(mlp.fc2, indices)
         return
     attn: TokenAttention = layer.module.attn
+    counts = {len(set(head)) for head in indices}
+    if len(indices) != attn.num_heads or len(counts) != 1:
+        raise ValueError(f"give {attn.num_heads} per-head lists of as many distinct channels, got {indices}")
+    removed = counts.pop()
     width = attn.qk_dim if kind == "qk" else attn.v_dim
-    rows = [h * width + c for h in range(attn.num_heads) for c in indices]
+    rows = [h * width + c for h, head in enumerate(indices) for c in head]
     if kind == "qk":
         tp.prune_linear_out_channels(attn.q, rows)
         tp.prune_linear_out_channels(attn.k, rows)
-        attn.qk_dim -= len(indices)
+        attn.qk_dim -= removed
     else:
         tp.prune_linear_out_channels(attn.v, rows)
         tp.prune_linear_in_channels(attn.proj, rows)
-        attn.v_dim -= len(indices)
+        attn.v_dim -= removed
 
 
 def layer_dims(layers: list[Layer]) -> list:
@@ -255,7 +298,29 @@ def block_table(layers: list[Layer], before: list, after: list) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     for kind in KINDS:
         frame[f"{kind}_ratio"] = frame[f"{kind}_kept"] / frame["in_width"]
+    for kind in KINDS:  # a block without FFN (or attention) has no fraction: NaN, not 0/0 = a number
+        before_width = frame[f"{kind}_before"].where(frame[f"{kind}_before"] > 0)
+        frame[f"{kind}_kept_fraction"] = frame[f"{kind}_kept"] / before_width
     return frame
+
+
+def paired_effects(table: pd.DataFrame) -> dict[str, float]:
+    """One run's paired Fig. 5 effects from its per-block table (or any frame with *_kept_fraction columns):
+
+      qk_minus_ffn  mean over blocks of (Q/K kept fraction - FFN kept fraction), points: "Q/K are cut more than
+                    FFN relative to their width" holds when negative (paper's Swin-T: 0.31 - 2.70/4 = -36 points)
+      v_minus_qk    mean over blocks of (V kept fraction - Q/K kept fraction), points: "V keeps more than Q/K"
+                    holds when positive (paper's Swin-T: 0.91 - 0.31 = +60 points)
+    beside the mean kept fractions and the blocks that entered each difference (those that have both kinds).
+    Blocks count equally, as in the paper's means over its plotted blocks. The paper's table gives its effects
+    with qk_kept_fraction = qk_ratio, v_kept_fraction = v_ratio, ffn_kept_fraction = ffn_ratio / 4."""
+    fraction = {kind: table[f"{kind}_kept_fraction"].astype(float) for kind in KINDS}
+    effects = {f"{kind}_kept_fraction": float(fraction[kind].mean()) for kind in KINDS}
+    for name, (a, b) in {"qk_minus_ffn": ("qk", "ffn"), "v_minus_qk": ("v", "qk")}.items():
+        difference = (fraction[a] - fraction[b]).dropna()
+        effects[name] = float(100 * difference.mean()) if len(difference) else float("nan")
+        effects[f"{name}_blocks"] = len(difference)
+    return effects
 
 
 def separate_qkv_model(name: str | None, checkpoint: str | None, num_classes: int, img_size: int | None):
@@ -285,6 +350,8 @@ def parse_budget(args) -> tuple[str, float]:
         raise UserError(f"--ratio must be within (0, 1), got {args.ratio}")
     if args.target_speedup is not None and args.target_speedup <= 1:
         raise UserError(f"--target-speedup must be above 1, got {args.target_speedup}")
+    if args.iterative < 1:
+        raise UserError(f"--iterative must be at least 1 (1: one-shot), got {args.iterative}")
     return chosen[0], getattr(args, chosen[0])
 
 
@@ -298,6 +365,69 @@ def parse_flops(text: str) -> float:
         ) from None
 
 
+def budget_goal(model: nn.Module, layers: list[Layer], budget: str, amount: float) -> tuple[str, float]:
+    """("channels", channels to remove) for a ratio, ("flops", multiply-adds to remove) for a FLOPs target."""
+    if budget == "ratio":
+        total = sum(channels(layer, kind) * w for layer in layers for kind, w in widths(layer).items())
+        return "channels", amount * total
+    base = count_flops(model)
+    target = amount if budget == "target_flops" else base / amount
+    if target >= base:
+        raise UserError(f"the model already has {base / 1e6:.1f} M FLOPs, within the target {target / 1e6:.1f} M")
+    prunable = sum(group_costs(layer)[k] * w for layer in layers for k, w in widths(layer).items())
+    if base - target > prunable - sum(group_costs(layer)[k] for layer in layers for k in widths(layer)):
+        raise UserError(
+            f"the target {target / 1e6:.1f} M FLOPs cannot be reached by pruning Q/K, V and FFN "
+            f"channels (at least {(base - prunable) / 1e6:.1f} M remain)"
+        )
+    return "flops", base - target
+
+
+def removed_so_far(layers: list[Layer], start: list[dict[str, int]], budget: str) -> float:
+    """Channels or multiply-adds removed since `start` (each layer's widths() then)."""
+    return sum(
+        (start_widths[kind] - width) * candidate_cost(layer, kind, budget)
+        for layer, start_widths in zip(layers, start)
+        for kind, width in widths(layer).items()
+    )
+
+
+def finetune_steps(
+    model: nn.Module,
+    loader: DataLoader,
+    batches: int,
+    lr: float,
+    device: torch.device,
+    skip_bad: bool = False,
+) -> float:
+    """The short fine-tune between pruning rounds: `batches` steps of AdamW (lr, no weight decay) on the
+    cross-entropy of the training split, in train mode, going round the loader as often as needed; returns the
+    mean loss (nan for 0 batches). A fresh optimizer each time: the surgery replaced the parameters."""
+    if batches <= 0:
+        return float("nan")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    losses = []
+    while len(losses) < batches:
+        seen = len(losses)
+        for x, y, bad in loader:
+            check_bad_images(bad, skip_bad)
+            if x is None:
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            if len(losses) >= batches:
+                break
+        if len(losses) == seen:
+            raise UserError("no images were read from the training split")
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return sum(losses) / len(losses)
+
+
 def prune(
     model: nn.Module,
     train_loader: DataLoader,
@@ -308,37 +438,29 @@ def prune(
     skip_bad: bool = False,
     batches: int = 10,
     rank_by: str = "importance",
+    step_finetune: int = 0,
+    step_lr: float = 1e-4,
 ) -> tuple[list[Layer], list, list]:
-    """Prune `model` in place; returns its layers and their widths before and after."""
+    """Prune `model` in place in `steps` rounds (rescoring before each, `step_finetune` batches of fine-tuning
+    between rounds); returns its layers and their widths before and after. budget: "ratio", "target_flops" or
+    "target_speedup", with its `amount`."""
     layers = model_layers(model)
-    before = layer_dims(layers)
-    if budget == "ratio":
-        total = sum(channels(layer, kind) * w for layer in layers for kind, w in widths(layer).items())
-        kind, goal = "channels", amount * total
-    else:
-        base = count_flops(model)
-        target = amount if budget == "target_flops" else base / amount
-        if target >= base:
-            raise UserError(f"the model already has {base / 1e6:.1f} M FLOPs, within the target {target / 1e6:.1f} M")
-        prunable = sum(group_costs(layer)[k] * w for layer in layers for k, w in widths(layer).items())
-        if base - target > prunable - sum(group_costs(layer)[k] for layer in layers for k in widths(layer)):
-            raise UserError(
-                f"the target {target / 1e6:.1f} M FLOPs cannot be reached by pruning Q/K, V and FFN "
-                f"channels (at least {(base - prunable) / 1e6:.1f} M remain)"
-            )
-        kind, goal = "flops", base - target
+    before, start = layer_dims(layers), [widths(layer) for layer in layers]
+    kind, goal = budget_goal(model, layers, budget, amount)
     for step in range(steps):
+        if step:
+            finetune_steps(model, train_loader, step_finetune, step_lr, device, skip_bad)
         scores = taylor_scores(model, layers, train_loader, batches, device, skip_bad)
-        done = goal * step / steps
-        chosen = choose(layers, scores, kind, goal * (step + 1) / steps - done, rank_by)
-        for (i, group_kind), indices in chosen.items():
+        wanted = goal * (step + 1) / steps - removed_so_far(layers, start, kind)
+        for (i, group_kind), indices in choose(layers, scores, kind, wanted, rank_by).items():
             prune_layer(layers[i], group_kind, indices)
     model.spec = model.spec.with_kwargs(layer_dims=layer_dims(layers))
     return layers, before, layer_dims(layers)
 
 
 DESCRIPTION = (
-    "Taylor structured pruning of a DeiT/Swin model with a global ranking (the paper's Fig. 5): per block, the "
+    "Taylor structured pruning of a DeiT/Swin model with a global ranking (the paper's Fig. 5): Q/K and V "
+    "channels ranked within each head, pruned iteratively with short fine-tunes between rounds; per block, the "
     "Q/K, V and FFN widths kept. Writes results/taylor_pruning/<run>.csv and .json and the pruned checkpoint. "
     "Give exactly one budget: --ratio, --target-flops or --target-speedup."
 )
@@ -352,15 +474,19 @@ class PruneConfig:
     ratio: float | None = knob(None, "budget: fraction of the prunable channels to remove, in (0, 1)")
     target_flops: float | None = knob(None, "budget: multiply-adds per image to reach, e.g. 30M", type=parse_flops)
     target_speedup: float | None = knob(None, "budget: FLOPs reduction factor to reach, e.g. 1.5")
-    batches: int = knob(10, "batches whose gradients score the channels")
+    batches: int = knob(10, "batches whose gradients score the channels, before each round")
     rank_by: str = knob(
         "importance",
-        "importance: Molchanov's global ranking (the paper's); importance-per-flop: each group's score divided "
+        "importance: Molchanov's global ranking (the paper's); importance-per-flop: each candidate's score divided "
         "by its multiply-adds",
         choices=RANKINGS,
     )
     batch: int = knob(32, "images per batch")
-    iterative: int = knob(1, "prune in STEPS rounds, rescoring after each", metavar="STEPS")
+    iterative: int = knob(
+        4, "prune in STEPS rounds of 1/STEPS of the budget, rescoring before each (1: one-shot)", metavar="STEPS"
+    )
+    step_finetune: int = knob(50, "batches of fine-tuning (AdamW, cross-entropy) between rounds", metavar="N")
+    step_lr: float = knob(1e-4, "learning rate of the fine-tune between rounds (no weight decay)")
     eval_images: int = knob(2000, "validation images for accuracy")
     finetune_config: str | None = knob(None, "training YAML to fine-tune the pruned model with afterwards")
     img_size: int | None = knob(None, "input size (default: the model's)")
@@ -372,43 +498,72 @@ class PruneConfig:
     save: Path | None = knob(None, "pruned checkpoint (default runs/pruned/<run>.pth)")
 
 
-def run(config: PruneConfig) -> pd.DataFrame:
-    """Prune, save the pruned checkpoint (and fine-tune it if asked), write the per-block table and return it;
-    the sidecar holds params, FLOPs and top-1 before and after."""
-    budget, amount = parse_budget(config)
-    device = resolve_device(config.device)
-    classes = open_split(config.data, "train", config.img_size or 224).classes
-    model = separate_qkv_model(config.model, config.checkpoint, len(classes), config.img_size).to(device)
-    size = model.img_size[0]
+@dataclass
+class PruneResult:
+    """What run() computed: the per-block table (as written), the run's numbers (params_*, flops_*, top1_before;
+    top1_after, right after the last round's cuts, so after the fine-tunes between rounds; rounds and
+    step_finetune_batches, their total; top1_finetuned when --finetune-config asked), the pruned checkpoint and the
+    files written (CSV, JSON)."""
+
+    table: pd.DataFrame
+    stats: dict
+    checkpoint: Path
+    paths: list[Path]
+
+
+def data_loaders(config: PruneConfig, size: int, classes: list[str]) -> tuple[DataLoader, DataLoader]:
+    """The shuffled training loader (scores and the fine-tunes between rounds; seeded) and the validation one."""
     train = open_split(config.data, "train", size)
     val = open_split(config.data, "val", size, classes=classes)
     val = Subset(val, range(min(config.eval_images, len(val))))
-    generator = torch.Generator().manual_seed(0)
     train_loader = DataLoader(
         train,
         batch_size=config.batch,
         shuffle=True,
-        generator=generator,
+        generator=torch.Generator().manual_seed(0),
         num_workers=config.workers,
+        persistent_workers=config.workers > 0,  # read again every round
         collate_fn=collate,
     )
-    val_loader = DataLoader(val, batch_size=64, num_workers=config.workers, collate_fn=collate)
-    name = model.spec.name
-    stats = {
-        "params_before": count_params(model),
-        "flops_before": count_flops(model),
-        "top1_before": evaluate(model, val_loader, device, config.skip_bad, distributed=False)["top1"],
+    return train_loader, DataLoader(val, batch_size=64, num_workers=config.workers, collate_fn=collate)
+
+
+def measure(model: nn.Module, val_loader: DataLoader, device: torch.device, skip_bad: bool, when: str) -> dict:
+    return {
+        f"params_{when}": count_params(model),
+        f"flops_{when}": count_flops(model),
+        f"top1_{when}": evaluate(model, val_loader, device, skip_bad, distributed=False)["top1"],
     }
+
+
+def run(config: PruneConfig) -> PruneResult:
+    """Prune, save the pruned checkpoint (and fine-tune it if asked), write the per-block table and its sidecar
+    (params, FLOPs and top-1 before and after), and return them. Seeded: the same config gives the same cuts."""
+    budget, amount = parse_budget(config)
+    device = resolve_device(config.device)
+    classes = open_split(config.data, "train", config.img_size or 224).classes
+    model = separate_qkv_model(config.model, config.checkpoint, len(classes), config.img_size).to(device)
+    train_loader, val_loader = data_loaders(config, model.img_size[0], classes)
+    name = model.spec.name
+    stats = measure(model, val_loader, device, config.skip_bad, "before")
+    torch.manual_seed(0)  # drop path and dropout in the fine-tunes between rounds
     layers, before, after = prune(
-        model, train_loader, budget, amount, config.iterative, device, config.skip_bad, config.batches, config.rank_by
+        model,
+        train_loader,
+        budget,
+        amount,
+        config.iterative,
+        device,
+        config.skip_bad,
+        config.batches,
+        config.rank_by,
+        config.step_finetune,
+        config.step_lr,
     )
-    stats.update(
-        params_after=count_params(model),
-        flops_after=count_flops(model),
-        top1_after=evaluate(model, val_loader, device, config.skip_bad, distributed=False)["top1"],
-    )
+    stats.update(measure(model, val_loader, device, config.skip_bad, "after"))
+    stats.update(rounds=config.iterative, step_finetune_batches=(config.iterative - 1) * config.step_finetune)
     run_name = config.run or f"{name}_{budget}_{amount:g}"
-    save = config.save or Path("runs/pruned") / f"{run_name}.pth"
+    save = Path(config.save or Path("runs/pruned") / f"{run_name}.pth")
     efficientvit.save_checkpoint(save, model, pruning=stats)
     if config.finetune_config:
         finetune = dataclasses.replace(
@@ -424,13 +579,19 @@ def run(config: PruneConfig) -> pd.DataFrame:
         f" -> {stats['flops_after'] / 1e6:.1f} M; top-1 {stats['top1_before']:.1f} -> {stats['top1_after']:.1f}"
     )
     print(f"written to {out}; pruned model: {save}")
-    return table
+    return PruneResult(table, stats, save, [out, out.with_suffix(".json")])
 
 
 def show(config: PruneConfig) -> None:
-    table = run(config)
-    columns = ["block", "stage", "in_width", "qk_ratio", "v_ratio", "ffn_ratio"]
-    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    result = run(config)
+    columns = ["block", "stage", "in_width", "heads", "qk_ratio", "v_ratio", "ffn_ratio"]
+    columns += [f"{kind}_kept_fraction" for kind in KINDS]
+    print(result.table[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    effects = paired_effects(result.table)
+    print(
+        f"kept fraction, Q/K minus FFN: {effects['qk_minus_ffn']:+.1f} points (paper's Swin-T -36); "
+        f"V minus Q/K: {effects['v_minus_qk']:+.1f} points (paper's Swin-T +60)"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> PruneConfig:
