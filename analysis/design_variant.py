@@ -27,7 +27,7 @@ import torch
 import yaml
 
 import efficientvit
-from efficientvit.bench import interleaved_throughput
+from efficientvit.bench.measure import interleaved_throughput
 from efficientvit.config import knob, parse_config
 from efficientvit.errors import UserError, exit_status
 from efficientvit.flops import count_flops, count_params

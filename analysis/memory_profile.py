@@ -39,7 +39,7 @@ from torch.utils.flop_counter import flop_registry
 from tqdm import tqdm
 
 import efficientvit
-from efficientvit.bench import onnx_session, prepare
+from efficientvit.bench.modes import onnx_session, prepare
 from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.errors import UserError, exit_status
 from efficientvit.models import ModelSpec

@@ -16,10 +16,11 @@ of the two modes is set beside the spread over seeds. Writes benchmarks/train_cp
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -28,19 +29,32 @@ import yaml
 from torch.utils.data import DataLoader
 
 from efficientvit.checkpoint import read_checkpoint
+from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.data.pipeline import collate
 from efficientvit.data.sources import Augment, open_split
-from efficientvit.results import atomic_write_text, write_results
+from efficientvit.errors import exit_status
+from efficientvit.results import atomic_write_text, markdown_table, write_results
 from efficientvit.runtime import Speed
 from efficientvit.train import train
-from efficientvit.train_config import make_config
+from efficientvit.train_config import TrainConfig, make_config
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "experiments" / "cpu"
 PROXIES = ["deit_tiny_proxy_full", "swin_tiny_proxy_full", "efficientvit_m0"]
 
 
-def proxy_config(name: str, out: Path, images: int, seed: int = 0, **overrides):
+@dataclass
+class TrainSpeedConfig:
+    proxies: list[str] = knob(PROXIES, "configs in experiments/cpu")
+    rounds: int = knob(3, "interleaved rounds")
+    images: int = knob(5120, "training images per timed run (5120: 80 steps of 64)")
+    accuracy_images: int = knob(0, "also compare top-1 after this many images")
+    seeds: list[int] = knob([0, 1], "seeds of the accuracy runs")
+    compile: bool = knob(False, "also time fast mode under torch.compile")
+    out: Path = knob(HERE / "train_cpu.csv", "the samples (CSV, with a .json sidecar and the .md table beside it)")
+
+
+def proxy_config(name: str, out: Path, images: int, seed: int = 0, **overrides) -> TrainConfig:
     values = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
     return make_config(
         {**values, "epochs": 1, "train_images": images, "out": str(out), "seed": seed, "ema_decay": None, **overrides}
@@ -55,7 +69,7 @@ def modes_to_time(compile: bool) -> dict[str, dict]:
     }
 
 
-def loader_img_s(config, batches: int) -> float:
+def loader_img_s(config: TrainConfig, batches: int) -> float:
     """Images per second the training DataLoader alone delivers (its transform, its workers)."""
     dataset = open_split(
         config.data,
@@ -76,128 +90,124 @@ def loader_img_s(config, batches: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--proxies", nargs="+", default=PROXIES, help=f"configs in experiments/cpu ({' '.join(PROXIES)})"
-    )
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
-    parser.add_argument("--images", type=int, default=5120, help="training images per timed run (5120: 80 steps of 64)")
-    parser.add_argument("--accuracy-images", type=int, default=0, help="also compare top-1 after this many images")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds of the accuracy runs (0 1)")
-    parser.add_argument("--compile", action="store_true", help="also time fast mode under torch.compile")
-    parser.add_argument("--out", type=Path, default=HERE / "train_cpu.csv")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(2)
-
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(args.rounds):
-            for name in args.proxies:
-                for mode, overrides in modes_to_time(args.compile).items():
-                    config = proxy_config(name, Path(tmp) / f"{name}_{mode}_{round_}", args.images, **overrides)
-                    history = train(config)
-                    rows.append(
-                        {
-                            "kind": "speed",
-                            "proxy": name,
-                            "mode": mode,
-                            "round": round_,
-                            "seed": 0,
-                            "images": args.images,
-                            "train_img_s": history[-1]["train_img_s"],
-                            "top1": history[-1]["val_top1"],
-                            "ran_as": ran_as(config),
-                        }
-                    )
-        for name in args.proxies:
-            config = proxy_config(name, Path(tmp) / "loader", args.images)
-            rows.append(
-                {
-                    "kind": "loader",
-                    "proxy": name,
-                    "mode": None,
-                    "round": 0,
-                    "seed": 0,
-                    "images": args.images,
-                    "train_img_s": loader_img_s(config, 40),
-                    "top1": None,
-                }
-            )
-        if args.accuracy_images:
-            for seed in args.seeds:
-                for name in args.proxies:
-                    for mode, overrides in modes_to_time(False).items():
-                        config = proxy_config(
-                            name, Path(tmp) / f"acc_{name}_{mode}_{seed}", args.accuracy_images, seed=seed, **overrides
-                        )
-                        history = train(config)
-                        rows.append(
-                            {
-                                "kind": "accuracy",
-                                "proxy": name,
-                                "mode": mode,
-                                "round": 0,
-                                "seed": seed,
-                                "images": args.accuracy_images,
-                                "train_img_s": history[-1]["train_img_s"],
-                                "top1": history[-1]["val_top1"],
-                                "ran_as": ran_as(config),
-                            }
-                        )
-    samples = pd.DataFrame(rows)
-    write_results(samples, args.out, vars(args) | {"out": str(args.out)})
-    atomic_write_text(args.out.with_suffix(".md"), table(samples, args))
-    print(args.out.with_suffix(".md").read_text())
-    return 0
-
-
-def ran_as(config) -> str:
+def ran_as(config: TrainConfig) -> str:
     """The mode the trainer chose for this run, as its checkpoint records it."""
     return Speed(**read_checkpoint(Path(config.out) / "checkpoint.pth")["speed"]).describe()
 
 
-def table(samples: pd.DataFrame, args) -> str:
+def training_row(kind: str, name: str, mode: str, config: TrainConfig, round_: int = 0) -> dict:
+    """One training run as configured, as a row of the samples."""
+    last = train(config)[-1]
+    return {
+        "kind": kind,
+        "proxy": name,
+        "mode": mode,
+        "round": round_,
+        "seed": config.seed,
+        "images": config.train_images,
+        "train_img_s": last["train_img_s"],
+        "top1": last["val_top1"],
+        "ran_as": ran_as(config),
+    }
+
+
+def measure(config: TrainSpeedConfig, tmp: Path) -> pd.DataFrame:
+    """The timed runs (modes alternating round by round), the loader alone, and the accuracy runs."""
+    rows = []
+    for round_ in range(config.rounds):
+        for name in config.proxies:
+            for mode, overrides in modes_to_time(config.compile).items():
+                run = proxy_config(name, tmp / f"{name}_{mode}_{round_}", config.images, **overrides)
+                rows.append(training_row("speed", name, mode, run, round_))
+    for name in config.proxies:
+        loader = loader_img_s(proxy_config(name, tmp / "loader", config.images), 40)
+        rows.append(
+            dict(kind="loader", proxy=name, mode=None, round=0, seed=0, images=config.images, train_img_s=loader)
+        )
+    if config.accuracy_images:
+        for seed in config.seeds:
+            for name in config.proxies:
+                for mode, overrides in modes_to_time(False).items():
+                    out = tmp / f"acc_{name}_{mode}_{seed}"
+                    run = proxy_config(name, out, config.accuracy_images, seed=seed, **overrides)
+                    rows.append(training_row("accuracy", name, mode, run))
+    return pd.DataFrame(
+        rows, columns=["kind", "proxy", "mode", "round", "seed", "images", "train_img_s", "top1", "ran_as"]
+    )
+
+
+def speed_table(samples: pd.DataFrame, config: TrainSpeedConfig) -> pd.DataFrame:
+    """Per proxy: the mode fast chose, fp32 eager's img/s, each other mode's img/s and its ratio to fp32 over rounds,
+    and the loader's img/s alone."""
     speed = samples[samples["kind"] == "speed"]
-    others = [m for m in modes_to_time(args.compile) if m != "fp32"]
-    lines = [
-        "| proxy | fast mode | fp32 eager img/s | "
-        + " | ".join(f"{m} img/s | {m} / fp32 (median [min-max] over rounds)" for m in others)
-        + " | data loader alone img/s |",
-        "|---|---|---|" + "---|---|" * len(others) + "---|",
-    ]
-    for name in args.proxies:
+    modes = list(modes_to_time(config.compile))
+    others = [m for m in modes if m != "fp32"]
+    rows = []
+    for name in config.proxies:
         runs = {
-            m: speed[(speed["proxy"] == name) & (speed["mode"] == m)].sort_values("round")["train_img_s"]
-            for m in modes_to_time(args.compile)
+            m: speed[(speed["proxy"] == name) & (speed["mode"] == m)].sort_values("round")["train_img_s"] for m in modes
         }
         loader = samples[(samples["kind"] == "loader") & (samples["proxy"] == name)]["train_img_s"].iloc[0]
-        cells = []
+        row = {
+            "proxy": name,
+            "fast mode": " / ".join(sorted(set(speed[(speed["proxy"] == name) & (speed["mode"] == "fast")]["ran_as"]))),
+            "fp32 eager img/s": f"{runs['fp32'].median():.0f}",
+        }
         for m in others:
             ratios = [a / b for a, b in zip(runs[m], runs["fp32"])]
-            cells.append(
-                f"{runs[m].median():.0f} | {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
+            row[f"{m} img/s"] = f"{runs[m].median():.0f}"
+            row[f"{m} / fp32 (median [min-max] over rounds)"] = (
+                f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
             )
-        chosen = " / ".join(sorted(set(speed[(speed["proxy"] == name) & (speed["mode"] == "fast")]["ran_as"])))
-        lines.append(f"| {name} | {chosen} | {runs['fp32'].median():.0f} | " + " | ".join(cells) + f" | {loader:.0f} |")
+        rows.append({**row, "data loader alone img/s": f"{loader:.0f}"})
+    return pd.DataFrame(rows)
+
+
+def accuracy_table(accuracy: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (name, seed), group in accuracy.groupby(["proxy", "seed"]):
+        by_mode = dict(zip(group["mode"], group["top1"]))
+        rows.append(
+            {
+                "proxy": name,
+                "seed": seed,
+                "fast top-1": f"{by_mode['fast']:.2f}",
+                "fp32 top-1": f"{by_mode['fp32']:.2f}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def table(samples: pd.DataFrame, config: TrainSpeedConfig) -> str:
+    """The Markdown of train_cpu.md: the speed table, then (with accuracy runs) top-1 per seed in both modes."""
+    lines = markdown_table(speed_table(samples, config))
     accuracy = samples[samples["kind"] == "accuracy"]
     if len(accuracy):
         lines += [
             "",
-            f"Top-1 after one pass over {args.accuracy_images:,} images, per seed (fast / fp32 eager):",
+            f"Top-1 after one pass over {config.accuracy_images:,} images, per seed (fast / fp32 eager):",
             "",
-            "| proxy | seed | fast top-1 | fp32 top-1 |",
-            "|---|---|---|---|",
+            *markdown_table(accuracy_table(accuracy)),
         ]
-        for (name, seed), group in accuracy.groupby(["proxy", "seed"]):
-            by_mode = dict(zip(group["mode"], group["top1"]))
-            lines.append(f"| {name} | {seed} | {by_mode['fast']:.2f} | {by_mode['fp32']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
+def run(config: TrainSpeedConfig) -> None:
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = measure(config, Path(tmp))
+    write_results(samples, config.out, config_arguments(config))
+    atomic_write_text(config.out.with_suffix(".md"), table(samples, config))
+    print(config.out.with_suffix(".md").read_text())
+
+
+def parse_args(argv: list[str] | None = None) -> TrainSpeedConfig:
+    return parse_config(TrainSpeedConfig, argv, __doc__.splitlines()[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    return exit_status("benchmarks/train_speed.py", run, parse_args(argv))
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, export, subnet, train
-from .commands import evaluate, info, list_models, make_data
+from . import export, subnet, train
+from .commands import bench, evaluate, info, list_models, make_data
 from .errors import exit_status
 
 COMMANDS = {

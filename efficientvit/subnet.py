@@ -4,7 +4,7 @@ For a family, a target speed-up s and an MHSA proportion p, keep the full model'
 p of them attention layers spread evenly through the network, and search the width (one scale for all stages,
 heads kept, widths rounded to a multiple of 2 x heads) until the subnet's measured throughput is s times the full
 model's on this device and input size. Speed-ups are ratios of interleaved measurements (see
-`efficientvit.bench.interleaved_throughput`). Results are cached, so the same call is instant and returns the
+`efficientvit.bench.measure.interleaved_throughput`). Results are cached, so the same call is instant and returns the
 same configuration the second time.
 
 Throughput is not monotone in width: GEMM kernels run faster at some widths than at slightly smaller ones (a
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .bench import interleaved_throughput
+from .bench.measure import interleaved_throughput
 from .errors import UserError
 from .files import atomic_write_text
 from .models import ModelSpec, create_model

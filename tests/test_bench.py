@@ -1,3 +1,4 @@
+import json
 import sys
 
 import pandas as pd
@@ -7,10 +8,17 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import efficientvit
-from efficientvit import bench
+from efficientvit.bench.measure import peak_memory_mb
+from efficientvit.bench.modes import COMPILED_MODES, MODE_TOLERANCE, prepare
+from efficientvit.bench.run import BenchRun, ratios
+from efficientvit.bench.zoo import build_model, fold_norms, perturb_norms
 from efficientvit.cli import main
 from efficientvit.runtime import peak_matmul_macs
 
+CSV_COLUMNS = (
+    "model mode round img_s latency_ms prepare_seconds macs_per_img max_logit_diff max_abs_logit peak_mem_mb "
+    "share_of_peak share_of_own_peak device batch threads img_size seconds peak_gmac_s peak_bf16_gmac_s memory_method"
+).split()
 TINY = ["--img-size", "64", "--batch", "2", "--seconds", "0.05", "--threads", "1", "--no-memory"]
 
 
@@ -41,7 +49,7 @@ def test_bench_times_models_in_turns_and_writes_every_round(tmp_path, capsys):
     assert len(samples) == 2 * 2 * 2  # models x modes x rounds
     assert list(samples["round"][:4]) == [0, 0, 0, 0]  # a round visits every entry before the next round
     # multiply-adds per image as torch's own counter sees the fused graph (2 FLOPs each), rate x work / peak
-    m0 = efficientvit.fuse(bench.perturb_norms(bench.build_model("efficientvit_m0", 64)))
+    m0 = efficientvit.fuse(perturb_norms(build_model("efficientvit_m0", 64)))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         m0(torch.randn(1, 3, 64, 64))
     macs = samples.loc[samples["model"] == "efficientvit_m0", "macs_per_img"]
@@ -50,38 +58,42 @@ def test_bench_times_models_in_turns_and_writes_every_round(tmp_path, capsys):
     assert peak.max() == pytest.approx(peak.min(), rel=1e-9) and 1e8 < peak.iloc[0] < 1e13
     assert (samples["prepare_seconds"] > 0).all()  # time to the first batch (compile time for compile)
     assert (samples["share_of_own_peak"] == samples["share_of_peak"]).all()  # no bf16 entry: the fp32 peak
-    assert (tmp_path / "bench.json").exists()
+    assert list(samples.columns) == CSV_COLUMNS
+    run = BenchRun.read(out)  # the run's metadata read back once, not per row
+    assert (run.device, run.batch, run.threads, run.img_size, run.rounds) == ("cpu", 2, 1, 64, 2)
+    assert run.peak == pytest.approx(peak.iloc[0], rel=0.01) and "VmHWM" in run.memory_method
+    assert json.loads((tmp_path / "bench.json").read_text())["run"] == run.metadata()
 
 
 @pytest.mark.parametrize("mode", ["fused", "channels_last", "onnxruntime", "bf16"])
 def test_modes_give_eager_logits_within_their_tolerance(mode):
-    model = bench.perturb_norms(bench.build_model("efficientvit_m0", 64))
+    model = perturb_norms(build_model("efficientvit_m0", 64))
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         reference = model(x)
-    out = bench.prepare(model, "efficientvit_m0", mode, batch=2, img_size=64, threads=1, x=x).run()
+    out = prepare(model, "efficientvit_m0", mode, batch=2, img_size=64, threads=1, x=x).run()
     assert reference.abs().max() > 0.1  # perturbed norms: the comparison is not between near-zero logits
-    assert (out - reference).abs().max() <= bench.MODE_TOLERANCE[mode] * reference.abs().max()
+    assert (out - reference).abs().max() <= MODE_TOLERANCE[mode] * reference.abs().max()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", bench.COMPILED_MODES)
+@pytest.mark.parametrize("mode", COMPILED_MODES)
 def test_compiled_modes_give_eager_logits(mode):
-    model = bench.perturb_norms(bench.build_model("efficientvit_m0", 64))
+    model = perturb_norms(build_model("efficientvit_m0", 64))
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         reference = model(x)
-    out = bench.prepare(model, "efficientvit_m0", mode, batch=2, img_size=64, threads=1, x=x).run()
-    assert (out - reference).abs().max() <= bench.MODE_TOLERANCE[mode] * reference.abs().max()
+    out = prepare(model, "efficientvit_m0", mode, batch=2, img_size=64, threads=1, x=x).run()
+    assert (out - reference).abs().max() <= MODE_TOLERANCE[mode] * reference.abs().max()
 
 
 def test_baselines_build_and_fold():
     for name in ("mobilenet_v2", "timm:efficientvit_m0"):
         pytest.importorskip("timm") if name.startswith("timm:") else None
-        model = bench.perturb_norms(bench.build_model(name, 64))
+        model = perturb_norms(build_model(name, 64))
         x = torch.randn(1, 3, 64, 64)
         with torch.no_grad():
-            assert torch.allclose(bench.fold_norms(model, name)(x), model(x), atol=1e-4)
+            assert torch.allclose(fold_norms(model, name)(x), model(x), atol=1e-4)
 
 
 def test_ratios_are_medians_of_per_round_ratios():
@@ -93,7 +105,7 @@ def test_ratios_are_medians_of_per_round_ratios():
             "img_s": [10.0, 5.0, 30.0, 10.0, 8.0, 8.0],
         }
     )
-    row = bench.ratios(samples, ["a"], ["b"]).iloc[0]
+    row = ratios(samples, ["a"], ["b"]).iloc[0]
     assert (row.speedup, row.speedup_min, row.speedup_max) == (2.0, 1.0, 3.0)
 
 
@@ -103,12 +115,12 @@ def test_peak_matmul_and_memory_are_measured():
 
 @pytest.mark.slow
 def test_peak_memory_grows_with_the_batch_and_not_with_earlier_work():
-    small = bench.peak_memory_mb("efficientvit_m0", "fused", "cpu", 2, 224, 1)
-    big = bench.peak_memory_mb("efficientvit_m0", "fused", "cpu", 16, 224, 1)
+    small = peak_memory_mb("efficientvit_m0", "fused", "cpu", 2, 224, 1)
+    big = peak_memory_mb("efficientvit_m0", "fused", "cpu", 16, 224, 1)
     # The stem's first output alone is 16 x 16 x 112 x 112 floats = 12.8 MB at batch 16, 1.6 MB at batch 2.
     assert 0 < small < big and big - small > 8
     hog = torch.ones(2**27)  # 512 MB in this process must not show in a fresh one's figure
-    assert bench.peak_memory_mb("efficientvit_m0", "fused", "cpu", 2, 224, 1) < small + 50
+    assert peak_memory_mb("efficientvit_m0", "fused", "cpu", 2, 224, 1) < small + 50
     del hog
 
 
@@ -162,7 +174,7 @@ def test_every_model_of_one_class_is_compiled_past_dynamos_default_limit():
         x = torch.randn(1, 3, 8, 8)
         # Under one of our names the model is folded by `fuse`, which keeps its class (and so its forward's code
         # object), as for our and timm's models; torch.fx folding would make a new class every time.
-        out = bench.prepare(model, "efficientvit_m0", "compile", batch=1, img_size=8, threads=1, x=x).run()
+        out = prepare(model, "efficientvit_m0", "compile", batch=1, img_size=8, threads=1, x=x).run()
         with torch.inference_mode():
             assert torch.allclose(out, model(x), atol=1e-5)
     assert counters["stats"]["unique_graphs"] - before == len(models)

@@ -1,22 +1,15 @@
 """benchmarks/run.py's README tables, from made-up samples whose ratios are known."""
 
-import argparse
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 
-from efficientvit.bench import BF16_MODES, COMPILED_MODES
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "run.py"
-spec = importlib.util.spec_from_file_location("benchmarks_run", SCRIPT)
-run = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run)
+from benchmarks import run
+from efficientvit.bench.modes import BF16_MODES, COMPILED_MODES
+from efficientvit.bench.run import BenchRun
 
 PEAK, PEAK_BF16 = 100e9, 200e9
 
 
-def samples(speed: dict[tuple[str, str], float], modes: dict[str, tuple[str, ...]]) -> pd.DataFrame:
+def bench_run(speed: dict[tuple[str, str], float], modes: dict[str, tuple[str, ...]]) -> BenchRun:
     rows = []
     for model, model_modes in modes.items():
         for mode in model_modes:
@@ -37,13 +30,9 @@ def samples(speed: dict[tuple[str, str], float], modes: dict[str, tuple[str, ...
                         prepare_seconds=40.0 if mode in COMPILED_MODES else 1.0,
                         max_logit_diff=1e-2 if mode in BF16_MODES else 1e-6,
                         max_abs_logit=2.0,
-                        batch=16,
-                        img_size=224,
-                        threads=2,
-                        memory_method="VmHWM",
                     )
                 )
-    return pd.DataFrame(rows)
+    return BenchRun(pd.DataFrame(rows), "cpu", 16, 2, 224, 1.0, PEAK, PEAK_BF16, "VmHWM")
 
 
 def test_the_readme_gives_every_mode_both_sides_and_marks_the_targets():
@@ -57,9 +46,9 @@ def test_the_readme_gives_every_mode_both_sides_and_marks_the_targets():
         speed[timm, "fused"] = 101.0
     speed["efficientvit_m5", "compile_bf16"] = 120.0  # ... except for M5, where eager bf16 (130) is faster
     modes = {m: run.MODES for m in run.OURS + run.TIMM} | {m: (*run.EAGER, "onnxruntime") for m in run.CNNS}
-    single = samples({}, {m: run.EAGER for pair in run.PAPER for m in pair[:2]})
-    args = argparse.Namespace(threads=2, rounds=3, seconds=1.0)
-    text = run.report(samples(speed, modes), single, PEAK, PEAK_BF16, args)
+    single = bench_run({}, {m: run.EAGER for pair in run.PAPER for m in pair[:2]})
+    text = run.report(bench_run(speed, modes), single, None)
+    assert "python benchmarks/run.py --threads 2 --rounds 3 --seconds 1.0" in text
     row = next(line for line in text.splitlines() if line.startswith("| efficientvit_m0 | 1.29x"))
     assert "1.10x [1.10-1.10]" in row and "1.58x [1.58-1.58] (onnxruntime / fused)" in row
     target = next(line for line in text.splitlines() if line.startswith("| efficientvit_m4 | 1.10x (compile)"))
@@ -91,10 +80,32 @@ def test_the_profile_table_gives_each_paths_memory_bound_share():
 
 def test_from_csv_names_a_missing_file(tmp_path, capsys):
     missing = tmp_path / "cpu_b16.csv"
-    try:
-        run.main(["--from-csv", str(missing), "--out", str(tmp_path)])
-    except SystemExit as e:
-        assert str(missing) in str(e.code) and e.code != 0
-    else:
-        raise AssertionError("a missing --from-csv file must stop the script")
+    assert run.main(["--from-csv", str(missing), "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("benchmarks/run.py: error: ") and str(missing) in error and "\n" not in error.strip()
     assert not (tmp_path / "README.md").exists()
+
+
+def test_from_csv_rewrites_the_readme_of_a_written_run(tmp_path, capsys):
+    modes = {m: run.MODES for m in run.OURS + run.TIMM} | {m: (*run.EAGER, "onnxruntime") for m in run.CNNS}
+    bench_run({}, modes).write(tmp_path / "cpu_b16.csv", {})
+    bench_run({}, {m: run.EAGER for pair in run.PAPER for m in pair[:2]}).write(tmp_path / run.SINGLE_CSV, {})
+    assert run.main(["--from-csv", str(tmp_path / "cpu_b16.csv"), "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "README.md").read_text()
+    assert "Peaks this run: fp32 100.0, bf16 200.0 G" in text and "Not profiled in this run" in text
+    assert "--threads 2 --rounds 3 --seconds 1.0" in text and "Peak MB: VmHWM." in text
+
+
+def test_train_speed_table_sets_each_mode_beside_fp32_eager():
+    from benchmarks import train_speed
+
+    rows = [
+        dict(kind="speed", proxy="p", mode=mode, round=r, train_img_s=img_s, top1=50.0, ran_as=ran_as)
+        for r in range(3)
+        for mode, img_s, ran_as in (("fast", 150.0 + r, "bf16 autocast"), ("fp32", 100.0, "plain fp32 eager"))
+    ]
+    rows.append(dict(kind="loader", proxy="p", mode=None, round=0, train_img_s=900.0))
+    config = train_speed.TrainSpeedConfig(proxies=["p"], rounds=3)
+    lines = train_speed.table(pd.DataFrame(rows), config).splitlines()
+    assert lines[0].startswith("| proxy | fast mode | fp32 eager img/s | fast img/s | fast / fp32 (median")
+    assert lines[2] == "| p | bf16 autocast | 100 | 151 | 1.51x [1.50-1.52] | 900 |"

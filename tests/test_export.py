@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import efficientvit
-from efficientvit.bench import perturb_norms
+from efficientvit.bench.zoo import perturb_norms
 from efficientvit.cli import main
 
 ort = pytest.importorskip("onnxruntime")

@@ -1,2 +1,3 @@
-"""The `efficientvit` subcommands that have no library module of their own (the others live beside their work:
-train.py, subnet.py, bench.py, export.py). Each module: `HELP`, `add_arguments(parser)`, `run(args)`."""
+"""The `efficientvit` subcommands that are only a front end: the work is in a library module or package (the
+evaluator, the bench) or is small enough to live here. The others live beside their work (train.py, subnet.py,
+export.py). Each module: `HELP`, `add_arguments(parser)`, `run(args)`."""

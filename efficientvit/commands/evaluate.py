@@ -10,7 +10,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..bench import MODES, Entry, prepare
+from ..bench.modes import MODES, Entry, prepare
 from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..data.pipeline import check_bad_images, collate
 from ..data.sources import open_split

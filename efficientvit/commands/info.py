@@ -7,7 +7,7 @@ import argparse
 import pandas as pd
 import torch
 
-from ..bench import measure_throughput
+from ..bench.measure import measure_throughput
 from ..flops import count_flops, count_params
 from ..fuse import fuse
 from ..models import create_model

@@ -1,0 +1,215 @@
+"""A bench run: every (model, mode) entry of a `BenchConfig` prepared, then timed in turns for several rounds, into
+one long table of samples (one row per entry and round) with the run's metadata beside it (`BenchRun`); the
+summary and ratio tables read from those samples; the CSV and JSON sidecar a run is kept as.
+
+Weights are random, with random BatchNorm statistics (`perturb_norms`) so that every layer shapes the logits: each
+mode's `max_logit_diff` is its largest |logit - eager fp32 logit| on the timed batch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ..config import knob
+from ..errors import UserError
+from ..results import write_results
+from ..runtime import out_of_memory, peak_matmul_macs, require, resolve_device
+from .measure import count_macs, memory_method, peak_memory_mb, time_entry
+from .modes import BF16_MODES, Entry, check_mode, prepare
+from .zoo import build_model, check_name, fold_norms, perturb_norms
+
+# The run's metadata, the CSV's last columns: every row repeats them, so the CSV stands alone
+META_COLUMNS = ("device", "batch", "threads", "img_size", "seconds", "peak_gmac_s", "peak_bf16_gmac_s", "memory_method")
+
+
+@dataclass
+class BenchConfig:
+    """What one bench run times, and how."""
+
+    models: dict[str, list[str]] = knob({}, "each model to time and the modes it runs in (modes.MODE_HELP)")
+    device: str = knob("cpu", "cpu or cuda")
+    batch: int | None = knob(None, "images per batch (default 16 on CPU, 2048 on CUDA under AMP)")
+    threads: int | None = knob(None, "CPU threads for torch and onnxruntime (default: torch's choice)")
+    img_size: int = knob(224, "input side in pixels")
+    seconds: float = knob(1.0, "time budget of one measurement, after warm-up")
+    rounds: int = knob(5, "interleaved rounds; medians and spreads are over them")
+    memory: bool = knob(True, "measure the peak memory of one batch of every entry (a process per entry on CPU)")
+
+
+@dataclass
+class BenchRun:
+    """The samples of a run (one row per entry and round) and how they were made, the same for every sample."""
+
+    samples: pd.DataFrame
+    device: str
+    batch: int
+    threads: int
+    img_size: int
+    seconds: float
+    peak: float  # fp32 matmul multiply-adds per second of the device, measured in the run
+    peak_bf16: float | None  # the same in bf16, when a bf16 mode ran
+    memory_method: str
+
+    @property
+    def rounds(self) -> int:
+        return int(self.samples["round"].max()) + 1
+
+    def metadata(self) -> dict[str, Any]:
+        """The run's metadata, named as the CSV's columns (peaks in G multiply-adds per second)."""
+        peaks = round(self.peak / 1e9, 2), None if self.peak_bf16 is None else round(self.peak_bf16 / 1e9, 2)
+        values = (self.device, self.batch, self.threads, self.img_size, self.seconds, *peaks, self.memory_method)
+        return dict(zip(META_COLUMNS, values))
+
+    def write(self, path: str | os.PathLike, arguments: dict[str, Any]) -> Path:
+        """The samples with the metadata columns, and a JSON sidecar (`arguments`, the environment, the metadata)."""
+        return write_results(self.samples.assign(**self.metadata()), path, arguments, {"run": self.metadata()})
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> BenchRun:
+        """A run as `write` left it."""
+        table = pd.read_csv(path)
+        meta = table[list(META_COLUMNS)].iloc[0].to_dict()
+        bf16 = meta.pop("peak_bf16_gmac_s")
+        peaks = {"peak": meta.pop("peak_gmac_s") * 1e9, "peak_bf16": None if pd.isna(bf16) else bf16 * 1e9}
+        return cls(table.drop(columns=list(META_COLUMNS)), **meta, **peaks)
+
+
+def check_config(config: BenchConfig) -> None:
+    """Every name, mode and number checked before minutes of preparing models."""
+    for mode in {m for modes in config.models.values() for m in modes}:
+        check_mode(mode)
+        if mode == "onnxruntime":
+            require("onnxruntime", "--mode onnxruntime")
+    for name in config.models:
+        check_name(name)
+    if (config.batch is not None and config.batch < 1) or config.seconds <= 0 or config.rounds < 1:
+        raise UserError("--batch and --rounds must be at least 1 and --seconds above 0")
+
+
+def prepare_entries(
+    config: BenchConfig, device: str, batch: int, threads: int, log: Callable[[str], None]
+) -> tuple[list[Entry], dict[tuple[str, str], dict[str, float]]]:
+    """Every entry prepared, and what is measured once per entry: the time to the first batch, multiply-adds,
+    the logits' distance from eager fp32 and the peak memory."""
+    entries, info = [], {}
+    for name, modes in config.models.items():
+        model = perturb_norms(build_model(name, config.img_size)).to(device)
+        try:
+            x = torch.randn(batch, 3, config.img_size, config.img_size)
+            with torch.inference_mode():
+                reference = model(x.to(device)).float().cpu()
+            macs = count_macs(fold_norms(model, name), config.img_size)  # of the BN-fused graph, whatever the mode
+            for mode in modes:
+                log(f"preparing {name} ({mode})")
+                started = time.perf_counter()
+                entry = prepare(model, name, mode, device, batch, config.img_size, threads, x=x)
+                out = entry.run().cpu()  # the first call also compiles (compile)
+                entries.append(entry)
+                info[name, mode] = {
+                    # what a user waits before the first batch: compilation, or export and session set-up
+                    "prepare_seconds": time.perf_counter() - started,
+                    "macs_per_img": macs,
+                    "max_logit_diff": (out - reference).abs().max().item(),
+                    "max_abs_logit": reference.abs().max().item(),
+                    "peak_mem_mb": peak_memory_mb(name, mode, device, batch, config.img_size, threads)
+                    if config.memory
+                    else math.nan,
+                }
+        except (RuntimeError, MemoryError) as e:
+            if out_of_memory(e):
+                raise UserError(f"batch {batch} of {name} does not fit in {device} memory; lower --batch") from None
+            raise
+    return entries, info
+
+
+def run_bench(config: BenchConfig, log: Callable[[str], None] = lambda s: None) -> BenchRun:
+    """Time every (model, mode) of `config` in turns for `config.rounds` rounds, with the device's measured peak
+    multiply-adds per second, fp32 and (when a bf16 mode runs) bf16."""
+    check_config(config)
+    device = resolve_device(config.device).type
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    threads = torch.get_num_threads()
+    batch = (2048 if device == "cuda" else 16) if config.batch is None else config.batch
+    entries, info = prepare_entries(config, device, batch, threads, log)
+    log("measuring the peak matmul rate")
+    peak = peak_matmul_macs(device)
+    uses_bf16 = any(mode in BF16_MODES for modes in config.models.values() for mode in modes)
+    peak_bf16 = peak_matmul_macs(device, dtype=torch.bfloat16) if uses_bf16 else None
+    rows = []
+    for r in range(config.rounds):
+        log(f"round {r + 1}/{config.rounds}")
+        for entry in entries:
+            img_s, latency = time_entry(entry, config.seconds)
+            row = {"model": entry.name, "mode": entry.mode, "round": r, "img_s": img_s, "latency_ms": latency}
+            rows.append({**row, **info[entry.name, entry.mode]})
+    samples = pd.DataFrame(rows)
+    samples["share_of_peak"] = samples["macs_per_img"] * samples["img_s"] / peak  # of the fp32 peak, every mode
+    own_peak = samples["mode"].map(lambda mode: peak_bf16 if mode in BF16_MODES else peak)
+    samples["share_of_own_peak"] = samples["macs_per_img"] * samples["img_s"] / own_peak  # bf16: of the bf16 peak
+    return BenchRun(
+        samples, device, batch, threads, config.img_size, config.seconds, peak, peak_bf16, memory_method(device)
+    )
+
+
+def summarize(samples: pd.DataFrame) -> pd.DataFrame:
+    """Median and spread (min-max over rounds) of every entry."""
+    g = samples.groupby(["model", "mode"], sort=False)
+    out = g.agg(
+        img_s=("img_s", "median"),
+        img_s_min=("img_s", "min"),
+        img_s_max=("img_s", "max"),
+        latency_ms=("latency_ms", "median"),
+        peak_mem_mb=("peak_mem_mb", "first"),
+        gmacs=("macs_per_img", "first"),
+        share_of_peak=("share_of_peak", "median"),
+        share_of_own_peak=("share_of_own_peak", "median"),
+        prepare_seconds=("prepare_seconds", "first"),
+        max_logit_diff=("max_logit_diff", "first"),
+        max_abs_logit=("max_abs_logit", "first"),
+        rounds=("round", "count"),
+    ).reset_index()
+    out["gmacs"] = out["gmacs"] / 1e9
+    return out
+
+
+def best_modes(samples: pd.DataFrame) -> dict[str, str]:
+    """Each model's fastest mode by median throughput (how a baseline gets its best layout)."""
+    medians = samples.groupby(["model", "mode"], sort=False)["img_s"].median().reset_index()
+    return {m: rows.sort_values("img_s").iloc[-1]["mode"] for m, rows in medians.groupby("model", sort=False)}
+
+
+def ratios(
+    samples: pd.DataFrame, models: list[str], references: list[str], modes: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """Speed of each model over each reference, from per-round ratios (both timed in the same round): median and
+    min-max. Each side runs in `modes[name]`, by default its fastest mode."""
+    modes = modes or best_modes(samples)
+    by = samples.set_index(["model", "mode", "round"])["img_s"].sort_index()
+    rows = []
+    for model in models:
+        for ref in references:
+            if model == ref:
+                continue
+            per_round = (by[model, modes[model]] / by[ref, modes[ref]]).dropna()
+            rows.append(
+                {
+                    "model": model,
+                    "mode": modes[model],
+                    "reference": ref,
+                    "reference_mode": modes[ref],
+                    "speedup": per_round.median(),
+                    "speedup_min": per_round.min(),
+                    "speedup_max": per_round.max(),
+                }
+            )
+    return pd.DataFrame(rows)
