@@ -84,3 +84,16 @@ def best_in_range(curve: pd.DataFrame, x: str, y: str, low: float, high: float, 
     share = float(((best >= low) & (best <= high)).mean())
     verdict = HOLDS if share >= CONFIDENCE else FAILS if share <= 1 - CONFIDENCE else UNSURE
     return Verdict(verdict, share, float("nan"), float("nan"), runs)
+
+
+def late_and_early(frame: pd.DataFrame, value: str, run: str = "source") -> tuple[pd.Series, pd.Series]:
+    """Per run, the mean of `value` over its last third of blocks and over its first third (a third rounded down,
+    at least one block): the two sides of the paper's "more so in the late blocks", compared paired within each
+    run."""
+    late, early = {}, {}
+    for name, group in frame.groupby(run):
+        blocks = sorted(group["block"].unique())
+        third = max(1, len(blocks) // 3)
+        late[name] = group.loc[group["block"].isin(blocks[-third:]), value].mean()
+        early[name] = group.loc[group["block"].isin(blocks[:third]), value].mean()
+    return pd.Series(late), pd.Series(early)

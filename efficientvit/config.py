@@ -17,6 +17,7 @@ pipeline's presets): unknown keys are named with the nearest valid one, wrong ty
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import types
@@ -32,8 +33,8 @@ REQUIRED = dataclasses.MISSING
 def knob(default: Any = REQUIRED, help: str = "", **flag: Any) -> Any:
     """A config field with its help; `flag` passes argparse options (choices, metavar, type) through."""
     metadata = {"help": help, "flag": flag}
-    if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -129,7 +130,10 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
             item = args[0] if args else Any
             return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         if (hint is dict or origin is dict) and isinstance(value, dict):
-            return dict(value)
+            item = args[1] if args else Any
+            return {k: coerce(v, item, f"{where}: {k}") for k, v in value.items()}
+    except UserError:
+        raise  # a nested value's own sentence
     except (TypeError, ValueError):
         pass
     raise UserError(f"{where} must be {_type_name(hint)}{' or null' if optional else ''}, got {value!r}")

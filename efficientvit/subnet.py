@@ -38,7 +38,12 @@ from .runtime import resolve_device
 FAMILIES = ("deit_tiny", "swin_tiny")
 TOLERANCE = 0.05  # a subnet within 5% of the target speed-up meets it
 SEARCH_VERSION = 4  # part of the cache key: a changed search or budget does not return old answers
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "efficientvit-lab" / "subnets.json"
+
+
+def default_cache() -> Path:
+    """The user's subnet cache, $XDG_CACHE_HOME/efficientvit-lab/subnets.json (read when called, so a test or a
+    shard can point it elsewhere)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "efficientvit-lab" / "subnets.json"
 
 
 def round_width(width: float, heads: int) -> int:
@@ -128,7 +133,8 @@ def find_subnet(
     rounds: int = 3,
     steps: int = 6,
     device: str = "cpu",
-    cache: Path | None = DEFAULT_CACHE,
+    cache: Path | None = None,
+    use_cache: bool = True,
     search: bool = True,
 ) -> dict[str, Any]:
     """Search the width scale whose subnet runs `speedup` times faster than the full model; returns a result dict
@@ -139,7 +145,8 @@ def find_subnet(
     side are timed together with `2 x rounds` rounds (six and `4 x rounds` if that misses the target, then the
     FFN expansion steps of `finer_ffn` if it still misses); the closest to the target is re-timed for the
     figure. With `search=False` the answer must come from the cache (a shard of a sweep never times: timings of
-    processes sharing a machine would disturb each other)."""
+    processes sharing a machine would disturb each other). `cache`: the timing cache (default `default_cache()`),
+    not read or written with `use_cache=False`."""
     if family not in FAMILIES:
         raise UserError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
     if not 0.0 <= proportion <= 1.0:
@@ -161,6 +168,7 @@ def find_subnet(
         ),
         sort_keys=True,
     )
+    cache = (Path(cache) if cache else default_cache()) if use_cache else None
     cached = read_cache(cache)
     if key in cached:
         return cached[key]
@@ -252,7 +260,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, help="input size (default 224)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to time the models")
     parser.add_argument("--out", help="YAML to write (default runs/subnets/<family>_<speedup>x_mhsa<p>.yaml)")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"timing cache (default {DEFAULT_CACHE})")
+    parser.add_argument("--cache", type=Path, help="timing cache (default $XDG_CACHE_HOME/efficientvit-lab/subnets.json)")
     parser.add_argument("--no-cache", action="store_true", help="measure again even if the cache has this call")
 
 
@@ -263,7 +271,8 @@ def run(args: argparse.Namespace) -> None:
         args.mhsa,
         img_size=args.img_size,
         device=resolve_device(args.device).type,
-        cache=None if args.no_cache else args.cache,
+        cache=args.cache,
+        use_cache=not args.no_cache,
     )
     out = args.out or f"runs/subnets/{args.family}_{args.speedup}x_mhsa{args.mhsa}.yaml"
     path = save_subnet(result, out)

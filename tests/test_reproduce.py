@@ -7,11 +7,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.report import late_and_early, write_report
-from analysis.reproduce import check_preset, load_preset, proxy_configs, proxy_runs, reproduce
-from analysis.verdicts import compare
+from analysis.figures import proxies
+from analysis.pipeline import MANIFEST, record_outputs, stage_timing
+from analysis.preset import Preset, check_preset, load_preset
+from analysis.report import write_report
+from analysis.reproduce import reproduce
+from analysis.verdicts import compare, late_and_early
+from efficientvit.config import config_from_dict
 from efficientvit.errors import UserError
-from efficientvit.results import MANIFEST, record_outputs, stage_timing
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 
@@ -47,38 +50,39 @@ def preset(tmp_path):
     )
     variant_recipe = tmp_path / "variant.yaml"  # the designed variant and M0 train with this (64 px, 16 px stem)
     variant_recipe.write_text(yaml.safe_dump({"model": "efficientvit_m0", "model_kwargs": {}, **TRAIN}))
+    subnet_search = dict(seconds=0.01, rounds=1, steps=2, batch_size=2, cache=str(tmp_path / "cache.json"))
     micro = {
         "runs": str(tmp_path / "runs"),
         "data": {"path": str(tmp_path / "data"), "synthetic": dict(classes=4, train=16, val=8, size=64, seed=0)},
         "proxies": {
-            "deit_full": {"config": str(proxy)},
-            "deit_split": {"config": str(proxy), "set": {"model_kwargs": {**TINY_DEIT, "attention": "split"}}},
+            "models": {
+                "deit_full": {"config": str(proxy)},
+                "deit_split": {"config": str(proxy), "set": {"model_kwargs": {**TINY_DEIT, "attention": "split"}}},
+            }
         },
         "fig2": {
-            "models": ["efficientvit_m0"],
-            "batch": 2,
-            "img_size": 64,
-            "iters": 1,
-            "subnet_families": ["deit_tiny"],
-            "subnet_speedups": [1.25, 1.5],
-            "subnet_proportions": [1.0],
-            "subnet": dict(seconds=0.01, rounds=1, steps=2, batch_size=2, cache=str(tmp_path / "cache.json")),
+            "profile": {"models": ["efficientvit_m0"], "batch": 2, "img_size": 64, "iters": 1},
+            "subnets": {
+                "families": ["deit_tiny"],
+                "speedups": [1.25, 1.5],
+                "proportions": [1.0],
+                "search": subnet_search,
+            },
         },
-        "fig3": {"config": str(sweep), "families": ["deit_tiny"], "speedups": [1.25], "proportions": [0.5]},
-        "fig4": {"proxies": ["deit_full", "deit_split"], "images": 8, "features": ["attention"]},
+        "fig3": {"config": str(sweep), "sweep": {"families": ["deit_tiny"], "speedups": [1.25], "proportions": [0.5]}},
+        "fig4": {"proxies": ["deit_full", "deit_split"], "features": ["attention"], "similarity": {"images": 8}},
         "fig5": {
-            "proxy": "deit_full",
-            "ratio": 0.3,
-            "batches": 1,
-            "variant_img_size": 64,
-            "variant_seconds": 0.01,
-            "variant_config": str(variant_recipe),
-            "variant_train": {"epochs": 1},
-            "variant_seeds": [0, 1],
-            "pareto_rounds": 1,
-            "pareto_seconds": 0.01,
+            "proxies": ["deit_full"],
+            "pruning": {"ratio": 0.3, "batches": 1, "eval_images": 8},
             "finetune": {"epochs": 1},
-            "eval_images": 8,
+            "variant": {"img_size": 64, "seconds": 0.01},
+        },
+        "pareto": {
+            "config": str(variant_recipe),
+            "train": {"epochs": 1},
+            "seeds": [0, 1],
+            "rounds": 1,
+            "seconds": 0.01,
         },
     }
     path = tmp_path / "micro.yaml"
@@ -89,7 +93,7 @@ def preset(tmp_path):
 @pytest.mark.slow
 def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys):
     out = tmp_path / "results"
-    report = reproduce(str(preset), out, ["fig2", "fig3", "fig4", "fig5"])
+    report = reproduce(str(preset), out, ["fig2", "fig3", "fig4", "fig5", "pareto"])
     text = report.read_text()
     for title in ("Figure 2", "Figure 3", "Figure 4", "Figure 5"):
         assert title in text
@@ -106,14 +110,15 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     profiled = set(pd.read_csv(out / "memory_profile" / "profile.csv")["name"])  # every family x speed-up subnet
     assert profiled == {"efficientvit_m0", "deit_tiny_1.25x_p1.0", "deit_tiny_1.5x_p1.0"}
     timing = stage_timing(out)  # every stage's time and device, in the report too
-    assert set(timing) == {"proxies", "fig2", "fig3", "fig4", "fig5"} and all(t["seconds"] > 0 for t in timing.values())
+    assert set(timing) == {"proxies", "fig2", "fig3", "fig4", "fig5", "pareto"}
+    assert all(t["seconds"] > 0 for t in timing.values())
     assert "| fig3 |" in text and "threads |" in text
     figures = {p.stem for p in (out / "figures").glob("*.png")}
     assert {"fig2_memory_bound", "fig3_mhsa_sweep", "fig4_head_similarity", "fig5_taylor_pruning"} <= figures
     checkpoint = tmp_path / "runs" / "deit_full" / "checkpoint.pth"
     stamp = checkpoint.stat().st_mtime_ns
     capsys.readouterr()
-    reproduce(str(preset), out, ["fig2", "fig3", "fig4", "fig5"])  # run again: nothing is redone
+    reproduce(str(preset), out, ["fig2", "fig3", "fig4", "fig5", "pareto"])  # run again: nothing is redone
     assert checkpoint.stat().st_mtime_ns == stamp
     assert all(t["runs"] == 2 for t in stage_timing(out).values())  # a resumed stage adds its time
     printed = capsys.readouterr().out
@@ -154,8 +159,8 @@ def test_cpu_presets_train_fashion_mnist_proxies_that_build(name, monkeypatch):
     monkeypatch.chdir(ROOT)  # preset paths are relative to the repository, as `make demo` runs them
     preset = load_preset(name)
     check_preset(preset)
-    assert preset["data"]["path"] == "fashion-mnist"
-    configs = proxy_configs(preset, "fashion-mnist")
+    assert preset.data.path == "fashion-mnist"
+    configs = proxies.configs(preset.proxies, "fashion-mnist", preset.runs)
     assert {c.model_kwargs["attention"] for c in configs.values()} == {"full", "split"}
     assert all(c.img_size == 32 and c.epochs == 1 and c.fast for c in configs.values())
 
@@ -163,9 +168,37 @@ def test_cpu_presets_train_fashion_mnist_proxies_that_build(name, monkeypatch):
 def test_a_preset_whose_figure_reads_an_untrained_proxy_is_refused(monkeypatch):
     monkeypatch.chdir(ROOT)
     preset = load_preset("demo")
-    preset["fig4"]["proxies"].append("deit_tiny_cascade")
+    preset.fig4.proxies.append("deit_tiny_cascade")
     with pytest.raises(UserError, match="fig4 reads proxy 'deit_tiny_cascade', which the preset does not train"):
         check_preset(preset)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda v: v["fig4"].update(similarty={}), "unknown key 'similarty'.*did you mean 'similarity'"),
+        (lambda v: v["fig4"]["similarity"].update(imagse=3), "unknown key 'imagse'.*did you mean 'images'"),
+        (lambda v: v["fig5"]["pruning"].update(ratio="many"), "ratio must be a number"),
+        (lambda v: v["fig4"]["similarity"].update(data="elsewhere"), "unknown key 'data'"),  # the pipeline's to set
+        (lambda v: v.update(fig6={}), "unknown key 'fig6'.*did you mean 'fig5'"),
+    ],
+)
+def test_a_misspelt_or_mistyped_preset_key_is_one_sentence(monkeypatch, change, message):
+    monkeypatch.chdir(ROOT)
+    values = yaml.safe_load((ROOT / "experiments/reproduce/demo.yaml").read_text())
+    change(values)
+    with pytest.raises(UserError, match=message):
+        config_from_dict(Preset, values, "preset")
+
+
+def test_a_preset_section_leaves_each_tool_option_at_the_tools_own_default(monkeypatch):
+    """One default per parameter: what a preset does not set is the analysis tool's own default."""
+    from analysis.taylor_pruning import PruneConfig
+
+    monkeypatch.chdir(ROOT)
+    demo = load_preset("demo")
+    assert "eval_images" not in demo.fig5.pruning
+    assert PruneConfig(data="d", **demo.fig5.pruning).eval_images == PruneConfig(data="d").eval_images
 
 
 def test_report_reads_only_the_files_its_run_wrote(tmp_path):
@@ -220,17 +253,18 @@ def test_the_reference_preset_trains_three_seeds_of_every_heads_kind(monkeypatch
     monkeypatch.chdir(ROOT)
     preset = load_preset("reference")
     check_preset(preset)
-    configs = proxy_configs(preset, "fashion-mnist")
+    configs = proxies.configs(preset.proxies, "fashion-mnist", preset.runs)
     assert len(configs) == 18 and {c.seed for c in configs.values()} == {0, 1, 2}
     assert {c.model_kwargs["attention"] for c in configs.values()} == {"full", "split", "cascade"}
-    assert sum(preset["minutes"].values()) <= 240  # the issue's budget: four hours on two cores
+    assert sum(preset.minutes.values()) <= 240  # the issue's budget: four hours on two cores
 
 
 def test_a_proxy_with_seeds_trains_one_run_per_seed_and_every_figure_reads_them_all(preset):
     settings = yaml.safe_load(preset.read_text())
-    settings["seeds"] = [0, 1, 2]
-    settings["proxies"]["deit_split"]["seeds"] = [5]  # a proxy's own seeds win
-    configs = proxy_configs(settings, "data")
+    settings["proxies"]["seeds"] = [0, 1, 2]
+    settings["proxies"]["models"]["deit_split"]["seeds"] = [5]  # a proxy's own seeds win
+    section = config_from_dict(proxies.Section, settings["proxies"], "proxies")
+    configs = proxies.configs(section, "data", Path("runs"))
     assert {name: config.seed for name, config in configs.items()} == {
         "deit_full_seed0": 0,
         "deit_full_seed1": 1,
@@ -238,6 +272,20 @@ def test_a_proxy_with_seeds_trains_one_run_per_seed_and_every_figure_reads_them_
         "deit_split_seed5": 5,
     }
     assert configs["deit_full_seed1"].out.endswith("deit_full_seed1")
-    assert proxy_runs(settings, "deit_full") == ["deit_full_seed0", "deit_full_seed1", "deit_full_seed2"]
-    del settings["seeds"]
-    assert proxy_runs(settings, "deit_full") == ["deit_full"]  # no seeds: the run is the proxy, as before
+    assert proxies.run_names(section, "deit_full") == ["deit_full_seed0", "deit_full_seed1", "deit_full_seed2"]
+    section.seeds = None
+    assert proxies.run_names(section, "deit_full") == ["deit_full"]  # no seeds: the run is the proxy, as before
+
+
+def test_the_report_rerenders_byte_for_byte_from_a_runs_tables(tmp_path, capsys):
+    """`python analysis/report.py --results DIR` rewrites REPORT.md from the tables alone: the same bytes."""
+    from analysis import report
+
+    out = tmp_path / "results"
+    shutil.copytree(FIXTURES, out)
+    first = write_report(out, "reference", "fashion-mnist").read_bytes()
+    (out / "REPORT.md").unlink()
+    assert report.main(["--results", str(out), "--preset", "reference", "--data", "fashion-mnist"]) == 0
+    assert (out / "REPORT.md").read_bytes() == first
+    assert report.main(["--results", str(tmp_path / "absent")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,160 @@
+"""The proxies: the small DeiT and Swin models, with full, split or cascaded heads, that Figs. 4 and 5 analyse.
+
+Stage: train every proxy of the preset (once per seed), then tabulate each one's accuracy (out/proxies/summary.csv)
+and training curve (out/proxies/curves.csv), so the results folder says how far each model learned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from analysis.pipeline import Context, read_tables, trained, with_sidecar
+from efficientvit.checkpoint import model_from_checkpoint
+from efficientvit.config import knob
+from efficientvit.data.sources import open_split
+from efficientvit.errors import UserError
+from efficientvit.flops import count_params
+from efficientvit.models import create_model
+from efficientvit.results import markdown_table, write_results
+from efficientvit.train_config import TrainConfig, make_config
+
+STAGE = "proxies"
+TITLE = "The proxies"
+FIGURE = "proxies_training.png"
+FOLDER = "proxies"
+
+
+@dataclass
+class Proxy:
+    config: str = knob(help="its training YAML (experiments/cpu/...)")
+    set: dict = knob({}, "training-config keys that differ for this proxy (they win over the section's `train`)")
+    seeds: list[int] | None = knob(None, "this proxy's seeds, instead of the section's")
+
+
+@dataclass
+class Section:
+    models: dict[str, Proxy] = knob(help="name: how to train it")
+    seeds: list[int] | None = knob(None, "one run per seed, named <proxy>_seed<k> (null: one run, named <proxy>)")
+    train: dict = knob({}, "training-config keys for every proxy, e.g. {epochs: 10}")
+
+
+def run_names(section: Section, proxy: str) -> list[str]:
+    """The trained runs of one proxy: `<proxy>` alone, or `<proxy>_seed<k>` for each of its seeds."""
+    seeds = section.models[proxy].seeds or section.seeds
+    return [proxy] if seeds is None else [f"{proxy}_seed{seed}" for seed in seeds]
+
+
+def configs(section: Section, data: str, runs: Path) -> dict[str, TrainConfig]:
+    """The training config of every run of every proxy, with the section's and the proxy's keys (and the seed)."""
+    out = {}
+    for name, proxy in section.models.items():
+        values = yaml.safe_load(Path(proxy.config).read_text())
+        seeds = proxy.seeds or section.seeds
+        for run, seed in zip(run_names(section, name), [None] if seeds is None else seeds):
+            out[run] = make_config(
+                {
+                    **values,
+                    **section.train,
+                    **proxy.set,
+                    **({} if seed is None else {"seed": seed}),
+                    "data": str(data),
+                    "out": str(runs / run),
+                }
+            )
+    return out
+
+
+def checkpoints(section: Section, runs: Path) -> dict[str, Path]:
+    """Where each run's trained weights are, by run name."""
+    return {run: runs / run / "checkpoint.pth" for name in section.models for run in run_names(section, name)}
+
+
+def check(section: Section, runs: Path, needed_by: dict[str, list[str]]) -> None:
+    """Every proxy's config loads and its model runs a batch at its image size; every proxy a figure reads exists."""
+    for config in configs(section, "unused", runs).values():
+        model = create_model(config.model, num_classes=10, img_size=config.img_size, **config.model_kwargs)
+        model.eval()(torch.zeros(1, 3, config.img_size, config.img_size))
+    for figure, proxies in needed_by.items():
+        for proxy in proxies:
+            if proxy not in section.models:
+                raise UserError(f"{figure} reads proxy {proxy!r}, which the preset does not train")
+
+
+def train_runs(ctx: Context, section: Section, index: int = 0, count: int = 1) -> None:
+    """Train (or finish) every count-th run from `index`: all of them, or one shard's share."""
+    for name, config in list(configs(section, ctx.data, ctx.runs).items())[index::count]:
+        shard = f", shard {index}/{count}" if count > 1 else ""
+        trained(config, f"training {name} ({config.model}, {config.epochs} epochs){shard}")
+
+
+def run(ctx: Context, section: Section) -> list[Path]:
+    """The stage: train every proxy, then write its accuracy and curves (out/proxies/summary.csv, curves.csv)."""
+    summary, curves = [], []
+    for name, config in configs(section, ctx.data, ctx.runs).items():
+        metrics = trained(config, f"training {name} ({config.model}, {config.epochs} epochs)")
+        dataset = open_split(config.data, "train", config.img_size)
+        final = metrics.iloc[-1]
+        summary.append(
+            {
+                "proxy": name,
+                "seed": config.seed,
+                "model": config.model,
+                "attention": config.model_kwargs.get("attention", "full"),
+                "params": count_params(model_from_checkpoint(Path(config.out) / "checkpoint.pth")),
+                "epochs": int(final["epoch"]),
+                "train_images": min(len(dataset), config.train_images or len(dataset)),
+                "classes": len(dataset.classes),
+                "top1": final["val_top1"],
+                "top5": final["val_top5"],
+                "train_img_s": final["train_img_s"],
+                "train_minutes": metrics["epoch_seconds"].sum() / 60,
+            }
+        )
+        curves.append(pd.read_csv(Path(config.out) / "curve.csv").assign(proxy=name))
+        curves.append(metrics[["epoch", "val_top1"]].assign(proxy=name))
+    folder = ctx.out / FOLDER
+    arguments = {"runs": str(ctx.runs), "proxies": dataclasses.asdict(section)}
+    write_results(pd.DataFrame(summary), folder / "summary.csv", arguments)
+    write_results(pd.concat(curves, ignore_index=True), folder / "curves.csv", arguments)
+    return with_sidecar(folder / "summary.csv") + with_sidecar(folder / "curves.csv")
+
+
+def tables(out: Path) -> dict[str, pd.DataFrame | None]:
+    return {"summary": read_tables(out, FOLDER, "summary.csv"), "curves": read_tables(out, FOLDER, "curves.csv")}
+
+
+def summarize(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
+    """One row per trained proxy run: its accuracy, size and training budget."""
+    return tables["summary"].drop(columns="source")
+
+
+def report(out: Path) -> list[str]:
+    found = tables(out)
+    if found["summary"] is None:
+        return ["Not run."]
+    summary = summarize(found)
+    cells = pd.DataFrame(
+        {
+            "proxy": summary["proxy"],
+            "model": summary["model"],
+            "heads": summary["attention"],
+            "params": summary["params"].map("{:,}".format),
+            "epochs": summary["epochs"],
+            "training images": summary["train_images"].map("{:,}".format),
+            "top-1": summary["top1"].map("{:.1f}%".format),
+            "top-5": summary["top5"].map("{:.1f}%".format),
+            "train img/s": summary["train_img_s"].map("{:.0f}".format),
+            "minutes": summary["train_minutes"].map("{:.1f}".format),
+        }
+    )
+    return markdown_table(cells) + [
+        "",
+        "Every analysis below reads these trained proxies (top-1 on the held-out split; the figure shows "
+        "each one's training loss, so how far from its plateau it stopped).",
+    ]

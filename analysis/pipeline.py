@@ -1,0 +1,141 @@
+"""What the figures of the pipeline share: the run's context, its manifest, trainings that are never redone, and
+the settings of an analysis tool given in a preset.
+
+A results folder written by `python analysis/reproduce.py` holds manifest.json: for each stage, the files it
+wrote, and the time each stage took (summed over the runs that resumed it) on which device. Readers (the report,
+the notebooks) take the files it lists, so a stray CSV from another run, copied into the folder, changes nothing; a
+folder without a manifest (analyses run by hand) is read whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from efficientvit.config import coerce, config_arguments, unknown_key
+from efficientvit.files import atomic_write_text
+from efficientvit.train import train
+from efficientvit.train_config import TrainConfig
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Context:
+    """Where a run reads and writes: results (`out`, committed), trainings (`runs`, never committed), the prepared
+    data, the device of its analyses."""
+
+    out: Path
+    runs: Path
+    data: str
+    device: str
+
+
+def tool_settings(tool: type, values: dict[str, Any], where: str, owned: tuple[str, ...]) -> dict[str, Any]:
+    """Settings of an analysis tool given in a preset: keys of the tool's own config dataclass (whose defaults
+    apply to every key left out), minus the keys the pipeline sets itself (`owned`: data, checkpoint, ...)."""
+    allowed = [f.name for f in dataclasses.fields(tool) if f.name not in owned]
+    hints = typing.get_type_hints(tool)
+    for key in values:
+        if key not in allowed:
+            raise unknown_key(key, allowed, where)
+    return {key: coerce(value, hints[key], f"{where}: {key}") for key, value in values.items()}
+
+
+def with_sidecar(csv: Path) -> list[Path]:
+    return [csv, csv.with_suffix(".json")]
+
+
+def announce(config: Any) -> None:
+    """One line per tool call: which analysis runs with which configuration."""
+    changed = {k: v for k, v in config_arguments(config).items() if v not in (None, [], False)}
+    print(f"  {type(config).__name__}({', '.join(f'{k}={v}' for k, v in changed.items())})", flush=True)
+
+
+def trained(config: TrainConfig, what: str) -> pd.DataFrame:
+    """The per-epoch metrics of a training run, training it first (or finishing it) unless it has all its epochs:
+    every training of the pipeline goes through here, so a rerun redoes none."""
+    metrics = Path(config.out) / "metrics.csv"
+    if metrics.exists():
+        done = pd.read_csv(metrics)
+        if len(done) and int(done["epoch"].iloc[-1]) >= config.epochs:
+            return done
+    print(f"  {what}", flush=True)
+    return pd.DataFrame(train(config, resume=True))
+
+
+# -- the manifest ----------------------------------------------------------------------------------------------
+
+
+def read_manifest(out: str | os.PathLike) -> dict[str, Any]:
+    path = Path(out) / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {"stages": {}}
+
+
+def record_outputs(out: str | os.PathLike, stage: str, paths: list[Path]) -> None:
+    """List in out/manifest.json the files `stage` wrote (replacing what that stage listed before)."""
+    out = Path(out)
+    manifest = read_manifest(out)
+    manifest["stages"][stage] = sorted(str(Path(p).relative_to(out)) for p in paths if Path(p).exists())
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+
+
+def add_stage_time(out: str | os.PathLike, stage: str, seconds: float, device: str) -> None:
+    """Add `seconds` on `device` to the stage's time in out/manifest.json: a stage interrupted and resumed over
+    several runs sums the time each spent on it, finished or not."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(out)
+    timing = manifest.setdefault("timing", {}).setdefault(stage, {"seconds": 0.0, "runs": 0, "devices": []})
+    timing["seconds"] += seconds
+    timing["runs"] += 1
+    timing["devices"] = sorted(set(timing["devices"]) | {device})
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+
+
+def stage_timing(out: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Per stage: the seconds all runs spent on it, how many runs, on which devices (empty without a manifest)."""
+    return read_manifest(out).get("timing", {})
+
+
+def recorded_stages(out: str | os.PathLike) -> set[str] | None:
+    """The stages out/manifest.json lists, or None for a folder without a manifest."""
+    return set(read_manifest(out)["stages"]) if (Path(out) / MANIFEST).exists() else None
+
+
+def listed_outputs(out: str | os.PathLike, folder: str, pattern: str = "*.csv") -> list[Path]:
+    """The files of out/folder matching `pattern`: those the manifest lists, or all of them without a manifest."""
+    out = Path(out)
+    files = sorted((out / folder).glob(pattern))
+    if not (out / MANIFEST).exists():
+        return files
+    listed = {out / p for paths in read_manifest(out)["stages"].values() for p in paths}
+    return [f for f in files if f in listed]
+
+
+def read_tables(out: str | os.PathLike, folder: str, pattern: str = "*.csv") -> pd.DataFrame | None:
+    """The run's own tables in out/folder (those its manifest lists), concatenated, each row with its file's stem
+    as `source`; None when there are none."""
+    files = listed_outputs(out, folder, pattern)
+    return pd.concat([pd.read_csv(f).assign(source=f.stem) for f in files], ignore_index=True) if files else None
+
+
+def family(name: str) -> str:
+    """The model family a name belongs to, whoever wrote it: deit for deit_tiny, deit_t (the paper's tables) and
+    deit_tiny_full_seed0 (a proxy run) alike."""
+    return name.split("_")[0]
+
+
+FAMILY_LABELS = {"deit": "DeiT-T", "swin": "Swin-T", "efficientvit": "EfficientViT"}
+
+
+def family_label(name: str) -> str:
+    """How the figures name a model's family: DeiT-T for deit_tiny, deit_t and deit_tiny_full_seed0 alike."""
+    return FAMILY_LABELS.get(family(name), name)
