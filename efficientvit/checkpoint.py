@@ -7,28 +7,27 @@ Formats, detected from the file itself:
                      `blocks2.3.mixer.m.attn.qkvs.0.c.weight`
   timm               timm's state dicts; for EfficientViT the layout is ours, key for key
 
-Attention-bias tables are resized when the checkpoint was trained at another input size.
+Whatever is particular to a model family (renaming another release's keys, fused or separate q/k/v, resizing the
+tables that depend on the input resolution) is the family's `checkpoint_filter(state, fmt, model)`, in its own
+module (models/efficientvit.py, deit.py, swin.py). This module reads, detects the format, fits strictly (one
+readable message for any mismatch) and saves.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError
 from .files import atomic_path
-from .models.attention import join_qkv, split_qkv
 from .models.registry import family_checkpoint_filter
 from .models.spec import ModelSpec
 
 FORMAT = "efficientvit-lab"
-IGNORED_KEYS = ("attention_bias_idxs", "relative_position_index", "attn_mask")  # buffers rebuilt by the model itself
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -85,48 +84,6 @@ def unwrap(obj: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
     return obj, "timm"
 
 
-def convert(state: dict[str, torch.Tensor], fmt: str, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Bring a state dict of a known format into the model's own layout, including fused vs separate q/k/v."""
-    state = {k: v for k, v in state.items() if not k.endswith(IGNORED_KEYS)}
-    if fmt != FORMAT and getattr(model, "spec", None) is not None:
-        state = family_checkpoint_filter(model.spec.name)(state, fmt)
-    own = model.state_dict()
-    if any(k.endswith(".qkv.weight") and k not in own for k in state):
-        state = split_qkv(state)
-    elif any(k.endswith(".q.weight") and k not in own for k in state):
-        state = join_qkv(state)
-    return state
-
-
-def resize_grid(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic resize of a (channels, n) table laid out on a square grid of n = side * side entries."""
-    side = math.isqrt(table.shape[1])
-    if side * side != table.shape[1]:
-        raise CheckpointError(f"cannot resize a table of {table.shape[1]} entries: it is not a square grid")
-    grid = table.reshape(1, table.shape[0], side, side).float()
-    resized = F.interpolate(grid, size=size, mode="bicubic", align_corners=False)
-    return resized.reshape(table.shape[0], -1).to(table.dtype)
-
-
-def fit_to_model(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Resize what depends on the input resolution when the checkpoint was trained at another one: EfficientViT's
-    attention-bias tables, Swin's relative position tables (other window) and DeiT's position embeddings."""
-    own = model.state_dict()
-    for key, value in state.items():
-        if key not in own or value.shape == own[key].shape:
-            continue
-        owner = key.rsplit(".", 1)[0]
-        if key.endswith("attention_biases") and value.shape[0] == own[key].shape[0]:
-            state[key] = resize_grid(value, model.get_submodule(owner).window)
-        elif key.endswith("relative_position_bias_table") and value.shape[1] == own[key].shape[1]:
-            wh, ww = model.get_submodule(owner).window
-            state[key] = resize_grid(value.t(), (2 * wh - 1, 2 * ww - 1)).t()
-        elif key == "pos_embed" and value.shape[2] == own[key].shape[2]:
-            patches = resize_grid(value[0, 1:].t(), model.grid).t()
-            state[key] = torch.cat([value[0, :1], patches])[None]
-    return state
-
-
 def describe_mismatch(state: dict[str, torch.Tensor], model: nn.Module) -> str | None:
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
@@ -163,7 +120,8 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | dict[str, 
     source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
     obj = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     state, fmt = unwrap(obj)
-    state = fit_to_model(convert(state, fmt, model), model)
+    if getattr(model, "spec", None) is not None:
+        state = family_checkpoint_filter(model.spec.name)(state, fmt, model)
     problem = describe_mismatch(state, model)
     if problem and strict:
         name = model.spec.name if getattr(model, "spec", None) else type(model).__name__

@@ -331,3 +331,13 @@ def join_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         elif not (key.rpartition(".k.")[1] or key.rpartition(".v.")[1]):
             out[key] = value
     return out
+
+
+def match_qkv_layout(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """`state`'s q/k/v projections fused or separate, as `model` has them (fused_qkv)."""
+    own = model.state_dict()
+    if any(k.endswith(".qkv.weight") and k not in own for k in state):
+        return split_qkv(state)
+    if any(k.endswith(".q.weight") and k not in own for k in state):
+        return join_qkv(state)
+    return state

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .attention import TokenAttention, join_qkv
+from .attention import TokenAttention, join_qkv, match_qkv_layout
 from .efficientvit import as_pair
-from .layers import AttentionLayer, FFNLayer, init_transformer_weights
+from .layers import AttentionLayer, FFNLayer, init_transformer_weights, resize_grid, resize_to_model
 from .layout import layer_dims_for, layer_to_timm_block, parse_layout, timm_block_to_layer
 from .registry import register_model
 
@@ -109,7 +109,7 @@ class DeiT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    # -- timm's layout: blocks.i = (norm1, attn) + (norm2, mlp) = our layers 2i and 2i+1 (checkpoint_filter) ----
+    # -- timm's layout: blocks.i = (norm1, attn) + (norm2, mlp) = our layers 2i and 2i+1 (timm_key) -------------
     def to_timm_layout(self) -> dict[str, torch.Tensor]:
         if self.layout != "AF" * (len(self.layout) // 2):
             raise UserError(f"only the standard layout AF...AF has a timm equivalent, not {self.layout!r}")
@@ -126,19 +126,29 @@ class DeiT(nn.Module):
         return {rename(k): v for k, v in join_qkv(self.state_dict()).items()}
 
 
-def checkpoint_filter(state: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
-    """timm's DeiT keys in ours: blocks.i.(norm1|attn) -> layers.2i, blocks.i.(norm2|mlp) -> layers.2i+1."""
-    if fmt != "timm":
-        return state
+def timm_key(key: str) -> str:
+    """timm's DeiT key in ours: blocks.i.(norm1|attn) -> layers.2i, blocks.i.(norm2|mlp) -> layers.2i+1."""
+    m = re.match(r"^blocks\.(\d+)\.(norm1|attn|norm2|mlp)\.(.*)$", key)
+    if not m:
+        return key
+    layer, part = timm_block_to_layer(int(m[1]), m[2])
+    return f"layers.{layer}.{part}.{m[3]}"
 
-    def rename(key: str) -> str:
-        m = re.match(r"^blocks\.(\d+)\.(norm1|attn|norm2|mlp)\.(.*)$", key)
-        if not m:
-            return key
-        layer, part = timm_block_to_layer(int(m[1]), m[2])
-        return f"layers.{layer}.{part}.{m[3]}"
 
-    return {rename(k): v for k, v in state.items()}
+def resize_pos_embed(pos_embed: torch.Tensor, deit: DeiT, shape: torch.Size) -> torch.Tensor:
+    """Position embeddings of another patch grid: the class token's kept, the patches' resized to `deit.grid`."""
+    if pos_embed.shape[2] != shape[2]:
+        return pos_embed
+    patches = resize_grid(pos_embed[0, 1:].t(), deit.grid).t()
+    return torch.cat([pos_embed[0, :1], patches])[None]
+
+
+def checkpoint_filter(state: dict[str, torch.Tensor], fmt: str, model: DeiT) -> dict[str, torch.Tensor]:
+    """A state dict of timm's DeiT, or of ours with another q/k/v layout or image size, in `model`'s layout: timm's
+    keys renamed (`timm_key`), q/k/v fused or separate as the model has them, position embeddings resized."""
+    if fmt == "timm":
+        state = {timm_key(k): v for k, v in state.items()}
+    return resize_to_model(match_qkv_layout(state, model), model, "pos_embed", resize_pos_embed)
 
 
 CONFIGS = {

@@ -16,7 +16,17 @@ from torch import nn
 
 from ..errors import UserError
 from .attention import ATTENTION_KINDS, LocalWindowAttention
-from .layers import ConvNorm, NormLinear, PatchMerging, Residual, depthwise_residual, ffn_residual, make_activation
+from .layers import (
+    ConvNorm,
+    NormLinear,
+    PatchMerging,
+    Residual,
+    depthwise_residual,
+    ffn_residual,
+    make_activation,
+    resize_grid,
+    resize_to_model,
+)
 from .registry import register_model
 
 PATCH_SIZES = (2, 4, 8, 16)  # the stem's stride; 16 is the paper's, 4 and 8 suit 28-64 px images
@@ -255,24 +265,33 @@ class EfficientViT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def checkpoint_filter(state: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
-    """The official (Cream) release's keys in ours: blocksK.* -> stages.(K-1).*, `c` -> conv, `l` -> linear, stem
-    0/2/4/6 -> conv1..4. timm's port already uses our names."""
-    if fmt != "official":
-        return state
+def official_key(key: str) -> str:
+    """The official (Cream) release's key in ours: blocksK.* -> stages.(K-1).*, `c` -> conv, `l` -> linear, stem
+    0/2/4/6 -> conv1..4."""
+    key = re.sub(r"^patch_embed\.(\d)\.", lambda m: f"patch_embed.conv{int(m[1]) // 2 + 1}.", key)
+    match = re.match(r"^blocks(\d)\.(\d+)\.(.*)$", key)
+    if match:
+        stage, index, rest = int(match[1]) - 1, int(match[2]), match[3]
+        if stage > 0 and index < 3:  # the subsample block opens every stage after the first
+            key = f"stages.{stage}.downsample.{('res1', 'patchmerge', 'res2')[index]}.{rest}"
+        else:
+            key = f"stages.{stage}.blocks.{index - 3 if stage > 0 else index}.{rest}"
+    return ".".join({"c": "conv", "l": "linear"}.get(part, part) for part in key.split("."))
 
-    def rename(key: str) -> str:
-        key = re.sub(r"^patch_embed\.(\d)\.", lambda m: f"patch_embed.conv{int(m[1]) // 2 + 1}.", key)
-        match = re.match(r"^blocks(\d)\.(\d+)\.(.*)$", key)
-        if match:
-            stage, index, rest = int(match[1]) - 1, int(match[2]), match[3]
-            if stage > 0 and index < 3:  # the subsample block opens every stage after the first
-                key = f"stages.{stage}.downsample.{('res1', 'patchmerge', 'res2')[index]}.{rest}"
-            else:
-                key = f"stages.{stage}.blocks.{index - 3 if stage > 0 else index}.{rest}"
-        return ".".join({"c": "conv", "l": "linear"}.get(part, part) for part in key.split("."))
 
-    return {rename(k): v for k, v in state.items()}
+def resize_bias_table(table: torch.Tensor, attention: nn.Module, shape: torch.Size) -> torch.Tensor:
+    """A (heads, window offsets) table of another window size, resized over the offsets (never across heads)."""
+    return resize_grid(table, attention.window) if table.shape[0] == shape[0] else table
+
+
+def checkpoint_filter(state: dict[str, torch.Tensor], fmt: str, model: EfficientViT) -> dict[str, torch.Tensor]:
+    """A state dict of another release, or trained at another input size, in `model`'s layout: the official
+    release's keys renamed (`official_key`; timm's port already uses our names), its bias indices dropped (the
+    model builds its own), and attention-bias tables of other windows resized to the model's (bicubic)."""
+    if fmt == "official":
+        state = {official_key(k): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.endswith("attention_bias_idxs")}
+    return resize_to_model(state, model, "attention_biases", resize_bias_table)
 
 
 # Table 1 of the paper (analysis/published/table1_variants.csv): widths, depths and heads per stage, and the kernel

@@ -1,18 +1,22 @@
 """The small blocks every model in this package is built from.
 
 Names follow the EfficientViT paper (Liu et al., CVPR 2023) and timm's port of it, so that state dicts in timm's
-layout load by name; the official release's cryptic names (`c`, `l`, numbered stem) are converted at the edge, in
-`efficientvit/checkpoint.py`.
+layout load by name; the official release's cryptic names (`c`, `l`, numbered stem) are converted at the edge, by
+each family's `checkpoint_filter` (which resizes, with the helpers at the end of this file, the tables that depend
+on the input resolution).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import SqueezeExcitation, stochastic_depth
 
-from ..errors import UserError
+from ..errors import CheckpointError, UserError
 
 ACTIVATIONS = {"relu": nn.ReLU, "hardswish": nn.Hardswish, "gelu": nn.GELU}
 NORMS = ("bn", "ln")
@@ -239,3 +243,31 @@ def init_transformer_weights(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def resize_grid(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of a (channels, n) table laid out on a square grid of n = side * side entries."""
+    side = math.isqrt(table.shape[1])
+    if side * side != table.shape[1]:
+        raise CheckpointError(f"cannot resize a table of {table.shape[1]} entries: it is not a square grid")
+    grid = table.reshape(1, table.shape[0], side, side).float()
+    resized = F.interpolate(grid, size=size, mode="bicubic", align_corners=False)
+    return resized.reshape(table.shape[0], -1).to(table.dtype)
+
+
+def resize_to_model(
+    state: dict[str, torch.Tensor],
+    model: nn.Module,
+    suffix: str,
+    resize: Callable[[torch.Tensor, nn.Module, torch.Size], torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """`state` with each tensor named `...suffix` whose shape differs from the model's replaced by `resize(tensor,
+    owner, model's shape)`, owner being the module that holds it: a table trained at another input resolution, made
+    to fit this one. `resize` returns the tensor unchanged when it cannot fit it (the strict load then says why)."""
+    own = model.state_dict()
+    return {
+        key: resize(value, model.get_submodule(key.rpartition(".")[0]), own[key].shape)
+        if key.endswith(suffix) and key in own and value.shape != own[key].shape
+        else value
+        for key, value in state.items()
+    }

@@ -11,11 +11,13 @@ from ..errors import UserError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _FAMILIES: dict[str, str] = {}
-# family -> checkpoint_filter(state, fmt): another release's state dict ("official", "timm") in our key layout
-_FILTERS: dict[str, Callable[[dict, str], dict]] = {}
+# family -> checkpoint_filter(state, fmt, model): a state dict of another release ("official", "timm"), q/k/v layout
+# or input size in the model's own layout (as timm's checkpoint_filter_fn(state_dict, model))
+CheckpointFilter = Callable[[dict, str, nn.Module], dict]
+_FILTERS: dict[str, CheckpointFilter] = {}
 
 
-def register_model(name: str, family: str, checkpoint_filter: Callable[[dict, str], dict]):
+def register_model(name: str, family: str, checkpoint_filter: CheckpointFilter):
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _MODELS[name] = fn
         _FAMILIES[name] = family
@@ -25,7 +27,7 @@ def register_model(name: str, family: str, checkpoint_filter: Callable[[dict, st
     return add
 
 
-def family_checkpoint_filter(name: str) -> Callable[[dict, str], dict]:
+def family_checkpoint_filter(name: str) -> CheckpointFilter:
     """The checkpoint filter of a registered model's family (each family module defines its own)."""
     return _FILTERS[model_family(name)]
 

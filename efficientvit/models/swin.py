@@ -3,7 +3,7 @@
 Attention runs in windows with a relative position bias; every other attention layer of a stage shifts its
 windows by half a window. The standard Swin-T is "AF" * (2, 2, 6, 2); the paper's Fig. 3 subnets change the share
 of A layers and the widths. timm's layout (`layers.s.blocks.b.norm1/attn/norm2/mlp`) loads through
-`efficientvit.load_checkpoint`.
+`efficientvit.load_checkpoint`, which hands it to `checkpoint_filter`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from torch import nn
 from torchvision.ops import stochastic_depth
 
 from ..errors import UserError
-from .attention import TokenAttention, join_qkv
+from .attention import TokenAttention, join_qkv, match_qkv_layout
 from .efficientvit import as_pair
-from .layers import FFNLayer, init_transformer_weights
+from .layers import FFNLayer, init_transformer_weights, resize_grid, resize_to_model
 from .layout import layer_dims_for, layer_to_timm_block, parse_stage_layouts, timm_block_to_layer
 from .registry import register_model
 
@@ -252,22 +252,33 @@ class Swin(nn.Module):
         return {rename(k): v for k, v in join_qkv(self.state_dict()).items()}
 
 
-def checkpoint_filter(state: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
-    """timm's Swin keys in ours: layers.s.blocks.b -> stages.s.layers 2b (attention) and 2b+1 (FFN), head.fc ->
-    head; the shift masks are rebuilt by the model."""
-    if fmt != "timm":
-        return state
+def timm_key(key: str) -> str:
+    """timm's Swin key in ours: layers.s.blocks.b -> stages.s.layers 2b (attention) and 2b+1 (FFN), head.fc -> head."""
+    key = re.sub(r"^head\.fc\.", "head.", key)
+    key = re.sub(r"^layers\.(\d+)\.downsample\.", r"stages.\1.downsample.", key)
+    m = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(norm1|attn|norm2|mlp)\.(.*)$", key)
+    if not m:
+        return key
+    layer, part = timm_block_to_layer(int(m[2]), m[3])
+    return f"stages.{m[1]}.layers.{layer}.{part}.{m[4]}"
 
-    def rename(key: str) -> str:
-        key = re.sub(r"^head\.fc\.", "head.", key)
-        key = re.sub(r"^layers\.(\d+)\.downsample\.", r"stages.\1.downsample.", key)
-        m = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(norm1|attn|norm2|mlp)\.(.*)$", key)
-        if not m:
-            return key
-        layer, part = timm_block_to_layer(int(m[2]), m[3])
-        return f"stages.{m[1]}.layers.{layer}.{part}.{m[4]}"
 
-    return {rename(k): v for k, v in state.items() if not k.endswith("attn_mask")}
+def resize_position_table(table: torch.Tensor, attention: nn.Module, shape: torch.Size) -> torch.Tensor:
+    """A ((2h-1)(2w-1), heads) relative-position table of another window size, resized over the offsets."""
+    if table.shape[1] != shape[1]:
+        return table
+    wh, ww = attention.window
+    return resize_grid(table.t(), (2 * wh - 1, 2 * ww - 1)).t()
+
+
+def checkpoint_filter(state: dict[str, torch.Tensor], fmt: str, model: Swin) -> dict[str, torch.Tensor]:
+    """A state dict of timm's Swin, or of ours with another q/k/v layout or window, in `model`'s layout: timm's keys
+    renamed (`timm_key`), the shift masks and position indices dropped (the model builds its own), q/k/v fused or
+    separate as the model has them, relative-position tables of other windows resized (bicubic)."""
+    if fmt == "timm":
+        state = {timm_key(k): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.endswith(("attn_mask", "relative_position_index"))}
+    return resize_to_model(match_qkv_layout(state, model), model, "relative_position_bias_table", resize_position_table)
 
 
 CONFIGS = {

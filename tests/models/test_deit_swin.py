@@ -114,6 +114,16 @@ def test_deit_position_embeddings_resize_to_another_size():
     assert bigger.pos_embed.shape == (1, 1 + 36, 24)
 
 
+def test_swin_relative_position_tables_resize_to_another_window():
+    model = efficientvit.create_model("swin_tiny", **SMALL_SWIN)
+    wider = efficientvit.create_model("swin_tiny", **{**SMALL_SWIN, "window_size": 8})
+    with torch.no_grad():  # a constant table stays constant when resized
+        model.stages[0].layers[0].attn.relative_position_bias_table.fill_(0.5)
+    efficientvit.load_checkpoint(wider, model.state_dict())
+    table = wider.stages[0].layers[0].attn.relative_position_bias_table
+    assert table.shape == (15 * 15, 2) and torch.allclose(table, torch.full_like(table, 0.5))
+
+
 def test_layout_helpers():
     assert mhsa_proportion("AFAF") == 0.5 and mhsa_proportion(["AF", "FF"]) == 0.25
     layout = spread_layout(10, 2)
