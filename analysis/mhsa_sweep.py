@@ -6,7 +6,8 @@ script builds the subnet with `efficientvit.subnet.find_subnet` (widths searched
 matches), trains it with the training pipeline under the sweep config, and appends one row to the CSV: the
 requested and the actual MHSA proportion (whole layers: 0.2 of 12 layers is 2, i.e. 0.167), the target and the
 measured speed-up, and `speedup_met` (False: more than 5% off even after the wider and the FFN-width searches; the
-report marks it).
+report marks it); top-1 after the last epoch (`top1`) and after each one (`top1_per_epoch`, space-separated), so the
+sweep reads at every training budget.
 
 Resumable and shardable: finished points are skipped, an interrupted training resumes from its checkpoint,
 `--shard i/n` runs every n-th point starting at i (for several processes or machines), `--merge` joins shard
@@ -55,6 +56,7 @@ COLUMNS = (
         "seed",
         "train_seconds",
         "checkpoint",
+        "top1_per_epoch",
     ]
 )
 
@@ -141,6 +143,8 @@ def run_point(point: dict, sweep: dict, device: str) -> dict:
         "epochs": int(final["epoch"]),
         "train_seconds": round(sum(row["epoch_seconds"] for row in history), 1),
         "checkpoint": str(out / "checkpoint.pth"),
+        # the whole curve, so the sweep reads at every training budget (space-separated, epoch 1 first)
+        "top1_per_epoch": " ".join(f"{row['val_top1']:.2f}" for row in history),
     }
 
 

@@ -59,16 +59,19 @@ def announce(config: Any) -> None:
     print(f"  {type(config).__name__}({', '.join(f'{k}={v}' for k, v in changed.items())})", flush=True)
 
 
-def trained(config: TrainConfig, what: str) -> pd.DataFrame:
-    """The per-epoch metrics of a training run, training it first (or finishing it) unless it has all its epochs:
-    every training of the pipeline goes through here, so a rerun redoes none."""
+def trained(config: TrainConfig, what: str, until: int | None = None) -> pd.DataFrame:
+    """The per-epoch metrics of a training run, training it first (or on) unless it has reached epoch `until`
+    (default: its last), or stopped at its plateau: every training of the pipeline goes through here, so a rerun
+    redoes none."""
     metrics = Path(config.out) / "metrics.csv"
+    target = config.epochs if until is None else min(until, config.epochs)
     if metrics.exists():
         done = pd.read_csv(metrics)
-        if len(done) and int(done["epoch"].iloc[-1]) >= config.epochs:
+        stopped = "stopped" in done and bool(done["stopped"].fillna(False).astype(bool).any())
+        if len(done) and (int(done["epoch"].iloc[-1]) >= target or stopped):
             return done
     print(f"  {what}", flush=True)
-    return pd.DataFrame(train(config, resume=True))
+    return pd.DataFrame(train(config, resume=True, until=until))
 
 
 # -- the manifest ----------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def write_report(out: Path, preset: str, data: str) -> Path:
         lines += [f"## {title}", ""]
         if (out / "figures" / figure).exists():
             lines += [f"![{title}](figures/{figure})", ""]
-        if stages is None or stage in stages:
+        if stages is None or any(name == stage or name.startswith(f"{stage} (") for name in stages):
             lines += [line for module in modules for line in module.report(out)]
         else:
             lines.append(f"Not run: this results folder's manifest has no `{stage}` stage.")

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from analysis.figures import fig2, fig3, fig4, fig5, pareto, proxies
@@ -42,16 +43,23 @@ class Stage:
 
 
 def stage_table(preset: Preset, ctx: Context, only: set[str]) -> list[Stage]:
-    """The stages this run does, in order: the proxies when a figure reads them, then each figure asked for that
-    the preset configures."""
+    """The stages this run does, in order. The proxies train budget by budget (their snapshots' epochs), and
+    Figs. 4 and 5 read each budget as soon as it is trained, so every finding is followed along training and a
+    run that stops loses at most the training in progress; then each other figure the preset configures."""
     stages = []
     if preset.proxies is not None and READS_PROXIES & only:
-        stages.append(Stage("proxies", lambda: proxies.run(ctx, preset.proxies)))
+        budgets = proxies.budgets(preset.proxies)
+        for budget in budgets:
+            at = "" if len(budgets) == 1 else f" (epoch {budget})"
+            last = budget == budgets[-1]
+            stages.append(Stage(f"proxies{at}", partial(proxies.run, ctx, preset.proxies, budget)))
+            if "fig4" in only and preset.fig4:
+                stages.append(Stage(f"fig4{at}", partial(fig4.run, ctx, preset.fig4, preset.proxies, budget)))
+            if "fig5" in only and preset.fig5:
+                stages.append(Stage(f"fig5{at}", partial(fig5.run, ctx, preset.fig5, preset.proxies, budget, last)))
     actions = {
         "fig2": lambda: fig2.run(ctx, preset.fig2),
         "fig3": lambda: fig3.run(ctx, preset.fig3),
-        "fig4": lambda: fig4.run(ctx, preset.fig4, preset.proxies),
-        "fig5": lambda: fig5.run(ctx, preset.fig5, preset.proxies),
         "pareto": lambda: pareto.run(ctx, preset.pareto, preset.proxies),
     }
     stages += [Stage(name, action) for name, action in actions.items() if name in only and getattr(preset, name)]

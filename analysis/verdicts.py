@@ -1,16 +1,17 @@
-"""How the report decides whether a finding of the paper holds here, from repeated runs (seeds), never one.
+"""How the report decides whether a finding of the paper is reproduced here, from repeated runs (seeds), never one.
 
 Two rules, written down so that a reader can check them:
 
 - `compare(a, b, expect)`: the paper says `a` is larger (or smaller) than `b`. With at least two runs on each
   side, the 95% Welch t-interval of mean(a) - mean(b) (with `paired`, when a[i] and b[i] come from the same run:
-  the t-interval of the mean of a[i] - b[i]) decides: entirely on the expected side, the finding
-  **holds**; entirely on the other side, it **does not hold**; straddling zero, **inconclusive**. Fewer than two
-  runs on a side: inconclusive (one run says nothing about the spread).
+  the t-interval of the mean of a[i] - b[i]) decides: entirely on the expected side, the finding is
+  **reproduced**; entirely on the other side, it is **not reproduced** at this scale (a statement about our small
+  models, not about the paper's); straddling zero, **inconclusive**. Fewer than two runs on a side: inconclusive
+  (one run says nothing about the spread).
 - `best_in_range(curve, low, high)`: the paper says the best x (e.g. the MHSA proportion) lies in [low, high].
   Each point's runs are resampled with replacement (2,000 bootstrap draws, fixed seed) and the best x taken in
-  each draw: in at least 95% of draws inside the range, the finding **holds**; in at most 5%, it **does not
-  hold**; otherwise **inconclusive**. Every point needs at least two runs.
+  each draw: in at least 95% of draws inside the range, the finding is **reproduced**; in at most 5%, **not
+  reproduced**; otherwise **inconclusive**. Every point needs at least two runs.
 """
 
 from __future__ import annotations
@@ -21,22 +22,25 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 CONFIDENCE = 0.95
 DRAWS = 2000
 
 
 @dataclass(frozen=True)
 class Verdict:
-    verdict: str  # holds, does not hold, inconclusive
+    verdict: str  # reproduced, not reproduced, inconclusive
     effect: float  # mean(a) - mean(b), or the share of draws whose best x lies in the range
     low: float  # the interval around the effect (nan where there is none)
     high: float
     runs: str  # how many runs decided it, e.g. "3 vs 3 seeds"
 
-    def describe(self, unit: str = "") -> str:
+    def describe(self, unit: str = "", where: str = "at proxy scale") -> str:
+        """The effect, its interval, the runs and the verdict in words; `where` says what "not reproduced" is about
+        (our proxies, this CPU)."""
         interval = "" if np.isnan(self.low) else f" [{self.low:.1f}, {self.high:.1f}]{unit}"
-        return f"{self.effect:+.1f}{unit}{interval}, {self.runs}: **{self.verdict}**"
+        word = f"{self.verdict} {where}" if self.verdict == NOT_REPRODUCED else self.verdict
+        return f"{self.effect:+.1f}{unit}{interval}, {self.runs}: **{word}**"
 
 
 def compare(a, b, expect: str = "greater", paired: bool = False, unit: str = "runs") -> Verdict:
@@ -47,7 +51,7 @@ def compare(a, b, expect: str = "greater", paired: bool = False, unit: str = "ru
     runs = f"{len(a)} paired {unit}" if paired else f"{len(a)} vs {len(b)} {unit}"
     effect = a.mean() - b.mean() if len(a) and len(b) else float("nan")
     if len(a) < 2 or len(b) < 2:
-        return Verdict(UNSURE, effect, float("nan"), float("nan"), runs)
+        return Verdict(INCONCLUSIVE, effect, float("nan"), float("nan"), runs)
     if paired:
         d = a - b
         se, dof = d.std(ddof=1) / np.sqrt(len(d)), len(d) - 1
@@ -59,11 +63,11 @@ def compare(a, b, expect: str = "greater", paired: bool = False, unit: str = "ru
     low, high = effect - half, effect + half
     sign = 1 if expect == "greater" else -1
     if sign * low > 0 and sign * high > 0:
-        verdict = HOLDS
+        verdict = REPRODUCED
     elif sign * low < 0 and sign * high < 0:
-        verdict = FAILS
+        verdict = NOT_REPRODUCED
     else:
-        verdict = UNSURE
+        verdict = INCONCLUSIVE
     return Verdict(verdict, effect, low, high, runs)
 
 
@@ -77,12 +81,12 @@ def best_in_range(curve: pd.DataFrame, x: str, y: str, low: float, high: float, 
     observed = xs[np.argmax([g.mean() for g in groups])]
     inside_observed = float(low <= observed <= high)
     if fewest < 2:
-        return Verdict(UNSURE, inside_observed, float("nan"), float("nan"), runs)
+        return Verdict(INCONCLUSIVE, inside_observed, float("nan"), float("nan"), runs)
     rng = np.random.default_rng(seed)
     means = np.stack([rng.choice(g, size=(DRAWS, len(g))).mean(axis=1) for g in groups], axis=1)
     best = xs[means.argmax(axis=1)]
     share = float(((best >= low) & (best <= high)).mean())
-    verdict = HOLDS if share >= CONFIDENCE else FAILS if share <= 1 - CONFIDENCE else UNSURE
+    verdict = REPRODUCED if share >= CONFIDENCE else NOT_REPRODUCED if share <= 1 - CONFIDENCE else INCONCLUSIVE
     return Verdict(verdict, share, float("nan"), float("nan"), runs)
 
 

@@ -31,6 +31,7 @@ import torch
 from .bench.measure import interleaved_throughput
 from .errors import UserError
 from .files import atomic_write_text
+from .flops import count_flops
 from .models import ModelSpec, create_model
 from .models.layout import format_layout, mhsa_proportion, spread_layout
 from .runtime import resolve_device
@@ -98,6 +99,30 @@ def measure_speedups(
         )
         for runs in sub_runs
     ]
+
+
+def layer_costs(
+    family: str, base: dict[str, Any], device: str = "cpu", batch_size: int = 16, rounds: int = 3, seconds: float = 0.3
+) -> dict[str, float]:
+    """What an attention layer costs against an FFN layer here: the full model's layout made all attention and all
+    FFN (same depth and widths), timed in interleaved rounds; `attention_over_ffn_time` is the all-FFN model's
+    throughput over the all-attention one's (about the per-layer cost ratio, the stem and head being small), and
+    `attention_over_ffn_flops` the same ratio of FLOPs. Subnets matched in throughput trade layers at this rate."""
+    kinds = {
+        kind: subnet_kwargs(family, proportion, 1.0, base) for kind, proportion in (("attention", 1.0), ("ffn", 0.0))
+    }
+    models = {kind: create_model(family, **kwargs).eval().to(device) for kind, kwargs in kinds.items()}
+    runs = interleaved_throughput(
+        list(models.values()), rounds=rounds, seconds=seconds, batch_size=batch_size, warmup=3
+    )
+    speed = {kind: statistics.median(r) for kind, r in zip(models, runs)}
+    flops = {kind: count_flops(model.cpu()) for kind, model in models.items()}
+    return {
+        "attention_img_s": round(speed["attention"], 1),
+        "ffn_img_s": round(speed["ffn"], 1),
+        "attention_over_ffn_time": round(speed["ffn"] / speed["attention"], 3),
+        "attention_over_ffn_flops": round(flops["attention"] / flops["ffn"], 3),
+    }
 
 
 def neighbours(family: str, proportion: float, scale: float, base: dict[str, Any], count: int) -> list[dict]:
@@ -260,7 +285,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, help="input size (default 224)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to time the models")
     parser.add_argument("--out", help="YAML to write (default runs/subnets/<family>_<speedup>x_mhsa<p>.yaml)")
-    parser.add_argument("--cache", type=Path, help="timing cache (default $XDG_CACHE_HOME/efficientvit-lab/subnets.json)")
+    parser.add_argument(
+        "--cache", type=Path, help="timing cache (default $XDG_CACHE_HOME/efficientvit-lab/subnets.json)"
+    )
     parser.add_argument("--no-cache", action="store_true", help="measure again even if the cache has this call")
 
 

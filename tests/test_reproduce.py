@@ -12,7 +12,6 @@ from analysis.pipeline import MANIFEST, record_outputs, stage_timing
 from analysis.preset import Preset, check_preset, load_preset
 from analysis.report import write_report
 from analysis.reproduce import reproduce
-from analysis.verdicts import compare, late_and_early
 from efficientvit.config import config_from_dict
 from efficientvit.errors import UserError
 
@@ -227,26 +226,14 @@ def test_report_marks_subnets_that_missed_their_speedup_and_lists_actual_proport
     fig3 = text.split("## Figure 3")[1].split("## Figure 4")[0]
     assert "1.5x (1.30x **missed**) | 0.6 (0.583)" in fig3 and "1.25x (1.27x) | 0.2 (0.167)" in fig3
     assert "1.5x, 4 throughput-matched points" in fig3  # the missed point is left out of the 1.5x verdict
-    assert "(4 points x at least 2 runs): **does not hold**" in fig3  # the fixture's curves rise to 100% MHSA
+    # the proportions asked decide, as in the paper: 1.5x peaks at 0.4 asked (5 of 12 layers, 0.417), inside 20-40%
+    assert "1.5x, 4 throughput-matched points: best inside 20-40% in 100% of bootstrap draws" in fig3
+    assert "1.25x, 5 throughput-matched points: best inside 20-40% in 0%" in fig3  # 1.25x peaks at 0.6
+    assert "**not reproduced at proxy scale**" in fig3 and "deit_tiny 1.5x at 0.2 (40.2%)" in fig3  # below linear
     fig2 = text.split("## Figure 2")[1].split("## Figure 3")[0]  # a subnet off its speed-up leaves the trend
     assert "| deit_tiny_1.5x_p0.75 | 0.75 | 1.5x (1.30x **missed**) |" in fig2 and "1 paired subnet series" in fig2
     fig4 = text.split("## Figure 4")[1].split("## Figure 5")[0]
     assert "1 vs 1 runs: **inconclusive**" in fig4  # one proxy per kind: no verdict from a single run
-
-
-def test_late_blocks_are_compared_with_early_ones_within_each_run():
-    """Six blocks: the last third (5, 6) against the first third (1, 2) of each run; three runs whose late blocks
-    are 4 points higher give "holds", and the same effect under noise 20 times larger gives "inconclusive"."""
-    rows = [
-        {"source": f"seed{seed}", "block": block, "pct": 50 + (4 if block > 4 else 0)}
-        for seed in range(3)
-        for block in range(1, 7)
-    ]
-    late, early = late_and_early(pd.DataFrame(rows), "pct")
-    assert list(late) == [54, 54, 54] and list(early) == [50, 50, 50]
-    assert compare(late, early, "greater", paired=True).verdict == "holds"
-    noisy = pd.DataFrame(rows).assign(pct=lambda f: f["pct"] + [80 * (-1) ** i * (i % 5) for i in range(len(f))])
-    assert compare(*late_and_early(noisy, "pct"), "greater", paired=True).verdict == "inconclusive"
 
 
 def test_the_reference_preset_trains_three_seeds_of_every_heads_kind(monkeypatch):

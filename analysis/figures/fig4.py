@@ -1,8 +1,14 @@
-"""Figure 4: how alike the attention heads of a block are, with full, split and cascaded heads.
+"""Figure 4: how alike the attention heads of a block are, with full, split and cascaded heads, and the controls
+that tell redundant heads from heads that do not attend yet.
 
 Stage: `analysis/head_similarity.py` on every run of the proxies the preset names, for each feature (attention
-maps, head outputs). The report tests the paper's "feeding each head its own channel split lowers head
-similarity" and "heads are more alike in the late blocks".
+maps, head outputs), at each training budget (the proxies' snapshots), plus each proxy's architecture freshly
+initialised (the random-initialisation control). out/head_similarity/index.csv says what each table measured.
+
+The report tests the paper's "feeding each head its own channel split lowers head similarity" and "heads are more
+alike in the late blocks" on the paper's metric (max cosine to another head) and on the controls: attention
+entropy (flat maps are alike by construction), the similarity of maps centred on the uniform map, and linear CKA
+of head outputs (basis-invariant); each at every budget, the verdict at the longest.
 """
 
 from __future__ import annotations
@@ -10,21 +16,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis import head_similarity
 from analysis.figures import proxies
 from analysis.pipeline import Context, announce, family, read_tables, tool_settings, with_sidecar
 from analysis.published import paper_table
-from analysis.verdicts import compare, late_and_early
+from analysis.verdicts import NOT_REPRODUCED, compare, late_and_early
 from efficientvit.config import knob
-from efficientvit.results import markdown_table
+from efficientvit.results import markdown_table, write_results
 
 STAGE = "fig4"
 TITLE = "Figure 4: head similarity, full vs split heads"
 FIGURE = "fig4_head_similarity.png"
+BUDGET_FIGURE = "fig4_budget.png"  # each finding against the training budget
 FOLDER = "head_similarity"
-OWNED = ("data", "model", "model_config", "checkpoint", "feature", "device", "run", "out_dir")
+OWNED = ("data", "model", "model_config", "checkpoint", "feature", "device", "run", "out_dir", "random_init")
+METRICS = {  # what each feature is compared by: the paper's metric, then its control
+    "attention": ("mean_max_similarity", "centred_mean_max_similarity"),
+    "output": ("mean_max_similarity", "cka_mean_max"),
+}
+LABELS = {
+    "mean_max_similarity": "max cosine (paper's metric)",
+    "centred_mean_max_similarity": "max cosine of centred maps",
+    "cka_mean_max": "max linear CKA",
+}
 
 
 @dataclass
@@ -32,86 +49,272 @@ class Section:
     proxies: list[str] = knob(help="the proxies whose runs are measured")
     features: list[str] = knob(["attention"], "what is compared: attention maps, head outputs or both")
     similarity: dict = knob({}, "settings of analysis/head_similarity.py (SimilarityConfig: images, batch, ...)")
+    random_init: bool = knob(True, "also measure each proxy's architecture freshly initialised (the control row)")
 
     def __post_init__(self):
         self.similarity = tool_settings(head_similarity.SimilarityConfig, self.similarity, "fig4: similarity", OWNED)
 
 
-def run(ctx: Context, section: Section, trained: proxies.Section) -> list[Path]:
-    """The stage: every run of every proxy named, every feature; a measurement already written is kept."""
-    written = []
-    checkpoints = proxies.checkpoints(trained, ctx.runs)
-    for proxy_run in [run for proxy in section.proxies for run in proxies.run_names(trained, proxy)]:
-        for feature in section.features:
-            name = f"{proxy_run}_{feature}"
-            written += [
-                p for table in ("summary", "pairwise") for p in with_sidecar(ctx.out / FOLDER / f"{name}_{table}.csv")
-            ]
-            if (ctx.out / FOLDER / f"{name}_summary.csv").exists():
-                continue
-            config = head_similarity.SimilarityConfig(
-                **section.similarity,
-                data=str(ctx.data),
-                checkpoint=str(checkpoints[proxy_run]),
-                feature=feature,
-                device=ctx.device,
-                run=name,
-                out_dir=ctx.out / FOLDER,
-            )
-            announce(config)
-            head_similarity.run(config)
-    return written
+def measure(ctx: Context, section: Section, name: str, checkpoint: Path, feature: str, random: bool) -> list[Path]:
+    """One measurement (kept when its table exists); the paths of its tables."""
+    paths = [p for table in ("summary", "pairwise") for p in with_sidecar(ctx.out / FOLDER / f"{name}_{table}.csv")]
+    if not paths[0].exists():
+        config = head_similarity.SimilarityConfig(
+            **section.similarity,
+            data=str(ctx.data),
+            checkpoint=str(checkpoint),
+            feature=feature,
+            random_init=random,
+            device=ctx.device,
+            run=name,
+            out_dir=ctx.out / FOLDER,
+        )
+        announce(config)
+        head_similarity.run(config)
+    return paths
+
+
+def run(ctx: Context, section: Section, trained: proxies.Section, budget: int | None = None) -> list[Path]:
+    """The stage at one budget: every run of every proxy named, every feature; the random-initialisation controls
+    with the first budget. A measurement already written is kept."""
+    checkpoints = proxies.checkpoints(trained, ctx.runs, budget)
+    suffix = "" if budget is None else f"_e{budget}"
+    rows, written = [], []
+    for proxy in section.proxies:
+        for run_name in proxies.run_names(trained, proxy):
+            for feature in section.features:
+                name = f"{run_name}{suffix}_{feature}"
+                written += measure(ctx, section, name, checkpoints[run_name], feature, False)
+                rows.append({"table": name, "proxy": proxy, "run": run_name, "budget": budget})
+        if section.random_init and budget == proxies.budgets(trained)[0]:
+            first = proxies.run_names(trained, proxy)[0]
+            for feature in section.features:
+                name = f"{proxy}_random_init_{feature}"
+                written += measure(ctx, section, name, checkpoints[first], feature, True)
+                rows.append({"table": name, "proxy": proxy, "run": name, "budget": 0})
+    return written + with_sidecar(write_index(ctx.out / FOLDER / "index.csv", rows))
+
+
+def write_index(path: Path, rows: list[dict]) -> Path:
+    """The index of what each table measured, added to what earlier budgets wrote."""
+    index = pd.DataFrame(rows)
+    if path.exists():
+        index = pd.concat([pd.read_csv(path), index]).drop_duplicates("table", keep="last")
+    return write_results(index, path, {"index": "proxy run and training budget (epochs; 0: random init) per table"})
 
 
 def tables(out: Path) -> dict[str, pd.DataFrame | None]:
+    """The run's summaries, each row with its family, proxy run and budget (epochs; 0 for the random-init control,
+    NaN for a run written before budgets were kept: its trained model)."""
     frame = read_tables(out, FOLDER, "*_summary.csv")
-    return {"summary": None if frame is None else frame.assign(family=frame["model"].map(family))}
+    if frame is None:
+        return {"summary": None}
+    index = read_tables(out, FOLDER, "index.csv")
+    frame["source"] = frame["source"].str.removesuffix("_summary")
+    if index is not None:
+        index = index[["table", "proxy", "run", "budget"]].rename(columns={"table": "source"})
+        frame = frame.merge(index, on="source", how="left")
+    else:
+        frame["budget"] = np.where(frame["checkpoint"] == "random_init", 0, np.nan)
+    frame["family"] = frame["model"].map(family)
+    frame["control"] = frame["checkpoint"] == "random_init"
+    for column in ("centred_mean_max_similarity", "cka_mean_max", "entropy_mean", "near_uniform"):
+        if column not in frame:  # written before the controls existed
+            frame[column] = np.nan
+    return {"summary": frame}
 
 
 def summarize(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
-    """One row per family, feature and heads kind: the runs, the mean over blocks and runs of the paper's metric
-    (each head's max similarity to another, in %), its 95% half-width over images, the per-block means and the
-    maximum-of-means variant."""
+    """One row per family, feature, heads kind and budget (the random-init control at budget 0): the runs, the
+    paper's metric and its control (means over blocks and runs, %), its 95% half-width over images, the per-block
+    means, the mean attention entropy and how many blocks are near uniform."""
     frame = tables["summary"]
     rows = []
-    for (name, feature, kind), group in frame.groupby(["family", "feature", "attention_kind"]):
+    keys = ["family", "feature", "attention_kind", "budget"]
+    for (name, feature, kind, budget), group in frame.groupby(keys, dropna=False, sort=True):
+        control = METRICS[feature][1]
         rows.append(
             {
                 "family": name,
                 "feature": feature,
                 "heads": kind,
+                "budget": budget,
                 "runs": group["source"].nunique(),
                 "similarity_pct": 100 * group["mean_max_similarity"].mean(),
                 # the blocks' errors are correlated (the same images): the mean of their half-widths bounds the mean's
                 "ci95_pct": 100 * group["mean_max_similarity_ci95"].mean(),
                 "per_block_pct": list(100 * group.groupby("block")["mean_max_similarity"].mean()),
                 "max_of_mean_pct": 100 * group["max_of_mean_similarity"].mean(),
+                "control_metric": control,
+                "control_pct": 100 * group[control].mean(),
+                "entropy": group["entropy_mean"].mean(),
+                "near_uniform_blocks": int(group["near_uniform"].eq(True).sum()),
+                "blocks": len(group),
             }
         )
     return pd.DataFrame(rows)
 
 
-def split_verdicts(frame: pd.DataFrame, table: pd.DataFrame) -> list[str]:
-    """Full heads against split (and cascaded) heads, per family and feature: a run is one trained proxy (its mean
-    over blocks)."""
-    per_run = frame.groupby(["family", "feature", "attention_kind", "source"])["mean_max_similarity"].mean()
-    kinds = set(zip(table["family"], table["feature"], table["heads"]))
+def findings(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
+    """Full heads against split (and cascaded) heads, per family, feature, metric (the paper's and its control)
+    and budget: a run is one trained proxy (its mean over blocks, %); Welch's interval across runs. The paper's
+    direction: full heads more alike (a positive effect)."""
+    frame = tables["summary"]
+    trained = frame[~frame["control"]]
+    rows = []
+    for (name, feature, budget), group in trained.groupby(["family", "feature", "budget"], dropna=False):
+        kinds = set(group["attention_kind"])
+        for other in ("split", "cascade"):
+            if {"full", other} <= kinds:
+                for metric in METRICS[feature]:
+                    per_run = group.groupby(["attention_kind", "source"])[metric].mean()
+                    result = compare(100 * per_run["full"], 100 * per_run[other])
+                    rows.append(
+                        {
+                            "family": name,
+                            "feature": feature,
+                            "comparison": f"full minus {other}",
+                            "metric": metric,
+                            "budget": budget,
+                            "effect": result.effect,
+                            "low": result.low,
+                            "high": result.high,
+                            "verdict": result.verdict,
+                            "runs": result.runs,
+                            "text": result.describe(),
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+def budget_label(budget: float) -> str:
+    return "trained" if pd.isna(budget) else "random init" if budget == 0 else f"{int(budget)} ep"
+
+
+def table_lines(summary: pd.DataFrame) -> list[str]:
+    """The paper's metric beside its controls, per family, feature, heads and budget."""
+    cells = pd.DataFrame(
+        {
+            "family": summary["family"],
+            "feature": summary["feature"],
+            "heads": summary["heads"],
+            "budget": summary["budget"].map(budget_label),
+            "runs": summary["runs"],
+            "max cosine (paper's metric, ± 95% CI over images)": [
+                f"{r.similarity_pct:.1f}% ± {r.ci95_pct:.1f}" for r in summary.itertuples()
+            ],
+            "control": [
+                "-" if np.isnan(r.control_pct) else f"{r.control_pct:.1f}% ({LABELS[r.control_metric]})"
+                for r in summary.itertuples()
+            ],
+            "entropy H/log N": summary["entropy"].map(lambda v: "-" if np.isnan(v) else f"{v:.3f}"),
+            "near-uniform blocks": [
+                "-" if np.isnan(r.entropy) else f"{r.near_uniform_blocks} of {r.blocks}" for r in summary.itertuples()
+            ],
+            "per block (%)": [" ".join(f"{v:.0f}" for v in blocks) for blocks in summary["per_block_pct"]],
+        }
+    )
+    return markdown_table(cells)
+
+
+def longest(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows at the longest training budget, and the random-init controls."""
+    trained = summary[summary["budget"] != 0]
+    if trained["budget"].notna().any():
+        trained = trained[trained["budget"] == trained["budget"].max()]
+    return pd.concat([trained, summary[summary["budget"] == 0]], ignore_index=True)
+
+
+def along_training(found: pd.DataFrame) -> list[str]:
+    """Each comparison's effect at every budget, the paper's metric and its control side by side."""
+    if found.empty or found["budget"].nunique() < 2:
+        return []
+    wide = found.pivot_table(
+        index=["family", "feature", "comparison", "budget"], columns="metric", values="text", aggfunc="first"
+    ).reset_index()
+    cells = pd.DataFrame(
+        {
+            "family": wide["family"],
+            "feature": wide["feature"],
+            "comparison": wide["comparison"],
+            "budget": wide["budget"].map(budget_label),
+            "max cosine (paper's metric), points": wide["mean_max_similarity"],
+            "control, points": [
+                r.get("centred_mean_max_similarity") if r["feature"] == "attention" else r.get("cka_mean_max")
+                for _, r in wide.iterrows()
+            ],
+        }
+    )
+    return [
+        "",
+        "Along training (each effect with its 95% interval and verdict at that budget):",
+        "",
+        *markdown_table(cells),
+    ]
+
+
+def finding_lines(found: pd.DataFrame) -> list[str]:
+    """Per family, feature and comparison: the paper's metric and the control at the longest budget, and how the
+    paper's metric moved from the shortest budget."""
+    if found.empty:
+        return ["needs both full and split runs"]
     lines = []
-    for name, feature in sorted({(f, feat) for f, feat, _ in kinds}):
-        if (name, feature, "full") in kinds and (name, feature, "split") in kinds:
-            for other in ("split", "cascade"):
-                if (name, feature, other) in kinds:
-                    result = compare(100 * per_run[name, feature, "full"], 100 * per_run[name, feature, other])
-                    lines.append(f"{name} ({feature}), full minus {other}, points: {result.describe()}")
+    for (name, feature, comparison), group in found.groupby(["family", "feature", "comparison"], sort=False):
+        ordered = group.sort_values("budget", na_position="last")
+        last = ordered[ordered["budget"] == ordered["budget"].max()] if ordered["budget"].notna().any() else ordered
+        paper, control = (last[last["metric"] == m].iloc[0] for m in METRICS[feature])
+        text = f"{name} ({feature}), {comparison}, points: {paper.text}"
+        if not np.isnan(control.effect):
+            text += f"; {LABELS[control.metric]}: {control.text}"
+        first = ordered[ordered["metric"] == METRICS[feature][0]].iloc[0]
+        if pd.notna(first.budget) and first.budget != paper.budget:
+            moved = "toward" if paper.effect > first.effect else "away from"
+            text += (
+                f"; from {budget_label(first.budget)} to {budget_label(paper.budget)} the effect moved {moved} the "
+                f"paper's ({first.effect:+.1f} -> {paper.effect:+.1f})"
+            )
+        lines.append(text)
     return lines
 
 
+def reason(summary: pd.DataFrame, found: pd.DataFrame) -> str:
+    """Why the paper's metric may reverse on these proxies, as the controls say: split-head maps flatter (higher
+    entropy, more near-uniform blocks) and the reversal gone once the maps are centred."""
+    if found.empty:
+        return ""
+    trained = summary[summary["budget"] != 0]
+    last = trained[trained["budget"] == trained["budget"].max()] if trained["budget"].notna().any() else trained
+    maps = last[last["feature"] == "attention"].set_index(["family", "heads"])
+    parts = []
+    for name in sorted({f for f, _ in maps.index}):
+        if (
+            (name, "full") in maps.index
+            and (name, "split") in maps.index
+            and pd.notna(maps.loc[(name, "full")].entropy)
+        ):
+            full, split = maps.loc[(name, "full")], maps.loc[(name, "split")]
+            parts.append(
+                f"{name}: entropy full {full.entropy:.3f} vs split {split.entropy:.3f}, near-uniform blocks "
+                f"{full.near_uniform_blocks} vs {split.near_uniform_blocks} of {full.blocks}"
+            )
+    reversed_ = found[(found["metric"] == "mean_max_similarity") & (found["verdict"] == NOT_REPRODUCED)]
+    lead = (
+        "Where the paper's metric is not reproduced, flatter maps are the first suspect (two uniform maps have "
+        "cosine 1): "
+        if len(reversed_)
+        else "Attention entropy (1 = uniform maps, alike by construction): "
+    )
+    return lead + ("; ".join(parts) if parts else "not measured (no entropy in these tables)") + "."
+
+
 def late_verdicts(frame: pd.DataFrame) -> list[str]:
-    """Full heads' attention maps: the last third of the blocks against the first, paired within each run, beside
-    the paper's own curve of that family."""
+    """Full heads' attention maps at the longest budget: the last third of the blocks against the first, paired
+    within each run, beside the paper's own curve of that family."""
     paper = paper_table("fig4_head_similarity")
     paper_full = paper[paper["heads"] == "full"].assign(family=lambda f: f["model"].map(family))
-    full_maps = frame[(frame["attention_kind"] == "full") & (frame["feature"] == "attention")]
+    full_maps = frame[(frame["attention_kind"] == "full") & (frame["feature"] == "attention") & ~frame["control"]]
+    if full_maps["budget"].notna().any():
+        full_maps = full_maps[full_maps["budget"] == full_maps["budget"].max()]
     lines = []
     for name, group in full_maps.groupby("family"):
         late, early = late_and_early(group.assign(pct=100 * group["mean_max_similarity"]), "pct")
@@ -128,35 +331,30 @@ def report(out: Path) -> list[str]:
     found = tables(out)
     if found["summary"] is None:
         return ["Not run."]
-    table = summarize(found)
-    cells = pd.DataFrame(
-        {
-            "family": table["family"],
-            "feature": table["feature"],
-            "heads": table["heads"],
-            "runs": table["runs"],
-            "mean over blocks of the max head similarity (± 95% CI over images)": [
-                f"{r.similarity_pct:.1f}% ± {r.ci95_pct:.1f}" for r in table.itertuples()
-            ],
-            "per block (%)": [" ".join(f"{v:.0f}" for v in blocks) for blocks in table["per_block_pct"]],
-            "maximum of the image means": table["max_of_mean_pct"].map("{:.1f}%".format),
-        }
-    )
+    summary, verdicts = summarize(found), findings(found)
     paper = paper_table("fig4_head_similarity").groupby(["model", "heads"])["similarity_pct"].mean()
-    splits, later = split_verdicts(found["summary"], table), late_verdicts(found["summary"])
-    return markdown_table(cells) + [
-        "",
-        "Max head similarity: per image and window, each head's highest cosine similarity to another head "
-        "of its block, averaged over windows, heads and images (the paper's caption); the last column "
-        "takes the maximum after averaging each pair over the images instead.",
-        "",
-        "Paper (ImageNet, mean over 12 blocks): " + ", ".join(f"{m} {h} {v:.1f}%" for (m, h), v in paper.items()) + ".",
-        'Finding "feeding each head its own channel split lowers head similarity": '
-        + ("; ".join(splits) if splits else "needs both full and split runs")
-        + ".",
-        'Finding "heads are more alike in the late blocks" (full heads, attention maps: the mean over the last '
-        "third of the blocks minus the first third, points, paired within each run; the paper's own curves show "
-        "it for Swin-T, not for DeiT-T): "
-        + ("; ".join(later) if later else "needs full-heads runs on attention maps")
-        + ".",
-    ]
+    later = late_verdicts(found["summary"])
+    return (
+        table_lines(longest(summary))
+        + along_training(verdicts)
+        + [
+            "",
+            "Max cosine: per image and window, each head's highest cosine similarity to another head of its block, "
+            "averaged over windows, heads and images (the paper's caption). Controls: for attention maps the same on "
+            "maps minus the uniform map (two uniform maps give 0, not 1) and the maps' entropy H/log N (1: uniform; a "
+            f"block is near uniform at {head_similarity.NEAR_UNIFORM} or more); for head outputs linear CKA (invariant "
+            "to each head's choice of V basis). Random init: the same architectures untrained, on the same images.",
+            "",
+            "Paper (ImageNet, mean over 12 blocks): "
+            + ", ".join(f"{m} {h} {v:.1f}%" for (m, h), v in paper.items())
+            + ".",
+            'Finding "feeding each head its own channel split lowers head similarity" (full minus split, Welch over '
+            "runs): " + "; ".join(finding_lines(verdicts)) + ".",
+            reason(summary, verdicts),
+            'Finding "heads are more alike in the late blocks" (full heads, attention maps: the mean over the last '
+            "third of the blocks minus the first third, points, paired within each run; the paper's own curves show "
+            "it for Swin-T, not for DeiT-T): "
+            + ("; ".join(later) if later else "needs full-heads runs on attention maps")
+            + ".",
+        ]
+    )

@@ -1,9 +1,12 @@
 """Figure 5: which channels Taylor structured pruning keeps, and the variant designed from them.
 
-Stage: `analysis/taylor_pruning.py` on every run of the proxies the preset names; each pruned model fine-tuned when
-the preset asks; top-1 before, after pruning and after fine-tuning in out/pruned/summary.csv; then
-`analysis/design_variant.py` reads the first run's pruning into an EfficientViT configuration. The report tests the
-paper's "V keeps more channels than Q/K" and "pruning cuts most in the last blocks".
+Stage: `analysis/taylor_pruning.py` (per-head ranking, iterative by default) on every run of the proxies the preset
+names, at each training budget (the proxies' snapshots); at the longest budget each pruned model is fine-tuned when
+the preset asks, and `analysis/design_variant.py` reads the first run's pruning into an EfficientViT configuration.
+out/pruned/summary.csv has one row per run and budget: which table, top-1 before, after pruning and after
+fine-tuning. The report tests the paper's "Q/K are cut more than FFN relative to their width" (its main reading:
+Swin-T keeps 0.31 of Q/K and 2.70/4 of FFN, -36 points), "V keeps more than Q/K" (+60 points), both paired within
+each run, and "pruning cuts most in the last blocks", per family, at every budget.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis import design_variant, taylor_pruning
 from analysis.figures import proxies
-from analysis.pipeline import Context, announce, read_tables, tool_settings, trained, with_sidecar
+from analysis.pipeline import Context, announce, family, read_tables, tool_settings, trained, with_sidecar
 from analysis.published import paper_table
 from analysis.verdicts import compare, late_and_early
 from efficientvit.config import knob
@@ -26,6 +30,7 @@ from efficientvit.results import markdown_table, write_results
 STAGE = "fig5"
 TITLE = "Figure 5: Taylor structured pruning"
 FIGURE = "fig5_taylor_pruning.png"
+BUDGET_FIGURE = "fig5_budget.png"  # each finding against the training budget
 FOLDER = "taylor_pruning"
 OWNED = ("data", "model", "checkpoint", "device", "run", "out_dir", "save", "finetune_config")
 VARIANT_OWNED = ("pruning", "out_dir", "name")
@@ -44,13 +49,12 @@ class Section:
         self.variant = tool_settings(design_variant.VariantConfig, self.variant, "fig5: variant", VARIANT_OWNED)
 
 
-def run_name(section: Section, proxy_run: str) -> str:
-    return f"{proxy_run}_ratio_{section.pruning.get('ratio')}"
+def run_name(section: Section, proxy_run: str, budget: int | None = None) -> str:
+    return f"{proxy_run}{'' if budget is None else f'_e{budget}'}_ratio_{section.pruning.get('ratio')}"
 
 
-def prune(ctx: Context, section: Section, proxy_run: str, checkpoint: Path) -> dict:
-    """Prune one proxy run (unless its table exists); returns its pruning statistics."""
-    name = run_name(section, proxy_run)
+def prune(ctx: Context, section: Section, name: str, checkpoint: Path) -> dict:
+    """Prune one proxy run's snapshot (unless its table exists); returns its pruning statistics."""
     table = ctx.out / FOLDER / f"{name}.csv"
     if table.exists():  # resume: the statistics of a finished pruning are in its sidecar
         return json.loads(table.with_suffix(".json").read_text())["pruning"]
@@ -67,31 +71,42 @@ def prune(ctx: Context, section: Section, proxy_run: str, checkpoint: Path) -> d
     return taylor_pruning.run(config).stats
 
 
-def run(ctx: Context, section: Section, trained_proxies: proxies.Section) -> list[Path]:
-    """The stage: prune (and fine-tune) every run, tabulate their top-1, design the variant from the first."""
+def run(
+    ctx: Context, section: Section, trained_proxies: proxies.Section, budget: int | None = None, last: bool = True
+) -> list[Path]:
+    """The stage at one budget: prune every run (and, at the last budget, fine-tune it and design the variant from
+    the first); out/pruned/summary.csv gains this budget's rows."""
     configs = proxies.configs(trained_proxies, ctx.data, ctx.runs)
-    checkpoints = proxies.checkpoints(trained_proxies, ctx.runs)
+    checkpoints = proxies.checkpoints(trained_proxies, ctx.runs, budget)
     runs = [run for proxy in section.proxies for run in proxies.run_names(trained_proxies, proxy)]
     rows = []
     for proxy_run in runs:
-        config = configs[proxy_run]
-        row = {"proxy": proxy_run, "model": config.model, "seed": config.seed}
-        row.update(prune(ctx, section, proxy_run, checkpoints[proxy_run]))
-        if section.finetune is not None:
-            pruned = ctx.runs / "pruned" / f"{run_name(section, proxy_run)}.pth"
+        config, name = configs[proxy_run], run_name(section, proxy_run, budget)
+        row = {"proxy": proxy_run, "model": config.model, "seed": config.seed, "budget": budget, "table": name}
+        row.update(prune(ctx, section, name, checkpoints[proxy_run]))
+        if last and section.finetune is not None:
+            pruned = ctx.runs / "pruned" / f"{name}.pth"
             finetune = dataclasses.replace(
-                config, **section.finetune, init=str(pruned), out=str(pruned.with_suffix("")) + "_finetuned"
+                config,
+                **section.finetune,
+                init=str(pruned),
+                out=str(pruned.with_suffix("")) + "_finetuned",
+                snapshots=[],
+                plateau=None,
             )
-            row["top1_finetuned"] = trained(finetune, f"fine-tuning {run_name(section, proxy_run)}")["val_top1"].iloc[
-                -1
-            ]
+            row["top1_finetuned"] = trained(finetune, f"fine-tuning {name}")["val_top1"].iloc[-1]
         rows.append(row)
-    summary = write_results(
-        pd.DataFrame(rows), ctx.out / "pruned" / "summary.csv", {"fig5": dataclasses.asdict(section)}
-    )
-    first = ctx.out / FOLDER / f"{run_name(section, runs[0])}.csv"
-    written = [p for r in runs for p in with_sidecar(ctx.out / FOLDER / f"{run_name(section, r)}.csv")]
-    return written + with_sidecar(summary) + [design(ctx, section, first)]
+    summary = add_rows(ctx.out / "pruned" / "summary.csv", rows, section)
+    written = [p for r in rows for p in with_sidecar(ctx.out / FOLDER / f"{r['table']}.csv")] + with_sidecar(summary)
+    return written + ([design(ctx, section, ctx.out / FOLDER / f"{rows[0]['table']}.csv")] if last else [])
+
+
+def add_rows(path: Path, rows: list[dict], section: Section) -> Path:
+    """The summary with this budget's rows added to earlier budgets' (a rerun replaces its own)."""
+    frame = pd.DataFrame(rows)
+    if path.exists():
+        frame = pd.concat([pd.read_csv(path), frame]).drop_duplicates("table", keep="last")
+    return write_results(frame, path, {"fig5": dataclasses.asdict(section)})
 
 
 def design(ctx: Context, section: Section, pruning: Path) -> Path:
@@ -105,18 +120,72 @@ def design(ctx: Context, section: Section, pruning: Path) -> Path:
 
 
 def tables(out: Path) -> dict[str, pd.DataFrame | None]:
-    return {"pruning": read_tables(out, FOLDER), "pruned": read_tables(out, "pruned", "summary.csv")}
+    """The per-block tables, each row with its run, seed and budget (from out/pruned/summary.csv; NaN budget for a
+    run written before budgets were kept), and that summary."""
+    frame, pruned = read_tables(out, FOLDER), read_tables(out, "pruned", "summary.csv")
+    if frame is None:
+        return {"pruning": None, "pruned": pruned}
+    if pruned is not None and "table" in pruned:
+        index = pruned[["table", "proxy", "seed", "budget"]].rename(columns={"table": "source"})
+        frame = frame.merge(index, on="source", how="left")
+    else:
+        frame = frame.assign(budget=np.nan)
+    for kind in KINDS:  # written before the kept fractions were tabulated
+        if f"{kind}_kept_fraction" not in frame:
+            frame[f"{kind}_kept_fraction"] = frame[f"{kind}_kept"] / frame[f"{kind}_before"]
+    return {"pruning": frame.assign(family=frame["model"].map(family)), "pruned": pruned}
+
+
+def at_longest(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["budget"] == frame["budget"].max()] if frame["budget"].notna().any() else frame
 
 
 def summarize(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
-    """One row per model and block: the runs, and each kind's kept width over the block's input width (mean, s.d.
-    over runs)."""
-    frame = tables["pruning"]
+    """One row per model and block at the longest budget: the runs, and each kind's kept width over the block's
+    input width (mean, s.d. over runs)."""
+    frame = at_longest(tables["pruning"])
     blocks = frame.groupby(["model", "block", "stage", "in_width"])
-    table = blocks.agg(
-        runs=("source", "nunique"), **{f"{k}_{s}": (f"{k}_ratio", s) for k in KINDS for s in ("mean", "std")}
+    aggregates = {f"{k}_{s}": (f"{k}_ratio", s) for k in KINDS for s in ("mean", "std")}
+    return blocks.agg(runs=("source", "nunique"), **aggregates).reset_index()
+
+
+FINDINGS = {  # effect (per run, points) -> (the paper's claim, the direction it expects, the paper's Swin-T value)
+    "qk_minus_ffn": ("Q/K are cut more than FFN relative to their width", "less"),
+    "v_minus_qk": ("V keeps more channels than Q/K", "greater"),
+}
+
+
+def findings(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
+    """Per family, budget and finding: each run's paired effect (taylor_pruning.paired_effects), their mean and
+    95% t-interval across runs, the verdict, and the paper's Swin-T value of the same effect."""
+    paper = paper_table("fig5_taylor_pruning_swin_t")
+    theirs = taylor_pruning.paired_effects(
+        paper.assign(
+            qk_kept_fraction=paper["qk_ratio"],
+            v_kept_fraction=paper["v_ratio"],
+            ffn_kept_fraction=paper["ffn_ratio"] / 4,
+        )
     )
-    return table.reset_index()
+    frame, rows = tables["pruning"], []
+    for (name, budget), group in frame.groupby(["family", "budget"], dropna=False):
+        effects = pd.DataFrame([taylor_pruning.paired_effects(g) for _, g in group.groupby("source")])
+        for finding, (claim, expect) in FINDINGS.items():
+            result = compare(effects[finding], [0.0] * len(effects), expect, paired=True)
+            rows.append(
+                {
+                    "family": name,
+                    "budget": budget,
+                    "finding": finding,
+                    "claim": claim,
+                    "effect": result.effect,
+                    "low": result.low,
+                    "high": result.high,
+                    "verdict": result.verdict,
+                    "paper": theirs[finding],
+                    "text": result.describe(),
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def spread(values: pd.Series) -> str:
@@ -124,11 +193,54 @@ def spread(values: pd.Series) -> str:
     return f"{values.mean():.2f}" + (f" ± {values.std():.2f}" if len(values) > 1 else "")
 
 
+def budget_label(budget: float) -> str:
+    return "trained" if pd.isna(budget) else f"{int(budget)} ep"
+
+
+def finding_lines(found: pd.DataFrame) -> list[str]:
+    """Each finding at the longest budget per family, beside the paper's value, and how it moved along training."""
+    lines = []
+    for finding, (claim, _) in FINDINGS.items():
+        parts = []
+        for name, group in found[found["finding"] == finding].groupby("family"):
+            ordered = group.sort_values("budget")
+            first, last = ordered.iloc[0], ordered.iloc[-1]
+            text = f"{name}: {last.text} (paper's Swin-T: {last.paper:+.1f})"
+            if len(ordered) > 1:
+                toward = abs(last.effect - last.paper) < abs(first.effect - first.paper)
+                text += (
+                    f"; from {budget_label(first.budget)} to {budget_label(last.budget)} it moved "
+                    f"{'toward' if toward else 'away from'} the paper's ({first.effect:+.1f} -> {last.effect:+.1f})"
+                )
+            parts.append(text)
+        lines.append(f'Finding "{claim}" (kept fractions, paired within each run, points): {"; ".join(parts)}.')
+    return lines
+
+
+def along_training(found: pd.DataFrame) -> list[str]:
+    if found.empty or found["budget"].nunique() < 2:
+        return []
+    wide = found.pivot_table(
+        index=["family", "budget"], columns="finding", values="text", aggfunc="first"
+    ).reset_index()
+    cells = pd.DataFrame(
+        {
+            "family": wide["family"],
+            "budget": wide["budget"].map(budget_label),
+            **{f"{FINDINGS[f][0]}, points": wide[f] for f in FINDINGS if f in wide},
+        }
+    )
+    return [
+        "",
+        "Along training (each effect with its 95% interval and verdict at that budget):",
+        "",
+        *markdown_table(cells),
+    ]
+
+
 def kept_lines(frame: pd.DataFrame) -> list[str]:
-    """The means over blocks and runs beside the paper's, and the findings on V against Q/K and late blocks."""
+    """The means over blocks and runs beside the paper's, and the finding on the last blocks."""
     paper = paper_table("fig5_taylor_pruning_swin_t")
-    per_run = frame.groupby("source")[["v_ratio", "qk_ratio"]].mean()
-    kept_more = compare(100 * per_run["v_ratio"], 100 * per_run["qk_ratio"], "greater")
     # the share of a block's prunable channels (Q/K, V, FFN hidden) kept, ours and the paper's
     before = sum(frame[f"{k}_before"] for k in KINDS)
     kept = frame.assign(pct=100 * sum(frame[f"{k}_kept"] for k in KINDS) / before)
@@ -141,10 +253,10 @@ def kept_lines(frame: pd.DataFrame) -> list[str]:
     return [
         "",
         f"Means, ours: Q/K {frame['qk_ratio'].mean():.2f}, V {frame['v_ratio'].mean():.2f}, FFN "
-        f"{frame['ffn_ratio'].mean():.2f} (before pruning 1, 1, 4). Paper (Swin-T, ImageNet): Q/K "
-        f"{paper['qk_ratio'].mean():.2f}, V {paper['v_ratio'].mean():.2f}, FFN {paper['ffn_ratio'].mean():.2f}.",
-        f'Finding "V keeps more channels than Q/K" (V minus Q/K kept, % of the input width, each pruning run a '
-        f"run): {kept_more.describe()}.",
+        f"{frame['ffn_ratio'].mean():.2f} of the input width (before pruning 1, 1, 4); kept fractions Q/K "
+        f"{frame['qk_kept_fraction'].mean():.2f}, V {frame['v_kept_fraction'].mean():.2f}, FFN "
+        f"{frame['ffn_kept_fraction'].mean():.2f}. Paper (Swin-T, ImageNet): Q/K {paper['qk_ratio'].mean():.2f}, "
+        f"V {paper['v_ratio'].mean():.2f}, FFN {paper['ffn_ratio'].mean():.2f} of the input width.",
         'Finding "pruning cuts most in the last blocks" (share of a block\'s Q/K, V and FFN channels kept, the '
         "last third of the blocks minus the first third, points, paired within each pruning run): "
         f"{cuts} (paper's Swin-T: {paper_late.iloc[0] - paper_early.iloc[0]:+.1f}).",
@@ -152,11 +264,14 @@ def kept_lines(frame: pd.DataFrame) -> list[str]:
 
 
 def top1_lines(pruned: pd.DataFrame) -> list[str]:
-    """Top-1 before pruning, after and after fine-tuning, and the parameters and FLOPs kept, per model."""
+    """Top-1 before pruning, after and after fine-tuning, and the parameters and FLOPs kept, per model (at the
+    longest budget)."""
+    pruned = at_longest(pruned) if "budget" in pruned else pruned
     columns = [c for c in ("top1_before", "top1_after", "top1_finetuned") if c in pruned]
     rows = []
     for model, group in pruned.groupby("model"):
-        top1 = [spread(group[c]) + "%" for c in columns] + ["-"] * (3 - len(columns))
+        top1 = [spread(group[c].dropna()) + "%" if group[c].notna().any() else "-" for c in columns]
+        top1 += ["-"] * (3 - len(columns))
         params = (group["params_after"] / group["params_before"]).mean()
         flops = (group["flops_after"] / group["flops_before"]).mean()
         rows.append([model, len(group), *top1, f"{params:.2f}", f"{flops:.2f}"])
@@ -172,7 +287,7 @@ def report(out: Path) -> list[str]:
     found = tables(out)
     if found["pruning"] is None:
         return ["Not run."]
-    table = summarize(found)
+    table, verdicts = summarize(found), findings(found)
 
     def kept(kind: str) -> list[str]:
         return [
@@ -190,7 +305,10 @@ def report(out: Path) -> list[str]:
             **{f"{label} kept": kept(kind) for kind, label in zip(KINDS, ("Q/K", "V", "FFN"))},
         }
     )
-    lines = markdown_table(cells) + kept_lines(found["pruning"])
+    lines = markdown_table(cells) + kept_lines(at_longest(found["pruning"])) + finding_lines(verdicts)
+    lines += along_training(verdicts)
+    if (out / "figures" / BUDGET_FIGURE).exists():
+        lines += ["", f"![{TITLE}, along training](figures/{BUDGET_FIGURE})"]
     if found["pruned"] is not None:
         lines += top1_lines(found["pruned"])
     return lines

@@ -2,6 +2,12 @@
 
 Stage: train every proxy of the preset (once per seed), then tabulate each one's accuracy (out/proxies/summary.csv)
 and training curve (out/proxies/curves.csv), so the results folder says how far each model learned.
+
+Budgets: a run keeps snapshots of itself after the epochs the section lists (`budgets`, e.g. 1, 3, 10 of a
+10-epoch schedule), and the pipeline trains every proxy to one budget, has Figs. 4 and 5 read that budget's
+snapshots, then trains on to the next: each finding is read along training, and a run that stops loses at most
+the training in progress. A run that stops at its plateau (`train: {plateau: ...}`) before a budget is read there
+at its plateau.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ class Proxy:
 class Section:
     models: dict[str, Proxy] = knob(help="name: how to train it")
     seeds: list[int] | None = knob(None, "one run per seed, named <proxy>_seed<k> (null: one run, named <proxy>)")
-    train: dict = knob({}, "training-config keys for every proxy, e.g. {epochs: 10}")
+    train: dict = knob({}, "training-config keys for every proxy, e.g. {epochs: 10, plateau: 0.3}")
+    budgets: list[int] = knob([], "epochs after which Figs. 4 and 5 read each run (snapshots); empty: its last")
 
 
 def run_names(section: Section, proxy: str) -> list[str]:
@@ -63,6 +70,7 @@ def configs(section: Section, data: str, runs: Path) -> dict[str, TrainConfig]:
                     **section.train,
                     **proxy.set,
                     **({} if seed is None else {"seed": seed}),
+                    **({"snapshots": section.budgets} if section.budgets else {}),
                     "data": str(data),
                     "out": str(runs / run),
                 }
@@ -70,9 +78,22 @@ def configs(section: Section, data: str, runs: Path) -> dict[str, TrainConfig]:
     return out
 
 
-def checkpoints(section: Section, runs: Path) -> dict[str, Path]:
-    """Where each run's trained weights are, by run name."""
-    return {run: runs / run / "checkpoint.pth" for name in section.models for run in run_names(section, name)}
+def budgets(section: Section) -> list[int | None]:
+    """The budgets the figures read, in order; [None] (the trained model) when the section lists none."""
+    return sorted(section.budgets) or [None]
+
+
+def checkpoints(section: Section, runs: Path, budget: int | None = None) -> dict[str, Path]:
+    """Each run's weights at `budget` epochs (its snapshot; where the run stopped at its plateau before, the last
+    snapshot it kept), or its trained model; by run name."""
+    found = {}
+    for run in [run for name in section.models for run in run_names(section, name)]:
+        found[run] = runs / run / "checkpoint.pth"
+        if budget is not None:
+            kept = sorted(runs.glob(f"{run}/snapshots/epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+            earlier = [p for p in kept if int(p.stem.split("_")[1]) <= budget]
+            found[run] = earlier[-1] if earlier else runs / run / "snapshots" / f"epoch_{budget}.pth"
+    return found
 
 
 def check(section: Section, runs: Path, needed_by: dict[str, list[str]]) -> None:
@@ -93,29 +114,34 @@ def train_runs(ctx: Context, section: Section, index: int = 0, count: int = 1) -
         trained(config, f"training {name} ({config.model}, {config.epochs} epochs){shard}")
 
 
-def run(ctx: Context, section: Section) -> list[Path]:
-    """The stage: train every proxy, then write its accuracy and curves (out/proxies/summary.csv, curves.csv)."""
+def describe(name: str, config: TrainConfig, metrics: pd.DataFrame) -> dict:
+    """One row of the summary: a run as far as it has trained."""
+    dataset = open_split(config.data, "train", config.img_size)
+    final = metrics.iloc[-1]
+    return {
+        "proxy": name,
+        "seed": config.seed,
+        "model": config.model,
+        "attention": config.model_kwargs.get("attention", "full"),
+        "params": count_params(model_from_checkpoint(Path(config.out) / "checkpoint.pth")),
+        "epochs": int(final["epoch"]),
+        "train_images": min(len(dataset), config.train_images or len(dataset)),
+        "classes": len(dataset.classes),
+        "top1": final["val_top1"],
+        "top5": final["val_top5"],
+        "train_img_s": final["train_img_s"],
+        "train_minutes": metrics["epoch_seconds"].sum() / 60,
+    }
+
+
+def run(ctx: Context, section: Section, until: int | None = None) -> list[Path]:
+    """The stage: train every proxy (up to epoch `until`: one budget), then write their accuracy and curves
+    (out/proxies/summary.csv, curves.csv) as far as they have trained."""
     summary, curves = [], []
     for name, config in configs(section, ctx.data, ctx.runs).items():
-        metrics = trained(config, f"training {name} ({config.model}, {config.epochs} epochs)")
-        dataset = open_split(config.data, "train", config.img_size)
-        final = metrics.iloc[-1]
-        summary.append(
-            {
-                "proxy": name,
-                "seed": config.seed,
-                "model": config.model,
-                "attention": config.model_kwargs.get("attention", "full"),
-                "params": count_params(model_from_checkpoint(Path(config.out) / "checkpoint.pth")),
-                "epochs": int(final["epoch"]),
-                "train_images": min(len(dataset), config.train_images or len(dataset)),
-                "classes": len(dataset.classes),
-                "top1": final["val_top1"],
-                "top5": final["val_top5"],
-                "train_img_s": final["train_img_s"],
-                "train_minutes": metrics["epoch_seconds"].sum() / 60,
-            }
-        )
+        to = f"to epoch {until} of {config.epochs}" if until else f"{config.epochs} epochs"
+        metrics = trained(config, f"training {name} ({config.model}, {to})", until)
+        summary.append(describe(name, config, metrics))
         curves.append(pd.read_csv(Path(config.out) / "curve.csv").assign(proxy=name))
         curves.append(metrics[["epoch", "val_top1"]].assign(proxy=name))
     folder = ctx.out / FOLDER

@@ -4,24 +4,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.verdicts import FAILS, HOLDS, UNSURE, best_in_range, compare
+from analysis.verdicts import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, best_in_range, compare, late_and_early
 
 
 def test_a_clear_difference_holds_and_its_opposite_does_not():
-    assert compare([60.1, 61.0, 59.8], [40.2, 41.1, 39.5], "greater").verdict == HOLDS
-    assert compare([60.1, 61.0, 59.8], [40.2, 41.1, 39.5], "less").verdict == FAILS
+    assert compare([60.1, 61.0, 59.8], [40.2, 41.1, 39.5], "greater").verdict == REPRODUCED
+    assert compare([60.1, 61.0, 59.8], [40.2, 41.1, 39.5], "less").verdict == NOT_REPRODUCED
 
 
 def test_an_effect_inside_the_noise_is_inconclusive():
     rng = np.random.default_rng(0)
     a, b = 50 + 5 * rng.standard_normal(3), 50.5 + 5 * rng.standard_normal(3)
     result = compare(a, b)
-    assert result.verdict == UNSURE and result.low < 0 < result.high
+    assert result.verdict == INCONCLUSIVE and result.low < 0 < result.high
 
 
 def test_one_run_decides_nothing():
     result = compare([70.0], [40.0])
-    assert result.verdict == UNSURE and result.effect == pytest.approx(30.0)
+    assert result.verdict == INCONCLUSIVE and result.effect == pytest.approx(30.0)
 
 
 def test_the_interval_is_welchs():
@@ -42,24 +42,39 @@ def curve(means, noise, runs=3, seed=0):
 
 def test_best_in_range_holds_for_a_clear_peak_and_fails_for_a_peak_elsewhere():
     peak = {0.0: 40, 0.2: 60, 0.4: 58, 0.6: 50, 1.0: 35}
-    assert best_in_range(curve(peak, 0.5), "p", "top1", 0.2, 0.4).verdict == HOLDS
+    assert best_in_range(curve(peak, 0.5), "p", "top1", 0.2, 0.4).verdict == REPRODUCED
     rising = {0.0: 40, 0.2: 45, 0.4: 50, 0.6: 55, 1.0: 65}
-    assert best_in_range(curve(rising, 0.5), "p", "top1", 0.2, 0.4).verdict == FAILS
+    assert best_in_range(curve(rising, 0.5), "p", "top1", 0.2, 0.4).verdict == NOT_REPRODUCED
 
 
 def test_best_in_range_is_inconclusive_when_the_points_tie_within_noise_or_run_once():
     flat = {0.0: 50, 0.2: 50, 0.4: 50, 0.6: 50, 1.0: 50}
-    assert best_in_range(curve(flat, 3.0), "p", "top1", 0.2, 0.4).verdict == UNSURE
+    assert best_in_range(curve(flat, 3.0), "p", "top1", 0.2, 0.4).verdict == INCONCLUSIVE
     peak = {0.0: 40, 0.2: 60, 0.4: 58, 0.6: 50, 1.0: 35}
-    assert best_in_range(curve(peak, 0.5, runs=1), "p", "top1", 0.2, 0.4).verdict == UNSURE
+    assert best_in_range(curve(peak, 0.5, runs=1), "p", "top1", 0.2, 0.4).verdict == INCONCLUSIVE
 
 
 def test_paired_runs_use_the_differences():
     """Two models whose attention shares differ a lot between models but always exceed their FFN share by about 10
     points: unpaired, the spread between models hides it; paired, it holds."""
     attention, ffn = [10.0, 30.0, 50.0, 70.0], [0.5, 19.0, 41.0, 59.5]
-    assert compare(attention, ffn).verdict == UNSURE
+    assert compare(attention, ffn).verdict == INCONCLUSIVE
     paired = compare(attention, ffn, paired=True)
-    assert paired.verdict == HOLDS and paired.runs == "4 paired runs"
+    assert paired.verdict == REPRODUCED and paired.runs == "4 paired runs"
     d = np.subtract(attention, ffn)
     assert paired.high - paired.effect == pytest.approx(3.182 * d.std(ddof=1) / 2, rel=1e-3)  # t(3) = 3.182
+
+
+def test_late_blocks_are_compared_with_early_ones_within_each_run():
+    """Six blocks: the last third (5, 6) against the first third (1, 2) of each run; three runs whose late blocks
+    are 4 points higher give "reproduced", and the same effect under noise 20 times larger gives "inconclusive"."""
+    rows = [
+        {"source": f"seed{seed}", "block": block, "pct": 50 + (4 if block > 4 else 0)}
+        for seed in range(3)
+        for block in range(1, 7)
+    ]
+    late, early = late_and_early(pd.DataFrame(rows), "pct")
+    assert list(late) == [54, 54, 54] and list(early) == [50, 50, 50]
+    assert compare(late, early, "greater", paired=True).verdict == "reproduced"
+    noisy = pd.DataFrame(rows).assign(pct=lambda f: f["pct"] + [80 * (-1) ** i * (i % 5) for i in range(len(f))])
+    assert compare(*late_and_early(noisy, "pct"), "greater", paired=True).verdict == "inconclusive"
