@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from .layers import (
     resize_grid,
     resize_to_model,
 )
+from .layout import per_stage
 from .registry import register_model
 
 PATCH_SIZES = (2, 4, 8, 16)  # the stem's stride; 16 is the paper's, 4 and 8 suit 28-64 px images
@@ -38,6 +40,43 @@ def halve(size: int) -> int:
     return (size + 1) // 2
 
 
+@dataclass(frozen=True)
+class BlockSettings:
+    """What every block of one model shares: the knobs of Table 6 and Fig. 7 (see `EfficientViT`)."""
+
+    key_dim: int
+    window_size: int
+    q_kernels: tuple[int, ...]
+    mlp_ratio: float
+    attention: str
+    sandwich: int
+    block_layout: str
+    qkv_allocation: bool
+    v_ratio: float
+    token_interaction: bool
+    q_dwconv: bool
+    norm: str
+    act: str
+
+    def window_attention(self, dim: int, heads: int, resolution: tuple[int, int]) -> LocalWindowAttention:
+        """The attention layer of a block: Q/K of key_dim and V of v_ratio x C/H per head, or all of width C/H
+        without the QKV allocation of Sec. 3.3."""
+        head_dim = dim // heads
+        return LocalWindowAttention(
+            dim,
+            num_heads=heads,
+            resolution=resolution,
+            window_size=self.window_size,
+            key_dim=self.key_dim if self.qkv_allocation else head_dim,
+            value_dim=int(self.v_ratio * dim / heads) if self.qkv_allocation else head_dim,
+            q_kernels=self.q_kernels,
+            kind=self.attention,
+            q_dwconv=self.q_dwconv,
+            act=self.act,
+            norm=self.norm,
+        )
+
+
 class EfficientViTBlock(nn.Sequential):
     """The sandwich layout (Sec. 3.1): N x (DW conv + FFN), one attention layer, N x (DW conv + FFN).
 
@@ -45,29 +84,23 @@ class EfficientViTBlock(nn.Sequential):
     layout is the Swin-like ablation of Table 6: attention then one (DW conv +) FFN.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        mixer: nn.Module,
-        sandwich: int,
-        layout: str,
-        token_interaction: bool,
-        mlp_ratio: float,
-        act: str,
-        norm: str,
-        drop_path: float,
-    ):
-        def dw_ffn(i: int):
-            if token_interaction:
-                yield f"dw{i}", depthwise_residual(dim, 0.0, norm, drop_path)
-            yield f"ffn{i}", ffn_residual(dim, mlp_ratio, act, norm, drop_path)
+    def __init__(self, dim: int, heads: int, resolution: tuple[int, int], drop_path: float, settings: BlockSettings):
+        s = settings
+        # The attention is built first: the order in which layers draw their initial weights, so that a seed
+        # gives the weights it always gave.
+        mixer = Residual(s.window_attention(dim, heads, resolution), drop_path)
 
-        if layout == "sandwich":
-            before = [layer for i in range(sandwich) for layer in dw_ffn(i)]
-            after = [layer for i in range(sandwich, 2 * sandwich) for layer in dw_ffn(i)]
+        def dw_ffn(i: int):
+            if s.token_interaction:
+                yield f"dw{i}", depthwise_residual(dim, 0.0, s.norm, drop_path)
+            yield f"ffn{i}", ffn_residual(dim, s.mlp_ratio, s.act, s.norm, drop_path)
+
+        if s.block_layout == "sandwich":
+            before = [layer for i in range(s.sandwich) for layer in dw_ffn(i)]
+            after = [layer for i in range(s.sandwich, 2 * s.sandwich) for layer in dw_ffn(i)]
         else:
             before, after = [], list(dw_ffn(0))
-        super().__init__(OrderedDict([*before, ("mixer", Residual(mixer, drop_path)), *after]))
+        super().__init__(OrderedDict([*before, ("mixer", mixer), *after]))
 
 
 class Subsample(nn.Module):
@@ -90,10 +123,28 @@ class Subsample(nn.Module):
 
 
 class EfficientViTStage(nn.Module):
-    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]):
+    """One stage of Table 1: the subsample block from the previous stage's width `in_dim` (none in the first
+    stage), then one block of width `dim` per drop-path rate. `resolution` is the map it receives; `info` says
+    what it computes on."""
+
+    def __init__(
+        self,
+        in_dim: int | None,
+        dim: int,
+        heads: int,
+        resolution: tuple[int, int],
+        drop_paths: list[float],
+        settings: BlockSettings,
+    ):
         super().__init__()
-        self.downsample = downsample
-        self.blocks = nn.Sequential(*blocks)
+        s = settings
+        self.downsample = nn.Identity()
+        if in_dim is not None:
+            self.downsample = Subsample(in_dim, dim, s.token_interaction, s.mlp_ratio, s.act, s.norm)
+            resolution = (halve(resolution[0]), halve(resolution[1]))
+        self.blocks = nn.Sequential(*(EfficientViTBlock(dim, heads, resolution, dp, s) for dp in drop_paths))
+        window = (min(s.window_size, resolution[0]), min(s.window_size, resolution[1]))
+        self.info = dict(resolution=resolution, width=dim, depth=len(drop_paths), heads=heads, window=window)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.downsample(x))
@@ -118,8 +169,53 @@ def patch_embed(in_chans: int, dim: int, act: str, norm: str, patch_size: int = 
     return nn.Sequential(OrderedDict(layers))
 
 
+def stem_resolution(img_size: tuple[int, int], patch_size: int) -> tuple[int, int]:
+    """The map the stem hands to the first stage."""
+    resolution = img_size
+    for stride in stem_strides(patch_size):
+        if stride == 2:
+            resolution = (halve(resolution[0]), halve(resolution[1]))
+    return resolution
+
+
 def as_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def check_configuration(
+    embed_dim: tuple[int, ...],
+    depth: tuple[int, ...],
+    num_heads: tuple[int, ...],
+    attention: str,
+    block_layout: str,
+    sandwich: int,
+    patch_size: int,
+    img_size: tuple[int, int],
+) -> None:
+    """Every constructor argument that can be wrong on its own, in one sentence naming it."""
+    if not len(embed_dim) == len(depth) == len(num_heads):
+        raise UserError("embed_dim, depth and num_heads need one entry per stage")
+    if attention not in ATTENTION_KINDS:
+        raise UserError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
+    if block_layout not in BLOCK_LAYOUTS:
+        raise UserError(f"block_layout must be one of {BLOCK_LAYOUTS}, got {block_layout!r}")
+    if sandwich < 1:
+        raise UserError(f"sandwich (N DW+FFN pairs per side) must be at least 1, got {sandwich}")
+    if patch_size not in PATCH_SIZES:
+        raise UserError(f"patch_size (the stem's stride) must be one of {PATCH_SIZES}, got {patch_size!r}")
+    subsample = 2 ** (len(embed_dim) - 1)  # 2 at each subsample block
+    if min(img_size) < patch_size * subsample:
+        fits = [p for p in PATCH_SIZES if p * subsample <= min(img_size)]
+        smallest = PATCH_SIZES[0]
+        hint = (
+            f"for small images set patch_size={fits[-1]} (img_size must be at least {subsample} x patch_size)"
+            if fits
+            else f"even the smallest, patch_size={smallest}, needs {smallest * subsample} px"
+        )
+        raise UserError(
+            f"img_size {img_size} is smaller than the model's total stride {patch_size * subsample} "
+            f"(patch_size {patch_size} x {subsample}): {hint}"
+        )
 
 
 class EfficientViT(nn.Module):
@@ -163,77 +259,37 @@ class EfficientViT(nn.Module):
         patch_size: int = 16,
     ):
         super().__init__()
-        if not len(embed_dim) == len(depth) == len(num_heads):
-            raise UserError("embed_dim, depth and num_heads need one entry per stage")
-        if attention not in ATTENTION_KINDS:
-            raise UserError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
-        if block_layout not in BLOCK_LAYOUTS:
-            raise UserError(f"block_layout must be one of {BLOCK_LAYOUTS}, got {block_layout!r}")
-        if sandwich < 1:
-            raise UserError(f"sandwich (N DW+FFN pairs per side) must be at least 1, got {sandwich}")
-        if patch_size not in PATCH_SIZES:
-            raise UserError(f"patch_size (the stem's stride) must be one of {PATCH_SIZES}, got {patch_size!r}")
-        img_size = as_pair(img_size)
-        subsample = 2 ** (len(embed_dim) - 1)  # 2 at each subsample block
-        if min(img_size) < patch_size * subsample:
-            fits = [p for p in PATCH_SIZES if p * subsample <= min(img_size)]
-            smallest = PATCH_SIZES[0]
-            hint = (
-                f"for small images set patch_size={fits[-1]} (img_size must be at least {subsample} x patch_size)"
-                if fits
-                else f"even the smallest, patch_size={smallest}, needs {smallest * subsample} px"
-            )
-            raise UserError(
-                f"img_size {img_size} is smaller than the model's total stride {patch_size * subsample} "
-                f"(patch_size {patch_size} x {subsample}): {hint}"
-            )
-        self.img_size = img_size
+        self.img_size = as_pair(img_size)
+        check_configuration(embed_dim, depth, num_heads, attention, block_layout, sandwich, patch_size, self.img_size)
         self.patch_size = patch_size
         self.num_classes = num_classes
         self.num_features = embed_dim[-1]
         self.distillation = distillation
+        settings = BlockSettings(
+            key_dim=key_dim,
+            window_size=window_size,
+            q_kernels=q_kernels,
+            mlp_ratio=mlp_ratio,
+            attention=attention,
+            sandwich=sandwich,
+            block_layout=block_layout,
+            qkv_allocation=qkv_allocation,
+            v_ratio=v_ratio,
+            token_interaction=token_interaction,
+            q_dwconv=q_dwconv,
+            norm=norm,
+            act=act,
+        )
 
         self.patch_embed = patch_embed(in_chans, embed_dim[0], act, norm, patch_size)
-        resolution = img_size
-        for stride in stem_strides(patch_size):
-            if stride == 2:
-                resolution = (halve(resolution[0]), halve(resolution[1]))
-
-        drop_paths = torch.linspace(0, drop_path_rate, sum(depth)).tolist()
-        stages, self.stage_info = [], []
-        for i, (dim, n_blocks, heads) in enumerate(zip(embed_dim, depth, num_heads)):
-            if i > 0:
-                downsample = Subsample(embed_dim[i - 1], dim, token_interaction, mlp_ratio, act, norm)
-                resolution = (halve(resolution[0]), halve(resolution[1]))
-            else:
-                downsample = nn.Identity()
-            head_dim = dim // heads
-            attention_args = dict(
-                num_heads=heads,
-                resolution=resolution,
-                window_size=window_size,
-                key_dim=key_dim if qkv_allocation else head_dim,
-                value_dim=int(v_ratio * dim / heads) if qkv_allocation else head_dim,
-                q_kernels=q_kernels,
-                kind=attention,
-                q_dwconv=q_dwconv,
-                act=act,
-                norm=norm,
-            )
-            blocks = []
-            for _ in range(n_blocks):
-                mixer = LocalWindowAttention(dim, **attention_args)
-                blocks.append(
-                    EfficientViTBlock(
-                        dim, mixer, sandwich, block_layout, token_interaction, mlp_ratio, act, norm, drop_paths.pop(0)
-                    )
-                )
-            stages.append(EfficientViTStage(downsample, blocks))
-            window = (min(window_size, resolution[0]), min(window_size, resolution[1]))
-            self.stage_info.append(
-                dict(stage=i + 1, resolution=resolution, width=dim, depth=n_blocks, heads=heads, window=window)
-            )
+        resolution = stem_resolution(self.img_size, patch_size)
+        stages = []
+        for i, drop_paths in enumerate(per_stage(torch.linspace(0, drop_path_rate, sum(depth)).tolist(), depth)):
+            in_dim = embed_dim[i - 1] if i > 0 else None
+            stages.append(EfficientViTStage(in_dim, embed_dim[i], num_heads[i], resolution, drop_paths, settings))
+            resolution = stages[-1].info["resolution"]
         self.stages = nn.Sequential(*stages)
+        self.stage_info = [dict(stage=i + 1, **stage.info) for i, stage in enumerate(stages)]
         self.head = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if distillation:
             self.head_dist = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

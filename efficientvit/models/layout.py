@@ -30,6 +30,13 @@ def layer_dims_for(layout: str, layer_dims: list | None, where: str = "layer_dim
     return list(layer_dims)
 
 
+def per_stage(values: list, lengths: list[int] | tuple[int, ...]) -> list[list]:
+    """`values`, one per block or layer of the whole model (drop-path rates, pruned widths), split into the
+    consecutive runs of each stage's length."""
+    remaining = iter(values)
+    return [[next(remaining) for _ in range(n)] for n in lengths]
+
+
 def timm_block_to_layer(block: int, part: str) -> tuple[int, str]:
     """timm's transformer block b (norm1, attn, norm2, mlp) is our A layer 2b (norm, attn) and F layer 2b+1
     (norm, mlp)."""

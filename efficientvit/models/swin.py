@@ -9,6 +9,7 @@ of A layers and the widths. timm's layout (`layers.s.blocks.b.norm1/attn/norm2/m
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from ..errors import UserError
 from .attention import TokenAttention, join_qkv, match_qkv_layout
 from .efficientvit import as_pair
 from .layers import FFNLayer, init_transformer_weights, resize_grid, resize_to_model
-from .layout import layer_dims_for, layer_to_timm_block, parse_stage_layouts, timm_block_to_layer
+from .layout import layer_dims_for, layer_to_timm_block, parse_stage_layouts, per_stage, timm_block_to_layer
 from .registry import register_model
 
 
@@ -108,14 +109,97 @@ class SwinPatchMerging(nn.Module):
         return self.reduction(self.norm(x))
 
 
+@dataclass(frozen=True)
+class StageSettings:
+    """What every stage of one Swin shares (see `Swin`)."""
+
+    window_size: int
+    head_dim: int | None
+    mlp_ratio: float
+    attention: str
+    fused_qkv: bool
+    stride: int  # the model's total stride, for the hint when a window does not tile a stage
+
+
 class SwinStage(nn.Module):
-    def __init__(self, downsample: nn.Module, layers: list[nn.Module]):
+    """One stage: patch merging from the previous stage's width `in_dim` (none in the first stage), then the A/F
+    layers of `layout` at width `dim`, every other A layer with shifted windows. `resolution` is the map it
+    receives; `info` says what it computes on."""
+
+    def __init__(
+        self,
+        number: int,
+        in_dim: int | None,
+        dim: int,
+        layout: str,
+        heads: int,
+        resolution: tuple[int, int],
+        drop_paths: list[float],
+        dims: list,
+        settings: StageSettings,
+    ):
         super().__init__()
-        self.downsample = downsample
+        s = settings
+        if dim % heads:
+            raise UserError(f"embed_dim {dim} of stage {number} is not divisible by num_heads {heads}")
+        self.downsample = nn.Identity()
+        if in_dim is not None:
+            self.downsample = SwinPatchMerging(in_dim, dim)
+            resolution = (resolution[0] // 2, resolution[1] // 2)
+        # As in Swin: a map no larger than the window is one window, and is not shifted.
+        window = min(s.window_size, *resolution)
+        if resolution[0] % window or resolution[1] % window:
+            raise UserError(
+                f"window_size {s.window_size} does not tile stage {number}'s {resolution[0]}x"
+                f"{resolution[1]} map: use an img_size that gives multiples of the window "
+                f"(e.g. {s.stride * s.window_size}) or a window_size dividing {resolution[0]}"
+            )
+        shift = window // 2 if min(resolution) > s.window_size else 0
+        layers, n_attention = [], 0
+        for kind, drop_path, layer_dims in zip(layout, drop_paths, dims):
+            if kind == "A":
+                shifted = shift if n_attention % 2 else 0
+                layers.append(
+                    WindowAttentionLayer(
+                        dim,
+                        resolution,
+                        heads,
+                        s.head_dim,
+                        window,
+                        shifted,
+                        s.attention,
+                        s.fused_qkv,
+                        drop_path,
+                        layer_dims,
+                    )
+                )
+                n_attention += 1
+            else:
+                layers.append(FFNLayer(dim, s.mlp_ratio, drop_path, hidden_dim=layer_dims))
         self.layers = nn.Sequential(*layers)
+        self.info = dict(resolution=resolution, width=dim, layout=layout, heads=heads, window=(window, window))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(self.downsample(x))
+
+
+def check_configuration(
+    layouts: list[str],
+    embed_dim: tuple[int, ...],
+    num_heads: tuple[int, ...],
+    patch_size: int,
+    img_size: tuple[int, int],
+) -> int:
+    """One entry per stage, and an input every stage can halve; returns the model's total stride."""
+    if not len(layouts) == len(embed_dim) == len(num_heads):
+        raise UserError(
+            f"layout ({len(layouts)} stages), embed_dim ({len(embed_dim)}) and num_heads "
+            f"({len(num_heads)}) need one entry per stage"
+        )
+    stride = patch_size * 2 ** (len(layouts) - 1)
+    if img_size[0] % stride or img_size[1] % stride:
+        raise UserError(f"img_size {img_size} must be a multiple of patch_size x 2^(stages-1) = {stride}")
+    return stride
 
 
 class Swin(nn.Module):
@@ -139,77 +223,30 @@ class Swin(nn.Module):
         layer_dims: list | None = None,
     ):
         super().__init__()
-        layouts = parse_stage_layouts(layout)
-        if not len(layouts) == len(embed_dim) == len(num_heads):
-            raise UserError(
-                f"layout ({len(layouts)} stages), embed_dim ({len(embed_dim)}) and num_heads "
-                f"({len(num_heads)}) need one entry per stage"
-            )
-        img_size = as_pair(img_size)
-        stride = patch_size * 2 ** (len(layouts) - 1)
-        if img_size[0] % stride or img_size[1] % stride:
-            raise UserError(f"img_size {img_size} must be a multiple of patch_size x 2^(stages-1) = {stride}")
-        self.layout = layouts
-        self.img_size = img_size
+        self.layout = parse_stage_layouts(layout)
+        self.img_size = as_pair(img_size)
+        stride = check_configuration(self.layout, embed_dim, num_heads, patch_size, self.img_size)
         self.num_classes = num_classes
         self.num_features = embed_dim[-1]
+        settings = StageSettings(window_size, head_dim, mlp_ratio, attention, fused_qkv, stride)
 
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim[0], patch_size, patch_size)
         self.patch_embed.norm = nn.LayerNorm(embed_dim[0])
-        drop_paths = torch.linspace(0, drop_path_rate, sum(map(len, layouts))).tolist()
-        dims = layer_dims_for("".join(layouts), layer_dims)
-        resolution = (img_size[0] // patch_size, img_size[1] // patch_size)
-        stages, self.stage_info = [], []
-        for s, (stage_layout, dim, heads) in enumerate(zip(layouts, embed_dim, num_heads)):
-            if dim % heads:
-                raise UserError(f"embed_dim {dim} of stage {s + 1} is not divisible by num_heads {heads}")
-            downsample = nn.Identity()
-            if s > 0:
-                downsample = SwinPatchMerging(embed_dim[s - 1], dim)
-                resolution = (resolution[0] // 2, resolution[1] // 2)
-            # As in Swin: a map no larger than the window is one window, and is not shifted.
-            window = min(window_size, *resolution)
-            if resolution[0] % window or resolution[1] % window:
-                raise UserError(
-                    f"window_size {window_size} does not tile stage {s + 1}'s {resolution[0]}x"
-                    f"{resolution[1]} map: use an img_size that gives multiples of the window "
-                    f"(e.g. {stride * window_size}) or a window_size dividing {resolution[0]}"
-                )
-            shift = window // 2 if min(resolution) > window_size else 0
-            layers, n_attention = [], 0
-            for kind in stage_layout:
-                dp, d = drop_paths.pop(0), dims.pop(0)
-                if kind == "A":
-                    layers.append(
-                        WindowAttentionLayer(
-                            dim,
-                            resolution,
-                            heads,
-                            head_dim,
-                            window,
-                            shift if n_attention % 2 else 0,
-                            attention,
-                            fused_qkv,
-                            dp,
-                            d,
-                        )
-                    )
-                    n_attention += 1
-                else:
-                    layers.append(FFNLayer(dim, mlp_ratio, dp, hidden_dim=d))
-            stages.append(SwinStage(downsample, layers))
-            self.stage_info.append(
-                dict(
-                    stage=s + 1,
-                    resolution=resolution,
-                    width=dim,
-                    layout=stage_layout,
-                    heads=heads,
-                    window=(window, window),
-                )
+        lengths = [len(stage) for stage in self.layout]
+        drop_paths = per_stage(torch.linspace(0, drop_path_rate, sum(lengths)).tolist(), lengths)
+        dims = per_stage(layer_dims_for("".join(self.layout), layer_dims), lengths)
+        resolution = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+        stages = []
+        for i, stage_layout in enumerate(self.layout):
+            in_dim = embed_dim[i - 1] if i > 0 else None
+            stage = SwinStage(
+                i + 1, in_dim, embed_dim[i], stage_layout, num_heads[i], resolution, drop_paths[i], dims[i], settings
             )
+            stages.append(stage)
+            resolution = stage.info["resolution"]
         self.stages = nn.Sequential(*stages)
+        self.stage_info = [dict(stage=i + 1, **stage.info) for i, stage in enumerate(stages)]
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(init_transformer_weights)
