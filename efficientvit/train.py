@@ -18,6 +18,12 @@ atomically by rank 0. Resuming is exact: the sample order and the DataLoader wor
 from (seed, epoch, rank) and the checkpoint holds every other random state, so on the CPU a run stopped after
 any epoch and resumed ends with the same weights, bit for bit, as one that never stopped.
 
+Budgets: `snapshots: [1, 3, 10]` also saves the weights after those epochs (<out>/snapshots/epoch_<E>.pth, our
+checkpoint format: `model_from_checkpoint` rebuilds it), the same run at three budgets of one schedule; `plateau`
+stops the run where validation top-1 stops rising (`at_plateau`) and snapshots that epoch; `train(..., until=E)`
+stops after epoch E so a caller can analyse snapshot E, then resume; `status(config)` says how far a run is
+without training.
+
 Speed: `fast` (on by default) runs the fused AdamW kernel and channels-last for the convolutional models (the
 same maths). `precision: auto` adds bf16 autocast where the device computes bf16 natively; on a CPU, a run long
 enough to repay it first times a few training steps of the model in both precisions and keeps bf16 only if it
@@ -37,6 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import timm
@@ -65,7 +72,18 @@ DESCRIPTION = (
     "and <out>/metrics.csv after every epoch. For many processes: "
     "torchrun --nproc_per_node N -m efficientvit.train --config ..."
 )
-METRICS = ("epoch", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "ema_top1", "epoch_seconds", "train_img_s")
+METRICS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "val_top1",
+    "val_top5",
+    "val_loss",
+    "ema_top1",
+    "epoch_seconds",
+    "train_img_s",
+    "stopped",  # True on the epoch the plateau rule stopped the run
+)
 CURVE = ("epoch", "lr", "train_loss")  # curve.csv: the training loss every CURVE_STEPS steps, epoch as a fraction
 CURVE_STEPS = 20
 
@@ -265,6 +283,7 @@ class State:
     epoch: int = 0
     history: list = field(default_factory=list)
     curve: list = field(default_factory=list)
+    stopped: bool = False  # at the plateau: no more epochs, even when resumed
 
 
 def resume_path(out: Path, resume: bool | str, main: bool) -> Path | None:
@@ -295,6 +314,7 @@ def restore(state: State, checkpoint: dict, path: Path, rank: int) -> None:
     if "scaler" in checkpoint:
         state.scaler.load_state_dict(checkpoint["scaler"])
     state.epoch, state.history, state.curve = checkpoint["epoch"], checkpoint["history"], checkpoint.get("curve", [])
+    state.stopped = checkpoint.get("stopped", False)
     if rank < len(checkpoint["rng"]):
         set_rng_state(checkpoint["rng"][rank])
 
@@ -360,8 +380,24 @@ def optimizer_step(config: TrainConfig, state: State, loss: torch.Tensor) -> Non
         state.ema.update_parameters(state.model)
 
 
+def at_plateau(top1: list[float], gain: float | None, window: int) -> bool:
+    """The plateau rule: True when the best top-1 of the last `window` epochs exceeds the best of all the epochs
+    before them by less than `gain` points. Never while there is no epoch before the window, nor when `gain` is
+    None. With gain 0.3 and window 2: 80.0, 85.0, 85.2, 85.1 stops after the fourth epoch (85.2 - 85.0 < 0.3)."""
+    if gain is None or len(top1) <= window:
+        return False
+    return max(top1[-window:]) - max(top1[:-window]) < gain
+
+
+def snapshot_path(out: str | os.PathLike, epoch: int) -> Path:
+    """Where a run writes its snapshot of `epoch` (TrainConfig.snapshots, and the plateau's stop)."""
+    return Path(out) / "snapshots" / f"epoch_{epoch}.pth"
+
+
 def save_epoch(config: TrainConfig, state: State, world: int, main: bool) -> None:
-    """Checkpoint (every process's random state gathered into it), metrics.csv and curve.csv, by the first."""
+    """Checkpoint (every process's random state gathered into it), the epoch's snapshot when one is due, then
+    metrics.csv and curve.csv, by the first process. metrics.csv comes last: an epoch it lists is on disk
+    (`status` reads it)."""
     rngs = [None] * world
     if world > 1:
         dist.all_gather_object(rngs, rng_state())
@@ -380,25 +416,50 @@ def save_epoch(config: TrainConfig, state: State, world: int, main: bool) -> Non
         epoch=state.epoch,
         history=state.history,
         curve=state.curve,
+        stopped=state.stopped,
         rng=rngs,
         speed=dataclasses.asdict(state.speed),
         config=dataclasses.asdict(config),
     )
+    if state.epoch in config.snapshots or state.stopped:
+        save_checkpoint(snapshot_path(out, state.epoch), state.model, epoch=state.epoch, metrics=state.history[-1])
     write_table(out / "metrics.csv", state.history, METRICS)
     write_table(out / "curve.csv", state.curve, CURVE)
 
 
-def train(config: TrainConfig, resume: bool | str = False) -> list[dict]:
-    """Train as configured; returns the metrics of every epoch. `resume`: True for <out>/checkpoint.pth, or a path."""
+class RunStatus(NamedTuple):
+    epochs_done: int
+    finished: bool  # all of config.epochs done, or stopped at the plateau: training it again changes nothing
+
+
+def status(config: TrainConfig) -> RunStatus:
+    """Where the run in `config.out` stands, without training or loading anything but its metrics.csv (which each
+    epoch writes after its checkpoint and snapshot, so every epoch it lists is on disk)."""
+    path = Path(config.out) / "metrics.csv"
+    rows = list(csv.DictReader(path.open())) if path.exists() else []
+    if not rows:
+        return RunStatus(0, False)
+    done = int(rows[-1]["epoch"])
+    return RunStatus(done, done >= config.epochs or rows[-1].get("stopped") == "True")
+
+
+def train(config: TrainConfig, resume: bool | str = False, until: int | None = None) -> list[dict]:
+    """Train as configured; returns the metrics of every epoch done so far. `resume`: True for <out>/checkpoint.pth,
+    or a path. `until`: stop after that epoch (checkpointed as every epoch), to be continued later with `resume`;
+    the schedule stays `epochs` long, and the resumed run ends as one that never stopped."""
+    if until is not None and until < 1:
+        raise UserError(f"until is an epoch, counted from 1, got {until}")
     rank, world, device = setup_distributed()
     try:
-        return train_process(config, resume, rank, world, device)
+        return train_process(config, resume, until, rank, world, device)
     finally:
         if world > 1:
             dist.destroy_process_group()
 
 
-def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int, device: torch.device) -> list[dict]:
+def train_process(
+    config: TrainConfig, resume: bool | str, until: int | None, rank: int, world: int, device: torch.device
+) -> list[dict]:
     main, out = rank == 0, Path(config.out)
     checkpoint_path = resume_path(out, resume, main)
     torch.manual_seed(config.seed + rank)
@@ -433,40 +494,61 @@ def train_process(config: TrainConfig, resume: bool | str, rank: int, world: int
     if checkpoint is not None:
         restore(state, checkpoint, checkpoint_path, rank)
         if main:
-            print(f"resumed {checkpoint_path} after epoch {state.epoch}")
+            print(f"resumed {checkpoint_path} after epoch {state.epoch}" + (" (at its plateau)" * state.stopped))
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
         print(f"training {model.spec.describe()} on {len(data.train_set):,} images ({speed.describe()})", flush=True)
-
-    for epoch in range(state.epoch, config.epochs):
-        started = time.perf_counter()
-        data.sampler.set_epoch(epoch)
-        data.loader_generator.manual_seed(epoch_seed(config.seed, epoch, rank))
-        sums = train_one_epoch(config, state, forward, criterion, data, epoch, device, main)
-        train_seconds = time.perf_counter() - started
-        if world > 1:
-            dist.all_reduce(sums)
-        val = evaluate(model, data.val_loader, device, config.skip_bad, world > 1)
-        ema_val = evaluate(ema.module, data.val_loader, device, config.skip_bad, world > 1) if ema is not None else None
-        state.epoch = epoch + 1
-        state.history.append(
-            {
-                "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": sums[0].item() / sums[1].item(),
-                "val_top1": val["top1"],
-                "val_top5": val["top5"],
-                "val_loss": val["loss"],
-                "ema_top1": ema_val["top1"] if ema_val else None,
-                "epoch_seconds": time.perf_counter() - started,
-                "train_img_s": sums[1].item() / train_seconds,
-            }
-        )
-        save_epoch(config, state, world, main)
-        if main:
-            report_epoch(config, state.history[-1], val, ema_val, int(sums[2].item()) + val["skipped"])
+    end = min(config.epochs, until or config.epochs)
+    while state.epoch < end and not state.stopped:
+        run_epoch(config, state, forward, criterion, data, device, rank, world)
     return state.history
+
+
+def run_epoch(
+    config: TrainConfig,
+    state: State,
+    forward: nn.Module,
+    criterion: DistillationLoss,
+    data: Data,
+    device: torch.device,
+    rank: int,
+    world: int,
+) -> None:
+    """Train one epoch, evaluate, apply the plateau rule, save, report."""
+    epoch, main = state.epoch, rank == 0
+    started = time.perf_counter()
+    data.sampler.set_epoch(epoch)
+    data.loader_generator.manual_seed(epoch_seed(config.seed, epoch, rank))
+    sums = train_one_epoch(config, state, forward, criterion, data, epoch, device, main)
+    train_seconds = time.perf_counter() - started
+    if world > 1:
+        dist.all_reduce(sums)
+    val = evaluate(state.model, data.val_loader, device, config.skip_bad, world > 1)
+    ema_val = (
+        evaluate(state.ema.module, data.val_loader, device, config.skip_bad, world > 1)
+        if state.ema is not None
+        else None
+    )
+    top1 = [row["val_top1"] for row in state.history] + [val["top1"]]
+    state.epoch, state.stopped = epoch + 1, at_plateau(top1, config.plateau, config.plateau_epochs)
+    state.history.append(
+        {
+            "epoch": epoch + 1,
+            "lr": state.optimizer.param_groups[0]["lr"],
+            "train_loss": sums[0].item() / sums[1].item(),
+            "val_top1": val["top1"],
+            "val_top5": val["top5"],
+            "val_loss": val["loss"],
+            "ema_top1": ema_val["top1"] if ema_val else None,
+            "epoch_seconds": time.perf_counter() - started,
+            "train_img_s": sums[1].item() / train_seconds,
+            "stopped": state.stopped,
+        }
+    )
+    save_epoch(config, state, world, main)
+    if main:
+        report_epoch(config, state.history[-1], val, ema_val, int(sums[2].item()) + val["skipped"])
 
 
 def training_speed(
@@ -492,7 +574,11 @@ def report_epoch(config: TrainConfig, row: dict, val: dict, ema_val: dict | None
         f"val top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}  loss {val['loss']:.3f}"
         + (f"  EMA top-1 {ema_val['top1']:.2f}" if ema_val else "")
         + (f"  skipped {skipped} unreadable images" if skipped else "")
-        + f"  ({row['epoch_seconds']:.0f} s)",
+        + f"  ({row['epoch_seconds']:.0f} s)"
+        + (
+            f"\nstopped at the plateau: under {config.plateau} points gained in {config.plateau_epochs} epochs"
+            * row["stopped"]
+        ),
         flush=True,
     )
 
@@ -519,11 +605,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="continue from CHECKPOINT (without one: <out>/checkpoint.pth, or start afresh if "
         "there is none yet); the run ends as if it had never stopped",
     )
+    parser.add_argument(
+        "--until",
+        type=int,
+        metavar="EPOCH",
+        help="stop after this epoch (the schedule stays `epochs` long); continue later with --resume",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
-    train(load_config(args.config, args.set), args.resume)
+    train(load_config(args.config, args.set), args.resume, args.until)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,6 +89,19 @@ class TrainConfig:
         True, "fused AdamW and channels-last for conv models (the same maths, faster); false: plain eager"
     )
     compile: bool = knob(False, "torch.compile the model (off by default: README, Training speed, says why)")
+    snapshots: list[int] = knob(
+        [],
+        "after each of these epochs also write <out>/snapshots/epoch_<E>.pth (weights, epoch, that epoch's "
+        "metrics; no optimizer state): one run, one schedule of `epochs`, seen at several budgets (an epoch the "
+        "run does not reach is not written)",
+    )
+    plateau: float | None = knob(
+        None,
+        "stop at the plateau: after an epoch, stop when the best val top-1 of the last plateau_epochs epochs "
+        "exceeds the best of all the epochs before them by less than this many points (null: never); the stop "
+        "writes a snapshot and marks metrics.csv (stopped) and the checkpoint, so a resumed run stays stopped",
+    )
+    plateau_epochs: int = knob(2, "the plateau rule's window: how many recent epochs must show the gain")
 
 
 def config_help() -> str:
@@ -106,9 +119,13 @@ def make_config(values: dict) -> TrainConfig:
     for key, allowed in (("clip_mode", CLIP_MODES), ("precision", PRECISIONS), ("distillation", DISTILLATION_KINDS)):
         if getattr(config, key) not in allowed:
             raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}")
-    for key in ("epochs", "batch_size") + (("train_images",) if config.train_images is not None else ()):
+    for key in ("epochs", "batch_size", "plateau_epochs") + (
+        ("train_images",) if config.train_images is not None else ()
+    ):
         if getattr(config, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(config, key)}")
+    if any(epoch < 1 for epoch in config.snapshots):
+        raise UserError(f"snapshots are epochs, counted from 1, got {config.snapshots}")
     if len(config.crop_scale) != 2 or not 0 < config.crop_scale[0] <= config.crop_scale[1] <= 1:
         raise UserError(f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {config.crop_scale}")
     return config

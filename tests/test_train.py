@@ -16,7 +16,15 @@ from efficientvit.data.synthetic import make_synthetic
 from efficientvit.errors import UserError
 from efficientvit.losses import DistillationLoss
 from efficientvit.models import create_model
-from efficientvit.train import adaptive_clip_grad_, param_groups, train
+from efficientvit.train import (
+    RunStatus,
+    adaptive_clip_grad_,
+    at_plateau,
+    param_groups,
+    snapshot_path,
+    status,
+    train,
+)
 from efficientvit.train_config import make_config
 from tests.helpers import top1_of_checkpoint
 
@@ -81,6 +89,7 @@ def test_checkpoint_and_metrics_after_every_epoch(straight_run):
         "ema_top1",
         "epoch_seconds",
         "train_img_s",
+        "stopped",
     ]
     assert float(rows[1]["lr"]) == pytest.approx(1e-5)  # the cosine ends at min_lr
     checkpoint = read_checkpoint(straight_run / "checkpoint.pth")
@@ -89,25 +98,16 @@ def test_checkpoint_and_metrics_after_every_epoch(straight_run):
     assert not [p for p in straight_run.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_resume_after_an_epoch_ends_with_bitwise_the_same_weights(data, straight_run, tmp_path, monkeypatch):
-    class Stop(Exception):
-        pass
-
-    real_save = train_module.save_checkpoint
-
-    def save_then_stop(*args, **kwargs):
-        real_save(*args, **kwargs)
-        if kwargs["epoch"] == 1:
-            raise Stop
-
+def test_until_an_epoch_then_resume_ends_with_bitwise_the_same_weights(data, straight_run, tmp_path):
     config = make_config({**TINY, "data": str(data), "out": str(tmp_path)})
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
-    with pytest.raises(Stop):
-        train(config)
-    monkeypatch.undo()
+    assert status(config) == RunStatus(epochs_done=0, finished=False)
+    assert len(train(config, until=1)) == 1
+    assert status(config) == RunStatus(epochs_done=1, finished=False)
+    assert read_checkpoint(tmp_path / "checkpoint.pth")["epoch"] == 1
     with pytest.raises(UserError, match="already holds a checkpoint"):
         train(config)
     train(config, resume=True)
+    assert status(config) == RunStatus(epochs_done=2, finished=True)
 
     straight, resumed = (read_checkpoint(p / "checkpoint.pth") for p in (straight_run, tmp_path))
     for key in ("model", "ema"):
@@ -317,3 +317,51 @@ def test_without_native_bf16_the_run_falls_back_to_fp32(monkeypatch, tmp_path, c
     prepared = fashion_mnist.prepare(tmp_path / "fmnist", source=FASHION)
     train(make_config({**TINY_DEIT, "data": str(prepared), "out": str(tmp_path / "r"), "precision": "auto"}))
     assert seen == [False] and "(fused AdamW)" in capsys.readouterr().out
+
+
+def test_the_plateau_rule_compares_the_last_epochs_best_with_the_best_before():
+    history = [80.0, 85.0, 85.2, 85.1]
+    assert not at_plateau(history[:2], 0.3, 2)  # nothing before the window yet
+    assert not at_plateau(history[:3], 0.3, 2)  # 85.2 over 80.0
+    assert at_plateau(history, 0.3, 2)  # 85.2 over 85.0: 0.2 < 0.3
+    assert not at_plateau(history, 0.1, 2) and not at_plateau(history, None, 2)
+    assert at_plateau(history, 0.3, 1)  # 85.1 over 85.2: a drop is no gain
+    assert not at_plateau([70.0, 60.0, 75.0], 0.3, 1)  # the best before, not the last before
+
+
+def test_snapshots_at_the_listed_epochs_rebuild_their_model(tmp_path):
+    prepared = fashion_mnist.prepare(tmp_path / "fmnist", source=FASHION)
+    out = tmp_path / "r"
+    config = make_config({**TINY_DEIT, "epochs": 3, "snapshots": [1, 3, 10], "data": str(prepared), "out": str(out)})
+    history = train(config)
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["epoch_1.pth", "epoch_3.pth"]
+    final = read_checkpoint(out / "checkpoint.pth")
+    for epoch in (1, 3):
+        snapshot = read_checkpoint(snapshot_path(out, epoch))
+        assert snapshot["epoch"] == epoch and snapshot["metrics"] == history[epoch - 1]
+        assert "optimizer" not in snapshot
+        assert top1_of_checkpoint(snapshot_path(out, epoch), str(prepared), 32) == pytest.approx(
+            history[epoch - 1]["val_top1"]
+        )
+    last = read_checkpoint(snapshot_path(out, 3))["model"]
+    assert all(torch.equal(last[k], final["model"][k]) for k in last)
+
+
+def test_a_run_at_its_plateau_stops_snapshots_and_stays_stopped(tmp_path, capsys):
+    prepared = fashion_mnist.prepare(tmp_path / "fmnist", source=FASHION)
+    out = tmp_path / "r"
+    # a gain of 100 points is never reached: the rule stops the run after its second epoch
+    settings = {**TINY_DEIT, "epochs": 4, "plateau": 100.0, "plateau_epochs": 1, "data": str(prepared)}
+    config = make_config({**settings, "out": str(out)})
+    assert [row["stopped"] for row in train(config)] == [False, True]
+    assert "stopped at the plateau" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["stopped"] for r in rows] == ["False", "True"]
+    assert read_checkpoint(out / "checkpoint.pth")["stopped"] is True
+    assert read_checkpoint(snapshot_path(out, 2))["epoch"] == 2
+    assert status(config) == RunStatus(epochs_done=2, finished=True)
+    assert len(train(config, resume=True)) == 2  # resumed, it trains no further
+    assert "at its plateau" in capsys.readouterr().out
+    unstopped = make_config({**settings, "plateau": None, "out": str(tmp_path / "u")})
+    assert status(unstopped) == RunStatus(0, False) and len(train(unstopped, until=2)) == 2
+    assert status(unstopped) == RunStatus(2, False)

@@ -57,8 +57,13 @@ def test_ranges_and_choices_are_checked_after_the_types():
         load_config(None, ["epochs=0"])
     with pytest.raises(UserError, match="--set takes key=value"):
         load_config(None, ["epochs"])
+    with pytest.raises(UserError, match="snapshots are epochs, counted from 1, got \\[0, 3\\]"):
+        load_config(None, ["snapshots=[0, 3]"])
+    with pytest.raises(UserError, match="plateau_epochs must be at least 1"):
+        load_config(None, ["plateau_epochs=0"])
 
 
 def test_help_lists_every_key_with_its_default():
     text = config_help()
     assert "  lr (0.001)\n" in text and "  crop_scale ([0.08, 1.0])\n" in text and "  teacher (null)\n" in text
+    assert "  snapshots ([])\n" in text and "  plateau (null)\n" in text and "  plateau_epochs (2)\n" in text
