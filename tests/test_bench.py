@@ -22,6 +22,15 @@ CSV_COLUMNS = (
 TINY = ["--img-size", "64", "--batch", "2", "--seconds", "0.05", "--threads", "1", "--no-memory"]
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """`--threads` sets torch's thread count for the whole process, as a command should; the tests after these
+    must not inherit it (float32 results, compared at tight tolerances elsewhere, depend on it)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_bench_times_models_in_turns_and_writes_every_round(tmp_path, capsys):
     out = tmp_path / "bench.csv"
     assert (
