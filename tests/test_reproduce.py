@@ -54,10 +54,12 @@ def preset(tmp_path):
         "runs": str(tmp_path / "runs"),
         "data": {"path": str(tmp_path / "data"), "synthetic": dict(classes=4, train=16, val=8, size=64, seed=0)},
         "proxies": {
+            "train": {"epochs": 2},
+            "budgets": [1, 2],  # Figs. 4 and 5 read each proxy after its first epoch and after its second
             "models": {
                 "deit_full": {"config": str(proxy)},
                 "deit_split": {"config": str(proxy), "set": {"model_kwargs": {**TINY_DEIT, "attention": "split"}}},
-            }
+            },
         },
         "fig2": {
             "profile": {"models": ["efficientvit_m0"], "batch": 2, "img_size": 64, "iters": 1},
@@ -69,10 +71,14 @@ def preset(tmp_path):
             },
         },
         "fig3": {"config": str(sweep), "sweep": {"families": ["deit_tiny"], "speedups": [1.25], "proportions": [0.5]}},
-        "fig4": {"proxies": ["deit_full", "deit_split"], "features": ["attention"], "similarity": {"images": 8}},
+        "fig4": {
+            "proxies": ["deit_full", "deit_split"],
+            "features": ["attention", "output"],
+            "similarity": {"images": 8},
+        },
         "fig5": {
             "proxies": ["deit_full"],
-            "pruning": {"ratio": 0.3, "batches": 1, "eval_images": 8},
+            "pruning": {"ratio": 0.3, "batches": 1, "eval_images": 8, "iterative": 2, "step_finetune": 2},
             "finetune": {"epochs": 1},
             "variant": {"img_size": 64, "seconds": 0.01},
         },
@@ -97,9 +103,18 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     for title in ("Figure 2", "Figure 3", "Figure 4", "Figure 5"):
         assert title in text
     assert "Not run" not in text
-    pruned = pd.read_csv(out / "pruned" / "summary.csv")  # pruned, then fine-tuned from the pruned checkpoint
-    assert list(pruned["proxy"]) == ["deit_full"] and pruned["top1_finetuned"].notna().all()
-    assert "after fine-tuning" in text and (tmp_path / "runs" / "pruned" / "deit_full_ratio_0.3_finetuned").is_dir()
+    runs = tmp_path / "runs"
+    assert {p.name for p in (runs / "deit_full" / "snapshots").iterdir()} == {"epoch_1.pth", "epoch_2.pth"}
+    pruned = pd.read_csv(out / "pruned" / "summary.csv")  # pruned at each budget, fine-tuned at the longest
+    assert list(pruned["proxy"]) == ["deit_full", "deit_full"] and list(pruned["budget"]) == [1, 2]
+    assert pruned["top1_finetuned"].notna().tolist() == [False, True]
+    assert "after fine-tuning" in text and (runs / "pruned" / "deit_full_e2_ratio_0.3_finetuned").is_dir()
+    measured = pd.read_csv(out / "head_similarity" / "index.csv")  # each budget, and the random-init controls
+    assert sorted(set(measured["budget"])) == [0, 1, 2] and len(measured) == 2 * 2 * 2 + 2 * 2
+    fig4_text, fig5_text = text.split("## Figure 4")[1].split("## Figure 5")
+    assert "random init" in fig4_text and "centred maps" in fig4_text and "linear CKA" in fig4_text
+    assert "Along training" in fig4_text and "Along training" in fig5_text
+    assert "Q/K are cut more than FFN relative to their width" in fig5_text
     front = pd.read_csv(out / "pareto" / "pareto.csv")  # the designed variant trained, timed, placed
     matched = pd.read_csv(out / "mhsa_sweep" / "sweep.csv")["speedup_met"].any()  # tiny timings may miss 1.25x
     expected = {"designed_variant", "efficientvit_m0", "deit_full"} | ({"deit_tiny_subnet_p0.50"} if matched else set())
@@ -109,7 +124,8 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     profiled = set(pd.read_csv(out / "memory_profile" / "profile.csv")["name"])  # every family x speed-up subnet
     assert profiled == {"efficientvit_m0", "deit_tiny_1.25x_p1.0", "deit_tiny_1.5x_p1.0"}
     timing = stage_timing(out)  # every stage's time and device, in the report too
-    assert set(timing) == {"proxies", "fig2", "fig3", "fig4", "fig5", "pareto"}
+    per_budget = {f"{stage} (epoch {epoch})" for epoch in (1, 2) for stage in ("proxies", "fig4", "fig5")}
+    assert set(timing) == per_budget | {"fig2", "fig3", "pareto"}
     assert all(t["seconds"] > 0 for t in timing.values())
     assert "| fig3 |" in text and "threads |" in text
     figures = {p.stem for p in (out / "figures").glob("*.png")}

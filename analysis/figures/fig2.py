@@ -123,7 +123,9 @@ def trend(shares: pd.DataFrame, subnets: pd.DataFrame) -> str:
     ends = ends[ends["count"] > 1]
     if not len(ends):
         return "no series of two or more throughput-matched subnets: not tested"
-    return compare(100 * ends["last"], 100 * ends["first"], "greater", paired=True, unit="subnet series").describe()
+    return compare(100 * ends["last"], 100 * ends["first"], "greater", paired=True, unit="subnet series").describe(
+        where="on this CPU"
+    )
 
 
 def speed(name: str, subnets: pd.DataFrame) -> str:
@@ -170,7 +172,7 @@ def report(out: Path) -> list[str]:
         f"Paper ({paper.device}, PyTorch profiler): {paper.memory_bound_pct}% of Swin-T-1.25x's runtime "
         f"({100 * paper.mhsa_proportion:.0f}% MHSA) is memory-bound, most of it inside MHSA.",
         'Finding "memory-bound operations weigh more inside attention than inside FFN" (attention minus FFN, '
-        f"points, paired within each profiled model): {heavier.describe()} here (CPU).",
+        f"points, paired within each profiled model): {heavier.describe(where='on this CPU')} here (CPU).",
         'Finding "fewer MHSA layers, a smaller memory-bound share" (the throughput-matched subnet with the most '
         "MHSA layers minus the one with the fewest, points, paired within each family and speed-up, one profile "
         f"each; subnets that missed their speed-up left out): {trend(shares, subnets)}.",

@@ -172,7 +172,7 @@ def verdict_lines(frame: pd.DataFrame, curve: pd.DataFrame) -> list[str]:
     table = verdicts(curve)
     lines = []
     for name, speedup in frame.groupby(["family", "speedup_target"]).groups:
-        found = table[(table["family"] == name) & (table["speedup"] == speedup)]
+        found = table[(table["family"] == name) & (table["speedup"] == speedup)] if len(table) else table
         if found.empty:
             lines.append(f"{name} {speedup}x: no point met its speed-up target")
             continue
