@@ -113,6 +113,12 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
             return None
         raise UserError(f"{where} needs a value")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # e.g. `bool | str`: the first member the value fits
+        for member in args:
+            try:
+                return coerce(value, member, where)
+            except UserError:
+                pass
     try:
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             return config_from_dict(hint, value, where)
@@ -140,6 +146,8 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(member) for member in typing.get_args(hint))
     if typing.get_origin(hint) is list or hint is list:
         (item,) = typing.get_args(hint) or (float,)
         return f"a list of {getattr(item, '__name__', str(item))} values"

@@ -9,6 +9,7 @@ GMAC/s comes from the same loop.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import re
 import statistics
@@ -30,8 +31,12 @@ if TYPE_CHECKING:
     from .train_config import TrainConfig
 
 EXTRAS = "pip install 'efficientvit-lab[bench]'"  # onnx and onnxruntime
-TUNE_ROUNDS = 3  # timed training steps per precision when the trainer measures whether bf16 pays off
+TUNE_ROUNDS = 5  # timed training steps per mode when the trainer chooses its mode
 TUNE_MIN_STEPS = 50  # shorter runs (tests, smoke runs) skip that measurement: it would cost more than it could save
+# Before a compiled step is measured: what compiling costs (the CPU proxies: 15-95 s, forward and backward) and how
+# much faster it might then run. Compiling is timed only where these say it could pay: on runs of tens of minutes.
+COMPILE_SECONDS = 60.0
+COMPILE_GAIN = 1.5
 
 
 def resolve_device(name: str) -> torch.device:
@@ -143,41 +148,84 @@ class Speed:
         return ", ".join(parts) or "plain fp32 eager"
 
 
+def fastest(steps_per_s: dict[Speed, float], setup_seconds: dict[Speed, float], total_steps: int) -> Speed:
+    """The mode that finishes `total_steps` training steps first, its setup (compiling) included."""
+    return min(steps_per_s, key=lambda speed: setup_seconds.get(speed, 0.0) + total_steps / steps_per_s[speed])
+
+
 def choose_speed(
     config: TrainConfig, model: nn.Module, device: torch.device, batch_shape: tuple, total_steps: int
 ) -> Speed:
-    """The training config's `fast` and `precision` made concrete for this model on this device."""
+    """The training config's `fast`, `precision` and `compile` made concrete for this model on this device.
+
+    Where more than one mode is open (`precision: auto` on a CPU with native bf16, `compile: auto`) and the run
+    has TUNE_MIN_STEPS steps or more, the modes are timed on training steps of a copy of the model: the eager
+    ones first (cheap); the compiled ones only if, at the best eager rate times COMPILE_GAIN, a compiled mode
+    would finish the run sooner even when charged COMPILE_SECONDS for every compiled mode the trial compiles (so
+    runs of minutes never pay a compilation). The mode that finishes the run first (`fastest`, a compiled mode
+    charged its measured compile time) is kept.
+    """
     # conv models only: channels-last turns 1x1 convs into GEMMs; ViTs hold (tokens, channels) and gain nothing
-    channels_last = config.fast and model_family(model.spec.name) == "efficientvit"
-    bf16 = config.precision == "bf16"
-    if config.precision == "auto":
-        bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
-        if bf16 and device.type == "cpu" and total_steps >= TUNE_MIN_STEPS:
-            bf16 = bf16_pays_off(model, batch_shape, channels_last)
-    return Speed(bf16=bf16, channels_last=channels_last, fused_optimizer=config.fast, compile=config.compile)
+    base = Speed(
+        channels_last=config.fast and model_family(model.spec.name) == "efficientvit", fused_optimizer=config.fast
+    )
+    precisions = {"fp32": [False], "bf16": [True]}.get(config.precision) or (
+        ([False, True] if cpu_has_native_bf16() else [False])
+        if device.type == "cpu"
+        else [torch.cuda.is_bf16_supported()]
+    )
+    compiles = [False, True] if config.compile == "auto" else [config.compile]
+    candidates = [dataclasses.replace(base, bf16=bf16, compile=c) for c in compiles for bf16 in precisions]
+    if len(candidates) == 1 or total_steps < TUNE_MIN_STEPS:  # untimed: bf16 where native, compile only if asked
+        return dataclasses.replace(base, bf16=precisions[-1], compile=config.compile is True)
+    eager = [speed for speed in candidates if not speed.compile]
+    steps_per_s, setup_seconds = time_training_steps(model, batch_shape, eager, device) if eager else ({}, {})
+    compiled = [speed for speed in candidates if speed.compile]
+    if compiled and eager:
+        guess = {speed: max(steps_per_s.values()) * COMPILE_GAIN for speed in compiled}
+        trial = dict.fromkeys(compiled, COMPILE_SECONDS * len(compiled))  # every compiled mode tried is compiled
+        if not fastest({**steps_per_s, **guess}, trial, total_steps).compile:
+            compiled = []
+    if compiled:
+        measured = time_training_steps(model, batch_shape, compiled, device)
+        steps_per_s, setup_seconds = {**steps_per_s, **measured[0]}, {**setup_seconds, **measured[1]}
+    return fastest(steps_per_s, setup_seconds, total_steps)
 
 
-def bf16_pays_off(model: nn.Module, batch_shape: tuple, channels_last: bool) -> bool:
-    """Time training steps (forward and backward) of a copy of `model` in fp32 and under bf16 autocast, in turns,
-    on the CPU; True if bf16 is faster. On small matrices the casts can cost more than bf16's faster matmuls."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    probe = copy.deepcopy(model).to(memory_format=memory_format).train()
-    targets = torch.zeros(batch_shape[0], dtype=torch.long)
-    with torch.random.fork_rng(devices=[]):  # the run's random stream is untouched (dropout, drop-path)
-        images = torch.randn(batch_shape).contiguous(memory_format=memory_format)
-
-        def step(bf16: bool) -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                outputs = probe(images)
-                loss = F.cross_entropy(outputs[0] if isinstance(outputs, tuple) else outputs, targets)
-            loss.backward()
-            probe.zero_grad(set_to_none=True)
-
-        for bf16 in (False, True):  # warm-up
-            step(bf16)
-        # one step per measurement, the two precisions in turns: both see the same drift of the machine
-        steps_per_s = {False: [], True: []}
+def time_training_steps(
+    model: nn.Module, batch_shape: tuple, speeds: list[Speed], device: torch.device
+) -> tuple[dict[Speed, float], dict[Speed, float]]:
+    """Training steps (forward and backward) per second of a copy of `model` in each mode, and each mode's setup:
+    its first step's seconds beyond a timed one (compiling, for a compiled mode). The modes take turns, one step
+    each, TUNE_ROUNDS times: all see the same drift of a shared machine. The run's random stream is untouched."""
+    targets = torch.zeros(batch_shape[0], dtype=torch.long, device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        images = torch.randn(batch_shape, device=device)
+        steps = {speed: training_step(model, images, targets, speed) for speed in speeds}
+        first = {speed: time_calls(step, 0.0, device, warmup=0)[1] for speed, step in steps.items()}
+        seconds = {speed: [] for speed in speeds}
         for _ in range(TUNE_ROUNDS):
-            for bf16 in (False, True):
-                steps_per_s[bf16].append(rate(lambda bf16=bf16: step(bf16), 1, 0.0, warmup=0))
-    return statistics.median(steps_per_s[True]) > statistics.median(steps_per_s[False])
+            for speed, step in steps.items():
+                seconds[speed].append(time_calls(step, 0.0, device, warmup=0)[1])
+    per_step = {speed: statistics.median(times) for speed, times in seconds.items()}
+    return (
+        {speed: 1 / per_step[speed] for speed in speeds},
+        {speed: max(0.0, first[speed] - per_step[speed]) for speed in speeds},
+    )
+
+
+def training_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, speed: Speed) -> Callable[[], None]:
+    """Forward and backward of a copy of `model` as `speed` runs them (no optimizer step: the copy is thrown away)."""
+    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
+    probe = copy.deepcopy(model).to(memory_format=memory_format).train()
+    forward = torch.compile(probe) if speed.compile else probe
+    images = images.contiguous(memory_format=memory_format)
+
+    def step() -> None:
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=speed.bf16):
+            outputs = forward(images)
+            loss = F.cross_entropy(outputs[0] if isinstance(outputs, tuple) else outputs, targets)
+        loss.backward()
+        probe.zero_grad(set_to_none=True)
+
+    return step

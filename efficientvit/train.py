@@ -25,10 +25,11 @@ stops after epoch E so a caller can analyse snapshot E, then resume; `status(con
 without training.
 
 Speed: `fast` (on by default) runs the fused AdamW kernel and channels-last for the convolutional models (the
-same maths). `precision: auto` adds bf16 autocast where the device computes bf16 natively; on a CPU, a run long
-enough to repay it first times a few training steps of the model in both precisions and keeps bf16 only if it
-was faster (`efficientvit.runtime.choose_speed`). The checkpoint records the choice, so a resumed run computes the
-same way.
+same maths). `precision: auto` adds bf16 autocast where the device computes bf16 natively, `compile: auto`
+torch.compile; where a choice is open, a run long enough to repay it first times a few training steps of its model
+in each open mode and keeps the one that finishes the run first, compile time included
+(`efficientvit.runtime.choose_speed`: runs of minutes never compile). The checkpoint records the choice, so a
+resumed run computes the same way.
 """
 
 from __future__ import annotations
@@ -57,10 +58,11 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint, unwrap
 from .data.pipeline import RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate
-from .data.sources import Augment, open_split
+from .data.sources import Augment, fixed_subset, open_split
 from .errors import UserError, exit_status
 from .evaluation import evaluate
 from .files import atomic_write_text
+from .hub import is_pretrained
 from .losses import DistillationLoss
 from .models import ModelSpec, create_model
 from .runtime import Speed, choose_speed
@@ -145,9 +147,10 @@ def write_table(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
 
 
 def build_teacher(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The teacher: a checkpoint of ours, or a timm model (the paper's RegNetY-160 is `regnety_160`) with its
+    """The teacher: a checkpoint of ours, pretrained weights by name (efficientvit.hub, e.g.
+    timm/deit_base_patch16_224.fb_in1k), or a timm model (the paper's RegNetY-160 is `regnety_160`) with its
     trained weights from `teacher_weights`."""
-    if Path(config.teacher).is_file():
+    if Path(config.teacher).is_file() or (is_pretrained(config.teacher) and not config.teacher_weights):
         teacher = model_from_checkpoint(config.teacher)
     elif timm.is_model(config.teacher):
         if not config.teacher_weights:
@@ -165,7 +168,10 @@ def build_teacher(config: TrainConfig, num_classes: int) -> nn.Module:
                 f"{num_classes} classes ({str(e).splitlines()[1].strip()[:200]})"
             ) from None
     else:
-        raise UserError(f"teacher {config.teacher!r} is neither a checkpoint file nor a timm model name")
+        raise UserError(
+            f"teacher {config.teacher!r} is neither a checkpoint file nor a timm model name, nor a pretrained name "
+            "(`efficientvit list --pretrained`)"
+        )
     if teacher.num_classes != num_classes:
         raise UserError(f"teacher {config.teacher} predicts {teacher.num_classes} classes, the data has {num_classes}")
     return teacher
@@ -202,9 +208,7 @@ def load_data(config: TrainConfig, rank: int, world: int, device: torch.device) 
     train_set = open_split(config.data, "train", config.img_size, augment)
     val_set = open_split(config.data, "val", config.img_size, classes=train_set.classes)
     num_classes = len(train_set.classes)
-    if config.train_images is not None and config.train_images < len(train_set):
-        draw = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed))
-        train_set = Subset(train_set, draw[: config.train_images].tolist())
+    train_set = fixed_subset(train_set, config.train_images, config.seed)
     if config.repeated_aug:
         sampler = RepeatedAugmentationSampler(train_set, world, rank, config.seed)
     else:
@@ -236,8 +240,9 @@ def load_data(config: TrainConfig, rank: int, world: int, device: torch.device) 
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The model to train: a registered one, or an `init` checkpoint of ours (e.g. a pruned model), which brings
-    its own architecture and weights."""
+    """The model to train: a registered one, or an `init` checkpoint of ours (e.g. a pruned model) or pretrained
+    name (efficientvit.hub), which brings its own architecture and weights; trained on other classes than the
+    checkpoint's, it starts with a fresh classifier."""
     extras = {
         **({"drop_path_rate": config.drop_path} if config.drop_path > 0 else {}),
         **({"distillation": True} if config.teacher else {}),
@@ -246,12 +251,7 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
         return create_model(
             config.model, num_classes=num_classes, img_size=config.img_size, **config.model_kwargs, **extras
         )
-    model = model_from_checkpoint(config.init, img_size=config.img_size, **extras)
-    if model.num_classes != num_classes:
-        raise UserError(
-            f"init checkpoint {config.init} predicts {model.num_classes} classes, the data has {num_classes}"
-        )
-    return model
+    return model_from_checkpoint(config.init, img_size=config.img_size, num_classes=num_classes, **extras)
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module, speed: Speed, steps: int, world: int):

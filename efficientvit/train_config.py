@@ -61,13 +61,14 @@ class TrainConfig:
     ema_decay: float | None = knob(0.99996, "EMA decay per step (null: no EMA)")
     init: str | None = knob(
         None,
-        "checkpoint of ours to start from, e.g. a pruned model: its architecture "
-        "and weights replace model/model_kwargs",
+        "checkpoint of ours to start from, e.g. a pruned model, or a pretrained name (timm/deit_tiny_patch16_224"
+        ".fb_in1k, cream/efficientvit_m4: `efficientvit list --pretrained`): its architecture and weights replace "
+        "model/model_kwargs; a checkpoint of other classes than the data's starts with a fresh classifier",
     )
     teacher: str | None = knob(
         None,
         "teacher to distil from (the model gets a distillation head): a "
-        "checkpoint of ours, or a timm model name with teacher_weights",
+        "checkpoint of ours, a pretrained name, or a timm model name with teacher_weights",
     )
     teacher_weights: str | None = knob(
         None, "state dict of a timm teacher, e.g. regnety_160's trained weights (nothing is downloaded)"
@@ -88,7 +89,11 @@ class TrainConfig:
     fast: bool = knob(
         True, "fused AdamW and channels-last for conv models (the same maths, faster); false: plain eager"
     )
-    compile: bool = knob(False, "torch.compile the model (off by default: README, Training speed, says why)")
+    compile: bool | str = knob(
+        False,
+        "torch.compile the training step: true, false, or auto (compile when the run is long enough to repay "
+        "compiling and a timed trial finds the compiled step faster; efficientvit.runtime.choose_speed)",
+    )
     snapshots: list[int] = knob(
         [],
         "after each of these epochs also write <out>/snapshots/epoch_<E>.pth (weights, epoch, that epoch's "
@@ -119,6 +124,8 @@ def make_config(values: dict) -> TrainConfig:
     for key, allowed in (("clip_mode", CLIP_MODES), ("precision", PRECISIONS), ("distillation", DISTILLATION_KINDS)):
         if getattr(config, key) not in allowed:
             raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}")
+    if config.compile not in (True, False, "auto"):
+        raise UserError(f"compile must be true, false or auto, got {config.compile!r}")
     for key in ("epochs", "batch_size", "plateau_epochs") + (
         ("train_images",) if config.train_images is not None else ()
     ):

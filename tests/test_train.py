@@ -365,3 +365,22 @@ def test_a_run_at_its_plateau_stops_snapshots_and_stays_stopped(tmp_path, capsys
     unstopped = make_config({**settings, "plateau": None, "out": str(tmp_path / "u")})
     assert status(unstopped) == RunStatus(0, False) and len(train(unstopped, until=2)) == 2
     assert status(unstopped) == RunStatus(2, False)
+
+
+def test_a_resumed_run_keeps_the_mode_it_started_in(tmp_path, monkeypatch, capsys):
+    prepared = fashion_mnist.prepare(tmp_path / "fmnist", source=FASHION)
+    settings = {**TINY_DEIT, "epochs": 2, "data": str(prepared), "out": str(tmp_path / "r")}
+    train(make_config({**settings, "precision": "bf16"}), until=1)
+
+    def no_new_choice(*args):
+        raise AssertionError("a resumed run chose its mode again")
+
+    monkeypatch.setattr(train_module, "choose_speed", no_new_choice)
+    train(make_config({**settings, "precision": "fp32", "compile": "auto"}), resume=True)
+    assert read_checkpoint(tmp_path / "r" / "checkpoint.pth")["speed"] == {
+        "bf16": True,
+        "channels_last": False,
+        "fused_optimizer": True,
+        "compile": False,
+    }
+    assert capsys.readouterr().out.count("(bf16 autocast, fused AdamW)") == 2

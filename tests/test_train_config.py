@@ -63,6 +63,14 @@ def test_ranges_and_choices_are_checked_after_the_types():
         load_config(None, ["plateau_epochs=0"])
 
 
+def test_compile_is_true_false_or_auto():
+    assert [load_config(None, [f"compile={v}"]).compile for v in ("true", "false", "auto")] == [True, False, "auto"]
+    with pytest.raises(UserError, match="compile must be true, false or auto, got 'sometimes'"):
+        load_config(None, ["compile=sometimes"])
+    with pytest.raises(UserError, match="compile must be true or false or text, got 3"):
+        load_config(None, ["compile=3"])
+
+
 def test_help_lists_every_key_with_its_default():
     text = config_help()
     assert "  lr (0.001)\n" in text and "  crop_scale ([0.08, 1.0])\n" in text and "  teacher (null)\n" in text
