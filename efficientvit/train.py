@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint, unwrap
-from .data.pipeline import RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate
+from .data.pipeline import EpochChunkSampler, RepeatedAugmentationSampler, batch_mixing, check_bad_images, collate
 from .data.sources import Augment, fixed_subset, open_split
 from .errors import UserError, exit_status
 from .evaluation import evaluate
@@ -209,7 +209,9 @@ def load_data(config: TrainConfig, rank: int, world: int, device: torch.device) 
     val_set = open_split(config.data, "val", config.img_size, classes=train_set.classes)
     num_classes = len(train_set.classes)
     train_set = fixed_subset(train_set, config.train_images, config.seed)
-    if config.repeated_aug:
+    if config.epoch_images is not None:
+        sampler = EpochChunkSampler(len(train_set), config.epoch_images, world, rank, config.seed)
+    elif config.repeated_aug:
         sampler = RepeatedAugmentationSampler(train_set, world, rank, config.seed)
     else:
         sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=config.seed)
@@ -498,7 +500,8 @@ def train_process(
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-        print(f"training {model.spec.describe()} on {len(data.train_set):,} images ({speed.describe()})", flush=True)
+        per_epoch = f", {config.epoch_images:,} per epoch" if config.epoch_images else ""
+        print(f"training {model.spec.describe()} on {len(data.train_set):,} images{per_epoch} ({speed.describe()})")
     end = min(config.epochs, until or config.epochs)
     while state.epoch < end and not state.stopped:
         run_epoch(config, state, forward, criterion, data, device, rank, world)

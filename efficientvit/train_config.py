@@ -35,6 +35,11 @@ class TrainConfig:
         None,
         "train on this many images of the training split (a fixed, seeded draw; null: all): shorter runs for sweeps",
     )
+    epoch_images: int | None = knob(
+        None,
+        "images per epoch, each epoch the next ones of seeded shuffles of the training split taken in turn (null: "
+        "one pass over it): shorter epochs for finer training budgets and snapshots, every image seen once a pass",
+    )
     out: str = knob("runs/efficientvit_m4", "run folder: checkpoint.pth, metrics.csv, config.yaml")
     img_size: int = knob(224, "training and evaluation image size (eval resizes to size x 256/224, then crops)")
     epochs: int = knob(300, "training epochs")
@@ -126,11 +131,15 @@ def make_config(values: dict) -> TrainConfig:
             raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}")
     if config.compile not in (True, False, "auto"):
         raise UserError(f"compile must be true, false or auto, got {config.compile!r}")
-    for key in ("epochs", "batch_size", "plateau_epochs") + (
-        ("train_images",) if config.train_images is not None else ()
+    for key in (
+        ("epochs", "batch_size", "plateau_epochs")
+        + (("train_images",) if config.train_images is not None else ())
+        + (("epoch_images",) if config.epoch_images is not None else ())
     ):
         if getattr(config, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(config, key)}")
+    if config.epoch_images is not None and config.repeated_aug:
+        raise UserError("epoch_images and repeated_aug cannot go together: set repeated_aug: false for short epochs")
     if any(epoch < 1 for epoch in config.snapshots):
         raise UserError(f"snapshots are epochs, counted from 1, got {config.snapshots}")
     if len(config.crop_scale) != 2 or not 0 < config.crop_scale[0] <= config.crop_scale[1] <= 1:

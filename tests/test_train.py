@@ -384,3 +384,12 @@ def test_a_resumed_run_keeps_the_mode_it_started_in(tmp_path, monkeypatch, capsy
         "compile": False,
     }
     assert capsys.readouterr().out.count("(bf16 autocast, fused AdamW)") == 2
+
+
+def test_short_epochs_train_epoch_images_per_epoch_and_refuse_repeated_augmentation(tmp_path, capsys):
+    prepared = fashion_mnist.prepare(tmp_path / "fmnist", source=FASHION)
+    values = {**TINY_DEIT, "epoch_images": 100, "batch_size": 25, "data": str(prepared), "out": str(tmp_path / "r")}
+    history = train(make_config(values))
+    assert len(history) == 1 and "100 per epoch" in capsys.readouterr().out
+    with pytest.raises(UserError, match="epoch_images and repeated_aug"):
+        make_config({**values, "repeated_aug": True})

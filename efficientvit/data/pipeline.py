@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from timm.data import create_transform
 from torch.utils.data import Sampler, default_collate
@@ -152,6 +153,37 @@ def check_bad_images(bad: list[BadImage], skip_bad: bool) -> int:
             "or set skip_bad to skip unreadable images"
         )
     return len(bad)
+
+
+class EpochChunkSampler(Sampler[int]):
+    """Epochs of `chunk` images that walk through seeded shuffles of the whole data set in turn: epoch e covers
+    positions [e * chunk, (e + 1) * chunk) of the endless sequence of permutations (pass p shuffled with the seed
+    (seed, p)), so every image is seen once a pass whatever the epoch length, and the order depends only on (seed,
+    epoch). Each process takes a strided share of the chunk."""
+
+    def __init__(self, dataset_len: int, chunk: int, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        self.dataset_len, self.chunk = dataset_len, chunk
+        self.num_replicas, self.rank, self.seed = num_replicas, rank, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def permutation(self, data_pass: int) -> torch.Tensor:
+        seed = int(np.random.SeedSequence([self.seed, data_pass]).generate_state(1)[0])
+        return torch.randperm(self.dataset_len, generator=torch.Generator().manual_seed(seed))
+
+    def __iter__(self) -> Iterator[int]:
+        indices, position = [], self.epoch * self.chunk
+        while len(indices) < self.chunk:
+            data_pass, offset = divmod(position, self.dataset_len)
+            take = min(self.chunk - len(indices), self.dataset_len - offset)
+            indices += self.permutation(data_pass)[offset : offset + take].tolist()
+            position += take
+        return iter(indices[self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.chunk, self.num_replicas))
 
 
 class RepeatedAugmentationSampler(Sampler[int]):

@@ -134,3 +134,21 @@ def test_every_operation_of_the_official_augmentation_runs_at_the_top_of_its_ran
         op = copy.copy(op)
         op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0.0
         assert op(image).size == (32, 32), op.name
+
+
+def test_short_epochs_walk_through_every_image_once_a_pass_and_split_across_processes():
+    from efficientvit.data.pipeline import EpochChunkSampler
+
+    sampler = EpochChunkSampler(10, 4, seed=3)
+    epochs = []
+    for epoch in range(5):  # 20 positions: two whole passes over 10 images, epochs straddling the passes
+        sampler.set_epoch(epoch)
+        epochs.append(list(sampler))
+    flat = sum(epochs, [])
+    assert sorted(flat[:10]) == sorted(flat[10:]) == list(range(10)) and flat[:10] != flat[10:]
+    sampler.set_epoch(2)
+    assert list(sampler) == epochs[2]  # the order depends on (seed, epoch) only: a resumed run sees the same
+    shares = [EpochChunkSampler(10, 4, num_replicas=2, rank=rank, seed=3) for rank in (0, 1)]
+    for share in shares:
+        share.set_epoch(1)
+    assert sorted(list(shares[0]) + list(shares[1])) == sorted(epochs[1]) and len(shares[0]) == 2
