@@ -116,7 +116,8 @@ def run_stages(preset: Preset, preset_name: str, out: Path, only: set[str]) -> P
     ctx = Context(out, preset.runs, prepare_data(preset.data), preset.device)
     progress.end(0, started)
     stages = stage_table(preset, ctx, only)
-    progress.stages += [(s.name, preset.minutes.get(s.name, 1)) for s in stages]
+    base = [s.name.split(" (")[0] for s in stages]  # a figure read at several budgets shares its minutes
+    progress.stages += [(s.name, preset.minutes.get(b, 1) / base.count(b)) for s, b in zip(stages, base)]
     progress.stages += [("notebooks and report", preset.minutes.get("report", 1))]
     device = device_description(ctx.device)
     for index, stage in enumerate(stages, start=1):

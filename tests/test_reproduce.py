@@ -252,14 +252,17 @@ def test_report_marks_subnets_that_missed_their_speedup_and_lists_actual_proport
     assert "1 vs 1 runs: **inconclusive**" in fig4  # one proxy per kind: no verdict from a single run
 
 
-def test_the_reference_preset_trains_three_seeds_of_every_heads_kind(monkeypatch):
+def test_the_reference_preset_trains_three_seeds_to_the_plateau_and_reads_them_along_training(monkeypatch):
     monkeypatch.chdir(ROOT)
     preset = load_preset("reference")
     check_preset(preset)
     configs = proxies.configs(preset.proxies, "fashion-mnist", preset.runs)
-    assert len(configs) == 18 and {c.seed for c in configs.values()} == {0, 1, 2}
-    assert {c.model_kwargs["attention"] for c in configs.values()} == {"full", "split", "cascade"}
-    assert sum(preset.minutes.values()) <= 240  # the issue's budget: four hours on two cores
+    assert len(configs) == 12 and {c.seed for c in configs.values()} == {0, 1, 2}
+    assert {c.model_kwargs["attention"] for c in configs.values()} == {"full", "split"}
+    assert all(c.plateau and c.snapshots == [1, 3, 10] and c.epochs == 10 for c in configs.values())
+    budgets = proxies.budgets(preset.proxies)
+    assert budgets[-1] / budgets[0] >= 10  # the issue: budgets spanning at least 10x
+    assert sum(preset.minutes.values()) <= 360  # the issue's budget: six hours on two idle cores
 
 
 def test_a_proxy_with_seeds_trains_one_run_per_seed_and_every_figure_reads_them_all(preset):
