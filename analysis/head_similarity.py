@@ -48,7 +48,10 @@ Statistics are accumulated in streaming fashion (memory grows only by a few numb
 not depend on the batch size.
 
 Output: results/head_similarity/<run>_pairwise.csv and <run>_summary.csv, with JSON sidecars.
-Example: python analysis/head_similarity.py --model deit_tiny --checkpoint runs/deit/checkpoint.pth --data data/synth
+Images: a fixed, seeded draw of --images of the split (the same images for every run and its control).
+Example: python analysis/head_similarity.py --checkpoint timm/deit_tiny_patch16_224.fb_in1k --data /data/imagenet/val
+(a pretrained name builds its model and evaluates with the transform published with its weights), or
+python analysis/head_similarity.py --model deit_tiny --checkpoint runs/deit/checkpoint.pth --data data/synth
 """
 
 from __future__ import annotations
@@ -64,13 +67,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import efficientvit
+from efficientvit.checkpoint import checkpoint_label
 from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.data.pipeline import check_bad_images, collate
-from efficientvit.data.sources import open_split
+from efficientvit.data.sources import fixed_subset, open_split
 from efficientvit.errors import UserError, exit_status
 from efficientvit.models import ModelSpec
 from efficientvit.models.attention import CascadedGroupAttention, TokenAttention
@@ -392,20 +396,24 @@ def build_model(
     random_init: bool = False,
     seed: int = 0,
 ) -> nn.Module:
-    """Our own checkpoints rebuild their model; other checkpoints (official, timm) load into `--model`. With
-    `random_init`, or without a checkpoint, the same architecture freshly initialised from `seed`."""
+    """Our own checkpoints and pretrained names rebuild their model; other checkpoints (official, timm) load into
+    `--model`. With `random_init`, or without a checkpoint, the same architecture freshly initialised from `seed`
+    (keeping the weights' pretrained config: the control sees the same images, transformed the same way)."""
     spec = ModelSpec.from_yaml(model_config) if model_config else ModelSpec(name) if name else None
     overrides = {"img_size": img_size} if img_size else {}
+    pretrained_cfg = None
     if checkpoint:
         model = efficientvit.model_from_checkpoint(checkpoint, spec, **overrides)  # checks that the weights fit
         if not random_init:
             return model
-        spec, overrides = model.spec, {}
+        spec, overrides, pretrained_cfg = model.spec, {}, model.pretrained_cfg
     if spec is None:
         raise UserError("give --model (or --model-config) to say which model to measure")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return spec.build(**overrides)
+        fresh = spec.build(**overrides)
+    fresh.pretrained_cfg = pretrained_cfg
+    return fresh
 
 
 DESCRIPTION = (
@@ -418,12 +426,22 @@ DESCRIPTION = (
 
 @dataclass
 class SimilarityConfig:
-    data: str = knob(help="fashion-mnist, or an ImageFolder root (DATA/<split>/<class>/<image>)")
-    model: str | None = knob(None, "registered model name (not needed for checkpoints of this project)")
+    data: str = knob(
+        help="fashion-mnist, an ImageFolder root (DATA/<split>/<class>/<image>) or a split folder itself "
+        "(DATA/<class>/<image>, e.g. /data/imagenet/val)"
+    )
+    model: str | None = knob(
+        None, "registered model name (not needed for checkpoints of this project nor for pretrained names)"
+    )
     model_config: str | None = knob(None, "model YAML (e.g. from `efficientvit subnet`) instead of --model")
-    checkpoint: str | None = knob(None, "weights: this project's, timm's or the official release's")
+    checkpoint: str | None = knob(
+        None,
+        "weights: a file (this project's, timm's or the official release's) or a pretrained name "
+        "(timm/deit_tiny_patch16_224.fb_in1k, cream/efficientvit_m4: `efficientvit list --pretrained`), which "
+        "builds its model and evaluates with the transform published with its weights",
+    )
     split: str = knob("val", "split to read")
-    images: int = knob(1000, "images to average over")
+    images: int = knob(1000, "images to average over: a fixed, seeded draw of the split")
     batch: int = knob(64, "images per forward pass; results do not depend on it")
     feature: str = knob(
         "attention",
@@ -461,13 +479,13 @@ def run(config: SimilarityConfig) -> SimilarityResult:
         config.model, config.checkpoint, config.model_config, config.img_size, config.random_init, config.seed
     )
     name = model.spec.name
-    dataset = open_split(config.data, config.split, model.img_size[0])
+    dataset = open_split(config.data, config.split, model.img_size[0], pretrained_cfg=model.pretrained_cfg)
     if config.images > len(dataset):
         print(f"the {config.split} split has {len(dataset)} images, fewer than --images {config.images}: using all")
-    dataset = Subset(dataset, range(min(config.images, len(dataset))))
+    dataset = fixed_subset(dataset, config.images)
     loader = DataLoader(dataset, batch_size=config.batch, num_workers=config.workers, collate_fn=collate)
     pairwise, summary = head_similarity(model, loader, config.feature, device=device, skip_bad=config.skip_bad)
-    stem = Path(config.checkpoint).stem if config.checkpoint else None
+    stem = checkpoint_label(config.checkpoint) if config.checkpoint else None
     random = config.random_init or not config.checkpoint
     checkpoint = "random_init" if random else stem
     for table in (pairwise, summary):

@@ -111,7 +111,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("format", choices=FORMATS, help="onnx or torchscript")
     parser.add_argument("name", metavar="NAME", help="registered model name (see `efficientvit list`)")
-    parser.add_argument("--checkpoint", metavar="PATH", help="weights to load (ours, official or timm layout)")
+    parser.add_argument(
+        "--checkpoint",
+        metavar="PATH|NAME",
+        help="weights to load: a file (ours, official or timm layout) or a pretrained name for NAME's model "
+        "(timm/efficientvit_m4.r224_in1k, cream/efficientvit_m4: `efficientvit list --pretrained`)",
+    )
     parser.add_argument("--fuse", action="store_true", help="fold BatchNorm into the convs first (for inference)")
     parser.add_argument("--dynamic-batch", action="store_true", help="ONNX: leave the batch dimension free")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset ({DEFAULT_OPSET})")

@@ -1,3 +1,4 @@
+import huggingface_hub
 import pytest
 import torch
 
@@ -13,3 +14,16 @@ def _seed():
 def _private_cache(tmp_path_factory, monkeypatch):
     """Tests never write into the user's cache (the subnet timings): $XDG_CACHE_HOME points at a temporary folder."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(autouse=True)
+def _offline_hubs(tmp_path_factory, monkeypatch):
+    """Tests never download, nor read the user's caches: the Hugging Face hub is offline (HF_HUB_OFFLINE, which
+    also keeps efficientvit.hub from torch.hub's downloads), and its cache and torch.hub's are temporary folders.
+    huggingface_hub reads its settings once, at import: they are set on its constants and, for subprocesses, in
+    the environment."""
+    hf_cache, torch_home = tmp_path_factory.mktemp("hf_hub"), tmp_path_factory.mktemp("torch_home")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_cache))
+    for variable, value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_CACHE", str(hf_cache)), ("TORCH_HOME", str(torch_home))):
+        monkeypatch.setenv(variable, value)

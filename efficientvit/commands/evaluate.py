@@ -1,4 +1,4 @@
-"""`efficientvit eval`: top-1, top-5 and loss of a trained checkpoint."""
+"""`efficientvit eval`: top-1, top-5 and loss of a trained checkpoint or of pretrained weights by name."""
 
 from __future__ import annotations
 
@@ -13,27 +13,38 @@ from tqdm import tqdm
 from ..bench.modes import MODES, Entry, prepare
 from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..data.pipeline import check_bad_images, collate
-from ..data.sources import open_split
+from ..data.sources import fixed_subset, open_split
 from ..errors import UserError
 from ..evaluation import evaluate, hits
 from ..runtime import resolve_device
 
-HELP = "top-1, top-5 and loss of a trained checkpoint on an ImageFolder split"
+HELP = "top-1, top-5 and loss of a trained checkpoint or pretrained name on an ImageFolder split"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Rebuild the model a checkpoint of `efficientvit train` holds and evaluate it "
-        "with the official eval transform (resize by 256/224, centre crop)."
+        "Rebuild the model a checkpoint of `efficientvit train` holds, or the one a pretrained name is for, and "
+        "evaluate it with the official eval transform (resize by 256/224, centre crop), or, for a pretrained "
+        "name, the transform published with its weights (timm's pretrained config)."
     )
-    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint written by efficientvit train")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH|NAME",
+        help="checkpoint written by efficientvit train, or a pretrained name (timm/deit_tiny_patch16_224.fb_in1k, "
+        "cream/efficientvit_m4: `efficientvit list --pretrained`)",
+    )
     parser.add_argument(
         "--data",
         required=True,
         metavar="DATA",
-        help="fashion-mnist, or an ImageFolder root (DATA/<split>/<class>/<image>)",
+        help="fashion-mnist, an ImageFolder root (DATA/<split>/<class>/<image>) or a split folder itself "
+        "(DATA/<class>/<image>, e.g. /data/imagenet/val)",
     )
     parser.add_argument("--split", default="val", help="split folder to evaluate (default val)")
+    parser.add_argument(
+        "--images", type=int, metavar="N", help="evaluate a fixed, seeded draw of N images of the split (default all)"
+    )
     parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights instead of the trained ones")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch (256)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (2)")
@@ -59,11 +70,14 @@ def run(args: argparse.Namespace) -> None:
         averaged = AveragedModel(model)
         averaged.load_state_dict(ema_state)
         model = averaged.module
-    dataset = open_split(args.data, args.split, model.img_size[0])
+    dataset = open_split(args.data, args.split, model.img_size[0], pretrained_cfg=model.pretrained_cfg)
     if len(dataset.classes) != model.num_classes:
         raise UserError(
             f"{args.data}/{args.split} has {len(dataset.classes)} classes but the model predicts {model.num_classes}"
         )
+    if args.images is not None and args.images < 1:
+        raise UserError("--images must be at least 1")
+    dataset = fixed_subset(dataset, args.images)
     loader = DataLoader(dataset, args.batch_size, num_workers=args.workers, collate_fn=collate)
     if args.modes:
         return compare_modes(model, loader, args)

@@ -18,9 +18,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from timm.data import create_transform
+from timm.data import create_transform, resolve_data_config
 from torch.utils.data import Sampler, default_collate
 from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from ..errors import UserError
@@ -76,6 +77,14 @@ def eval_transform(img_size: int) -> v2.Compose:
     )
 
 
+def published_eval_transform(pretrained_cfg: dict, img_size: int):
+    """The evaluation transform published with pretrained weights, as timm builds it from their pretrained config
+    (resize to img_size / crop_pct with their interpolation, centre crop, their mean and std; DeiT-T: 248, 224,
+    bicubic), at the model's input size."""
+    config = resolve_data_config({"input_size": (3, img_size, img_size)}, pretrained_cfg=pretrained_cfg)
+    return create_transform(**config)
+
+
 def batch_mixing(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0) -> v2.Transform | None:
     """MixUp or CutMix, chosen with equal chance per batch (only the ones with alpha > 0); None if neither.
 
@@ -115,11 +124,12 @@ def image_folder(root: str | Path, split: str, transform, classes: list[str] | N
             f"data directory {root} does not exist; give fashion-mnist or an ImageFolder root "
             "(root/train/<class>/<image>)"
         )
-    folder = root / split
+    folder = root / split if (root / split).is_dir() or not is_split_folder(root) else root
     if not folder.is_dir():
         found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "no folders"
         raise UserError(
             f"data directory {root} has no {split!r} split (found {found}); expected {root}/{split}/<class>/<image>"
+            f" or a split folder itself, {root}/<class>/<image>"
         )
     try:
         dataset = ImageFolder(folder, transform=transform)
@@ -131,6 +141,12 @@ def image_folder(root: str | Path, split: str, transform, classes: list[str] | N
             f"{short_list(classes)}; both splits need the same class folders"
         )
     return dataset
+
+
+def is_split_folder(root: Path) -> bool:
+    """Whether `root` is itself a split (e.g. /data/imagenet/val): its first class folder holds images directly."""
+    first = next((p for p in sorted(root.iterdir()) if p.is_dir()), None)
+    return first is not None and any(f.suffix.lower() in IMG_EXTENSIONS for f in first.iterdir() if f.is_file())
 
 
 def short_list(names: list[str], keep: int = 4) -> str:

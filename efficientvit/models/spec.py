@@ -30,10 +30,12 @@ class ModelSpec:
 
     def build(self, **overrides: Any) -> nn.Module:
         """The model, with `overrides` (num_classes, img_size, a knob) on top of the spec's arguments; the model
-        carries the spec it was built from as `model.spec`."""
+        carries the spec it was built from as `model.spec`, and as `model.pretrained_cfg` timm's pretrained config
+        of weights loaded by name (efficientvit.hub; None until then): the transform they are evaluated with."""
         spec = self.with_kwargs(**overrides)
         model = registered_constructor(spec.name)(**spec.kwargs)
         model.spec = spec
+        model.pretrained_cfg = None
         return model
 
     def with_kwargs(self, **kwargs: Any) -> ModelSpec:

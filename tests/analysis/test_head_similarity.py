@@ -7,8 +7,11 @@ from torch.utils.data import DataLoader
 import efficientvit
 from analysis import head_similarity as hs
 from efficientvit.data.pipeline import collate, eval_transform, image_folder
+from efficientvit.data.sources import open_split
 from efficientvit.data.synthetic import make_synthetic
 from efficientvit.models.swin import shift_mask
+
+from ..helpers import class_folders, pretrained_in_hub_cache
 
 TINY_DEIT = dict(img_size=64, patch_size=16, embed_dim=24, num_heads=3, layout="AFAF", num_classes=4)
 # stage 1 is 16 x 16 tokens in 16 windows of 4 x 4; its second attention layer shifts them by 2 (a masked block)
@@ -387,3 +390,22 @@ def test_run_returns_its_tables_with_the_controls_beside_the_papers_columns(data
     assert set(pair) <= set(result.pairwise.columns)
     diagonal = result.pairwise.query("head_i == head_j")
     assert diagonal["cka"].tolist() == pytest.approx([1.0] * len(diagonal))
+
+
+def test_a_pretrained_name_measures_its_model_on_the_images_its_transform_makes(tmp_path, monkeypatch):
+    """--checkpoint NAME --data VAL_FOLDER: the name builds the model, the split is read with the weights'
+    transform, and the random-init control keeps that transform (the same images, prepared the same way)."""
+    name = "timm/efficientvit_m0.r224_in1k"
+    pretrained_in_hub_cache(name)
+    val = class_folders(tmp_path / "val", 3, size=(40, 30))
+    opened = []
+    monkeypatch.setattr(hs, "open_split", lambda *args, **kwargs: opened.append(kwargs) or open_split(*args, **kwargs))
+    for random_init in (False, True):
+        config = hs.SimilarityConfig(
+            data=str(val), checkpoint=name, random_init=random_init, images=2, batch=2, workers=0, out_dir=tmp_path
+        )
+        summary = hs.run(config).summary
+        assert (summary["model"] == "efficientvit_m0").all() and (summary["n_images"] == 2).all()
+    assert [kwargs["pretrained_cfg"]["crop_pct"] for kwargs in opened] == [0.875, 0.875]
+    assert (summary["checkpoint"] == "random_init").all()
+    assert (tmp_path / "efficientvit_m0_efficientvit_m0.r224_in1k_attention_summary.csv").exists()
