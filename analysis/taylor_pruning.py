@@ -339,6 +339,7 @@ def separate_qkv_model(name: str | None, checkpoint: str | None, num_classes: in
     separate = spec.build(fused_qkv=False, **overrides)
     if checkpoint:
         efficientvit.load_checkpoint(separate, model.state_dict())  # fused qkv -> separate q, k, v
+        separate.pretrained_cfg = model.pretrained_cfg  # a pretrained name's evaluation transform
     return separate
 
 
@@ -469,8 +470,14 @@ DESCRIPTION = (
 @dataclass
 class PruneConfig:
     data: str = knob(help="fashion-mnist, or an ImageFolder root with train/ (scores) and val/ (accuracy)")
-    model: str | None = knob(None, "deit_tiny, swin_tiny, ... (not needed for checkpoints of this project)")
-    checkpoint: str | None = knob(None, "weights to prune: this project's or timm's")
+    model: str | None = knob(
+        None, "deit_tiny, swin_tiny, ... (not needed for checkpoints of this project nor for pretrained names)"
+    )
+    checkpoint: str | None = knob(
+        None,
+        "weights to prune: a file (this project's or timm's) or a pretrained name (timm/swin_tiny_patch4_window7_224"
+        ".ms_in1k: `efficientvit list --pretrained`), which builds its model and sets the evaluation transform",
+    )
     ratio: float | None = knob(None, "budget: fraction of the prunable channels to remove, in (0, 1)")
     target_flops: float | None = knob(None, "budget: multiply-adds per image to reach, e.g. 30M", type=parse_flops)
     target_speedup: float | None = knob(None, "budget: FLOPs reduction factor to reach, e.g. 1.5")
@@ -511,10 +518,13 @@ class PruneResult:
     paths: list[Path]
 
 
-def data_loaders(config: PruneConfig, size: int, classes: list[str]) -> tuple[DataLoader, DataLoader]:
-    """The shuffled training loader (scores and the fine-tunes between rounds; seeded) and the validation one."""
-    train = open_split(config.data, "train", size)
-    val = open_split(config.data, "val", size, classes=classes)
+def data_loaders(
+    config: PruneConfig, size: int, classes: list[str], pretrained_cfg: dict | None = None
+) -> tuple[DataLoader, DataLoader]:
+    """The shuffled training loader (scores and the fine-tunes between rounds; seeded) and the validation one;
+    `pretrained_cfg`: the model's (weights by name), whose evaluation transform both then use."""
+    train = open_split(config.data, "train", size, pretrained_cfg=pretrained_cfg)
+    val = open_split(config.data, "val", size, classes=classes, pretrained_cfg=pretrained_cfg)
     val = Subset(val, range(min(config.eval_images, len(val))))
     train_loader = DataLoader(
         train,
@@ -543,7 +553,7 @@ def run(config: PruneConfig) -> PruneResult:
     device = resolve_device(config.device)
     classes = open_split(config.data, "train", config.img_size or 224).classes
     model = separate_qkv_model(config.model, config.checkpoint, len(classes), config.img_size).to(device)
-    train_loader, val_loader = data_loaders(config, model.img_size[0], classes)
+    train_loader, val_loader = data_loaders(config, model.img_size[0], classes, model.pretrained_cfg)
     name = model.spec.name
     stats = measure(model, val_loader, device, config.skip_bad, "before")
     torch.manual_seed(0)  # drop path and dropout in the fine-tunes between rounds
