@@ -269,3 +269,15 @@ def test_training_starts_from_a_name_and_distils_from_one():
     assert model.num_classes == 10 and model.img_size == (64, 64)
     teacher = build_teacher(make_config({"model": "efficientvit_m0", "teacher": name}), num_classes=1000)
     assert all(torch.equal(value, reference.state_dict()[key]) for key, value in teacher.state_dict().items())
+
+
+def test_the_way_out_a_local_copy_of_the_weights_with_its_model():
+    """`--checkpoint PATH --model NAME` with the hub's model.safetensors: the same weights, today's transform."""
+    name = "timm/efficientvit_m0.r224_in1k"
+    _, weights = pretrained_in_hub_cache(name)
+    local = efficientvit.model_from_checkpoint(str(weights), efficientvit.ModelSpec("efficientvit_m0")).eval()
+    by_name = efficientvit.model_from_checkpoint(name).eval()
+    assert local.pretrained_cfg is None and checkpoint_label(str(weights)) == "model"
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(local(x), by_name(x))
