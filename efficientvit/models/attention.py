@@ -53,6 +53,20 @@ def head_input(
     return splits[i]
 
 
+def cascade_gather(value_channels: list[list[int]] | None, split_dim: int) -> torch.Tensor | None:
+    """(heads, split_dim) index that puts each head's kept V channels back where the cascade adds them: entry p of
+    head i is the position of designed channel p among the channels head i keeps, or the kept width (an appended
+    zero channel) where channel p was pruned. None when nothing was pruned (`fit_channels` then does it)."""
+    if value_channels is None:
+        return None
+    gather = torch.full((len(value_channels), split_dim), len(value_channels[0]), dtype=torch.long)
+    for head, kept in enumerate(value_channels):
+        for position, channel in enumerate(kept):
+            if channel < split_dim:  # designed channels past the split never fed the cascade (fit_channels)
+                gather[head, channel] = position
+    return gather
+
+
 def attend(q, k, v, bias: torch.Tensor | None, scale: float, keep_map: bool):
     """softmax(q k^T * scale + bias) v, and the attention map when asked for it (a tap listens); otherwise the
     fused `F.scaled_dot_product_attention` runs and no map is materialised."""
@@ -79,6 +93,12 @@ class CascadedGroupAttention(nn.Module):
     16-wide keys that is faster on CPU than `F.scaled_dot_product_attention` (whose CPU kernels are built for long
     sequences) and than timm's scale, matmul, add. The maps exist anyway, so taps cost nothing.
     Heads follow the input's memory format, so a channels-last model never converts back and forth.
+
+    After structured pruning (analysis/taylor_pruning.py) a head keeps `qk_dim` of its `key_dim` Q/K channels and
+    the V channels `value_channels[head]` of its designed `value_dim` (equal counts in every head, each head its
+    own channels). The softmax scale stays the designed key_dim's, and head i-1's kept V channels are added to
+    head i's split at their designed positions, zeros where channels were pruned: the pruned model computes what
+    the unpruned one does with those channels zeroed.
     """
 
     def __init__(
@@ -93,6 +113,8 @@ class CascadedGroupAttention(nn.Module):
         q_dwconv: bool = True,
         act: str = "relu",
         norm: str = "bn",
+        qk_dim: int | None = None,
+        value_channels: list[list[int]] | None = None,
     ):
         super().__init__()
         if kind not in ATTENTION_KINDS:
@@ -103,16 +125,21 @@ class CascadedGroupAttention(nn.Module):
             raise UserError(f"q_kernels needs one kernel size per head ({num_heads}), got {tuple(q_kernels)}")
         self.kind = kind
         self.num_heads = num_heads
-        self.key_dim = key_dim
-        self.value_dim = value_dim or dim // num_heads
         self.split_dim = dim // num_heads
+        self.key_dim = qk_dim or key_dim
         self.scale = key_dim**-0.5
+        self.value_dim = value_dim or self.split_dim
+        if value_channels is not None:
+            check_value_channels(value_channels, num_heads, self.value_dim)
+            self.value_dim = len(value_channels[0])
+        self.value_channels = value_channels
         in_dim = dim if kind == "full" else self.split_dim
-        qkv_dim = 2 * key_dim + self.value_dim
+        qkv_dim = 2 * self.key_dim + self.value_dim
         self.qkvs = nn.ModuleList(ConvNorm(in_dim, qkv_dim, norm=norm) for _ in range(num_heads))
         self.dws = (
             nn.ModuleList(
-                ConvNorm(key_dim, key_dim, k, 1, k // 2, groups=key_dim, norm=norm) for k in q_kernels[:num_heads]
+                ConvNorm(self.key_dim, self.key_dim, k, 1, k // 2, groups=self.key_dim, norm=norm)
+                for k in q_kernels[:num_heads]
             )
             if q_dwconv
             else nn.ModuleList()
@@ -123,8 +150,16 @@ class CascadedGroupAttention(nn.Module):
         self.window = tuple(window)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, window[0] * window[1]))
         self.register_buffer("attention_bias_idxs", relative_offset_index(*window), persistent=False)
+        self.register_buffer("cascade_gather", cascade_gather(value_channels, self.split_dim), persistent=False)
         self.attn_tap = Tap()
         self.head_tap = Tap()
+
+    def cascaded(self, previous: torch.Tensor, head: int) -> torch.Tensor:
+        """Head `head`'s output as the next head's split receives it: its kept V channels at their designed
+        positions (zeros for the pruned ones), or as it is when nothing was pruned."""
+        if self.cascade_gather is None:
+            return previous
+        return F.pad(previous, (0, 0, 0, 0, 0, 1)).index_select(1, self.cascade_gather[head])
 
     def attention_bias(self) -> torch.Tensor:
         """The (heads, N, N) bias, gathered from the table at every call. The gather costs microseconds, and not
@@ -141,7 +176,8 @@ class CascadedGroupAttention(nn.Module):
         splits = x.chunk(self.num_heads, dim=1)
         outputs, maps = [], []
         for i, qkv in enumerate(self.qkvs):
-            head_in = head_input(self.kind, x, splits, i, outputs[-1] if outputs else None, dim=1)
+            previous = self.cascaded(outputs[-1], i - 1) if outputs and self.kind == "cascade" else None
+            head_in = head_input(self.kind, x, splits, i, previous, dim=1)
             q, k, v = qkv(head_in).split([self.key_dim, self.key_dim, self.value_dim], dim=1)
             if self.dws:
                 q = self.dws[i](q)
@@ -160,6 +196,17 @@ class CascadedGroupAttention(nn.Module):
         else:
             x = torch.cat(outputs, dim=1)
         return self.proj(x)
+
+
+def check_value_channels(value_channels: list[list[int]], num_heads: int, value_dim: int) -> None:
+    """Pruned V channels: one list per head, as many in each, distinct, among the designed value_dim."""
+    counts = {len(set(kept)) for kept in value_channels} | {len(kept) for kept in value_channels}
+    inside = all(0 <= c < value_dim for kept in value_channels for c in kept)
+    if len(value_channels) != num_heads or len(counts) != 1 or not inside or 0 in counts:
+        raise UserError(
+            f"value_channels needs {num_heads} lists (one per head) of as many distinct channels among the "
+            f"{value_dim} designed, got {value_channels}"
+        )
 
 
 class LocalWindowAttention(nn.Module):

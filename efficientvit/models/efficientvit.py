@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import UserError
 from .attention import ATTENTION_KINDS, LocalWindowAttention
 from .layers import (
+    FFN,
     ConvNorm,
     NormLinear,
     PatchMerging,
@@ -58,10 +59,13 @@ class BlockSettings:
     norm: str
     act: str
 
-    def window_attention(self, dim: int, heads: int, resolution: tuple[int, int]) -> LocalWindowAttention:
+    def window_attention(
+        self, dim: int, heads: int, resolution: tuple[int, int], dims: dict | None = None
+    ) -> LocalWindowAttention:
         """The attention layer of a block: Q/K of key_dim and V of v_ratio x C/H per head, or all of width C/H
-        without the QKV allocation of Sec. 3.3."""
+        without the QKV allocation of Sec. 3.3; `dims` the widths kept by pruning (see `block_dims`)."""
         head_dim = dim // heads
+        dims = dims or {}
         return LocalWindowAttention(
             dim,
             num_heads=heads,
@@ -74,7 +78,32 @@ class BlockSettings:
             q_dwconv=self.q_dwconv,
             act=self.act,
             norm=self.norm,
+            qk_dim=dims.get("qk_dim"),
+            value_channels=dims.get("v_channels"),
         )
+
+    def ffns(self) -> int:
+        """FFN layers per block: 2N in the sandwich, one in the alternation."""
+        return 2 * self.sandwich if self.block_layout == "sandwich" else 1
+
+
+BLOCK_DIMS = ("qk_dim", "v_channels", "ffn")
+
+
+def check_block_dims(block_dims: list | None, depth: tuple[int, ...], ffns: int) -> list:
+    """Per block of the whole model (stage by stage), the widths structured pruning kept, or None for the design's:
+    {"qk_dim": Q/K channels per head, "v_channels": [V channels kept, per head], "ffn": [hidden width per FFN]}."""
+    if block_dims is None:
+        return [None] * sum(depth)
+    if len(block_dims) != sum(depth):
+        raise UserError(f"block_dims has {len(block_dims)} entries for {sum(depth)} blocks (depth {tuple(depth)})")
+    for dims in block_dims:
+        unknown = set(dims or {}) - set(BLOCK_DIMS)
+        if unknown:
+            raise UserError(f"block_dims entries take {', '.join(BLOCK_DIMS)}; got {', '.join(sorted(unknown))}")
+        if dims and "ffn" in dims and len(dims["ffn"]) != ffns:
+            raise UserError(f"block_dims: a block has {ffns} FFN layers, got hidden widths {dims['ffn']}")
+    return list(block_dims)
 
 
 class EfficientViTBlock(nn.Sequential):
@@ -84,16 +113,28 @@ class EfficientViTBlock(nn.Sequential):
     layout is the Swin-like ablation of Table 6: attention then one (DW conv +) FFN.
     """
 
-    def __init__(self, dim: int, heads: int, resolution: tuple[int, int], drop_path: float, settings: BlockSettings):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        resolution: tuple[int, int],
+        drop_path: float,
+        settings: BlockSettings,
+        dims: dict | None = None,
+    ):
         s = settings
         # The attention is built first: the order in which layers draw their initial weights, so that a seed
         # gives the weights it always gave.
-        mixer = Residual(s.window_attention(dim, heads, resolution), drop_path)
+        mixer = Residual(s.window_attention(dim, heads, resolution, dims), drop_path)
+        hidden = (dims or {}).get("ffn")
 
         def dw_ffn(i: int):
             if s.token_interaction:
                 yield f"dw{i}", depthwise_residual(dim, 0.0, s.norm, drop_path)
-            yield f"ffn{i}", ffn_residual(dim, s.mlp_ratio, s.act, s.norm, drop_path)
+            if hidden is None:
+                yield f"ffn{i}", ffn_residual(dim, s.mlp_ratio, s.act, s.norm, drop_path)
+            else:
+                yield f"ffn{i}", Residual(FFN(dim, hidden[i], act=s.act, norm=s.norm), drop_path)
 
         if s.block_layout == "sandwich":
             before = [layer for i in range(s.sandwich) for layer in dw_ffn(i)]
@@ -125,7 +166,7 @@ class Subsample(nn.Module):
 class EfficientViTStage(nn.Module):
     """One stage of Table 1: the subsample block from the previous stage's width `in_dim` (none in the first
     stage), then one block of width `dim` per drop-path rate. `resolution` is the map it receives; `info` says
-    what it computes on."""
+    what it computes on. `block_dims`: each block's pruned widths (None: the design's)."""
 
     def __init__(
         self,
@@ -135,6 +176,7 @@ class EfficientViTStage(nn.Module):
         resolution: tuple[int, int],
         drop_paths: list[float],
         settings: BlockSettings,
+        block_dims: list[dict | None] | None = None,
     ):
         super().__init__()
         s = settings
@@ -142,7 +184,10 @@ class EfficientViTStage(nn.Module):
         if in_dim is not None:
             self.downsample = Subsample(in_dim, dim, s.token_interaction, s.mlp_ratio, s.act, s.norm)
             resolution = (halve(resolution[0]), halve(resolution[1]))
-        self.blocks = nn.Sequential(*(EfficientViTBlock(dim, heads, resolution, dp, s) for dp in drop_paths))
+        block_dims = block_dims or [None] * len(drop_paths)
+        self.blocks = nn.Sequential(
+            *(EfficientViTBlock(dim, heads, resolution, dp, s, dims) for dp, dims in zip(drop_paths, block_dims))
+        )
         window = (min(s.window_size, resolution[0]), min(s.window_size, resolution[1]))
         self.info = dict(resolution=resolution, width=dim, depth=len(drop_paths), heads=heads, window=window)
 
@@ -218,6 +263,21 @@ def check_configuration(
         )
 
 
+PER_STAGE_SETTINGS = ("key_dim", "v_ratio", "mlp_ratio")
+
+
+def stage_settings(stages: int, **fields) -> list[BlockSettings]:
+    """Each stage's BlockSettings from the model's arguments, where key_dim, v_ratio and mlp_ratio are one number
+    for every stage or a list of one per stage."""
+    lists = {}
+    for name in PER_STAGE_SETTINGS:
+        value = fields[name]
+        if isinstance(value, (list, tuple)) and len(value) != stages:
+            raise UserError(f"{name} needs one value per stage ({stages}) or one number, got {list(value)}")
+        lists[name] = list(value) if isinstance(value, (list, tuple)) else [value] * stages
+    return [BlockSettings(**{**fields, **{name: lists[name][i] for name in lists}}) for i in range(stages)]
+
+
 class EfficientViT(nn.Module):
     """EfficientViT. Defaults are M0; the ablation knobs (Table 6, Fig. 7):
 
@@ -228,6 +288,8 @@ class EfficientViT(nn.Module):
     key_dim: the Q/K width per head (16); v_ratio: V width per head as a multiple of C/H (1.0)
     mlp_ratio: FFN expansion (2); token_interaction: the DW convs before each FFN; q_dwconv: the DW conv on Q
     norm: "bn" or "ln"; act: "relu" or "hardswish"
+    key_dim, v_ratio and mlp_ratio may also be lists, one value per stage (a designed variant's settings).
+    block_dims: the widths structured pruning kept in each block (`check_block_dims`; analysis/taylor_pruning.py).
 
     patch_size: the stem's stride (16 as in the paper; 2, 4 or 8 for small images such as 28 px Fashion-MNIST).
     The total stride is patch_size x 4 (the two subsample blocks), so img_size must be at least that.
@@ -238,10 +300,10 @@ class EfficientViT(nn.Module):
         embed_dim: tuple[int, ...] = (64, 128, 192),
         depth: tuple[int, ...] = (1, 2, 3),
         num_heads: tuple[int, ...] = (4, 4, 4),
-        key_dim: int = 16,
+        key_dim: int | list[int] = 16,
         window_size: int = 7,
         q_kernels: tuple[int, ...] = (5, 5, 5, 5),
-        mlp_ratio: float = 2.0,
+        mlp_ratio: float | list[float] = 2.0,
         img_size: int | tuple[int, int] = 224,
         in_chans: int = 3,
         num_classes: int = 1000,
@@ -251,12 +313,13 @@ class EfficientViT(nn.Module):
         sandwich: int = 1,
         block_layout: str = "sandwich",
         qkv_allocation: bool = True,
-        v_ratio: float = 1.0,
+        v_ratio: float | list[float] = 1.0,
         token_interaction: bool = True,
         q_dwconv: bool = True,
         norm: str = "bn",
         act: str = "relu",
         patch_size: int = 16,
+        block_dims: list | None = None,
     ):
         super().__init__()
         self.img_size = as_pair(img_size)
@@ -265,7 +328,8 @@ class EfficientViT(nn.Module):
         self.num_classes = num_classes
         self.num_features = embed_dim[-1]
         self.distillation = distillation
-        settings = BlockSettings(
+        settings = stage_settings(
+            len(depth),
             key_dim=key_dim,
             window_size=window_size,
             q_kernels=q_kernels,
@@ -284,10 +348,15 @@ class EfficientViT(nn.Module):
         self.patch_embed = patch_embed(in_chans, embed_dim[0], act, norm, patch_size)
         resolution = stem_resolution(self.img_size, patch_size)
         stages = []
-        for i, drop_paths in enumerate(per_stage(torch.linspace(0, drop_path_rate, sum(depth)).tolist(), depth)):
+        drop_paths = per_stage(torch.linspace(0, drop_path_rate, sum(depth)).tolist(), depth)
+        dims = per_stage(check_block_dims(block_dims, depth, settings[0].ffns()), depth)
+        for i in range(len(depth)):
             in_dim = embed_dim[i - 1] if i > 0 else None
-            stages.append(EfficientViTStage(in_dim, embed_dim[i], num_heads[i], resolution, drop_paths, settings))
-            resolution = stages[-1].info["resolution"]
+            stage = EfficientViTStage(
+                in_dim, embed_dim[i], num_heads[i], resolution, drop_paths[i], settings[i], dims[i]
+            )
+            stages.append(stage)
+            resolution = stage.info["resolution"]
         self.stages = nn.Sequential(*stages)
         self.stage_info = [dict(stage=i + 1, **stage.info) for i, stage in enumerate(stages)]
         self.head = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

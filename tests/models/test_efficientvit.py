@@ -323,6 +323,47 @@ def test_knob_mlp_ratio_norm_and_activation():
         assert torch.isfinite(model.eval()(torch.randn(1, 3, 128, 128))).all()
 
 
+def test_knob_key_dim_v_ratio_and_mlp_ratio_per_stage():
+    model = efficientvit.create_model(
+        "efficientvit_m0", key_dim=[16, 8, 4], v_ratio=[1.0, 0.5, 0.25], mlp_ratio=[2, 1.5, 1], img_size=64
+    )
+    attention = attention_modules(model)
+    for stage, (key_dim, value_dim, hidden) in zip(model.stages, [(16, 16, 128), (8, 16, 192), (4, 12, 192)]):
+        attn = stage.blocks[0].mixer.m.attn  # C/H: 16, 32, 48
+        assert (attn.key_dim, attn.value_dim, attn.scale) == (key_dim, value_dim, key_dim**-0.5)
+        assert stage.blocks[-1].ffn1.m.pw1.conv.out_channels == hidden
+    assert model.stages[1].downsample.res1[1].m.pw1.conv.out_channels == 96  # the subsample: its stage's ratio
+    assert len(attention) == 6
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    with pytest.raises(efficientvit.UserError, match="key_dim needs one value per stage"):
+        efficientvit.create_model("efficientvit_m0", key_dim=[16, 8])
+
+
+def test_block_dims_build_the_pruned_widths_and_are_checked():
+    dims = [{"qk_dim": 4, "v_channels": [[0, 3], [1, 2], [0, 15], [2, 3]], "ffn": [10, 20]}] + [None] * 5
+    model = efficientvit.create_model("efficientvit_m0", img_size=64, block_dims=dims)
+    block = model.stages[0].blocks[0]
+    attn = block.mixer.m.attn
+    assert (attn.key_dim, attn.value_dim, attn.scale) == (4, 2, 16**-0.5)  # the designed scale
+    assert attn.qkvs[0].conv.out_channels == 2 * 4 + 2 and attn.proj[1].conv.in_channels == 4 * 2
+    assert attn.dws[0].conv.groups == 4
+    assert attn.cascade_gather[2].tolist() == [0] + [2] * 14 + [1]  # head 2's channels 0 and 15, zeros between
+    assert (block.ffn0.m.pw1.conv.out_channels, block.ffn1.m.pw1.conv.out_channels) == (10, 20)
+    assert model.stages[1].blocks[0].mixer.m.attn.cascade_gather is None  # unpruned: the plain cascade
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    for bad, message in [
+        (dims[:2], "block_dims has 2 entries for 6 blocks"),
+        ([{"qk": 4}] + [None] * 5, "block_dims entries take qk_dim, v_channels, ffn; got qk"),
+        ([{"ffn": [10]}] + [None] * 5, "a block has 2 FFN layers"),
+        ([{"v_channels": [[0, 1], [0], [0, 1], [0, 1]]}] + [None] * 5, "value_channels needs 4 lists"),
+        ([{"v_channels": [[0, 16]] * 4}] + [None] * 5, "among the 16 designed"),
+    ]:
+        with pytest.raises(efficientvit.UserError, match=message):
+            efficientvit.create_model("efficientvit_m0", img_size=64, block_dims=bad)
+
+
 def test_distillation_head_averages_at_inference():
     model = randomize_batchnorm(efficientvit.create_model("efficientvit_m0", img_size=64, distillation=True))
     x = torch.randn(2, 3, 64, 64)
