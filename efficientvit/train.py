@@ -464,6 +464,40 @@ def train_process(
 ) -> list[dict]:
     main, out = rank == 0, Path(config.out)
     checkpoint_path = resume_path(out, resume, main)
+    checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+    run = setup_run(config, checkpoint, rank, world, device)
+    state = run.state
+    if checkpoint is not None:
+        restore(state, checkpoint, checkpoint_path, rank)
+        if main:
+            print(f"resumed {checkpoint_path} after epoch {state.epoch}" + (" (at its plateau)" * state.stopped))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+        per_epoch = f", {config.epoch_images:,} per epoch" if config.epoch_images else ""
+        print(
+            f"training {state.model.spec.describe()} on {len(run.data.train_set):,} images{per_epoch} "
+            f"({state.speed.describe()})",
+            flush=True,
+        )
+    end = min(config.epochs, until or config.epochs)
+    while state.epoch < end and not state.stopped:
+        run_epoch(config, run, device, rank, world)
+    return state.history
+
+
+@dataclass
+class Run:
+    """One process's training, set up: its state, the forward it trains through, the loss and the data."""
+
+    state: State
+    forward: nn.Module
+    criterion: DistillationLoss
+    data: Data
+
+
+def setup_run(config: TrainConfig, checkpoint: dict | None, rank: int, world: int, device: torch.device) -> Run:
+    """Seeds, data, model (and teacher, EMA), the mode it runs in (the checkpoint's, or chosen), optimizer, loss."""
     torch.manual_seed(config.seed + rank)
     random.seed(config.seed + rank)
     data = load_data(config, rank, world, device)
@@ -476,7 +510,6 @@ def train_process(
         if config.ema_decay is not None
         else None
     )
-    checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
     speed = training_speed(config, model, device, checkpoint, len(data.train_loader), world)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -493,37 +526,16 @@ def train_process(
         config.distillation_alpha,
         config.distillation_tau,
     )
-    if checkpoint is not None:
-        restore(state, checkpoint, checkpoint_path, rank)
-        if main:
-            print(f"resumed {checkpoint_path} after epoch {state.epoch}" + (" (at its plateau)" * state.stopped))
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-        per_epoch = f", {config.epoch_images:,} per epoch" if config.epoch_images else ""
-        print(f"training {model.spec.describe()} on {len(data.train_set):,} images{per_epoch} ({speed.describe()})")
-    end = min(config.epochs, until or config.epochs)
-    while state.epoch < end and not state.stopped:
-        run_epoch(config, state, forward, criterion, data, device, rank, world)
-    return state.history
+    return Run(state, forward, criterion, data)
 
 
-def run_epoch(
-    config: TrainConfig,
-    state: State,
-    forward: nn.Module,
-    criterion: DistillationLoss,
-    data: Data,
-    device: torch.device,
-    rank: int,
-    world: int,
-) -> None:
+def run_epoch(config: TrainConfig, run: Run, device: torch.device, rank: int, world: int) -> None:
     """Train one epoch, evaluate, apply the plateau rule, save, report."""
-    epoch, main = state.epoch, rank == 0
+    state, data, epoch, main = run.state, run.data, run.state.epoch, rank == 0
     started = time.perf_counter()
     data.sampler.set_epoch(epoch)
     data.loader_generator.manual_seed(epoch_seed(config.seed, epoch, rank))
-    sums = train_one_epoch(config, state, forward, criterion, data, epoch, device, main)
+    sums = train_one_epoch(config, state, run.forward, run.criterion, data, epoch, device, main)
     train_seconds = time.perf_counter() - started
     if world > 1:
         dist.all_reduce(sums)
