@@ -142,3 +142,15 @@ FAMILY_LABELS = {"deit": "DeiT-T", "swin": "Swin-T", "efficientvit": "EfficientV
 def family_label(name: str) -> str:
     """How the figures name a model's family: DeiT-T for deit_tiny, deit_t and deit_tiny_full_seed0 alike."""
     return FAMILY_LABELS.get(family(name), name)
+
+
+def budget_label(budget: float) -> str:
+    """A training budget as the report writes it: epochs, `random init` (0) or `trained` (unknown: a table written
+    before budgets were kept)."""
+    return "trained" if pd.isna(budget) else "random init" if budget == 0 else f"{int(budget)} ep"
+
+
+def at_longest(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the longest training budget (all rows when the budgets are unknown); untrained controls (0) out."""
+    trained = frame[frame["budget"] != 0]
+    return trained[trained["budget"] == trained["budget"].max()] if trained["budget"].notna().any() else trained

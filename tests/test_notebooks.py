@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.reproduce import execute_notebook
+from analysis.report import execute_notebook
 
 ROOT = Path(__file__).parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -130,6 +130,7 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     assert "| fig3 |" in text and "threads |" in text
     figures = {p.stem for p in (out / "figures").glob("*.png")}
     assert {"fig2_memory_bound", "fig3_mhsa_sweep", "fig4_head_similarity", "fig5_taylor_pruning"} <= figures
+    assert {"fig4_budget", "fig5_budget"} <= figures  # each finding against the training budget
     checkpoint = tmp_path / "runs" / "deit_full" / "checkpoint.pth"
     stamp = checkpoint.stat().st_mtime_ns
     capsys.readouterr()

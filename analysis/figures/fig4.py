@@ -21,7 +21,16 @@ import pandas as pd
 
 from analysis import head_similarity
 from analysis.figures import proxies
-from analysis.pipeline import Context, announce, family, read_tables, tool_settings, with_sidecar
+from analysis.pipeline import (
+    Context,
+    announce,
+    at_longest,
+    budget_label,
+    family,
+    read_tables,
+    tool_settings,
+    with_sidecar,
+)
 from analysis.published import paper_table
 from analysis.verdicts import NOT_REPRODUCED, compare, late_and_early
 from efficientvit.config import knob
@@ -187,10 +196,6 @@ def findings(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def budget_label(budget: float) -> str:
-    return "trained" if pd.isna(budget) else "random init" if budget == 0 else f"{int(budget)} ep"
-
-
 def table_lines(summary: pd.DataFrame) -> list[str]:
     """The paper's metric beside its controls, per family, feature, heads and budget."""
     cells = pd.DataFrame(
@@ -219,10 +224,7 @@ def table_lines(summary: pd.DataFrame) -> list[str]:
 
 def longest(summary: pd.DataFrame) -> pd.DataFrame:
     """The rows at the longest training budget, and the random-init controls."""
-    trained = summary[summary["budget"] != 0]
-    if trained["budget"].notna().any():
-        trained = trained[trained["budget"] == trained["budget"].max()]
-    return pd.concat([trained, summary[summary["budget"] == 0]], ignore_index=True)
+    return pd.concat([at_longest(summary), summary[summary["budget"] == 0]], ignore_index=True)
 
 
 def along_training(found: pd.DataFrame) -> list[str]:
@@ -282,8 +284,7 @@ def reason(summary: pd.DataFrame, found: pd.DataFrame) -> str:
     entropy, more near-uniform blocks) and the reversal gone once the maps are centred."""
     if found.empty:
         return ""
-    trained = summary[summary["budget"] != 0]
-    last = trained[trained["budget"] == trained["budget"].max()] if trained["budget"].notna().any() else trained
+    last = at_longest(summary)
     maps = last[last["feature"] == "attention"].set_index(["family", "heads"])
     parts = []
     for name in sorted({f for f, _ in maps.index}):
@@ -312,9 +313,7 @@ def late_verdicts(frame: pd.DataFrame) -> list[str]:
     within each run, beside the paper's own curve of that family."""
     paper = paper_table("fig4_head_similarity")
     paper_full = paper[paper["heads"] == "full"].assign(family=lambda f: f["model"].map(family))
-    full_maps = frame[(frame["attention_kind"] == "full") & (frame["feature"] == "attention") & ~frame["control"]]
-    if full_maps["budget"].notna().any():
-        full_maps = full_maps[full_maps["budget"] == full_maps["budget"].max()]
+    full_maps = at_longest(frame[(frame["attention_kind"] == "full") & (frame["feature"] == "attention")])
     lines = []
     for name, group in full_maps.groupby("family"):
         late, early = late_and_early(group.assign(pct=100 * group["mean_max_similarity"]), "pct")

@@ -21,7 +21,17 @@ import pandas as pd
 
 from analysis import design_variant, taylor_pruning
 from analysis.figures import proxies
-from analysis.pipeline import Context, announce, family, read_tables, tool_settings, trained, with_sidecar
+from analysis.pipeline import (
+    Context,
+    announce,
+    at_longest,
+    budget_label,
+    family,
+    read_tables,
+    tool_settings,
+    trained,
+    with_sidecar,
+)
 from analysis.published import paper_table
 from analysis.verdicts import compare, late_and_early
 from efficientvit.config import knob
@@ -136,10 +146,6 @@ def tables(out: Path) -> dict[str, pd.DataFrame | None]:
     return {"pruning": frame.assign(family=frame["model"].map(family)), "pruned": pruned}
 
 
-def at_longest(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["budget"] == frame["budget"].max()] if frame["budget"].notna().any() else frame
-
-
 def summarize(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
     """One row per model and block at the longest budget: the runs, and each kind's kept width over the block's
     input width (mean, s.d. over runs)."""
@@ -191,10 +197,6 @@ def findings(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
 def spread(values: pd.Series) -> str:
     """Mean, and the s.d. over runs where there are several."""
     return f"{values.mean():.2f}" + (f" ± {values.std():.2f}" if len(values) > 1 else "")
-
-
-def budget_label(budget: float) -> str:
-    return "trained" if pd.isna(budget) else f"{int(budget)} ep"
 
 
 def finding_lines(found: pd.DataFrame) -> list[str]:
