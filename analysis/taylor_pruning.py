@@ -1,4 +1,4 @@
-"""Figure 5: which channels Taylor structured pruning keeps in each block of a DeiT or Swin model.
+"""Figure 5: which channels Taylor structured pruning keeps in each block of a DeiT, Swin or EfficientViT model.
 
 The paper prunes Swin-T with Taylor structured pruning (Molchanov et al., CVPR 2019) and plots, per block, the
 kept Q/K, V and FFN widths relative to the block's input width: Q/K and FFN are cut hard, V is kept until the last
@@ -8,6 +8,10 @@ Filters, Molchanov's unit of pruning, each scored on its own:
   qk   channel c of head h in Q and in K together (the logits pair them: they go together)
   v    channel c of head h in V, with the matching input column of the output projection
   ffn  hidden unit u of an FFN: row u of fc1 and column u of fc2
+EfficientViT (the next step after the paper's: prune the model it designed) has the same three kinds in its
+cascaded group attention and in both FFNs of its sandwich blocks, with BatchNorm entries and Q's depthwise conv
+in the filters and the cascade kept exact: analysis/pruning_efficientvit.py. Every layer answers the same calls
+(widths, channels, costs, first_order_terms, remove), so the ranking below is one for the three families.
 
 Importance: Molchanov et al.'s first-order Taylor criterion (their Eq. 8), the squared first-order change of the
 loss when the filter S is removed, averaged over --batches batches of the training split:
@@ -37,15 +41,22 @@ twentieth of the proxies' peak rate; no weight decay), cross-entropy on the trai
 layer functions do the surgery (rows h * width + c_h, each head its own channels); its importance classes compute
 a different score (an unsquared |w * g| sum).
 
-Output: results/taylor_pruning/<run>.csv, one row per block (an attention layer and the FFN after it):
-  block, stage, in_width, heads        the block, its input (residual) width and its heads
+Output: results/taylor_pruning/<run>.csv, one row per block (an attention layer and the FFN layers after it; for
+EfficientViT, a sandwich block: its attention and the FFNs on both sides):
+  block, stage, in_width, heads        the block, its stage, its input (residual) width and its heads
   qk_before, qk_kept, v_before, v_kept Q/K and V channels summed over heads; ffn_before, ffn_kept: FFN hidden units
-  qk_ratio, v_ratio, ffn_ratio         kept / in_width, the paper's Fig. 5 axis (unpruned: 1, 1 and the FFN ratio)
+                                       summed over the block's ffn_layers FFN layers
+  qk_ratio, v_ratio, ffn_ratio         kept / in_width, the paper's Fig. 5 axis, FFN per FFN layer (unpruned: Q/K 1,
+                                       EfficientViT's key_dim x heads / C; V 1, its v_ratio; FFN the FFN ratio)
+  ffn_layers                           the block's FFN layers (1 for DeiT and Swin, 2 for EfficientViT's sandwich)
   qk_kept_fraction, v_kept_fraction,   kept / before: how much of its own width each kind kept, the scale on which
   ffn_kept_fraction                    "Q/K are cut more than FFN" is read (paired_effects: one run's effects)
 + .json (arguments, params, FLOPs, top-1 before/after pruning and after fine-tuning), and the pruned model as a
-checkpoint of ours that rebuilds itself (runs/pruned/<run>.pth by default).
+checkpoint of ours that rebuilds itself (runs/pruned/<run>.pth by default); for EfficientViT also <run>_stages.png,
+the settings kept per stage beside the released M0-M5 settings (pruning_efficientvit.stage_settings).
 Example: python analysis/taylor_pruning.py --model swin_tiny --checkpoint swin.pth --data data/synth --ratio 0.4
+         python analysis/taylor_pruning.py --checkpoint runs/cpu/efficientvit_m0/checkpoint.pth --data fashion-mnist
+             --ratio 0.3
 """
 
 from __future__ import annotations
@@ -65,6 +76,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import efficientvit
+from analysis import pruning_efficientvit as pe
 from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.data.pipeline import check_bad_images, collate
 from efficientvit.data.sources import open_split
@@ -73,6 +85,7 @@ from efficientvit.evaluation import evaluate
 from efficientvit.flops import count_flops, count_params
 from efficientvit.models import ModelSpec
 from efficientvit.models.attention import TokenAttention
+from efficientvit.models.efficientvit import EfficientViT
 from efficientvit.models.layers import FFNLayer
 from efficientvit.results import write_results
 from efficientvit.runtime import resolve_device
@@ -85,7 +98,9 @@ RANKINGS = ("importance", "importance-per-flop")
 
 @dataclass
 class Layer:
-    """One A or F layer of the model, with what its channels cost per image."""
+    """One A or F layer of a DeiT or Swin model, with what its channels cost per image. The global ranking asks
+    every layer (these, and EfficientViT's in analysis/pruning_efficientvit.py) the same things: its widths, the
+    rows and multiply-adds of one candidate, the first-order terms of its filters, and to remove channels."""
 
     module: nn.Module
     kind: str  # "A" or "F"
@@ -93,69 +108,112 @@ class Layer:
     width: int  # the layer's input (residual) width
     tokens: int  # tokens per image
     keys: int  # keys each query attends to (window size for Swin)
+    block: int  # the block it belongs to: an attention layer and the FFN layers after it, numbered from 1
+
+    @property
+    def heads(self) -> int:
+        return self.module.attn.num_heads
+
+    def widths(self) -> dict[str, int]:
+        """Channels per head (Q/K, V) or FFN hidden units, as the layer is now."""
+        if self.kind == "F":
+            return {"ffn": self.module.mlp.fc1.out_features}
+        return {"qk": self.module.attn.qk_dim, "v": self.module.attn.v_dim}
+
+    def channels(self, kind: str) -> int:
+        """Channels (rows) one candidate of `kind` holds: one per head for V, two per head for Q/K (Q and K)."""
+        return 1 if kind == "ffn" else self.heads * (2 if kind == "qk" else 1)
+
+    def costs(self) -> dict[str, float]:
+        """Multiply-adds per image that one candidate of each kind costs in this layer (a channel of every head)."""
+        T, C, N = self.tokens, self.width, self.keys
+        if self.kind == "F":
+            return {"ffn": 2 * T * C}
+        return {"qk": self.heads * (2 * T * C + T * N), "v": self.heads * (2 * T * C + T * N)}
+
+    def first_order_terms(self) -> dict[str, torch.Tensor]:
+        """sum over each filter's parameters of w * dL/dw, from the gradients now in the model: (units,) for FFN
+        units, (heads, channels) for the Q/K and V channels of every head."""
+
+        def rows(linear: nn.Linear) -> torch.Tensor:  # output channel r: row r of the weight and bias entry r
+            terms = (linear.weight.detach() * linear.weight.grad).sum(dim=1)
+            return terms if linear.bias is None else terms + linear.bias.detach() * linear.bias.grad
+
+        def columns(linear: nn.Linear) -> torch.Tensor:  # input channel c: column c of the weight
+            return (linear.weight.detach() * linear.weight.grad).sum(dim=0)
+
+        if self.kind == "F":
+            mlp = self.module.mlp
+            return {"ffn": rows(mlp.fc1) + columns(mlp.fc2)}
+        attn = self.module.attn
+        per_head = lambda terms: terms.view(attn.num_heads, -1)  # noqa: E731
+        return {"qk": per_head(rows(attn.q) + rows(attn.k)), "v": per_head(rows(attn.v) + columns(attn.proj))}
+
+    def remove(self, kind: str, indices: list) -> None:
+        """Remove channels with torch-pruning's layer functions, and record the new widths on the modules.
+        indices: FFN units, or for "qk"/"v" one list of channels per head (each head its own, equal counts)."""
+        if kind == "ffn":
+            mlp = self.module.mlp
+            tp.prune_linear_out_channels(mlp.fc1, indices)
+            tp.prune_linear_in_channels(mlp.fc2, indices)
+            return
+        attn: TokenAttention = self.module.attn
+        counts = {len(set(head)) for head in indices}
+        if len(indices) != attn.num_heads or len(counts) != 1:
+            raise ValueError(f"give {attn.num_heads} per-head lists of as many distinct channels, got {indices}")
+        removed = counts.pop()
+        width = attn.qk_dim if kind == "qk" else attn.v_dim
+        rows = [h * width + c for h, head in enumerate(indices) for c in head]
+        if kind == "qk":
+            tp.prune_linear_out_channels(attn.q, rows)
+            tp.prune_linear_out_channels(attn.k, rows)
+            attn.qk_dim -= removed
+        else:
+            tp.prune_linear_out_channels(attn.v, rows)
+            tp.prune_linear_in_channels(attn.proj, rows)
+            attn.v_dim -= removed
 
 
-def model_layers(model: nn.Module) -> list[Layer]:
-    layers = []
+def transformer_layers(model: nn.Module) -> list[Layer]:
+    """A DeiT's or Swin's layers; a block starts at each attention layer (or at a leading FFN layer)."""
+    found = []
     if hasattr(model, "stages") and all(hasattr(stage, "layers") for stage in model.stages):  # Swin
         for info, stage in zip(model.stage_info, model.stages):
             tokens = info["resolution"][0] * info["resolution"][1]
             keys = info["window"][0] * info["window"][1]
-            for layer in stage.layers:
-                kind = "F" if isinstance(layer, FFNLayer) else "A"
-                layers.append(Layer(layer, kind, info["stage"], info["width"], tokens, keys))
+            found += [(layer, info["stage"], info["width"], tokens, keys) for layer in stage.layers]
     elif hasattr(model, "layers"):  # DeiT
         tokens = model.grid[0] * model.grid[1] + 1
-        for layer in model.layers:
-            kind = "F" if isinstance(layer, FFNLayer) else "A"
-            layers.append(Layer(layer, kind, 1, model.num_features, tokens, tokens))
+        found = [(layer, 1, model.num_features, tokens, tokens) for layer in model.layers]
     else:
         raise UserError(
-            "Taylor pruning here supports DeiT and Swin models (separate q/k/v projections); "
-            f"{model.spec.name} is not one"
+            f"Taylor pruning here supports EfficientViT, DeiT and Swin models; {model.spec.name} is not one"
         )
-    for layer in layers:
-        if layer.kind == "A" and not hasattr(layer.module.attn, "q"):
+    layers, block = [], 0
+    for layer, stage, width, tokens, keys in found:
+        kind = "F" if isinstance(layer, FFNLayer) else "A"
+        block += kind == "A" or block == 0
+        layers.append(Layer(layer, kind, stage, width, tokens, keys, block))
+        if kind == "A" and not hasattr(layer.attn, "q"):
             raise UserError(
                 "prune a model with attention='full' (every head sees all channels); split and "
                 "cascaded heads have no shared Q/K/V channels to rank"
             )
+    return layers
+
+
+def model_layers(model: nn.Module) -> list:
+    """The layers the global ranking sees, in forward order: DeiT's and Swin's `Layer`s, or EfficientViT's FFNs and
+    cascaded group attentions (analysis/pruning_efficientvit.py)."""
+    layers = pe.model_layers(model) if isinstance(model, EfficientViT) else transformer_layers(model)
     if not any(layer.kind == "A" for layer in layers):
         raise UserError("the model has no attention layers to prune")
     return layers
 
 
-def group_costs(layer: Layer) -> dict[str, float]:
-    """Multiply-adds per image that one candidate of each kind costs in this layer (a channel of every head)."""
-    T, C, N = layer.tokens, layer.width, layer.keys
-    if layer.kind == "F":
-        return {"ffn": 2 * T * C}
-    heads = layer.module.attn.num_heads
-    return {"qk": heads * (2 * T * C + T * N), "v": heads * (2 * T * C + T * N)}
-
-
-def first_order_terms(layer: Layer) -> dict[str, torch.Tensor]:
-    """sum over each filter's parameters of w * dL/dw, from the gradients now in the model: (units,) for FFN
-    units, (heads, channels) for the Q/K and V channels of every head."""
-
-    def rows(linear: nn.Linear) -> torch.Tensor:  # output channel r: row r of the weight and bias entry r
-        terms = (linear.weight.detach() * linear.weight.grad).sum(dim=1)
-        return terms if linear.bias is None else terms + linear.bias.detach() * linear.bias.grad
-
-    def columns(linear: nn.Linear) -> torch.Tensor:  # input channel c: column c of the weight
-        return (linear.weight.detach() * linear.weight.grad).sum(dim=0)
-
-    if layer.kind == "F":
-        mlp = layer.module.mlp
-        return {"ffn": rows(mlp.fc1) + columns(mlp.fc2)}
-    attn = layer.module.attn
-    per_head = lambda terms: terms.view(attn.num_heads, -1)  # noqa: E731
-    return {"qk": per_head(rows(attn.q) + rows(attn.k)), "v": per_head(rows(attn.v) + columns(attn.proj))}
-
-
 def taylor_scores(
     model: nn.Module,
-    layers: list[Layer],
+    layers: list,
     loader: DataLoader,
     batches: int,
     device: torch.device,
@@ -165,7 +223,7 @@ def taylor_scores(
     per layer, {"ffn": (units,)} or {"qk": (heads, qk_dim), "v": (heads, v_dim)}, one score per channel of each
     head (nothing is tied across heads here; choose() groups)."""
     model.eval()
-    sums = [{kind: 0.0 for kind in widths(layer)} for layer in layers]
+    sums = [{kind: 0.0 for kind in layer.widths()} for layer in layers]
     done = 0
     for x, y, bad in tqdm(loader, total=batches, desc="taylor scores", unit="batch", leave=False):
         check_bad_images(bad, skip_bad)
@@ -174,7 +232,7 @@ def taylor_scores(
         model.zero_grad()
         F.cross_entropy(model(x.to(device)), y.to(device)).backward()
         for layer, layer_sums in zip(layers, sums):
-            for kind, terms in first_order_terms(layer).items():
+            for kind, terms in layer.first_order_terms().items():
                 layer_sums[kind] = layer_sums[kind] + terms.double().square()
         done += 1
         if done >= batches:
@@ -185,21 +243,7 @@ def taylor_scores(
     return [{kind: total / done for kind, total in layer_sums.items()} for layer_sums in sums]
 
 
-def widths(layer: Layer) -> dict[str, int]:
-    """Channels per head (Q/K, V) or FFN hidden units, as the layer is now."""
-    if layer.kind == "F":
-        return {"ffn": layer.module.mlp.fc1.out_features}
-    return {"qk": layer.module.attn.qk_dim, "v": layer.module.attn.v_dim}
-
-
-def channels(layer: Layer, kind: str) -> int:
-    """Channels (rows) one candidate of `kind` holds: one per head for V, two per head for Q/K (Q and K)."""
-    if kind == "ffn":
-        return 1
-    return layer.module.attn.num_heads * (2 if kind == "qk" else 1)
-
-
-def candidates(layers: list[Layer], scores: list[dict[str, torch.Tensor]], rank_by: str = "importance") -> list:
+def candidates(layers: list, scores: list[dict[str, torch.Tensor]], rank_by: str = "importance") -> list:
     """Every candidate of the global ranking, least important first, as (value, layer index, kind, k, channel).
 
     An FFN candidate is one unit (channel: its index). An attention candidate k is the channel with the k-th
@@ -207,7 +251,7 @@ def candidates(layers: list[Layer], scores: list[dict[str, torch.Tensor]], rank_
     k-th smallest scores (why the mean: the module docstring). With importance-per-flop, value / cost."""
     found = []
     for i, (layer, layer_scores) in enumerate(zip(layers, scores)):
-        costs = group_costs(layer)
+        costs = layer.costs()
         for kind, values in layer_scores.items():
             cost = costs[kind] if rank_by == "importance-per-flop" else 1.0
             if values.ndim == 1:
@@ -219,20 +263,20 @@ def candidates(layers: list[Layer], scores: list[dict[str, torch.Tensor]], rank_
     return sorted(found, key=lambda candidate: candidate[:4])
 
 
-def candidate_cost(layer: Layer, kind: str, budget: str) -> float:
+def candidate_cost(layer, kind: str, budget: str) -> float:
     """What removing one candidate counts towards the budget: multiply-adds ("flops") or channels."""
-    return group_costs(layer)[kind] if budget == "flops" else channels(layer, kind)
+    return layer.costs()[kind] if budget == "flops" else layer.channels(kind)
 
 
 def choose(
-    layers: list[Layer], scores: list[dict[str, torch.Tensor]], budget: str, amount: float, rank_by: str = "importance"
+    layers: list, scores: list[dict[str, torch.Tensor]], budget: str, amount: float, rank_by: str = "importance"
 ) -> dict:
     """Global ranking: what to remove until `amount` is met, {(layer index, "ffn"): [units]} and
     {(layer index, "qk" or "v"): [[channels of head 0], [channels of head 1], ...]} (equal counts per head).
 
     budget "channels": remove `amount` prunable channels; "flops": remove `amount` multiply-adds per image.
     rank_by "importance" (Molchanov et al., the paper) or "importance-per-flop" (each value over its cost)."""
-    remaining = {(i, kind): w for i, layer in enumerate(layers) for kind, w in widths(layer).items()}
+    remaining = {(i, kind): w for i, layer in enumerate(layers) for kind, w in layer.widths().items()}
     chosen, removed = {}, 0.0
     for _, i, kind, _, channel in candidates(layers, scores, rank_by):
         if removed >= amount:
@@ -249,55 +293,44 @@ def choose(
     return chosen
 
 
-def prune_layer(layer: Layer, kind: str, indices: list) -> None:
-    """Remove channels with torch-pruning's layer functions, and record the new widths on the modules.
-    indices: FFN units, or for "qk"/"v" one list of channels per head (each head its own, equal counts)."""
-    if kind == "ffn":
-        mlp = layer.module.mlp
-        tp.prune_linear_out_channels(mlp.fc1, indices)
-        tp.prune_linear_in_channels(mlp.fc2, indices)
-        return
-    attn: TokenAttention = layer.module.attn
-    counts = {len(set(head)) for head in indices}
-    if len(indices) != attn.num_heads or len(counts) != 1:
-        raise ValueError(f"give {attn.num_heads} per-head lists of as many distinct channels, got {indices}")
-    removed = counts.pop()
-    width = attn.qk_dim if kind == "qk" else attn.v_dim
-    rows = [h * width + c for h, head in enumerate(indices) for c in head]
-    if kind == "qk":
-        tp.prune_linear_out_channels(attn.q, rows)
-        tp.prune_linear_out_channels(attn.k, rows)
-        attn.qk_dim -= removed
-    else:
-        tp.prune_linear_out_channels(attn.v, rows)
-        tp.prune_linear_in_channels(attn.proj, rows)
-        attn.v_dim -= removed
-
-
 def layer_dims(layers: list[Layer]) -> list:
-    return [
-        widths(layer)["ffn"] if layer.kind == "F" else [widths(layer)["qk"], widths(layer)["v"]] for layer in layers
-    ]
+    """DeiT's and Swin's `layer_dims` argument: [qk_dim, v_dim] per head for an A layer, the hidden width of an F."""
+    return [layer.widths()["ffn"] if layer.kind == "F" else list(layer.widths().values()) for layer in layers]
 
 
-def block_table(layers: list[Layer], before: list, after: list) -> pd.DataFrame:
-    """One row per block: an attention layer and the FFN layers after it (standard layouts: A then F)."""
-    rows, block = [], None
+def pruned_kwargs(model: nn.Module, layers: list) -> dict:
+    """The constructor arguments that rebuild the pruned model's widths."""
+    if isinstance(model, EfficientViT):
+        return {"block_dims": pe.block_dims(layers)}
+    return {"layer_dims": layer_dims(layers)}
+
+
+def block_table(layers: list, before: list[dict], after: list[dict]) -> pd.DataFrame:
+    """One row per block (its attention layer and FFN layers), from each layer's widths() before and after."""
+    rows = {}
     for layer, b, a in zip(layers, before, after):
-        if layer.kind == "A" or block is None:
-            block = dict(block=len(rows) + 1, stage=layer.stage, in_width=layer.width, ffn_before=0, ffn_kept=0)
-            rows.append(block)
+        block = rows.setdefault(
+            layer.block,
+            dict(block=layer.block, stage=layer.stage, in_width=layer.width, ffn_layers=0, ffn_before=0, ffn_kept=0),
+        )
         if layer.kind == "A":
-            heads = layer.module.attn.num_heads
+            heads = layer.heads
             block.update(
-                heads=heads, qk_before=b[0] * heads, qk_kept=a[0] * heads, v_before=b[1] * heads, v_kept=a[1] * heads
+                heads=heads,
+                qk_before=b["qk"] * heads,
+                qk_kept=a["qk"] * heads,
+                v_before=b["v"] * heads,
+                v_kept=a["v"] * heads,
             )
         else:
-            block["ffn_before"] += b
-            block["ffn_kept"] += a
-    frame = pd.DataFrame(rows)
+            block["ffn_layers"] += 1
+            block["ffn_before"] += b["ffn"]
+            block["ffn_kept"] += a["ffn"]
+    frame = pd.DataFrame(list(rows.values()))
+    # FFN per FFN layer, so that it reads as the model's mlp_ratio: EfficientViT's sandwich has two per block
+    per_layer = {"qk": 1, "v": 1, "ffn": frame["ffn_layers"].where(frame["ffn_layers"] > 0)}
     for kind in KINDS:
-        frame[f"{kind}_ratio"] = frame[f"{kind}_kept"] / frame["in_width"]
+        frame[f"{kind}_ratio"] = frame[f"{kind}_kept"] / per_layer[kind] / frame["in_width"]
     for kind in KINDS:  # a block without FFN (or attention) has no fraction: NaN, not 0/0 = a number
         before_width = frame[f"{kind}_before"].where(frame[f"{kind}_before"] > 0)
         frame[f"{kind}_kept_fraction"] = frame[f"{kind}_kept"] / before_width
@@ -323,17 +356,24 @@ def paired_effects(table: pd.DataFrame) -> dict[str, float]:
     return effects
 
 
-def separate_qkv_model(name: str | None, checkpoint: str | None, num_classes: int, img_size: int | None):
-    """The model to prune, rebuilt with separate q/k/v projections (weights converted)."""
+def model_to_prune(name: str | None, checkpoint: str | None, num_classes: int, img_size: int | None):
+    """The model to prune: an EfficientViT as it is, a DeiT or Swin rebuilt with separate q/k/v projections
+    (weights converted). A checkpoint of another family than --model names is refused."""
     spec = ModelSpec(name, {"num_classes": num_classes}) if name else None
     overrides = {"img_size": img_size} if img_size else {}
     if checkpoint:
         model = efficientvit.model_from_checkpoint(checkpoint, spec, **overrides)
+        family, held = (efficientvit.models.model_family(n) for n in (name or model.spec.name, model.spec.name))
+        if family != held:
+            raise UserError(f"--model {name} is {family}, but the checkpoint {checkpoint} holds {model.spec.name}")
         spec = model.spec
     elif spec is None:
         raise UserError("give --model, or a --checkpoint of this project (it names its model)")
-    if efficientvit.models.model_family(spec.name) not in ("deit", "swin"):
-        raise UserError(f"Taylor pruning here supports DeiT and Swin models; {spec.name} is not one")
+    family = efficientvit.models.model_family(spec.name)
+    if family == "efficientvit":
+        return model if checkpoint else spec.build(**overrides)
+    if family not in ("deit", "swin"):
+        raise UserError(f"Taylor pruning here supports EfficientViT, DeiT and Swin models; {spec.name} is not one")
     if spec.kwargs.get("attention", "full") != "full":
         raise UserError("prune a model with attention='full'; split and cascaded heads share no Q/K/V channels")
     separate = spec.build(fused_qkv=False, **overrides)
@@ -366,17 +406,17 @@ def parse_flops(text: str) -> float:
         ) from None
 
 
-def budget_goal(model: nn.Module, layers: list[Layer], budget: str, amount: float) -> tuple[str, float]:
+def budget_goal(model: nn.Module, layers: list, budget: str, amount: float) -> tuple[str, float]:
     """("channels", channels to remove) for a ratio, ("flops", multiply-adds to remove) for a FLOPs target."""
     if budget == "ratio":
-        total = sum(channels(layer, kind) * w for layer in layers for kind, w in widths(layer).items())
+        total = sum(layer.channels(kind) * w for layer in layers for kind, w in layer.widths().items())
         return "channels", amount * total
     base = count_flops(model)
     target = amount if budget == "target_flops" else base / amount
     if target >= base:
         raise UserError(f"the model already has {base / 1e6:.1f} M FLOPs, within the target {target / 1e6:.1f} M")
-    prunable = sum(group_costs(layer)[k] * w for layer in layers for k, w in widths(layer).items())
-    if base - target > prunable - sum(group_costs(layer)[k] for layer in layers for k in widths(layer)):
+    prunable = sum(layer.costs()[k] * w for layer in layers for k, w in layer.widths().items())
+    if base - target > prunable - sum(layer.costs()[k] for layer in layers for k in layer.widths()):
         raise UserError(
             f"the target {target / 1e6:.1f} M FLOPs cannot be reached by pruning Q/K, V and FFN "
             f"channels (at least {(base - prunable) / 1e6:.1f} M remain)"
@@ -384,12 +424,12 @@ def budget_goal(model: nn.Module, layers: list[Layer], budget: str, amount: floa
     return "flops", base - target
 
 
-def removed_so_far(layers: list[Layer], start: list[dict[str, int]], budget: str) -> float:
+def removed_so_far(layers: list, start: list[dict[str, int]], budget: str) -> float:
     """Channels or multiply-adds removed since `start` (each layer's widths() then)."""
     return sum(
         (start_widths[kind] - width) * candidate_cost(layer, kind, budget)
         for layer, start_widths in zip(layers, start)
-        for kind, width in widths(layer).items()
+        for kind, width in layer.widths().items()
     )
 
 
@@ -441,29 +481,30 @@ def prune(
     rank_by: str = "importance",
     step_finetune: int = 0,
     step_lr: float = 1e-4,
-) -> tuple[list[Layer], list, list]:
+) -> tuple[list, list[dict], list[dict]]:
     """Prune `model` in place in `steps` rounds (rescoring before each, `step_finetune` batches of fine-tuning
-    between rounds); returns its layers and their widths before and after. budget: "ratio", "target_flops" or
+    between rounds); returns its layers and their widths() before and after. budget: "ratio", "target_flops" or
     "target_speedup", with its `amount`."""
     layers = model_layers(model)
-    before, start = layer_dims(layers), [widths(layer) for layer in layers]
+    before = [layer.widths() for layer in layers]
     kind, goal = budget_goal(model, layers, budget, amount)
     for step in range(steps):
         if step:
             finetune_steps(model, train_loader, step_finetune, step_lr, device, skip_bad)
         scores = taylor_scores(model, layers, train_loader, batches, device, skip_bad)
-        wanted = goal * (step + 1) / steps - removed_so_far(layers, start, kind)
+        wanted = goal * (step + 1) / steps - removed_so_far(layers, before, kind)
         for (i, group_kind), indices in choose(layers, scores, kind, wanted, rank_by).items():
-            prune_layer(layers[i], group_kind, indices)
-    model.spec = model.spec.with_kwargs(layer_dims=layer_dims(layers))
-    return layers, before, layer_dims(layers)
+            layers[i].remove(group_kind, indices)
+    model.spec = model.spec.with_kwargs(**pruned_kwargs(model, layers))
+    return layers, before, [layer.widths() for layer in layers]
 
 
 DESCRIPTION = (
-    "Taylor structured pruning of a DeiT/Swin model with a global ranking (the paper's Fig. 5): Q/K and V "
-    "channels ranked within each head, pruned iteratively with short fine-tunes between rounds; per block, the "
-    "Q/K, V and FFN widths kept. Writes results/taylor_pruning/<run>.csv and .json and the pruned checkpoint. "
-    "Give exactly one budget: --ratio, --target-flops or --target-speedup."
+    "Taylor structured pruning of an EfficientViT, DeiT or Swin model with a global ranking (the paper's Fig. 5): "
+    "Q/K and V channels ranked within each head, pruned iteratively with short fine-tunes between rounds; per "
+    "block, the Q/K, V and FFN widths kept. Writes results/taylor_pruning/<run>.csv and .json (and, for "
+    "EfficientViT, <run>_stages.png: the kept settings per stage beside the released M0-M5's) and the pruned "
+    "checkpoint. Give exactly one budget: --ratio, --target-flops or --target-speedup."
 )
 
 
@@ -510,7 +551,7 @@ class PruneResult:
     """What run() computed: the per-block table (as written), the run's numbers (params_*, flops_*, top1_before;
     top1_after, right after the last round's cuts, so after the fine-tunes between rounds; rounds and
     step_finetune_batches, their total; top1_finetuned when --finetune-config asked), the pruned checkpoint and the
-    files written (CSV, JSON)."""
+    files written (CSV, JSON, and for EfficientViT the per-stage figure)."""
 
     table: pd.DataFrame
     stats: dict
@@ -552,7 +593,7 @@ def run(config: PruneConfig) -> PruneResult:
     budget, amount = parse_budget(config)
     device = resolve_device(config.device)
     classes = open_split(config.data, "train", config.img_size or 224).classes
-    model = separate_qkv_model(config.model, config.checkpoint, len(classes), config.img_size).to(device)
+    model = model_to_prune(config.model, config.checkpoint, len(classes), config.img_size).to(device)
     train_loader, val_loader = data_loaders(config, model.img_size[0], classes, model.pretrained_cfg)
     name = model.spec.name
     stats = measure(model, val_loader, device, config.skip_bad, "before")
@@ -588,8 +629,12 @@ def run(config: PruneConfig) -> PruneResult:
         f"params {stats['params_before']:,} -> {stats['params_after']:,}; FLOPs {stats['flops_before'] / 1e6:.1f} M"
         f" -> {stats['flops_after'] / 1e6:.1f} M; top-1 {stats['top1_before']:.1f} -> {stats['top1_after']:.1f}"
     )
-    print(f"written to {out}; pruned model: {save}")
-    return PruneResult(table, stats, save, [out, out.with_suffix(".json")])
+    paths = [out, out.with_suffix(".json")]
+    if isinstance(model, EfficientViT):  # the designer's per-stage view, beside the released M0-M5 settings
+        title = f"{name}, {budget} {amount:g}: kept per stage (median over blocks)"
+        paths.append(pe.plot_stage_settings(pe.stage_settings(table), out.with_name(f"{run_name}_stages.png"), title))
+    print(f"written to {', '.join(map(str, paths))}; pruned model: {save}")
+    return PruneResult(table, stats, save, paths)
 
 
 def show(config: PruneConfig) -> None:
@@ -597,6 +642,11 @@ def show(config: PruneConfig) -> None:
     columns = ["block", "stage", "in_width", "heads", "qk_ratio", "v_ratio", "ffn_ratio"]
     columns += [f"{kind}_kept_fraction" for kind in KINDS]
     print(result.table[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if result.table["model"].iloc[0].startswith("efficientvit"):
+        stages = pe.stage_settings(result.table)
+        print(
+            f"per stage (released M0-M5: {pe.RELEASED}):\n{stages.to_string(index=False, float_format='{:.2f}'.format)}"
+        )
     effects = paired_effects(result.table)
     print(
         f"kept fraction, Q/K minus FFN: {effects['qk_minus_ffn']:+.1f} points (paper's Swin-T -36); "

@@ -88,7 +88,7 @@ def test_per_head_ranking_removes_each_heads_own_useless_channels():
     with torch.no_grad():
         expected = model(x)
         for (i, kind), indices in chosen.items():
-            tpr.prune_layer(layers[i], kind, indices)
+            layers[i].remove(kind, indices)
         assert torch.allclose(model(x), expected, rtol=0, atol=1e-12)
     assert torch.equal(attn.q.weight, q[[row for row in range(16) if row not in (2, 8 + 0)]])  # h * 8 + c_h
     assert (attn.qk_dim, attn.v_dim) == (7, 7)
@@ -125,7 +125,7 @@ def test_pruned_model_computes_the_masked_models_function(name, kwargs):
     masked = copy.deepcopy(model)
     mask(tpr.model_layers(masked), chosen)
     for (i, kind), indices in chosen.items():
-        tpr.prune_layer(layers[i], kind, indices)
+        layers[i].remove(kind, indices)
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
         assert torch.allclose(model(x), masked(x), rtol=0, atol=1e-12)
@@ -142,7 +142,7 @@ def test_iterative_pruning_meets_the_one_shot_budget_and_fine_tunes_between_roun
     results = {}
     for steps in (1, 3):
         model = perturbed("deit_tiny", TINY)
-        start = [tpr.widths(layer) for layer in tpr.model_layers(model)]
+        start = [layer.widths() for layer in tpr.model_layers(model)]
         flops, embed = count_flops(model), model.patch_embed.proj.weight.detach().clone()
         tpr.prune(model, batches(), budget, amount, steps, torch.device("cpu"), batches=1, step_finetune=2)
         removed = removed_channels(model, start)
@@ -154,7 +154,7 @@ def test_iterative_pruning_meets_the_one_shot_budget_and_fine_tunes_between_roun
         for removed, _ in results.values():
             assert goal <= removed < goal + 2 * 3  # at most one candidate (Q/K of 3 heads) over
     else:
-        largest = tpr.group_costs(tpr.model_layers(model)[0])["qk"]  # a Q/K or V candidate: the costliest
+        largest = tpr.model_layers(model)[0].costs()["qk"]  # a Q/K or V candidate: the costliest
         for _, flops_after in results.values():
             assert flops / amount - largest < flops_after <= flops / amount
 
@@ -207,7 +207,7 @@ def test_the_global_ranking_is_by_importance_and_per_flop_only_when_asked():
     """Molchanov et al. and the paper rank raw importance; dividing by cost (the old default) reverses choices."""
     model = efficientvit.create_model("deit_tiny", fused_qkv=False, **TINY)
     layers = tpr.model_layers(model)
-    assert tpr.group_costs(layers[0])["qk"] > 2 * tpr.group_costs(layers[1])["ffn"]
+    assert layers[0].costs()["qk"] > 2 * layers[1].costs()["ffn"]
     scores = [
         {"qk": torch.full((3, 8), 3.0), "v": torch.full((3, 8), 5.0)},
         {"ffn": torch.full((96,), 2.0)},
@@ -404,11 +404,53 @@ def test_bad_budgets_are_one_sentence(data, tmp_path, capsys, args, message):
     assert message and re.search(message, capsys.readouterr().err)
 
 
-def test_models_without_prunable_attention_and_missing_data(data, tmp_path, capsys):
-    assert tpr.main(["--model", "efficientvit_m0", "--data", str(data), "--ratio", "0.5"]) == 2
-    assert "supports DeiT and Swin" in capsys.readouterr().err
+EFFICIENTVIT = dict(embed_dim=(16, 32), depth=(1, 1), num_heads=(2, 2), img_size=32, patch_size=4, num_classes=4)
+
+
+@pytest.mark.parametrize(
+    "model,kwargs,args,message",
+    [
+        ("efficientvit_m0", EFFICIENTVIT, ["--ratio", "1.5"], r"--ratio must be within \(0, 1\), got 1.5"),
+        ("efficientvit_m0", EFFICIENTVIT, ["--ratio", "0"], r"within \(0, 1\)"),
+        ("deit_tiny", {**TINY, "img_size": 64, "layout": "FF"}, ["--ratio", "0.5"], "has no attention layers to prune"),
+        ("deit_tiny", {**TINY, "img_size": 64, "attention": "split"}, ["--ratio", "0.5"], "attention='full'"),
+        (
+            "deit_tiny",
+            {**TINY, "img_size": 64},
+            ["--ratio", "0.5", "--model", "efficientvit_m0"],
+            "--model efficientvit_m0 is efficientvit, but the checkpoint .* holds deit_tiny",
+        ),
+    ],
+)
+def test_bad_input_is_one_sentence_and_writes_nothing(data, tmp_path, capsys, model, kwargs, args, message):
+    checkpoint = efficientvit.save_checkpoint(tmp_path / "model.pth", efficientvit.create_model(model, **kwargs))
+    out = ["--out-dir", str(tmp_path / "out"), "--save", str(tmp_path / "pruned.pth"), "--workers", "0"]
+    assert tpr.main(["--checkpoint", str(checkpoint), "--data", str(data), *out, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(message, err) and "\n" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pth"]
+
+
+def test_missing_data_is_one_sentence(tmp_path, capsys):
     assert tpr.main(["--model", "deit_tiny", "--data", str(tmp_path / "nowhere"), "--ratio", "0.5"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_efficientvit_cli_writes_the_table_the_stage_figure_and_a_pruned_checkpoint(data, tmp_path):
+    model = efficientvit.create_model("efficientvit_m0", **EFFICIENTVIT)
+    checkpoint = efficientvit.save_checkpoint(tmp_path / "m0.pth", model)
+    config = tpr.parse_args(cli_args(checkpoint, data, tmp_path))
+    result = tpr.run(config)
+    assert result.paths == [tmp_path / "r.csv", tmp_path / "r.json", tmp_path / "r_stages.png"]
+    table = pd.read_csv(tmp_path / "r.csv")
+    assert list(table["model"]) == ["efficientvit_m0"] * 2 and list(table["stage"]) == [1, 2]
+    assert list(table["ffn_layers"]) == [2, 2] and (table["ffn_before"] == [64, 128]).all()  # 2 x ratio 2 x C
+    kept = 2 * table["qk_kept"].sum() + table["v_kept"].sum() + table["ffn_kept"].sum()
+    before = 2 * table["qk_before"].sum() + table["v_before"].sum() + table["ffn_before"].sum()
+    assert 0.7 * before - 2 * 2 < kept <= 0.7 * before  # --ratio 0.3, at most one candidate over
+    pruned = efficientvit.model_from_checkpoint(tmp_path / "pruned.pth")
+    assert len(pruned.spec.kwargs["block_dims"]) == 2
+    assert result.stats["params_after"] < result.stats["params_before"]
 
 
 def test_pruned_model_fine_tunes_with_the_training_pipeline(data, tmp_path):
