@@ -1,21 +1,28 @@
-"""Training speed of the CPU proxies: the trainer's fast mode against its plain fp32 eager loop, same run.
+"""Training speed of the CPU proxies over a whole run: the mode the trainer chooses against plain fp32 eager.
 
-    python benchmarks/train_speed.py                      # about 10 minutes on 2 idle cores
-    python benchmarks/train_speed.py --rounds 5 --images 7680
-    python benchmarks/train_speed.py --accuracy-images 20000 --seeds 0 1    # also: does bf16 cost accuracy?
-    python benchmarks/train_speed.py --compile --images 12800              # also torch.compile (slow to build)
+    python benchmarks/train_speed.py                                  # about 25 minutes on 2 idle cores
+    python benchmarks/train_speed.py --rounds 5 --images 6400
+    python benchmarks/train_speed.py --accuracy-images 60000 --seeds 0 1   # also: does the choice cost accuracy?
+    python benchmarks/train_speed.py --from-csv a.csv b.csv              # one table from runs of separate proxies
 
-Each entry is a real `efficientvit.train` run (data loading included) on the first --images images of
-Fashion-MNIST, one epoch; `fast: true` (what the trainer picks on this machine) and `fast: false` (plain fp32
-eager) alternate round by round, so the ratio of their train img/s compares like with like. The data loader is
-also timed alone (same transform, same workers), to show whether it could hold a training step back. With
---compile, fast mode under torch.compile is a third entry; its compile time counts in its img/s, as in a run.
-With --accuracy-images, each model is also trained on that many images per seed in both modes, and the top-1
-of the two modes is set beside the spread over seeds. Writes benchmarks/train_cpu.csv and train_cpu.md.
+A proxy's run is its YAML as committed (experiments/cpu: 10 epochs of Fashion-MNIST's 60,000 images, batch 64,
+evaluation of the 10,000 validation images after every epoch). First the trainer's own choice
+(`efficientvit.runtime.choose_speed` for that run's length, timed: its trial is part of the run's cost). Then the
+chosen mode and plain fp32 eager (`fast: false`, fp32, no compile) are set up by the trainer (`setup_run`) and
+take turns through its epoch loop (`train_one_epoch`, data loading included) over --images images, round after
+round, and the evaluation once (fp32 eager in both modes, as the trainer evaluates); the first round pays
+each mode's setup (compiling) and is kept apart. A whole run is projected per round: trial + setup + epochs x
+(training images / rate + evaluation seconds), and the ratio plain / chosen is given as median [min-max] over
+rounds. Inductor's caches are off, so every compilation is paid cold, the trial's and the run's (an upper bound:
+a real run's second compilation hits the cache its trial filled). With --accuracy-images, each proxy also trains
+one epoch of that many images per seed in both modes (real `train` runs), and their top-1 is set beside the
+spread over seeds. Writes benchmarks/train_cpu.csv and .md, the command on the first line of the .md.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import statistics
 import sys
 import tempfile
@@ -28,45 +35,101 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from efficientvit.checkpoint import read_checkpoint
 from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.data.pipeline import collate
 from efficientvit.data.sources import Augment, open_split
 from efficientvit.errors import exit_status
+from efficientvit.evaluation import evaluate
+from efficientvit.models import create_model
 from efficientvit.results import atomic_write_text, markdown_table, write_results
-from efficientvit.runtime import Speed
-from efficientvit.train import train
+from efficientvit.runtime import Speed, choose_speed
+from efficientvit.train import setup_run, train, train_one_epoch
 from efficientvit.train_config import TrainConfig, make_config
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "experiments" / "cpu"
-PROXIES = ["deit_tiny_proxy_full", "swin_tiny_proxy_full", "efficientvit_m0"]
+PROXIES = ["deit_tiny_proxy_full", "swin_tiny_proxy_full"]
+PLAIN = Speed()
+CPU = torch.device("cpu")
+COLUMNS = ["kind", "proxy", "mode", "round", "seed", "ran_as", "img_s", "setup_s", "eval_s", "run_min", "top1"]
 
 
 @dataclass
 class TrainSpeedConfig:
     proxies: list[str] = knob(PROXIES, "configs in experiments/cpu")
     rounds: int = knob(3, "interleaved rounds")
-    images: int = knob(5120, "training images per timed run (5120: 80 steps of 64)")
-    accuracy_images: int = knob(0, "also compare top-1 after this many images")
+    images: int = knob(6400, "training images per timed epoch (6400: 100 steps of 64)")
+    accuracy_images: int = knob(0, "also compare top-1 after one epoch of this many images (0: no accuracy runs)")
     seeds: list[int] = knob([0, 1], "seeds of the accuracy runs")
-    compile: bool = knob(False, "also time fast mode under torch.compile")
     out: Path = knob(HERE / "train_cpu.csv", "the samples (CSV, with a .json sidecar and the .md table beside it)")
+    from_csv: list[Path] = knob([], "measure nothing: write --out and its table from these samples (joined)")
 
 
-def proxy_config(name: str, out: Path, images: int, seed: int = 0, **overrides) -> TrainConfig:
-    values = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-    return make_config(
-        {**values, "epochs": 1, "train_images": images, "out": str(out), "seed": seed, "ema_decay": None, **overrides}
+def proxy_values(name: str) -> dict:
+    return yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+
+
+def forced(name: str, speed: Speed, out: Path, **overrides) -> TrainConfig:
+    """The proxy's config running in `speed` (nothing left to choose), without snapshots or plateau."""
+    mode = {"fast": speed.fused_optimizer, "precision": "bf16" if speed.bf16 else "fp32", "compile": speed.compile}
+    return make_config({**proxy_values(name), **mode, "snapshots": [], "plateau": None, "out": str(out), **overrides})
+
+
+def chosen(name: str) -> tuple[Speed, float]:
+    """The mode the trainer picks for the proxy's whole run, and the seconds its trial took."""
+    config = make_config(proxy_values(name))
+    images = len(open_split(config.data, "train", config.img_size))
+    model = create_model(config.model, num_classes=10, img_size=config.img_size, **config.model_kwargs)
+    started = time.perf_counter()
+    speed = choose_speed(
+        config,
+        model,
+        torch.device("cpu"),
+        (config.batch_size, 3, config.img_size, config.img_size),
+        config.epochs * (images // config.batch_size),
     )
+    print(f"{name}: the trainer chose {speed.describe()} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return speed, time.perf_counter() - started
 
 
-def modes_to_time(compile: bool) -> dict[str, dict]:
-    return {
-        "fast": {"fast": True, "precision": "auto"},
-        "fp32": {"fast": False, "precision": "fp32"},
-        **({"fast+compile": {"fast": True, "precision": "auto", "compile": True}} if compile else {}),
-    }
+def time_modes(name: str, modes: dict[str, Speed], config: TrainSpeedConfig, tmp: Path) -> list[dict]:
+    """The trainer's own epoch loop (`train_one_epoch`) over --images images, the modes in turns, round by round,
+    and the evaluation of the validation split, once (fp32 eager in every mode). Round 0 includes each mode's setup
+    (compiling); the later rounds give the steady seconds."""
+    configs = {mode: forced(name, speed, tmp / mode, train_images=config.images) for mode, speed in modes.items()}
+    runs = {mode: setup_run(configs[mode], None, 0, 1, CPU) for mode in modes}
+    seconds = {mode: [] for mode in modes}
+    for _ in range(config.rounds + 1):
+        for mode, run in runs.items():
+            started = time.perf_counter()
+            train_one_epoch(configs[mode], run.state, run.forward, run.criterion, run.data, 0, CPU, main=False)
+            seconds[mode].append(time.perf_counter() - started)
+        print(f"{name}: {', '.join(f'{m} {t[-1]:.1f} s' for m, t in seconds.items())}", flush=True)
+    started = time.perf_counter()  # the evaluation is the same in every mode (fp32 eager): timed once
+    evaluate(runs["plain"].state.model, runs["plain"].data.val_loader, CPU, False, False)
+    evaluation = time.perf_counter() - started
+    return [
+        {
+            "kind": "speed",
+            "proxy": name,
+            "mode": mode,
+            "round": round_,
+            "ran_as": runs[mode].state.speed.describe(),
+            "img_s": config.images / seconds[mode][round_],
+            "setup_s": max(0.0, seconds[mode][0] - statistics.median(seconds[mode][1:])),
+            "eval_s": evaluation,
+        }
+        for round_ in range(1, config.rounds + 1)
+        for mode in modes
+    ]
+
+
+def run_minutes(name: str, sample: dict, trial_s: float) -> float:
+    """The proxy's whole run in this mode: trial, setup, then every epoch's training and evaluation."""
+    config = make_config(proxy_values(name))
+    images = len(open_split(config.data, "train", config.img_size)) // config.batch_size * config.batch_size
+    epochs = config.epochs * (images / sample["img_s"] + sample["eval_s"])
+    return (trial_s + sample["setup_s"] + epochs) / 60
 
 
 def loader_img_s(config: TrainConfig, batches: int) -> float:
@@ -90,115 +153,116 @@ def loader_img_s(config: TrainConfig, batches: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
-def ran_as(config: TrainConfig) -> str:
-    """The mode the trainer chose for this run, as its checkpoint records it."""
-    return Speed(**read_checkpoint(Path(config.out) / "checkpoint.pth")["speed"]).describe()
+def measure(config: TrainSpeedConfig, tmp: Path) -> None:
+    """The choice per proxy, the timed rounds (modes in turns) and the loader alone, written; then the accuracy
+    runs, written again with them (a long accuracy pass that is stopped leaves the speed table)."""
+    choices = {name: chosen(name) for name in config.proxies}
+    rows = [
+        dict(kind="choice", proxy=name, mode="chosen", ran_as=speed.describe(), setup_s=trial_s)
+        for name, (speed, trial_s) in choices.items()
+    ]
+    for name, (speed, trial_s) in choices.items():
+        for sample in time_modes(name, {"plain": PLAIN, "chosen": speed}, config, tmp / name):
+            sample["run_min"] = run_minutes(name, sample, trial_s if sample["mode"] == "chosen" else 0.0)
+            rows.append(sample)
+        rows.append(dict(kind="loader", proxy=name, img_s=loader_img_s(forced(name, PLAIN, tmp / "loader"), 40)))
+    write(pd.DataFrame(rows, columns=COLUMNS), config, [command(config_arguments(config))])
+    for seed in config.seeds if config.accuracy_images else []:
+        for name, (speed, _) in choices.items():
+            for mode, use in (("plain", PLAIN), ("chosen", speed)):
+                out = tmp / f"acc_{name}_{mode}_{seed}"
+                run = forced(name, use, out, epochs=1, train_images=config.accuracy_images, seed=seed)
+                top1 = train(run)[-1]["val_top1"]
+                rows.append(dict(kind="accuracy", proxy=name, mode=mode, seed=seed, ran_as=use.describe(), top1=top1))
+        write(pd.DataFrame(rows, columns=COLUMNS), config, [command(config_arguments(config))])
 
 
-def training_row(kind: str, name: str, mode: str, config: TrainConfig, round_: int = 0) -> dict:
-    """One training run as configured, as a row of the samples."""
-    last = train(config)[-1]
-    return {
-        "kind": kind,
-        "proxy": name,
-        "mode": mode,
-        "round": round_,
-        "seed": config.seed,
-        "images": config.train_images,
-        "train_img_s": last["train_img_s"],
-        "top1": last["val_top1"],
-        "ran_as": ran_as(config),
-    }
+def spread(values: list[float], digits: int = 2, unit: str = "") -> str:
+    return f"{statistics.median(values):.{digits}f}{unit} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
 
 
-def measure(config: TrainSpeedConfig, tmp: Path) -> pd.DataFrame:
-    """The timed runs (modes alternating round by round), the loader alone, and the accuracy runs."""
+def speed_table(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per proxy: the chosen mode, each mode's projected run and steady rate, the ratio per round, the setup."""
     rows = []
-    for round_ in range(config.rounds):
-        for name in config.proxies:
-            for mode, overrides in modes_to_time(config.compile).items():
-                run = proxy_config(name, tmp / f"{name}_{mode}_{round_}", config.images, **overrides)
-                rows.append(training_row("speed", name, mode, run, round_))
-    for name in config.proxies:
-        loader = loader_img_s(proxy_config(name, tmp / "loader", config.images), 40)
-        rows.append(
-            dict(kind="loader", proxy=name, mode=None, round=0, seed=0, images=config.images, train_img_s=loader)
-        )
-    if config.accuracy_images:
-        for seed in config.seeds:
-            for name in config.proxies:
-                for mode, overrides in modes_to_time(False).items():
-                    out = tmp / f"acc_{name}_{mode}_{seed}"
-                    run = proxy_config(name, out, config.accuracy_images, seed=seed, **overrides)
-                    rows.append(training_row("accuracy", name, mode, run))
-    return pd.DataFrame(
-        rows, columns=["kind", "proxy", "mode", "round", "seed", "images", "train_img_s", "top1", "ran_as"]
-    )
-
-
-def speed_table(samples: pd.DataFrame, config: TrainSpeedConfig) -> pd.DataFrame:
-    """Per proxy: the mode fast chose, fp32 eager's img/s, each other mode's img/s and its ratio to fp32 over rounds,
-    and the loader's img/s alone."""
-    speed = samples[samples["kind"] == "speed"]
-    modes = list(modes_to_time(config.compile))
-    others = [m for m in modes if m != "fp32"]
-    rows = []
-    for name in config.proxies:
-        runs = {
-            m: speed[(speed["proxy"] == name) & (speed["mode"] == m)].sort_values("round")["train_img_s"] for m in modes
-        }
-        loader = samples[(samples["kind"] == "loader") & (samples["proxy"] == name)]["train_img_s"].iloc[0]
-        row = {
-            "proxy": name,
-            "fast mode": " / ".join(sorted(set(speed[(speed["proxy"] == name) & (speed["mode"] == "fast")]["ran_as"]))),
-            "fp32 eager img/s": f"{runs['fp32'].median():.0f}",
-        }
-        for m in others:
-            ratios = [a / b for a, b in zip(runs[m], runs["fp32"])]
-            row[f"{m} img/s"] = f"{runs[m].median():.0f}"
-            row[f"{m} / fp32 (median [min-max] over rounds)"] = (
-                f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
-            )
-        rows.append({**row, "data loader alone img/s": f"{loader:.0f}"})
-    return pd.DataFrame(rows)
-
-
-def accuracy_table(accuracy: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for (name, seed), group in accuracy.groupby(["proxy", "seed"]):
-        by_mode = dict(zip(group["mode"], group["top1"]))
+    for name, group in samples[samples["kind"] == "speed"].groupby("proxy", sort=False):
+        plain, chosen_ = (group[group["mode"] == m].sort_values("round") for m in ("plain", "chosen"))
+        trial = samples[(samples["kind"] == "choice") & (samples["proxy"] == name)]["setup_s"].iloc[0]
+        loader = samples[(samples["kind"] == "loader") & (samples["proxy"] == name)]["img_s"]
+        ratios = [a / b for a, b in zip(plain["run_min"], chosen_["run_min"])]
         rows.append(
             {
                 "proxy": name,
-                "seed": seed,
-                "fast top-1": f"{by_mode['fast']:.2f}",
-                "fp32 top-1": f"{by_mode['fp32']:.2f}",
+                "chosen mode": chosen_["ran_as"].iloc[0],
+                "plain fp32 eager: run min": spread(list(plain["run_min"]), 1),
+                "chosen: run min": spread(list(chosen_["run_min"]), 1),
+                "plain / chosen, run (median [min-max] over rounds)": spread(ratios, unit="x"),
+                "trial + setup s (compiling)": f"{trial:.0f} + {chosen_['setup_s'].median():.0f}",
+                "training img/s plain / chosen": f"{plain['img_s'].median():.0f} / {chosen_['img_s'].median():.0f}",
+                "evaluation s per epoch (fp32 eager in both)": f"{plain['eval_s'].median():.1f}",
+                "data loader alone img/s": f"{loader.iloc[0]:.0f}" if len(loader) else "",
             }
         )
     return pd.DataFrame(rows)
 
 
+def accuracy_table(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Top-1 per proxy and seed in both modes, with the difference chosen minus plain."""
+    wide = accuracy.pivot_table(index=["proxy", "seed"], columns="mode", values="top1").reset_index()
+    return pd.DataFrame(
+        {
+            "proxy": wide["proxy"],
+            "seed": wide["seed"].astype(int),
+            "plain fp32 eager top-1": wide["plain"].map("{:.2f}".format),
+            "chosen top-1": wide["chosen"].map("{:.2f}".format),
+            "chosen - plain": (wide["chosen"] - wide["plain"]).map("{:+.2f}".format),
+        }
+    )
+
+
 def table(samples: pd.DataFrame, config: TrainSpeedConfig) -> str:
     """The Markdown of train_cpu.md: the speed table, then (with accuracy runs) top-1 per seed in both modes."""
-    lines = markdown_table(speed_table(samples, config))
+    lines = markdown_table(speed_table(samples))
     accuracy = samples[samples["kind"] == "accuracy"]
     if len(accuracy):
         lines += [
             "",
-            f"Top-1 after one pass over {config.accuracy_images:,} images, per seed (fast / fp32 eager):",
+            f"Top-1 after one epoch of {config.accuracy_images:,} images, per seed and mode:",
             "",
             *markdown_table(accuracy_table(accuracy)),
         ]
     return "\n".join(lines) + "\n"
 
 
+def command(arguments: dict) -> str:
+    """The command line that measures with these arguments (a config's, or a sidecar's)."""
+    return "python benchmarks/train_speed.py " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in arguments.items()
+        if k not in ("out", "from_csv")
+    )
+
+
+def write(samples: pd.DataFrame, config: TrainSpeedConfig, commands: list[str]) -> None:
+    """The samples (CSV and sidecar) and train_cpu.md: the commands that measured them, then the tables."""
+    write_results(samples, config.out, config_arguments(config), {"measured_by": commands})
+    lines = "".join(f"`{c}`\n" for c in commands)
+    atomic_write_text(config.out.with_suffix(".md"), f"{lines}\n" + table(samples, config))
+    print(config.out.with_suffix(".md").read_text(), flush=True)
+
+
 def run(config: TrainSpeedConfig) -> None:
+    if config.from_csv:
+        sidecars = [json.loads(Path(path).with_suffix(".json").read_text()) for path in config.from_csv]
+        commands = [c for sidecar in sidecars for c in sidecar.get("measured_by", [command(sidecar["arguments"])])]
+        accuracy_images = max(sidecar["arguments"]["accuracy_images"] for sidecar in sidecars)
+        samples = pd.concat([pd.read_csv(path) for path in config.from_csv], ignore_index=True)
+        write(samples, dataclasses.replace(config, accuracy_images=accuracy_images), commands)
+        return
     torch.set_num_threads(2)
+    # every compilation is timed cold: inductor's on-disk caches would make a rerun's near zero
+    torch.compiler.config.force_disable_caches = True
     with tempfile.TemporaryDirectory() as tmp:
-        samples = measure(config, Path(tmp))
-    write_results(samples, config.out, config_arguments(config))
-    atomic_write_text(config.out.with_suffix(".md"), table(samples, config))
-    print(config.out.with_suffix(".md").read_text())
+        measure(config, Path(tmp))
 
 
 def parse_args(argv: list[str] | None = None) -> TrainSpeedConfig:

@@ -96,16 +96,27 @@ def test_from_csv_rewrites_the_readme_of_a_written_run(tmp_path, capsys):
     assert "--threads 2 --rounds 3 --seconds 1.0" in text and "Peak MB: VmHWM." in text
 
 
-def test_train_speed_table_sets_each_mode_beside_fp32_eager():
+def test_train_speed_table_sets_the_chosen_mode_beside_plain_fp32_eager():
     from benchmarks import train_speed
 
-    rows = [
-        dict(kind="speed", proxy="p", mode=mode, round=r, train_img_s=img_s, top1=50.0, ran_as=ran_as)
+    rows = [dict(kind="choice", proxy="p", mode="chosen", ran_as="bf16 autocast, torch.compile", setup_s=40.0)]
+    rows += [
+        dict(
+            kind="speed", proxy="p", mode=mode, round=r, ran_as=mode, img_s=img_s, setup_s=setup, eval_s=5.0, run_min=m
+        )
         for r in range(3)
-        for mode, img_s, ran_as in (("fast", 150.0 + r, "bf16 autocast"), ("fp32", 100.0, "plain fp32 eager"))
+        for mode, img_s, setup, m in (("plain", 100.0, 0.0, 30.0), ("chosen", 200.0 + r, 20.0, 15.0 - r))
     ]
-    rows.append(dict(kind="loader", proxy="p", mode=None, round=0, train_img_s=900.0))
-    config = train_speed.TrainSpeedConfig(proxies=["p"], rounds=3)
-    lines = train_speed.table(pd.DataFrame(rows), config).splitlines()
-    assert lines[0].startswith("| proxy | fast mode | fp32 eager img/s | fast img/s | fast / fp32 (median")
-    assert lines[2] == "| p | bf16 autocast | 100 | 151 | 1.51x [1.50-1.52] | 900 |"
+    rows.append(dict(kind="loader", proxy="p", img_s=900.0))
+    rows += [
+        dict(kind="accuracy", proxy="p", mode=mode, seed=seed, top1=80.0 + seed + (mode == "chosen"))
+        for seed in (0, 1)
+        for mode in ("plain", "chosen")
+    ]
+    config = train_speed.TrainSpeedConfig(proxies=["p"], rounds=3, accuracy_images=100)
+    lines = train_speed.table(pd.DataFrame(rows, columns=train_speed.COLUMNS), config).splitlines()
+    assert lines[0].startswith("| proxy | chosen mode | plain fp32 eager: run min | chosen: run min | plain / chosen")
+    assert lines[2] == (
+        "| p | chosen | 30.0 [30.0-30.0] | 14.0 [13.0-15.0] | 2.14x [2.00-2.31] | 40 + 20 | 100 / 201 | 5.0 | 900 |"
+    )
+    assert lines[-2:] == ["| p | 0 | 80.00 | 81.00 | +1.00 |", "| p | 1 | 81.00 | 82.00 | +1.00 |"]
