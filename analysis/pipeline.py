@@ -21,7 +21,7 @@ import pandas as pd
 
 from efficientvit.config import coerce, config_arguments, unknown_key
 from efficientvit.files import atomic_write_text
-from efficientvit.train import train
+from efficientvit.train import status, train
 from efficientvit.train_config import TrainConfig
 
 MANIFEST = "manifest.json"
@@ -63,13 +63,9 @@ def trained(config: TrainConfig, what: str, until: int | None = None) -> pd.Data
     """The per-epoch metrics of a training run, training it first (or on) unless it has reached epoch `until`
     (default: its last), or stopped at its plateau: every training of the pipeline goes through here, so a rerun
     redoes none."""
-    metrics = Path(config.out) / "metrics.csv"
-    target = config.epochs if until is None else min(until, config.epochs)
-    if metrics.exists():
-        done = pd.read_csv(metrics)
-        stopped = "stopped" in done and bool(done["stopped"].fillna(False).astype(bool).any())
-        if len(done) and (int(done["epoch"].iloc[-1]) >= target or stopped):
-            return done
+    done, finished = status(config)
+    if finished or done >= (config.epochs if until is None else min(until, config.epochs)):
+        return pd.read_csv(Path(config.out) / "metrics.csv")  # resume: the run is as far as asked
     print(f"  {what}", flush=True)
     return pd.DataFrame(train(config, resume=True, until=until))
 
