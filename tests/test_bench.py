@@ -9,15 +9,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import efficientvit
 from efficientvit.bench.measure import peak_memory_mb
-from efficientvit.bench.modes import COMPILED_MODES, MODE_TOLERANCE, prepare
-from efficientvit.bench.run import BenchRun, ratios
+from efficientvit.bench.modes import COMPILED_MODES, MODE_TOLERANCE, Entry, prepare
+from efficientvit.bench.run import BenchRun, ratios, timing_order
 from efficientvit.bench.zoo import build_model, fold_norms, perturb_norms
 from efficientvit.cli import main
 from efficientvit.runtime import peak_matmul_macs
 
 CSV_COLUMNS = (
-    "model mode round img_s latency_ms prepare_seconds macs_per_img max_logit_diff max_abs_logit peak_mem_mb "
-    "share_of_peak share_of_own_peak device batch threads img_size seconds peak_gmac_s peak_bf16_gmac_s memory_method"
+    "model mode round img_s latency_ms load_avg prepare_seconds macs_per_img max_logit_diff max_abs_logit peak_mem_mb "
+    "share_of_peak share_of_own_peak device batch threads img_size seconds peak_gmac_s peak_bf16_gmac_s "
+    "peak_int8_gmac_s peak_int8_ort_gmac_s memory_method"
 ).split()
 TINY = ["--img-size", "64", "--batch", "2", "--seconds", "0.05", "--threads", "1", "--no-memory"]
 
@@ -187,3 +188,30 @@ def test_every_model_of_one_class_is_compiled_past_dynamos_default_limit():
         with torch.inference_mode():
             assert torch.allclose(out, model(x), atol=1e-5)
     assert counters["stats"]["unique_graphs"] - before == len(models)
+
+
+def test_peers_are_timed_side_by_side_mode_by_mode():
+    names = ["efficientvit_m0", "efficientvit_m1", "timm:efficientvit_m0", "timm:efficientvit_m1"]
+    entries = [Entry(name, mode, lambda: None, 1) for name in names for mode in ("int8", "fused")]
+    order = [(entry.name, entry.mode) for entry in timing_order(entries)]
+    assert order[:4] == [
+        ("efficientvit_m0", "fused"),
+        ("timm:efficientvit_m0", "fused"),
+        ("efficientvit_m0", "int8"),
+        ("timm:efficientvit_m0", "int8"),
+    ]
+    assert sorted(order) == sorted((entry.name, entry.mode) for entry in entries)
+
+
+def test_int8_entries_are_shares_of_the_int8_peak(tmp_path):
+    out = tmp_path / "bench.csv"
+    args = ["bench", "efficientvit_m0", "--mode", "int8", "fused", "--rounds", "1", "--out", str(out), *TINY]
+    assert main(args) == 0
+    samples = pd.read_csv(out).set_index("mode")
+    run = BenchRun.read(out)
+    assert run.peak_int8 > 0 and run.peak_int8_ort > 0
+    work = samples["macs_per_img"] * samples["img_s"]
+    assert samples.loc["int8", "share_of_own_peak"] == pytest.approx(
+        work["int8"] / run.peak_int8, rel=1e-3
+    )  # the CSV keeps the peak to 0.01 G
+    assert samples.loc["fused", "share_of_own_peak"] == pytest.approx(work["fused"] / run.peak, rel=1e-3)

@@ -1,12 +1,19 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 import efficientvit
+from efficientvit.bench.modes import MODE_TOLERANCE, prepare
 from efficientvit.bench.zoo import perturb_norms
 from efficientvit.cli import main
+from efficientvit.data import fashion_mnist
+from efficientvit.data.sources import open_split
+from efficientvit.export import calibration_images, export_int8, int8_agreement
 
 ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 
 
 def test_exports_carry_checkpoint_weights_and_match_pytorch(tmp_path, capsys):
@@ -78,3 +85,93 @@ def test_bad_export_input_is_one_sentence_and_exit_2(tmp_path, capsys):
         assert "\n" not in err and "Traceback" not in err
         assert "--opset" not in argv or "opset must be between 14 and 20" in err
     assert not list(tmp_path.iterdir())
+
+
+# -- int8 --------------------------------------------------------------------------------------------------------
+
+FASHION = Path(__file__).parent / "fixtures" / "fashion-mnist"  # 300 train + 100 test images
+TINY_EFFICIENTVIT = dict(
+    img_size=32, patch_size=4, num_classes=10, embed_dim=(16, 32, 48), num_heads=(2, 2, 2), depth=(1, 1, 1)
+)
+# The int8 tolerance: on the fixture's 100 test images, a tiny model trained for seconds (top-1 near 60%: small
+# margins, the hard case) predicts as in fp32 on at least AGREEMENT of them, its logits within MODE_TOLERANCE.
+AGREEMENT = 0.9
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory):
+    """A tiny EfficientViT trained for 40 steps on the fixture's training images, saved as a checkpoint beside the
+    prepared data: an int8 check needs predictions with margins, which random weights do not have."""
+    folder = tmp_path_factory.mktemp("int8")
+    data = fashion_mnist.prepare(folder / "fashion-mnist", source=FASHION)
+    train = open_split(str(data), "train", 32)
+    images = torch.stack([train[i][0] for i in range(len(train))])
+    labels = torch.tensor([train[i][1] for i in range(len(train))])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small operators: a second thread only waits at barriers on a busy machine
+    torch.manual_seed(0)
+    model = efficientvit.create_model("efficientvit_m0", q_kernels=(3, 3), **TINY_EFFICIENTVIT).train()
+    optimizer = torch.optim.AdamW(model.parameters(), 5e-3)
+    for _ in range(40):
+        batch = torch.randint(0, len(images), (50,))
+        loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.set_num_threads(threads)
+    efficientvit.save_checkpoint(folder / "tiny.pth", model.eval())
+    return model, data, folder / "tiny.pth"
+
+
+def test_int8_mode_predicts_as_fp32_on_held_out_images(trained_tiny):
+    model, data, _ = trained_tiny
+    calibration = calibration_images(str(data), 32, 300)
+    test = calibration_images(str(data), 32, 100, split="val")
+    entry = prepare(model, "efficientvit_m0", "int8", batch=100, img_size=32, threads=1, calibration=calibration)
+    with torch.no_grad():
+        reference = model(test)
+    out = entry.forward(test)
+    assert (out.argmax(1) == reference.argmax(1)).float().mean() >= AGREEMENT
+    assert (out - reference).abs().max() <= MODE_TOLERANCE["int8"] * reference.abs().max()
+    assert not torch.equal(out, reference)  # quantized, not the fp32 graph under another name
+
+
+def test_int8_export_is_a_quantized_graph_that_onnxruntime_runs(trained_tiny, tmp_path):
+    model, data, _ = trained_tiny
+    calibration = calibration_images(str(data), 32, 64)
+    path = export_int8(model, tmp_path / "tiny_int8.onnx", calibration, batch=1, dynamic_batch=True)
+    graph = onnx.load(str(path)).graph
+    ops = {node.op_type for node in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "Softmax" in ops
+    # weights stored as int8, one scale per output channel
+    weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert weights and len(weights) == sum(node.op_type == "Conv" for node in graph.node)
+    test = calibration_images(str(data), 32, 100, split="val")
+    agreement, diff = int8_agreement(path, model, test)  # any batch: 100 images at once
+    assert agreement >= AGREEMENT
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_int8.onnx"]  # no temporary left
+
+
+def test_export_int8_command_calibrates_on_the_training_split(tmp_path, capsys):
+    data = fashion_mnist.prepare(tmp_path / "fashion-mnist", source=FASHION)
+    out = tmp_path / "m0_int8.onnx"
+    args = ["export", "int8", "efficientvit_m0", "--img-size", "64", "--out", str(out)]
+    assert main(args) == 2
+    assert "--calibration-data" in capsys.readouterr().err
+    assert main([*args, "--calibration-data", str(data), "--calibration-images", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert f"calibrated on 8 images of {data}/train" in printed and "same top-1 as PyTorch fp32" in printed
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": np.zeros((1, 3, 64, 64), np.float32)})[0].shape == (1, 1000)
+
+
+def test_eval_modes_lists_int8_beside_eager_fp32(trained_tiny, capsys):
+    _, data, checkpoint = trained_tiny
+    args = ["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--workers", "0", "--batch-size", "50"]
+    assert main([*args, "--modes", "onnxruntime", "int8", "--calibration-images", "64"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "int8 calibrated on 64 images" in lines[1]
+    rows = {line.split()[0]: line.split() for line in lines[3:]}
+    assert list(rows) == ["eager", "onnxruntime", "int8"]
+    assert float(rows["int8"][3].rstrip("%")) >= 100 * AGREEMENT  # same top-1 as eager fp32
+    assert 0 < float(rows["int8"][4]) and float(rows["onnxruntime"][4]) < 1e-4

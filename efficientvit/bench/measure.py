@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..flops import count_flops
-from ..runtime import rate, time_calls
+from ..runtime import rate, require, time_calls
 from .modes import COMPILED_MODES, Entry, prepare
 from .zoo import build_model
 
@@ -53,6 +53,33 @@ def interleaved_throughput(models: list[nn.Module], rounds: int = 3, **kwargs) -
         for model, runs in zip(models, samples):
             runs.append(measure_throughput(model, **kwargs))
     return samples
+
+
+def peak_int8_macs(threads: int, seconds: float = 1.0) -> tuple[float, float]:
+    """Multiply-adds per second of a 2048-square int8 matmul on the CPU, two ways: oneDNN's (`torch._int_mm`, int8
+    by int8 with VNNI where the CPU has it: the machine's int8 peak as a library reaches it) and onnxruntime's
+    (`MatMulInteger`, uint8 by int8: the peak of the kernels the int8 mode runs on)."""
+    ort = require("onnxruntime", "--mode int8")
+    from onnx import TensorProto, helper
+
+    n = 2048
+    a, b = (torch.randint(-128, 128, (n, n), dtype=torch.int8) for _ in range(2))
+    onednn = rate(lambda: torch._int_mm(a, b), n**3, seconds)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+        "int8_matmul",
+        [
+            helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+            helper.make_tensor_value_info("b", TensorProto.INT8, [n, n]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])],
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {"a": (a.numpy().view("uint8")), "b": b.numpy()}
+    return onednn, rate(lambda: session.run(None, feed), n**3, seconds)
 
 
 def count_macs(model: nn.Module, img_size: int) -> float:

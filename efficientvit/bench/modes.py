@@ -1,5 +1,5 @@
 """Execution modes: one eval-mode model prepared as a user would run it (BatchNorm folded, channels-last, compiled,
-exported to onnxruntime, in bf16), as a bench `Entry` whose `run()` is what gets timed."""
+exported to onnxruntime, in bf16, quantized to int8), as a bench `Entry` whose `run()` is what gets timed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..export import export_onnx
+from ..export import export_onnx, quantize_onnx
 from ..runtime import require
 from .zoo import fold_norms
 
@@ -26,6 +26,9 @@ MODE_HELP = {
     "onnxruntime": "the fused model exported to ONNX and run by onnxruntime",
     "bf16": "channels_last with weights and activations in bfloat16 (AMX/AVX-512 BF16 on recent Xeons)",
     "compile_bf16": "bf16 through torch.compile (inductor, weight freezing on CPU)",
+    "int8": "the onnxruntime graph statically quantized (QDQ: int8 per-channel weights, uint8 activations calibrated "
+    "on images of the training data, or on random ones for random weights; softmax, attention-bias and residual "
+    "adds in float: efficientvit/export.py) and run by onnxruntime's int8 kernels (CPU)",
 }
 MODES = tuple(MODE_HELP)
 CHANNELS_LAST_MODES = ("channels_last", "compile", "bf16", "compile_bf16")
@@ -40,12 +43,16 @@ MODE_TOLERANCE = {
     "onnxruntime": 1e-4,
     "bf16": 0.1,
     "compile_bf16": 0.1,
+    "int8": 0.1,
 }
+CALIBRATION_SEED = 1  # random calibration images, not the timed batch (seed 0 in the bench)
 
 
-def check_mode(mode: str) -> None:
+def check_mode(mode: str, device: str = "cpu") -> None:
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+    if mode == "int8" and device != "cpu":
+        raise UserError("mode int8 runs on the CPU only (onnxruntime's int8 kernels); use --device cpu")
 
 
 @dataclass
@@ -61,13 +68,23 @@ class Entry:
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, device: str, profile_prefix: str | None = None):
+def onnx_session(
+    model: nn.Module,
+    x: torch.Tensor,
+    threads: int,
+    device: str,
+    profile_prefix: str | None = None,
+    calibration: torch.Tensor | None = None,
+):
     """An onnxruntime session on the ONNX export of `model` for inputs shaped like `x` (the file is temporary);
-    with `profile_prefix`, onnxruntime's profiler records every node run (`session.end_profiling()` writes it)."""
+    with `calibration` images, on that export quantized to int8 (`efficientvit.export.quantize_onnx`); with
+    `profile_prefix`, onnxruntime's profiler records every node run (`session.end_profiling()` writes it)."""
     ort = require("onnxruntime", "--mode onnxruntime")
     tmp = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)
     tmp.close()
     export_onnx(model, tmp.name, x)
+    if calibration is not None:
+        quantize_onnx(tmp.name, tmp.name, calibration, len(x))
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -81,15 +98,25 @@ def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, device: str, p
     return session
 
 
-def onnxruntime_entry(graph: nn.Module, name: str, x: torch.Tensor, batch: int, threads: int, device: str) -> Entry:
-    session = onnx_session(graph, x, threads, device)
+def onnxruntime_entry(
+    graph: nn.Module,
+    name: str,
+    x: torch.Tensor,
+    batch: int,
+    threads: int,
+    device: str,
+    calibration: torch.Tensor | None = None,
+) -> Entry:
+    """The onnxruntime mode, or with `calibration` images the int8 one."""
+    session = onnx_session(graph, x, threads, device, calibration=calibration)
     input_name = session.get_inputs()[0].name
 
     def infer(images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {input_name: images.numpy()})[0])
 
     feed = x.numpy()
-    return Entry(name, "onnxruntime", lambda: torch.from_numpy(session.run(None, {input_name: feed})[0]), batch, infer)
+    mode = "onnxruntime" if calibration is None else "int8"
+    return Entry(name, mode, lambda: torch.from_numpy(session.run(None, {input_name: feed})[0]), batch, infer)
 
 
 def compiled(graph: nn.Module, device: torch.device) -> nn.Module:
@@ -117,15 +144,20 @@ def prepare(
     img_size: int = 224,
     threads: int | None = None,
     x: torch.Tensor | None = None,
+    calibration: torch.Tensor | None = None,
 ) -> Entry:
-    """Turn an eval-mode `model` into a bench entry for `mode` (the model itself is left untouched)."""
-    check_mode(mode)
+    """Turn an eval-mode `model` into a bench entry for `mode` (the model itself is left untouched). int8 is
+    calibrated on the `calibration` images, by default 4 batches of seeded random ones (random weights see random
+    inputs in a bench; a trained model's images come from its training data: `export.calibration_images`)."""
+    check_mode(mode, device)
     threads = threads or torch.get_num_threads()
     dev = torch.device(device)
     x = torch.randn(batch, 3, img_size, img_size) if x is None else x
     graph = model if mode == "eager" else fold_norms(model, name)
-    if mode == "onnxruntime":
-        return onnxruntime_entry(graph, name, x, batch, threads, device)
+    if mode == "int8" and calibration is None:
+        calibration = torch.randn(4 * batch, *x.shape[1:], generator=torch.Generator().manual_seed(CALIBRATION_SEED))
+    if mode in ("onnxruntime", "int8"):
+        return onnxruntime_entry(graph, name, x, batch, threads, device, calibration if mode == "int8" else None)
 
     def convert(images: torch.Tensor) -> torch.Tensor:
         images = images.to(dev)

@@ -23,12 +23,30 @@ from ..config import knob
 from ..errors import UserError
 from ..results import write_results
 from ..runtime import out_of_memory, peak_matmul_macs, require, resolve_device
-from .measure import count_macs, memory_method, peak_memory_mb, time_entry
-from .modes import BF16_MODES, Entry, check_mode, prepare
-from .zoo import build_model, check_name, fold_norms, perturb_norms
+from .measure import count_macs, memory_method, peak_int8_macs, peak_memory_mb, time_entry
+from .modes import BF16_MODES, MODES, Entry, check_mode, prepare
+from .zoo import TIMM_PREFIX, build_model, check_name, fold_norms, perturb_norms
 
 # The run's metadata, the CSV's last columns: every row repeats them, so the CSV stands alone
-META_COLUMNS = ("device", "batch", "threads", "img_size", "seconds", "peak_gmac_s", "peak_bf16_gmac_s", "memory_method")
+META_COLUMNS = (
+    "device",
+    "batch",
+    "threads",
+    "img_size",
+    "seconds",
+    "peak_gmac_s",
+    "peak_bf16_gmac_s",
+    "peak_int8_gmac_s",
+    "peak_int8_ort_gmac_s",
+    "memory_method",
+)
+# BenchRun's peaks (multiply-adds per second) and their columns (G multiply-adds per second)
+PEAKS = {
+    "peak": "peak_gmac_s",
+    "peak_bf16": "peak_bf16_gmac_s",
+    "peak_int8": "peak_int8_gmac_s",
+    "peak_int8_ort": "peak_int8_ort_gmac_s",
+}
 
 
 @dataclass
@@ -58,6 +76,8 @@ class BenchRun:
     peak: float  # fp32 matmul multiply-adds per second of the device, measured in the run
     peak_bf16: float | None  # the same in bf16, when a bf16 mode ran
     memory_method: str
+    peak_int8: float | None = None  # the same in int8 through oneDNN (VNNI), when the int8 mode ran
+    peak_int8_ort: float | None = None  # and through onnxruntime's int8 kernels, which the int8 mode runs on
 
     @property
     def rounds(self) -> int:
@@ -65,9 +85,10 @@ class BenchRun:
 
     def metadata(self) -> dict[str, Any]:
         """The run's metadata, named as the CSV's columns (peaks in G multiply-adds per second)."""
-        peaks = round(self.peak / 1e9, 2), None if self.peak_bf16 is None else round(self.peak_bf16 / 1e9, 2)
-        values = (self.device, self.batch, self.threads, self.img_size, self.seconds, *peaks, self.memory_method)
-        return dict(zip(META_COLUMNS, values))
+        peaks = {column: getattr(self, field) for field, column in PEAKS.items()}
+        peaks = {column: None if value is None else round(value / 1e9, 2) for column, value in peaks.items()}
+        values = (self.device, self.batch, self.threads, self.img_size, self.seconds)
+        return dict(zip(META_COLUMNS, values)) | peaks | {"memory_method": self.memory_method}
 
     def write(self, path: str | os.PathLike, arguments: dict[str, Any]) -> Path:
         """The samples with the metadata columns, and a JSON sidecar (`arguments`, the environment, the metadata)."""
@@ -77,18 +98,19 @@ class BenchRun:
     def read(cls, path: str | os.PathLike) -> BenchRun:
         """A run as `write` left it."""
         table = pd.read_csv(path)
-        meta = table[list(META_COLUMNS)].iloc[0].to_dict()
-        bf16 = meta.pop("peak_bf16_gmac_s")
-        peaks = {"peak": meta.pop("peak_gmac_s") * 1e9, "peak_bf16": None if pd.isna(bf16) else bf16 * 1e9}
-        return cls(table.drop(columns=list(META_COLUMNS)), **meta, **peaks)
+        # a run written before the int8 mode existed has no int8 peaks
+        meta = table.reindex(columns=list(META_COLUMNS)).iloc[0].to_dict()
+        peaks = {field: meta.pop(column) for field, column in PEAKS.items()}
+        peaks = {field: None if pd.isna(value) else value * 1e9 for field, value in peaks.items()}
+        return cls(table.drop(columns=list(META_COLUMNS), errors="ignore"), **meta, **peaks)
 
 
 def check_config(config: BenchConfig) -> None:
     """Every name, mode and number checked before minutes of preparing models."""
     for mode in {m for modes in config.models.values() for m in modes}:
-        check_mode(mode)
-        if mode == "onnxruntime":
-            require("onnxruntime", "--mode onnxruntime")
+        check_mode(mode, resolve_device(config.device).type)
+        if mode in ("onnxruntime", "int8"):
+            require("onnxruntime", f"--mode {mode}")
     for name in config.models:
         check_name(name)
     if (config.batch is not None and config.batch < 1) or config.seconds <= 0 or config.rounds < 1:
@@ -143,26 +165,56 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = lambda s: None) 
     entries, info = prepare_entries(config, device, batch, threads, log)
     log("measuring the peak matmul rate")
     peak = peak_matmul_macs(device)
-    uses_bf16 = any(mode in BF16_MODES for modes in config.models.values() for mode in modes)
-    peak_bf16 = peak_matmul_macs(device, dtype=torch.bfloat16) if uses_bf16 else None
-    rows = []
+    modes = {mode for modes in config.models.values() for mode in modes}
+    peak_bf16 = peak_matmul_macs(device, dtype=torch.bfloat16) if modes & set(BF16_MODES) else None
+    peak_int8, peak_int8_ort = peak_int8_macs(threads) if "int8" in modes else (None, None)
+    rows, entries = [], timing_order(entries)
     for r in range(config.rounds):
         log(f"round {r + 1}/{config.rounds}")
-        for entry in entries:
+        # every other round backwards: a drift during a round then favours neither side of a pair
+        for entry in entries if r % 2 == 0 else entries[::-1]:
+            load = os.getloadavg()[0]  # how busy the machine was (1-minute load average) as this sample began
             img_s, latency = time_entry(entry, config.seconds)
             row = {"model": entry.name, "mode": entry.mode, "round": r, "img_s": img_s, "latency_ms": latency}
+            row["load_avg"] = load
             rows.append({**row, **info[entry.name, entry.mode]})
     samples = pd.DataFrame(rows)
     samples["share_of_peak"] = samples["macs_per_img"] * samples["img_s"] / peak  # of the fp32 peak, every mode
-    own_peak = samples["mode"].map(lambda mode: peak_bf16 if mode in BF16_MODES else peak)
-    samples["share_of_own_peak"] = samples["macs_per_img"] * samples["img_s"] / own_peak  # bf16: of the bf16 peak
-    return BenchRun(
-        samples, device, batch, threads, config.img_size, config.seconds, peak, peak_bf16, memory_method(device)
+    own_peak = samples["mode"].map(
+        lambda mode: {"int8": peak_int8}.get(mode, peak_bf16 if mode in BF16_MODES else peak)
     )
+    # bf16: of the bf16 peak; int8: of oneDNN's int8 peak
+    samples["share_of_own_peak"] = samples["macs_per_img"] * samples["img_s"] / own_peak
+    return BenchRun(
+        samples,
+        device,
+        batch,
+        threads,
+        config.img_size,
+        config.seconds,
+        peak,
+        peak_bf16,
+        memory_method(device),
+        peak_int8,
+        peak_int8_ort,
+    )
+
+
+def timing_order(entries: list[Entry]) -> list[Entry]:
+    """The entries in the order they are timed: each model beside its peer (`x` beside timm's `timm:x`), mode by
+    mode, so the two sides of a ratio are timed seconds apart rather than a whole round apart, and a ratio sees
+    what load the shared machine had at that moment on both sides."""
+    peer = [entry.name.removeprefix(TIMM_PREFIX) for entry in entries]
+    first = {name: i for i, name in reversed(list(enumerate(peer)))}
+    return [
+        entry for _, entry in sorted(zip(peer, entries), key=lambda pair: (first[pair[0]], MODES.index(pair[1].mode)))
+    ]
 
 
 def summarize(samples: pd.DataFrame) -> pd.DataFrame:
     """Median and spread (min-max over rounds) of every entry."""
+    if "load_avg" not in samples:  # a run written before the load was recorded
+        samples = samples.assign(load_avg=float("nan"))
     g = samples.groupby(["model", "mode"], sort=False)
     out = g.agg(
         img_s=("img_s", "median"),
@@ -176,6 +228,7 @@ def summarize(samples: pd.DataFrame) -> pd.DataFrame:
         prepare_seconds=("prepare_seconds", "first"),
         max_logit_diff=("max_logit_diff", "first"),
         max_abs_logit=("max_abs_logit", "first"),
+        load_avg=("load_avg", "median"),
         rounds=("round", "count"),
     ).reset_index()
     out["gmacs"] = out["gmacs"] / 1e9

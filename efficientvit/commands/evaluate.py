@@ -16,6 +16,7 @@ from ..data.pipeline import check_bad_images, collate
 from ..data.sources import fixed_subset, open_split
 from ..errors import UserError
 from ..evaluation import evaluate, hits
+from ..export import CALIBRATION_IMAGES, calibration_images
 from ..runtime import resolve_device
 
 HELP = "top-1, top-5 and loss of a trained checkpoint or pretrained name on an ImageFolder split"
@@ -58,6 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODE",
         help="also evaluate the model as `efficientvit bench` runs it in these modes (" + ", ".join(MODES) + ") and "
         "report, for each, top-1 and how often its prediction agrees with eager fp32 (CPU)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=CALIBRATION_IMAGES,
+        metavar="N",
+        help=f"--modes int8: calibrate on a fixed, seeded draw of N images of the training split of --data, the "
+        f"data the model learned from ({CALIBRATION_IMAGES})",
     )
 
 
@@ -112,14 +121,20 @@ def compare_modes(model: nn.Module, loader: DataLoader, args: argparse.Namespace
         prepare(model, name, "eager", batch=args.batch_size, img_size=size), loader, args.skip_bad
     )
     print(f"{args.checkpoint} on {args.data}/{args.split} ({len(targets)} images), batches of {args.batch_size}:")
+    if "int8" in args.modes:
+        print(f"(int8 calibrated on {args.calibration_images} images of {args.data}/train, a fixed seeded draw)")
     print("mode            top-1   top-5   same top-1 as eager fp32   max |logit diff|")
     for mode in dict.fromkeys(["eager", *args.modes]):
         if mode == "eager":
             logits = reference
         else:
-            logits = mode_logits(
-                prepare(model, name, mode, batch=args.batch_size, img_size=size), loader, args.skip_bad
-            )[0]
+            calibration = (
+                calibration_images(args.data, size, args.calibration_images, pretrained_cfg=model.pretrained_cfg)
+                if mode == "int8"
+                else None
+            )
+            entry = prepare(model, name, mode, batch=args.batch_size, img_size=size, calibration=calibration)
+            logits = mode_logits(entry, loader, args.skip_bad)[0]
         top1, top5 = (100 * h.item() / len(targets) for h in hits(logits, targets))
         agree = 100 * (logits.argmax(1) == reference.argmax(1)).float().mean().item()
         diff = (logits - reference).abs().max().item()
