@@ -22,7 +22,7 @@ fashion-mnist:
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # torch and torchvision are pinned and installed first: on the project's machines these exact builds lie on
 # local disk, and installing them first keeps the project's other dependencies from pulling a different build.

@@ -1,8 +1,11 @@
+import os
+
 import huggingface_hub
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# `make test` runs two pytest-xdist workers, each on one of the machine's two cores; alone, a run takes both.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(autouse=True)
