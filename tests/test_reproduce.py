@@ -88,6 +88,8 @@ def preset(tmp_path):
             "seeds": [0, 1],
             "rounds": 1,
             "seconds": 0.01,
+            "m0_ratio": 0.3,  # the trained M0 pruned too, and the variant designed from it trained beside
+            "m0_pruning": {"batches": 1, "eval_images": 8, "iterative": 2, "step_finetune": 2},
         },
     }
     path = tmp_path / "micro.yaml"
@@ -117,8 +119,11 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     assert "Q/K are cut more than FFN relative to their width" in fig5_text
     front = pd.read_csv(out / "pareto" / "pareto.csv")  # the designed variant trained, timed, placed
     matched = pd.read_csv(out / "mhsa_sweep" / "sweep.csv")["speedup_met"].any()  # tiny timings may miss 1.25x
-    expected = {"designed_variant", "efficientvit_m0", "deit_full"} | ({"deit_tiny_subnet_p0.50"} if matched else set())
-    assert set(front["name"]) == expected
+    expected = {"designed_variant", "efficientvit_m0", "m0_designed_variant", "deit_full"}
+    assert set(front["name"]) == expected | ({"deit_tiny_subnet_p0.50"} if matched else set())
+    m0_design = yaml.safe_load((out / "pareto" / "variants" / "efficientvit_m0_pruned_variant.yaml").read_text())
+    assert m0_design["model"] == "efficientvit_m0" and len(m0_design["model_kwargs"]["mlp_ratio"]) == 3  # per stage
+    assert "The variant designed from M0 is" in text and "efficientvit_m0_pruned_variant.yaml" in text
     assert sorted(front.loc[front["name"] == "designed_variant", "seed"]) == [0, 1]  # one row per training seed
     assert front["pareto"].any() and "Pareto front" in text
     profiled = set(pd.read_csv(out / "memory_profile" / "profile.csv")["name"])  # every family x speed-up subnet

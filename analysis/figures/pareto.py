@@ -1,9 +1,12 @@
 """The designed variant on an accuracy-throughput plot: the loop the paper closed by hand.
 
 Stage: the variant Fig. 5 designed and EfficientViT-M0 (scaled to the data) are trained with the same recipe and
-budget, once per seed, then timed in turns with the full-heads proxies and the best throughput-matched Fig. 3
-subnets on this machine. out/pareto/pareto.csv has one row per model and training seed (top-1, img/s) and
-whether the model's mean is on the Pareto front. The report compares the variant's top-1 with M0's.
+budget, once per seed; with `m0_ratio`, the trained M0 (its first seed) is then Taylor-pruned itself
+(analysis/design_variant.py's `design_from_checkpoint`) and the variant designed from that pruning is trained the
+same way: the design loop's next turn. Then all are timed in turns with the full-heads proxies and the best
+throughput-matched Fig. 3 subnets on this machine. out/pareto/pareto.csv has one row per model and training seed
+(top-1, img/s) and whether the model's mean is on the Pareto front. The report compares each variant's top-1 with
+M0's.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pandas as pd
 import torch
 import yaml
 
+from analysis.design_variant import design_from_checkpoint
 from analysis.figures import proxies
 from analysis.pipeline import Context, listed_outputs, read_tables, trained, with_sidecar
 from analysis.verdicts import compare
@@ -30,6 +34,8 @@ from efficientvit.train_config import make_config
 STAGE = "pareto"
 FOLDER = "pareto"
 BATCH = 64
+M0_VARIANT = "efficientvit_m0_pruned"  # the name of the M0 pruning's files and of the variant designed from it
+M0_KIND = "variant from M0"
 
 
 @dataclass
@@ -39,6 +45,12 @@ class Section:
     seeds: list[int] | None = knob(None, "one training per seed (null: the config's seed)")
     rounds: int = knob(3, "timing rounds (models timed in turns)")
     seconds: float = knob(0.5, "timing budget per model and round")
+    m0_ratio: float | None = knob(
+        None,
+        "also Taylor-prune the trained M0 (first seed) by this fraction of its channels and train the variant "
+        "designed from it beside the others (null: not)",
+    )
+    m0_pruning: dict = knob({}, "analysis/taylor_pruning.py settings of that pruning, e.g. {eval_images: 2000}")
 
 
 def designed(out: Path) -> ModelSpec | None:
@@ -47,29 +59,52 @@ def designed(out: Path) -> ModelSpec | None:
     return ModelSpec.from_yaml(found[0]) if found else None
 
 
-def train_contenders(ctx: Context, section: Section, variant: ModelSpec) -> dict:
-    """The variant and M0, trained with the same recipe once per seed: name -> (kind, spec, {seed: top-1})."""
+def train_contender(ctx: Context, section: Section, name: str, spec: ModelSpec) -> dict[int, float]:
+    """`spec` trained with the section's recipe once per seed: {seed: top-1}."""
     values = yaml.safe_load(Path(section.config).read_text())
-    contenders = {}
+    runs = {}
+    for seed in section.seeds or [values.get("seed", 0)]:
+        config = make_config(
+            {
+                **values,
+                **section.train,
+                "model": spec.name,
+                "model_kwargs": spec.kwargs,
+                "seed": seed,
+                "data": str(ctx.data),
+                "out": str(ctx.runs / FOLDER / f"{name}_seed{seed}"),
+            }
+        )
+        runs[seed] = trained(config, f"training {name} (seed {seed}) for the accuracy-throughput plot")["val_top1"]
+    return {seed: history.iloc[-1] for seed, history in runs.items()}
+
+
+def train_contenders(ctx: Context, section: Section, variant: ModelSpec) -> tuple[dict, list[Path]]:
+    """The variant, M0 and (with `m0_ratio`) the variant designed from M0's own pruning, trained with the same
+    recipe once per seed: name -> (kind, spec, {seed: top-1}), and the pruning's and design's files."""
+    values = yaml.safe_load(Path(section.config).read_text())
     m0 = ModelSpec(values["model"], values["model_kwargs"])
-    for name, kind, spec in (("designed_variant", "variant", variant), ("efficientvit_m0", "efficientvit", m0)):
-        runs = {}
-        for seed in section.seeds or [values.get("seed", 0)]:
-            config = make_config(
-                {
-                    **values,
-                    **section.train,
-                    "model": spec.name,
-                    "model_kwargs": spec.kwargs,
-                    "seed": seed,
-                    "data": str(ctx.data),
-                    "out": str(ctx.runs / "pareto" / f"{name}_seed{seed}"),
-                }
-            )
-            what = f"training {name} (seed {seed}) for the accuracy-throughput plot"
-            runs[seed] = trained(config, what)["val_top1"].iloc[-1]
-        contenders[name] = (kind, spec, runs)
-    return contenders
+    contenders = {
+        "designed_variant": ("variant", variant, train_contender(ctx, section, "designed_variant", variant)),
+        "efficientvit_m0": ("efficientvit", m0, train_contender(ctx, section, "efficientvit_m0", m0)),
+    }
+    if section.m0_ratio is None:
+        return contenders, []
+    first_seed = (section.seeds or [values.get("seed", 0)])[0]
+    folder = ctx.out / FOLDER
+    yaml_path = design_from_checkpoint(
+        ctx.runs / FOLDER / f"efficientvit_m0_seed{first_seed}" / "checkpoint.pth",
+        ctx.data,
+        section.m0_ratio,
+        folder,
+        runs_dir=ctx.runs / FOLDER,
+        name=M0_VARIANT,
+        pruning=section.m0_pruning,
+        variant={"seconds": section.seconds},
+    )
+    spec = ModelSpec.from_yaml(yaml_path)
+    contenders["m0_designed_variant"] = (M0_KIND, spec, train_contender(ctx, section, M0_VARIANT, spec))
+    return contenders, [yaml_path, *(folder / "taylor_pruning").glob(f"{M0_VARIANT}*")]
 
 
 def peers(ctx: Context, trained_proxies: proxies.Section) -> dict:
@@ -114,7 +149,8 @@ def front(means: pd.DataFrame) -> set[str]:
 def run(ctx: Context, section: Section, trained_proxies: proxies.Section) -> list[Path]:
     """The stage: train the two, time everyone in turns, write pareto.csv."""
     variant = designed(ctx.out)
-    contenders = {**train_contenders(ctx, section, variant), **peers(ctx, trained_proxies)}
+    contenders, design_files = train_contenders(ctx, section, variant)
+    contenders |= peers(ctx, trained_proxies)
     img_size = yaml.safe_load(Path(section.config).read_text())["img_size"]
     models = [spec.build(img_size=img_size, num_classes=10).eval() for _, spec, _ in contenders.values()]
     timings = interleaved_throughput(models, rounds=section.rounds, seconds=section.seconds, batch_size=BATCH, warmup=3)
@@ -142,7 +178,7 @@ def run(ctx: Context, section: Section, trained_proxies: proxies.Section) -> lis
         ]
     )
     arguments = {**vars(section), "img_size": img_size, "batch": BATCH, "threads": torch.get_num_threads()}
-    return with_sidecar(write_results(table, ctx.out / FOLDER / "pareto.csv", arguments))
+    return [*with_sidecar(write_results(table, ctx.out / FOLDER / "pareto.csv", arguments)), *design_files]
 
 
 def tables(out: Path) -> dict[str, pd.DataFrame | None]:
@@ -181,28 +217,34 @@ def front_lines(runs: pd.DataFrame) -> list[str]:
             "on the Pareto front": models["pareto"].map({True: "yes", False: "no"}),
         }
     )
-    variant, m0 = (runs[runs["kind"] == kind] for kind in ("variant", "efficientvit"))
-    on_front = bool(models.loc[models["kind"] == "variant", "pareto"].all())
-    accuracy = compare(variant["top1"], m0["top1"], "greater", unit="trainings")
-    return [
+    lines = [
         "",
-        "Accuracy against CPU throughput (32 px, batch 64, interleaved medians), the designed variant and "
+        "Accuracy against CPU throughput (32 px, batch 64, interleaved medians), the designed variants and "
         "EfficientViT-M0 trained with the same recipe and budget (top-1: mean ± s.d. over training seeds):",
         "",
         *markdown_table(cells),
         "",
-        f"The designed variant is {'on' if on_front else 'off'} the accuracy-throughput Pareto front of the "
-        "means (no other model both more accurate and faster), running "
-        f"{variant['img_s'].iloc[0] / m0['img_s'].iloc[0]:.2f}x EfficientViT-M0's throughput. Its top-1 minus "
-        f"M0's, points (Welch over training seeds): {accuracy.describe()}.",
     ]
+    m0 = runs[runs["kind"] == "efficientvit"]
+    for kind, label in (("variant", "The variant designed from Fig. 5"), (M0_KIND, "The variant designed from M0")):
+        variant = runs[runs["kind"] == kind]
+        if variant.empty:
+            continue
+        on_front = bool(models.loc[models["kind"] == kind, "pareto"].all())
+        accuracy = compare(variant["top1"], m0["top1"], "greater", unit="trainings")
+        lines.append(
+            f"{label} is {'on' if on_front else 'off'} the accuracy-throughput Pareto front of the means (no other "
+            f"model both more accurate and faster), running {variant['img_s'].iloc[0] / m0['img_s'].iloc[0]:.2f}x "
+            f"EfficientViT-M0's throughput. Its top-1 minus M0's, points (Welch over training seeds): "
+            f"{accuracy.describe()}."
+        )
+    return lines
 
 
 def report(out: Path) -> list[str]:
     """The Pareto table and verdict when the run trained the variant, and the variant's configuration."""
     found = tables(out)
     lines = front_lines(found["pareto"]) if found["pareto"] is not None else []
-    variants = listed_outputs(out, "variants", "*.yaml")
-    if variants:
-        lines += ["", f"Designed variant ({variants[0].name}):", "", "```yaml", variants[0].read_text().strip(), "```"]
+    for variant in [*listed_outputs(out, "variants", "*.yaml"), *listed_outputs(out, FOLDER, "variants/*.yaml")]:
+        lines += ["", f"Designed variant ({variant.name}):", "", "```yaml", variant.read_text().strip(), "```"]
     return lines
