@@ -33,13 +33,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint
+from .checkpoint import model_from_checkpoint
 from .data.pipeline import check_bad_images, collate
 from .data.sources import fixed_subset, open_split
 from .errors import UserError
 from .files import atomic_path
 from .fuse import fuse
-from .models import create_model
+from .models import ModelSpec, create_model
 from .runtime import require
 
 FORMATS = ("onnx", "int8", "torchscript")
@@ -282,9 +282,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """`efficientvit export FORMAT NAME ...`: build (and load) the model, export it, print the check."""
-    model = create_model(args.name, img_size=args.img_size).eval()
-    if args.checkpoint:
-        load_checkpoint(model, args.checkpoint)
+    if args.checkpoint:  # the model the checkpoint holds (a pretrained name's, or ours with its own settings)
+        model = model_from_checkpoint(args.checkpoint, ModelSpec(args.name), img_size=args.img_size).eval()
+        if model.spec.name != args.name:
+            raise UserError(f"{args.checkpoint} holds {model.spec.name}, not {args.name}: name the model it holds")
+    else:
+        model = create_model(args.name, img_size=args.img_size).eval()
     if args.fuse:
         model = fuse(model)
     if args.format == "int8":

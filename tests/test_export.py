@@ -175,3 +175,18 @@ def test_eval_modes_lists_int8_beside_eager_fp32(trained_tiny, capsys):
     assert list(rows) == ["eager", "onnxruntime", "int8"]
     assert float(rows["int8"][3].rstrip("%")) >= 100 * AGREEMENT  # same top-1 as eager fp32
     assert 0 < float(rows["int8"][4]) and float(rows["onnxruntime"][4]) < 1e-4
+
+
+def test_a_checkpoint_exports_as_the_model_it_holds(trained_tiny, tmp_path, capsys):
+    """A trained checkpoint with its own settings (widths, 4 px stem, 10 classes) exports as that model, not as the
+    registered defaults of its name; a name it does not hold is one sentence and writes nothing."""
+    _, data, checkpoint = trained_tiny
+    out = tmp_path / "tiny_int8.onnx"
+    common = ["--checkpoint", str(checkpoint), "--img-size", "32", "--out", str(out)]
+    args = ["export", "int8", "efficientvit_m0", *common, "--calibration-data", str(data), "--calibration-images", "32"]
+    assert main(args) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": np.zeros((1, 3, 32, 32), np.float32)})[0].shape == (1, 10)
+    out.unlink()
+    assert main(["export", "onnx", "deit_tiny", *common]) == 2
+    assert "holds efficientvit_m0, not deit_tiny" in capsys.readouterr().err and not out.exists()
