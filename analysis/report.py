@@ -33,11 +33,12 @@ SECTIONS = [  # (title, the manifest's stage, its figure, the modules whose repo
 ]
 NOTEBOOK_INPUTS = {module.FIGURE.removesuffix(".png"): module.FOLDER for _, _, _, (module, *_) in SECTIONS}
 RULES = (
-    "Verdicts follow the rules in `analysis/verdicts.py`: a difference **holds** when its 95% t-interval "
-    "over runs (Welch's across seeds, paired within a profiled model) lies on the paper's side of zero, "
-    "**does not hold** when it lies on the other side, and is **inconclusive** when it straddles zero or a "
-    "side has a single run; a best point holds when it falls inside the paper's range in at least 95% of "
-    "2,000 bootstrap draws over runs."
+    "Verdicts follow the rules in `analysis/verdicts.py`: a finding is **reproduced** when its effect's 95% "
+    "t-interval over runs (Welch's across seeds, paired within a run or a profiled model) lies on the paper's side "
+    "of zero, **not reproduced** (at proxy scale: a statement about these small models and this device, not about "
+    "the paper's) when it lies on the other side, and **inconclusive** when it straddles zero or a side has a "
+    "single run; a best point is reproduced when it falls inside the paper's range in at least 95% of 2,000 "
+    "bootstrap draws over runs, not reproduced in at most 5%."
 )
 
 
