@@ -212,6 +212,22 @@ def test_a_misspelt_or_mistyped_preset_key_is_one_sentence(monkeypatch, change, 
         config_from_dict(Preset, values, "preset")
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda v: v.update(m0_ratio=1.5), "m0_ratio must lie in \\(0, 1\\).*got 1.5"),
+        (lambda v: v["m0_pruning"].update(eval_imgs=5), "unknown key 'eval_imgs'.*did you mean 'eval_images'"),
+        (lambda v: v["m0_pruning"].update(ratio=0.5), "unknown key 'ratio'"),  # the stage's m0_ratio sets it
+    ],
+)
+def test_a_wrong_m0_pruning_in_the_pareto_section_is_one_sentence(monkeypatch, change, message):
+    monkeypatch.chdir(ROOT)
+    values = yaml.safe_load((ROOT / "experiments/reproduce/reference.yaml").read_text())
+    change(values["pareto"])
+    with pytest.raises(UserError, match=message):
+        config_from_dict(Preset, values, "preset")
+
+
 def test_a_preset_section_leaves_each_tool_option_at_the_tools_own_default(monkeypatch):
     """One default per parameter: what a preset does not set is the analysis tool's own default."""
     from analysis.taylor_pruning import PruneConfig

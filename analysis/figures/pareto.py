@@ -19,13 +19,15 @@ import pandas as pd
 import torch
 import yaml
 
+from analysis import taylor_pruning
 from analysis.design_variant import design_from_checkpoint
-from analysis.figures import proxies
-from analysis.pipeline import Context, listed_outputs, read_tables, trained, with_sidecar
+from analysis.figures import fig5, proxies
+from analysis.pipeline import Context, listed_outputs, read_tables, tool_settings, trained, with_sidecar
 from analysis.verdicts import compare
 from efficientvit.bench.measure import interleaved_throughput
 from efficientvit.checkpoint import model_from_checkpoint
 from efficientvit.config import knob
+from efficientvit.errors import UserError
 from efficientvit.flops import count_params
 from efficientvit.models import ModelSpec
 from efficientvit.results import markdown_table, write_results
@@ -51,6 +53,14 @@ class Section:
         "designed from it beside the others (null: not)",
     )
     m0_pruning: dict = knob({}, "analysis/taylor_pruning.py settings of that pruning, e.g. {eval_images: 2000}")
+
+    def __post_init__(self):
+        if self.m0_ratio is not None and not 0 < self.m0_ratio < 1:
+            raise UserError(
+                f"pareto: m0_ratio must lie in (0, 1), the fraction of M0's channels to prune; got {self.m0_ratio}"
+            )
+        owned = (*fig5.OWNED, "ratio")  # the stage sets the checkpoint, data and files; the ratio is m0_ratio
+        self.m0_pruning = tool_settings(taylor_pruning.PruneConfig, self.m0_pruning, "pareto: m0_pruning", owned)
 
 
 def designed(out: Path) -> ModelSpec | None:
