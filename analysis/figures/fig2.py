@@ -9,10 +9,12 @@ layers has a smaller memory-bound share.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from analysis import memory_profile
 from analysis.pipeline import Context, announce, listed_outputs, read_tables, tool_settings, with_sidecar
@@ -49,13 +51,15 @@ class Section:
 def find_subnets(section: Section, folder: Path, img_size: int) -> tuple[list[Path], list[dict]]:
     """Every subnet the section lists, saved as a model YAML; and whether each met its speed-up."""
     configs, subnets = [], []
-    for family in section.subnets.families:
-        for speedup in section.subnets.speedups:
-            for proportion in section.subnets.proportions:
-                result = find_subnet(family, speedup, proportion, base={"img_size": img_size}, **section.subnets.search)
-                name = f"{family}_{speedup}x_p{proportion}"
-                configs.append(save_subnet(result, folder / f"{name}.yaml"))
-                subnets.append({"name": name, **{k: v for k, v in result.items() if k not in ("model", "kwargs")}})
+    grid = list(itertools.product(section.subnets.families, section.subnets.speedups, section.subnets.proportions))
+    # a cold search times full-size models for minutes per subnet: say which one is being timed
+    progress = tqdm(grid, desc="searching subnets", unit="subnet", disable=not grid)
+    for family, speedup, proportion in progress:
+        name = f"{family}_{speedup}x_p{proportion}"
+        progress.set_postfix_str(name)
+        result = find_subnet(family, speedup, proportion, base={"img_size": img_size}, **section.subnets.search)
+        configs.append(save_subnet(result, folder / f"{name}.yaml"))
+        subnets.append({"name": name, **{k: v for k, v in result.items() if k not in ("model", "kwargs")}})
     return configs, subnets
 
 
