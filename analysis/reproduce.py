@@ -111,14 +111,17 @@ def run_stages(preset: Preset, preset_name: str, out: Path, only: set[str]) -> P
     """The whole pipeline: data, each stage (its files and time into the manifest as it ends), then the notebooks
     and the report."""
     out.mkdir(parents=True, exist_ok=True)
-    progress = Progress([("data", preset.minutes.get("data", 1))])
-    started = progress.begin(0)
-    ctx = Context(out, preset.runs, prepare_data(preset.data), preset.device)
-    progress.end(0, started)
+    ctx = Context(out, preset.runs, "", preset.device)  # the stages read ctx.data when they run, after "data"
     stages = stage_table(preset, ctx, only)
     base = [s.name.split(" (")[0] for s in stages]  # a figure read at several budgets shares its minutes
-    progress.stages += [(s.name, preset.minutes.get(b, 1) / base.count(b)) for s, b in zip(stages, base)]
-    progress.stages += [("notebooks and report", preset.minutes.get("report", 1))]
+    progress = Progress(
+        [("data", preset.minutes.get("data", 1))]
+        + [(s.name, preset.minutes.get(b, 1) / base.count(b)) for s, b in zip(stages, base)]
+        + [("notebooks and report", preset.minutes.get("report", 1))]
+    )
+    started = progress.begin(0)
+    ctx.data = prepare_data(preset.data)
+    progress.end(0, started)
     device = device_description(ctx.device)
     for index, stage in enumerate(stages, start=1):
         started = progress.begin(index)

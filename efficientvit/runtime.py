@@ -31,7 +31,10 @@ if TYPE_CHECKING:
     from .train_config import TrainConfig
 
 EXTRAS = "pip install 'efficientvit-lab[bench]'"  # onnx and onnxruntime
-TUNE_ROUNDS = 5  # timed training steps per mode when the trainer chooses its mode
+TUNE_ROUNDS = 10  # timed training steps per mode when the trainer chooses its mode
+# bf16 or compile replace fp32 eager only when the trial measures them at least this much faster: a short trial's
+# medians vary by about that much (the DeiT proxy's bf16 step, 7% slower, was once chosen), and fp32 is exact
+MODE_MARGIN = 1.05
 TUNE_MIN_STEPS = 50  # shorter runs (tests, smoke runs) skip that measurement: it would cost more than it could save
 # Before a compiled step is measured: what compiling costs (the CPU proxies: 15-95 s, forward and backward) and how
 # much faster it might then run. Compiling is timed only where these say it could pay: on runs of tens of minutes.
@@ -149,8 +152,14 @@ class Speed:
 
 
 def fastest(steps_per_s: dict[Speed, float], setup_seconds: dict[Speed, float], total_steps: int) -> Speed:
-    """The mode that finishes `total_steps` training steps first, its setup (compiling) included."""
-    return min(steps_per_s, key=lambda speed: setup_seconds.get(speed, 0.0) + total_steps / steps_per_s[speed])
+    """The mode that finishes `total_steps` training steps first, its setup (compiling) included; a mode with bf16
+    or compile is charged MODE_MARGIN on its steps, so it wins over fp32 eager only when clearly faster."""
+
+    def finish(speed: Speed) -> float:
+        margin = MODE_MARGIN if speed.bf16 or speed.compile else 1.0
+        return setup_seconds.get(speed, 0.0) + margin * total_steps / steps_per_s[speed]
+
+    return min(steps_per_s, key=finish)
 
 
 def choose_speed(

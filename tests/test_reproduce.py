@@ -1,5 +1,6 @@
 """The reproduction pipeline end to end on a micro preset (tiny data, tiny models), and its resume."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -144,6 +145,9 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     assert all(t["runs"] == 2 for t in stage_timing(out).values())  # a resumed stage adds its time
     printed = capsys.readouterr().out
     assert "training deit_full" not in printed and "resumed" not in printed  # no proxy or fine-tuning trained again
+    numbered = re.findall(r"^\[(\d+)/(\d+)\] (.+?):", printed, flags=re.M)  # data, 9 stages, report: one count
+    assert [(int(i), int(n)) for i, n, _ in numbered] == [(i, 11) for i in range(1, 12)]
+    assert numbered[0][2] == "data" and numbered[-1][2] == "notebooks and report"
 
 
 def test_shards_train_their_share_and_the_unsharded_run_trains_nothing_again(preset, tmp_path, capsys):
@@ -202,6 +206,7 @@ def test_a_preset_whose_figure_reads_an_untrained_proxy_is_refused(monkeypatch):
         (lambda v: v["fig5"]["pruning"].update(ratio="many"), "ratio must be a number"),
         (lambda v: v["fig4"]["similarity"].update(data="elsewhere"), "unknown key 'data'"),  # the pipeline's to set
         (lambda v: v.update(fig6={}), "unknown key 'fig6'.*did you mean 'fig5'"),
+        (lambda v: v["fig3"]["search"].update(roudns=2), "unknown key 'roudns' in fig3: search.*did you mean 'rounds'"),
     ],
 )
 def test_a_misspelt_or_mistyped_preset_key_is_one_sentence(monkeypatch, change, message):

@@ -34,6 +34,9 @@ def test_the_fastest_mode_pays_for_its_compilation_only_on_a_long_run():
     assert runtime.fastest(rates, setup, 400) == eager  # 100 s against 60 + 50 s
     assert runtime.fastest(rates, setup, 600) == compiled  # 150 s against 60 + 75 s
     assert runtime.fastest({eager: 4.0, compiled: 3.0}, {}, 10**6) == eager
+    bf16 = Speed(bf16=True)
+    assert runtime.fastest({eager: 4.0, bf16: 4.1}, {}, 10**6) == eager  # 2.5% faster is within a trial's noise
+    assert runtime.fastest({eager: 4.0, bf16: 4.4}, {}, 10**6) == bf16  # 10% is not
 
 
 def choice(monkeypatch, steps: int, measured: dict[tuple[bool, bool], float]) -> tuple[Speed, list[list[Speed]]]:

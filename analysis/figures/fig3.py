@@ -19,7 +19,7 @@ from analysis import mhsa_sweep
 from analysis.pipeline import Context, announce, family, read_tables, tool_settings, with_sidecar
 from analysis.published import paper_table
 from analysis.verdicts import NOT_REPRODUCED, Verdict, best_in_range
-from efficientvit.config import knob
+from efficientvit.config import knob, unknown_key
 from efficientvit.files import atomic_write_text
 from efficientvit.results import markdown_table, write_results
 from efficientvit.subnet import layer_costs
@@ -31,6 +31,7 @@ FOLDER = "mhsa_sweep"
 OWNED = ("config", "shard", "device", "out", "merge", "subnets_only")  # the pipeline sets these
 LINEAR_TOP1 = 84.0  # a linear classifier on Fashion-MNIST: a subnet below it has not learned enough to rank
 PAPER_SCALE = {"img_size": 224}  # the full models as the paper timed them
+SEARCH_BUDGET = ("batch_size", "seconds", "rounds", "steps")  # find_subnet's timing budget
 
 
 @dataclass
@@ -38,9 +39,13 @@ class Section:
     config: str = knob(help="the sweep YAML: training recipe, full model of each family, subnet search budget")
     sweep: dict = knob({}, "settings of analysis/mhsa_sweep.py (SweepConfig: families, speedups, proportions, seeds)")
     train: dict = knob({}, "training-config keys that differ from the sweep YAML's, e.g. {train_images: 10000}")
+    search: dict = knob({}, "subnet-search budget keys that differ from the sweep YAML's `subnet`, e.g. {rounds: 2}")
 
     def __post_init__(self):
         self.sweep = tool_settings(mhsa_sweep.SweepConfig, self.sweep, "fig3: sweep", OWNED)
+        for key in self.search:
+            if key not in SEARCH_BUDGET:
+                raise unknown_key(key, list(SEARCH_BUDGET), "fig3: search")
 
 
 def run(ctx: Context, section: Section, out: Path | None = None, shard: str = "0/1", subnets_only: bool = False):
@@ -49,6 +54,7 @@ def run(ctx: Context, section: Section, out: Path | None = None, shard: str = "0
     out = out or ctx.out
     sweep = mhsa_sweep.read_sweep_config(section.config)
     sweep["train"] = {**sweep["train"], **section.train, "data": str(ctx.data)}
+    sweep["subnet"] = {**sweep["subnet"], **section.search}
     sweep["runs"] = str(ctx.runs / "mhsa_sweep")
     if shard != "0/1":
         sweep["subnet"] = {**sweep["subnet"], "search": False}
