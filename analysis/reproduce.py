@@ -177,7 +177,10 @@ DESCRIPTION = (
 
 @dataclass
 class ReproduceConfig:
-    preset: str = knob("demo", "demo (~28 min on 2 cores), quick (smaller), paper (ImageNet, GPUs), or a preset YAML")
+    preset: str = knob(
+        "demo",
+        "demo (~19 min on 2 cores, 21 with the install), quick (smaller), paper (ImageNet, GPUs), or a preset YAML",
+    )
     out: Path | None = knob(None, "results folder (default results/<preset>: never the committed results/)")
     only: str = knob(",".join(FIGURES), "figures to run, e.g. fig2,fig4")
     data: str | None = knob(None, "data instead of the preset's: fashion-mnist or an ImageFolder root (e.g. ImageNet)")
