@@ -8,6 +8,12 @@ import torch
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
+def pytest_collection_modifyitems(items):
+    """The slow tests first (the order is otherwise kept): the two workers then share them from the start and end
+    together, instead of one running a minutes-long test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
