@@ -207,6 +207,7 @@ def test_a_preset_whose_figure_reads_an_untrained_proxy_is_refused(monkeypatch):
         (lambda v: v["fig4"]["similarity"].update(data="elsewhere"), "unknown key 'data'"),  # the pipeline's to set
         (lambda v: v.update(fig6={}), "unknown key 'fig6'.*did you mean 'fig5'"),
         (lambda v: v["fig3"]["search"].update(roudns=2), "unknown key 'roudns' in fig3: search.*did you mean 'rounds'"),
+        (lambda v: v["fig3"]["search"].update(rounds="two"), "fig3: search: rounds"),
     ],
 )
 def test_a_misspelt_or_mistyped_preset_key_is_one_sentence(monkeypatch, change, message):

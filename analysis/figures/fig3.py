@@ -19,7 +19,7 @@ from analysis import mhsa_sweep
 from analysis.pipeline import Context, announce, family, read_tables, tool_settings, with_sidecar
 from analysis.published import paper_table
 from analysis.verdicts import NOT_REPRODUCED, Verdict, best_in_range
-from efficientvit.config import knob, unknown_key
+from efficientvit.config import coerce, knob, unknown_key
 from efficientvit.files import atomic_write_text
 from efficientvit.results import markdown_table, write_results
 from efficientvit.subnet import layer_costs
@@ -31,7 +31,7 @@ FOLDER = "mhsa_sweep"
 OWNED = ("config", "shard", "device", "out", "merge", "subnets_only")  # the pipeline sets these
 LINEAR_TOP1 = 84.0  # a linear classifier on Fashion-MNIST: a subnet below it has not learned enough to rank
 PAPER_SCALE = {"img_size": 224}  # the full models as the paper timed them
-SEARCH_BUDGET = ("batch_size", "seconds", "rounds", "steps")  # find_subnet's timing budget
+SEARCH_BUDGET = {"batch_size": int, "seconds": float, "rounds": int, "steps": int}  # find_subnet's timing budget
 
 
 @dataclass
@@ -46,6 +46,9 @@ class Section:
         for key in self.search:
             if key not in SEARCH_BUDGET:
                 raise unknown_key(key, list(SEARCH_BUDGET), "fig3: search")
+        self.search = {
+            key: coerce(value, SEARCH_BUDGET[key], f"fig3: search: {key}") for key, value in self.search.items()
+        }
 
 
 def run(ctx: Context, section: Section, out: Path | None = None, shard: str = "0/1", subnets_only: bool = False):
