@@ -132,7 +132,15 @@ def compiled(graph: nn.Module, device: torch.device) -> nn.Module:
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True  # constant weights: prepacked, BN/ReLU/add fused into the convs
-    return torch.compile(graph)
+    return torch.compile(graph, options={"guard_filter_fn": identity_guards_only})
+
+
+def identity_guards_only(guards: list) -> list[bool]:
+    """Which of dynamo's guards a compiled bench model keeps: all but those re-checking its modules' attributes
+    (hook dicts, flags, types) before every call, a cost that grows with the Python logic of a block and is timed
+    with the model. A timed model never changes after compiling (freezing already assumes it of the weights); the
+    identity checks on its parameters stay, so two models of one class never share a compiled graph."""
+    return [g.guard_type == "ID_MATCH" or not g.orig_guard.source.is_unspecialized_nn_module() for g in guards]
 
 
 def prepare(

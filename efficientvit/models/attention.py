@@ -91,7 +91,9 @@ class CascadedGroupAttention(nn.Module):
 
     Each head runs softmax(Q K^T * scale + bias) V as `baddbmm`, softmax, `bmm`: for windows of 49 tokens and
     16-wide keys that is faster on CPU than `F.scaled_dot_product_attention` (whose CPU kernels are built for long
-    sequences) and than timm's scale, matmul, add. The maps exist anyway, so taps cost nothing.
+    sequences) and than timm's scale, matmul, add. Under torch.compile it is matmul, scale, add, which inductor
+    fuses with the softmax (its `baddbmm` would first copy the bias out to every image). The maps exist anyway,
+    so taps cost nothing.
     Heads follow the input's memory format, so a channels-last model never converts back and forth.
 
     After structured pruning (analysis/taylor_pruning.py) a head keeps `qk_dim` of its `key_dim` Q/K channels and
@@ -182,7 +184,10 @@ class CascadedGroupAttention(nn.Module):
             if self.dws:
                 q = self.dws[i](q)
             q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)  # (B, channels, N), views in either layout
-            attn = torch.baddbmm(bias[i], q.transpose(1, 2), k, alpha=self.scale).softmax(dim=-1)
+            if torch.compiler.is_compiling():
+                attn = (torch.bmm(q.transpose(1, 2), k) * self.scale + bias[i]).softmax(dim=-1)
+            else:
+                attn = torch.baddbmm(bias[i], q.transpose(1, 2), k, alpha=self.scale).softmax(dim=-1)
             if token_major:
                 out = torch.bmm(attn, v.transpose(1, 2)).transpose(1, 2)
             else:
@@ -230,18 +235,15 @@ class LocalWindowAttention(nn.Module):
             return self.attn(x)
         pad_b, pad_r = -H % wh, -W % ww
         nh, nw = (H + pad_b) // wh, (W + pad_r) // ww
-        if is_channels_last(x):
-            # Memory order is (B, H, W, C): gather the windows in it, so they reach the heads channels-last too.
-            x = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, pad_r, 0, pad_b))
-            x = x.view(B, nh, wh, nw, ww, C).transpose(2, 3).reshape(-1, wh, ww, C).permute(0, 3, 1, 2)
-            x = self.attn(x).permute(0, 2, 3, 1)
-            x = x.reshape(B, nh, nw, wh, ww, C).transpose(2, 3).reshape(B, nh * wh, nw * ww, C)
-            return x[:, :H, :W].permute(0, 3, 1, 2)
-        x = F.pad(x, (0, pad_r, 0, pad_b))
-        x = x.view(B, C, nh, wh, nw, ww).permute(0, 2, 4, 1, 3, 5).reshape(B * nh * nw, C, wh, ww)
-        x = self.attn(x)
-        x = x.view(B, nh, nw, C, wh, ww).permute(0, 3, 1, 4, 2, 5).reshape(B, C, nh * wh, nw * ww)
-        return x[:, :, :H, :W]
+        # Windows are gathered in (B, H, W, C) order in either memory format: channels stay innermost, so a
+        # channels-last model never converts, and in an exported graph the permutes cancel against the NHWC
+        # layout of onnxruntime's int8 convolutions (gathered channel-major, each window row moves 7 floats at a time)
+        layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        x = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, pad_r, 0, pad_b))
+        x = x.view(B, nh, wh, nw, ww, C).transpose(2, 3).reshape(-1, wh, ww, C).permute(0, 3, 1, 2)
+        x = self.attn(x.contiguous(memory_format=layout)).permute(0, 2, 3, 1)
+        x = x.reshape(B, nh, nw, wh, ww, C).transpose(2, 3).reshape(B, nh * wh, nw * ww, C)
+        return x[:, :H, :W].permute(0, 3, 1, 2).contiguous(memory_format=layout)
 
 
 class TokenAttention(nn.Module):
