@@ -108,6 +108,10 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     assert "Not run" not in text
     runs = tmp_path / "runs"
     assert {p.name for p in (runs / "deit_full" / "snapshots").iterdir()} == {"epoch_1.pth", "epoch_2.pth"}
+    summary = pd.read_csv(out / "proxies" / "summary.csv")  # at the longest budget: 2 epochs of the 16 images
+    assert list(summary["images_seen"]) == [32, 32]
+    rates = pd.read_csv(runs / "deit_full" / "metrics.csv")["train_img_s"]
+    assert summary["train_img_s"].iloc[0] == pytest.approx(rates.median())  # a slowed epoch does not set it
     pruned = pd.read_csv(out / "pruned" / "summary.csv")  # pruned at each budget, fine-tuned at the longest
     assert list(pruned["proxy"]) == ["deit_full", "deit_full"] and list(pruned["budget"]) == [1, 2]
     assert pruned["top1_finetuned"].notna().tolist() == [False, True]

@@ -118,6 +118,7 @@ def describe(name: str, config: TrainConfig, metrics: pd.DataFrame) -> dict:
     """One row of the summary: a run as far as it has trained."""
     dataset = open_split(config.data, "train", config.img_size)
     final = metrics.iloc[-1]
+    pool = min(len(dataset), config.train_images or len(dataset))
     return {
         "proxy": name,
         "seed": config.seed,
@@ -125,11 +126,13 @@ def describe(name: str, config: TrainConfig, metrics: pd.DataFrame) -> dict:
         "attention": config.model_kwargs.get("attention", "full"),
         "params": count_params(model_from_checkpoint(Path(config.out) / "checkpoint.pth")),
         "epochs": int(final["epoch"]),
-        "train_images": min(len(dataset), config.train_images or len(dataset)),
+        "train_images": pool,
+        "images_seen": int(final["epoch"]) * (config.epoch_images or pool),
         "classes": len(dataset.classes),
         "top1": final["val_top1"],
         "top5": final["val_top5"],
-        "train_img_s": final["train_img_s"],
+        # the median epoch: an epoch slowed by something else on the machine (or a paused one) does not set it
+        "train_img_s": metrics["train_img_s"].median(),
         "train_minutes": metrics["epoch_seconds"].sum() / 60,
     }
 
@@ -173,14 +176,17 @@ def report(out: Path) -> list[str]:
             "params": summary["params"].map("{:,}".format),
             "epochs": summary["epochs"],
             "training images": summary["train_images"].map("{:,}".format),
+            **({"images seen": summary["images_seen"].map("{:,}".format)} if "images_seen" in summary else {}),
             "top-1": summary["top1"].map("{:.1f}%".format),
             "top-5": summary["top5"].map("{:.1f}%".format),
-            "train img/s": summary["train_img_s"].map("{:.0f}".format),
+            "train img/s (median epoch)": summary["train_img_s"].map("{:.0f}".format),
             "minutes": summary["train_minutes"].map("{:.1f}".format),
         }
     )
     return markdown_table(cells) + [
         "",
         "Every analysis below reads these trained proxies (top-1 on the held-out split; the figure shows "
-        "each one's training loss, so how far from its plateau it stopped).",
+        "each one's training loss, so how far from its plateau it stopped). Training images: the pool drawn from; "
+        "images seen: the epochs times the images per epoch; minutes: the epochs' wall time, including whatever "
+        "else the machine ran meanwhile.",
     ]
