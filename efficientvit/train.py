@@ -285,7 +285,7 @@ class State:
     epoch: int = 0
     history: list = field(default_factory=list)
     curve: list = field(default_factory=list)
-    stopped: bool = False  # at the plateau: no more epochs, even when resumed
+    stopped: bool = False  # at the plateau: no more epochs, even when resumed (unless without the rule)
 
 
 def resume_path(out: Path, resume: bool | str, main: bool) -> Path | None:
@@ -431,7 +431,7 @@ def save_epoch(config: TrainConfig, state: State, world: int, main: bool) -> Non
 
 class RunStatus(NamedTuple):
     epochs_done: int
-    finished: bool  # all of config.epochs done, or stopped at the plateau: training it again changes nothing
+    finished: bool  # all of config.epochs done, or stopped at the plateau (rule still on): training changes nothing
 
 
 def status(config: TrainConfig) -> RunStatus:
@@ -442,7 +442,8 @@ def status(config: TrainConfig) -> RunStatus:
     if not rows:
         return RunStatus(0, False)
     done = int(rows[-1]["epoch"])
-    return RunStatus(done, done >= config.epochs or rows[-1].get("stopped") == "True")
+    stopped = rows[-1].get("stopped") == "True" and config.plateau is not None
+    return RunStatus(done, done >= config.epochs or stopped)
 
 
 def train(config: TrainConfig, resume: bool | str = False, until: int | None = None) -> list[dict]:
@@ -469,6 +470,8 @@ def train_process(
     state = run.state
     if checkpoint is not None:
         restore(state, checkpoint, checkpoint_path, rank)
+        # a plateau stop binds while the rule does: resumed without it (plateau null), the run trains on to `epochs`
+        state.stopped = state.stopped and config.plateau is not None
         if main:
             print(f"resumed {checkpoint_path} after epoch {state.epoch}" + (" (at its plateau)" * state.stopped))
     if main:

@@ -362,6 +362,10 @@ def test_a_run_at_its_plateau_stops_snapshots_and_stays_stopped(tmp_path, capsys
     assert status(config) == RunStatus(epochs_done=2, finished=True)
     assert len(train(config, resume=True)) == 2  # resumed, it trains no further
     assert "at its plateau" in capsys.readouterr().out
+    without_rule = make_config({**settings, "plateau": None, "out": str(out)})  # the stop binds while the rule does
+    assert status(without_rule) == RunStatus(epochs_done=2, finished=False)
+    assert [row["epoch"] for row in train(without_rule, resume=True)] == [1, 2, 3, 4]
+    assert status(without_rule) == RunStatus(epochs_done=4, finished=True)
     unstopped = make_config({**settings, "plateau": None, "out": str(tmp_path / "u")})
     assert status(unstopped) == RunStatus(0, False) and len(train(unstopped, until=2)) == 2
     assert status(unstopped) == RunStatus(2, False)
