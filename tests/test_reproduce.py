@@ -15,6 +15,7 @@ from analysis.report import write_report
 from analysis.reproduce import reproduce
 from efficientvit.config import config_from_dict
 from efficientvit.errors import UserError
+from efficientvit.results import write_results
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 
@@ -281,6 +282,37 @@ def test_report_marks_subnets_that_missed_their_speedup_and_lists_actual_proport
     assert "| deit_tiny_1.5x_p0.75 | 0.75 | 1.5x (1.30x **missed**) |" in fig2 and "1 paired subnet series" in fig2
     fig4 = text.split("## Figure 4")[1].split("## Figure 5")[0]
     assert "1 vs 1 runs: **inconclusive**" in fig4  # one proxy per kind: no verdict from a single run
+
+
+def test_the_proxies_section_says_how_far_they_learned_and_names_a_diverged_run(tmp_path):
+    """Top-1 at each budget over seeds, against a linear classifier and the learned level, still rising or not."""
+    top1 = {0: [66, 72, 78, 84, 90], 1: [67, 73, 79, 85, 91], 2: [66, 72, 30, 70, 83]}  # seed 2 diverges in epoch 3
+    curves = pd.DataFrame(
+        [
+            {"epoch": epoch, "proxy": f"deit_full_seed{seed}", "val_top1": float(value)}
+            for seed, values in top1.items()
+            for epoch, value in enumerate(values, start=1)
+        ]
+    )
+    summary = pd.DataFrame(
+        [
+            {"proxy": f"deit_full_seed{seed}", "model": "deit_tiny", "attention": "full", "params": 1000, "epochs": 5}
+            | {"train_images": 100, "top1": float(values[-1]), "top5": 99.0, "train_img_s": 10.0, "train_minutes": 1.0}
+            for seed, values in top1.items()
+        ]
+    )
+    out = tmp_path / "results"
+    write_results(summary, out / "proxies" / "summary.csv", {"proxies": {"budgets": [1, 5]}})
+    write_results(curves, out / "proxies" / "curves.csv", {})
+    text = "\n".join(proxies.report(out))
+    assert "| proxy | after 1 ep | after 5 ep |" in text
+    assert "| deit_full | 66.3 (66.0-67.0) | 88.0 (83.0-91.0) |" in text
+    assert "2 of 3 runs reach 88% top-1" in text and "1 stay below a linear classifier" in text
+    assert "deit_full_seed2 (83.0%)" in text and "still learning when their schedule ended" in text
+    assert "deit_full_seed2 lost 42 points of top-1 in epoch 3 (72.0% to 30.0%" in text
+    flat = curves.assign(val_top1=curves["val_top1"].where(curves["epoch"] < 3, 91.0))  # no gain over the last two
+    write_results(flat, out / "proxies" / "curves.csv", {})
+    assert "levelled off (a plateau)" in "\n".join(proxies.report(out))
 
 
 def test_the_reference_preset_trains_three_seeds_through_their_schedule_and_reads_them_along_training(monkeypatch):

@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from analysis import mhsa_sweep
+from analysis.figures.proxies import LINEAR_TOP1
 from analysis.pipeline import Context, announce, family, read_tables, tool_settings, with_sidecar
 from analysis.published import paper_table
 from analysis.verdicts import NOT_REPRODUCED, Verdict, best_in_range
@@ -29,7 +30,6 @@ TITLE = "Figure 3: MHSA proportion of throughput-matched subnets"
 FIGURE = "fig3_mhsa_sweep.png"
 FOLDER = "mhsa_sweep"
 OWNED = ("config", "shard", "device", "out", "merge", "subnets_only")  # the pipeline sets these
-LINEAR_TOP1 = 84.0  # a linear classifier on Fashion-MNIST: a subnet below it has not learned enough to rank
 PAPER_SCALE = {"img_size": 224}  # the full models as the paper timed them
 SEARCH_BUDGET = {"batch_size": int, "seconds": float, "rounds": int, "steps": int}  # find_subnet's timing budget
 

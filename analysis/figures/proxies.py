@@ -13,6 +13,7 @@ at its plateau.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,11 @@ STAGE = "proxies"
 TITLE = "The proxies"
 FIGURE = "proxies_training.png"
 FOLDER = "proxies"
+# How far a Fashion-MNIST proxy has learned, in points of top-1 on the held-out split:
+LINEAR_TOP1 = 84.0  # a linear classifier on the pixels (the data set's own benchmark): below it, little is learned
+LEARNED_TOP1 = 88.0  # clearly beyond a linear model: the level this project asks of a converged proxy
+PLATEAU_GAIN = 0.3  # a run that gained less over its last two epochs has levelled off (the training's plateau rule)
+COLLAPSE_DROP = 10.0  # a run that lost more from one epoch to the next diverged (its loss spiked) on the way
 
 
 @dataclass
@@ -163,6 +169,80 @@ def summarize(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
     return tables["summary"].drop(columns="source")
 
 
+def read_budgets(out: Path) -> list[int]:
+    """The budgets the run read its proxies at (the summary's sidecar), or none for a folder without one."""
+    sidecar = out / FOLDER / "summary.json"
+    if not sidecar.exists():
+        return []
+    return json.loads(sidecar.read_text())["arguments"].get("proxies", {}).get("budgets", [])
+
+
+def scores(curves: pd.DataFrame) -> pd.DataFrame:
+    """One row per run and finished epoch: its held-out top-1, and the proxy it is a seed of."""
+    found = curves.dropna(subset=["val_top1"])[["proxy", "epoch", "val_top1"]]
+    return found.assign(model=found["proxy"].str.replace(r"_seed\d+$", "", regex=True))
+
+
+def along_training(found: pd.DataFrame, budgets: list[int]) -> list[str]:
+    """Each proxy's top-1 at every budget (and at the end, where a run ended elsewhere): the mean over its seeds,
+    lowest and highest."""
+    last = found.sort_values("epoch").groupby("proxy").tail(1)
+    points = found[found["epoch"].isin(budgets)]
+    if not set(last["epoch"]) <= set(budgets):
+        points = pd.concat([points, last.assign(epoch=float("inf"))])
+    cells = points.groupby(["model", "epoch"])["val_top1"].agg(
+        lambda top1: f"{top1.mean():.1f} ({top1.min():.1f}-{top1.max():.1f})" if len(top1) > 1 else f"{top1.mean():.1f}"
+    )
+    table = cells.unstack("epoch")
+    table.columns = [f"after {epoch:g} ep" if epoch < float("inf") else "at the end" for epoch in table.columns]
+    return [
+        "Top-1 along training, % (the mean of the seeds, lowest-highest):",
+        "",
+        *markdown_table(table.reset_index().rename(columns={"model": "proxy"}).fillna("-")),
+    ]
+
+
+def how_far_learned(summary: pd.DataFrame, found: pd.DataFrame) -> list[str]:
+    """Whether the longest training reached a learned model: against a linear classifier and LEARNED_TOP1, whether
+    the runs were still gaining at their end, and which runs diverged on the way."""
+    runs = len(summary)
+    learned = int((summary["top1"] >= LEARNED_TOP1).sum())
+    below = summary[summary["top1"] < LINEAR_TOP1]
+    named = ", ".join(f"{row.proxy} ({row.top1:.1f}%)" for row in below.itertuples())
+    lines = [
+        f"At the end of their training {learned} of {runs} runs reach {LEARNED_TOP1:.0f}% top-1, the level at which "
+        f"this project calls a Fashion-MNIST proxy learned; {len(below)} stay below a linear classifier (about "
+        f"{LINEAR_TOP1:.0f}%)" + (f": {named}." if named else ".")
+    ]
+    gains = {}
+    for proxy, group in found.sort_values("epoch").groupby("proxy"):
+        earlier = group[group["epoch"] <= group["epoch"].max() - 2]
+        if not earlier.empty:
+            gains[proxy] = group["val_top1"].iloc[-1] - earlier["val_top1"].iloc[-1]
+    if gains:
+        gains = pd.Series(gains)
+        rising = int((gains >= PLATEAU_GAIN).sum())
+        state = (
+            "still learning when their schedule ended, not at a plateau"
+            if gains.median() >= PLATEAU_GAIN
+            else "levelled off (a plateau)"
+        )
+        lines.append(
+            f"Over their last two epochs the runs gained {gains.median():+.1f} points of top-1 (median; {rising} of "
+            f"{len(gains)} at least {PLATEAU_GAIN} points): {state}."
+        )
+    for proxy, group in found.sort_values("epoch").groupby("proxy"):
+        drops = group["val_top1"].diff()
+        for at in drops.index[drops < -COLLAPSE_DROP]:
+            before = group["val_top1"].shift(1)[at]
+            lines.append(
+                f"{proxy} lost {before - group['val_top1'][at]:.0f} points of top-1 in epoch {group['epoch'][at]:g} "
+                f"({before:.1f}% to {group['val_top1'][at]:.1f}%: its training diverged and recovered) and ended at "
+                f"{group['val_top1'].iloc[-1]:.1f}%."
+            )
+    return lines
+
+
 def report(out: Path) -> list[str]:
     found = tables(out)
     if found["summary"] is None:
@@ -183,10 +263,14 @@ def report(out: Path) -> list[str]:
             "minutes": summary["train_minutes"].map("{:.1f}".format),
         }
     )
-    return markdown_table(cells) + [
+    lines = markdown_table(cells) + [
         "",
         "Every analysis below reads these trained proxies (top-1 on the held-out split; the figure shows "
         "each one's training loss, so how far from its plateau it stopped). Training images: the pool drawn from; "
         "images seen: the epochs times the images per epoch; minutes: the epochs' wall time, including whatever "
         "else the machine ran meanwhile.",
     ]
+    if found["curves"] is not None:
+        learned = scores(found["curves"])
+        lines += ["", *along_training(learned, read_budgets(out)), "", *how_far_learned(summary, learned)]
+    return lines
