@@ -8,6 +8,7 @@ The paper's values are the CSVs in analysis/published/ (Table 2 exact, Figs. 3-5
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,43 @@ def timing_section(out: Path) -> list[str]:
     return markdown_table(pd.DataFrame(rows, columns=["stage", "minutes", "runs", "device"])) + [""]
 
 
+def ran(stage: str, stages: set[str] | None) -> bool:
+    """Whether the run did `stage` (at any budget); a folder without a manifest did everything it holds."""
+    return stages is None or any(name == stage or name.startswith(f"{stage} (") for name in stages)
+
+
+def glance_section(out: Path, stages: set[str] | None) -> list[str]:
+    """Every finding tested, its evidence and verdict at the longest training budget, in one table."""
+    rows = [
+        dataclasses.asdict(finding)
+        for _, stage, _, modules in SECTIONS[1:]
+        if ran(stage, stages)
+        for module in modules
+        for finding in module.glance(out)
+    ]
+    if not rows:
+        return []
+    table = pd.DataFrame(rows).assign(verdict=lambda f: "**" + f["verdict"] + "**")
+    table.columns = [
+        "figure",
+        "the paper's finding",
+        "tested here on",
+        "effect [95% interval], runs",
+        "verdict",
+        "control",
+        "paper",
+    ]
+    return [
+        "## The findings at a glance",
+        "",
+        "Each finding at the longest training budget (effects in points; the sections below give every budget, "
+        "the tables behind each effect and what the controls say):",
+        "",
+        *markdown_table(table),
+        "",
+    ]
+
+
 def write_report(out: Path, preset: str, data: str) -> Path:
     """REPORT.md from the files the run's manifest lists; a stage the manifest lacks is said to be missing."""
     stages = recorded_stages(out)
@@ -68,12 +106,13 @@ def write_report(out: Path, preset: str, data: str) -> Path:
         *timing_section(out),
         RULES,
         "",
+        *glance_section(out, stages),
     ]
     for title, stage, figure, modules in SECTIONS:
         lines += [f"## {title}", ""]
         if (out / "figures" / figure).exists():
             lines += [f"![{title}](figures/{figure})", ""]
-        if stages is None or any(name == stage or name.startswith(f"{stage} (") for name in stages):
+        if ran(stage, stages):
             lines += [line for module in modules for line in module.report(out)]
         else:
             lines.append(f"Not run: this results folder's manifest has no `{stage}` stage.")

@@ -35,12 +35,32 @@ class Verdict:
     high: float
     runs: str  # how many runs decided it, e.g. "3 vs 3 seeds"
 
-    def describe(self, unit: str = "", where: str = "at proxy scale") -> str:
-        """The effect, its interval, the runs and the verdict in words; `where` says what "not reproduced" is about
-        (our proxies, this CPU)."""
+    def evidence(self, unit: str = "") -> str:
+        """The effect, its interval and the runs behind it."""
         interval = "" if np.isnan(self.low) else f" [{self.low:.1f}, {self.high:.1f}]{unit}"
-        word = f"{self.verdict} {where}" if self.verdict == NOT_REPRODUCED else self.verdict
-        return f"{self.effect:+.1f}{unit}{interval}, {self.runs}: **{word}**"
+        return f"{self.effect:+.1f}{unit}{interval}, {self.runs}"
+
+    def word(self, where: str = "at proxy scale") -> str:
+        """The verdict; `where` says what "not reproduced" is about (our proxies, this CPU)."""
+        return f"{self.verdict} {where}" if self.verdict == NOT_REPRODUCED else self.verdict
+
+    def describe(self, unit: str = "", where: str = "at proxy scale") -> str:
+        """The effect, its interval, the runs and the verdict in words."""
+        return f"{self.evidence(unit)}: **{self.word(where)}**"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One of the paper's findings as tested here, a row of the report's table at a glance (each figure module's
+    `glance`): the evidence and verdict at the longest training budget."""
+
+    figure: str  # Fig. 2, Fig. 3, ...
+    claim: str  # the paper's finding, in its words
+    tested_on: str  # the models and measurement it was tested on here
+    evidence: str  # the effect, its interval and the runs
+    verdict: str  # reproduced, not reproduced (at proxy scale / on this CPU), inconclusive
+    control: str = "-"  # the same comparison on the control measurement, where there is one
+    paper: str = "-"  # the paper's value of the same effect
 
 
 def compare(a, b, expect: str = "greater", paired: bool = False, unit: str = "runs") -> Verdict:

@@ -1,6 +1,6 @@
 import os
 
-import huggingface_hub
+import huggingface_hub.constants
 import pytest
 import torch
 

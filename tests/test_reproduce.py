@@ -284,6 +284,31 @@ def test_report_marks_subnets_that_missed_their_speedup_and_lists_actual_proport
     assert "1 vs 1 runs: **inconclusive**" in fig4  # one proxy per kind: no verdict from a single run
 
 
+def test_the_report_opens_with_every_finding_and_the_verdict_its_section_gives(tmp_path):
+    out = tmp_path / "results"
+    shutil.copytree(FIXTURES, out)
+    text = write_report(out, "micro", "fixture").read_text()
+    glance = text.split("## The findings at a glance")[1].split("## The proxies")[0]
+    rows = [line for line in glance.splitlines() if line.startswith("| Fig.") or line.startswith("| design")]
+    assert [row.split(" | ")[0] for row in rows] == ["| Fig. 2"] * 2 + ["| Fig. 3"] * 2 + ["| Fig. 4"] * 4 + [
+        "| Fig. 5"
+    ] * 3 + ["| design"]
+    fig3 = text.split("## Figure 3")[1].split("## Figure 4")[0]
+    assert "1.25x, 5 throughput-matched points: best inside 20-40% in 0%" in fig3  # the section's verdicts ...
+    assert "1.5x, 4 throughput-matched points: best inside 20-40% in 100%" in fig3
+    assert "| deit_tiny subnets at 1.25x, 5 proportions, after 2 epochs | best inside 20-40% in 0% of" in glance
+    assert "| **not reproduced at proxy scale** |" in rows[2] and "| **reproduced** |" in rows[3]  # ... the same
+    fig5 = text.split("## Figure 5")[1]
+    design = "-0.9 [-3.9, 2.1], 2 vs 2 trainings"
+    assert f"{design}: **inconclusive**" in fig5 and f"| {design} | **inconclusive** |" in rows[-1]
+    assert "+16.7 (ImageNet)" in glance and "-46.2 (Swin-T, ImageNet)" in glance  # the paper's values beside
+    stages = {"fig4": "head_similarity", "fig5": "taylor_pruning"}  # a run without Figs. 2, 3 and the design
+    for stage, folder in stages.items():
+        record_outputs(out, stage, sorted((out / folder).glob("*")))
+    glance = write_report(out, "micro", "fixture").read_text().split("## The proxies")[0]
+    assert "| Fig. 4 |" in glance and "| Fig. 2 |" not in glance and "| design |" not in glance
+
+
 def test_the_proxies_section_says_how_far_they_learned_and_names_a_diverged_run(tmp_path):
     """Top-1 at each budget over seeds, against a linear classifier and the learned level, still rising or not."""
     top1 = {0: [66, 72, 78, 84, 90], 1: [67, 73, 79, 85, 91], 2: [66, 72, 30, 70, 83]}  # seed 2 diverges in epoch 3

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from analysis import memory_profile
 from analysis.pipeline import Context, announce, listed_outputs, read_tables, tool_settings, with_sidecar
 from analysis.published import paper_table
-from analysis.verdicts import compare
+from analysis.verdicts import Finding, Verdict, compare
 from efficientvit.config import knob
 from efficientvit.results import markdown_table, write_results
 from efficientvit.subnet import find_subnet, save_subnet
@@ -29,6 +29,8 @@ TITLE = "Figure 2: memory-bound operations"
 FIGURE = "fig2_memory_bound.png"
 FOLDER = "memory_profile"
 OWNED = ("subnet_config", "device", "out", "fresh")  # the pipeline sets these
+HEAVIER = "memory-bound operations weigh more inside attention than inside FFN"
+TREND = "fewer MHSA layers, a smaller memory-bound share"
 
 
 @dataclass
@@ -118,18 +120,26 @@ def scope_shares(eager: pd.DataFrame) -> pd.DataFrame:
     return per_scope.dropna()
 
 
-def trend(shares: pd.DataFrame, subnets: pd.DataFrame) -> str:
+def heavier(per_scope: pd.DataFrame) -> Verdict:
+    """Attention's memory-bound share of its own time minus FFN's, paired within each profiled model."""
+    return compare(100 * per_scope["attention"], 100 * per_scope["ffn"], "greater", paired=True, unit="models")
+
+
+def trend(shares: pd.DataFrame, subnets: pd.DataFrame) -> Verdict | None:
     """The pipeline's subnets (<family>_<speed-up>x_p<proportion>) that met their speed-up, as a series per family
-    and speed-up: the most MHSA layers against the fewest, paired within each series."""
+    and speed-up: the most MHSA layers against the fewest, paired within each series (None: no such series)."""
     matched = shares[shares["name"].isin(subnets.index[subnets["met"].astype(bool)])]
     series = matched.assign(series=matched["name"].str.extract(r"^(.+x)_p[\d.]+$")[0])
     ends = series.sort_values("mhsa_proportion").groupby("series")["share"].agg(["first", "last", "count"])
     ends = ends[ends["count"] > 1]
     if not len(ends):
-        return "no series of two or more throughput-matched subnets: not tested"
-    return compare(100 * ends["last"], 100 * ends["first"], "greater", paired=True, unit="subnet series").describe(
-        where="on this CPU"
-    )
+        return None
+    return compare(100 * ends["last"], 100 * ends["first"], "greater", paired=True, unit="subnet series")
+
+
+def subnet_table(found: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
+    """The profiled subnets by name (empty when the run profiled none)."""
+    return found["subnets"].set_index("name") if found["subnets"] is not None else pd.DataFrame(columns=["met"])
 
 
 def speed(name: str, subnets: pd.DataFrame) -> str:
@@ -146,8 +156,7 @@ def report(out: Path) -> list[str]:
     if frame is None:
         return ["Not run."]
     lines = mode_lines(frame) if frame["mode"].nunique() > 1 else []
-    subnets = found["subnets"].set_index("name") if found["subnets"] is not None else pd.DataFrame(columns=["met"])
-    shares = summarize(found)
+    subnets, shares = subnet_table(found), summarize(found)
     lines += markdown_table(
         pd.DataFrame(
             {
@@ -159,7 +168,7 @@ def report(out: Path) -> list[str]:
         )
     )
     per_scope = scope_shares(frame[frame["mode"] == "eager"])
-    heavier = compare(100 * per_scope["attention"], 100 * per_scope["ffn"], "greater", paired=True, unit="models")
+    series = trend(shares, subnets)
     lines += ["", "Share of each layer kind's own time that is memory-bound (models with both kinds of layer):", ""]
     lines += markdown_table(
         pd.DataFrame(
@@ -175,9 +184,33 @@ def report(out: Path) -> list[str]:
         "",
         f"Paper ({paper.device}, PyTorch profiler): {paper.memory_bound_pct}% of Swin-T-1.25x's runtime "
         f"({100 * paper.mhsa_proportion:.0f}% MHSA) is memory-bound, most of it inside MHSA.",
-        'Finding "memory-bound operations weigh more inside attention than inside FFN" (attention minus FFN, '
-        f"points, paired within each profiled model): {heavier.describe(where='on this CPU')} here (CPU).",
-        'Finding "fewer MHSA layers, a smaller memory-bound share" (the throughput-matched subnet with the most '
-        "MHSA layers minus the one with the fewest, points, paired within each family and speed-up, one profile "
-        f"each; subnets that missed their speed-up left out): {trend(shares, subnets)}.",
+        f'Finding "{HEAVIER}" (attention minus FFN, points, paired within each profiled model): '
+        f"{heavier(per_scope).describe(where='on this CPU')} here (CPU).",
+        f'Finding "{TREND}" (the throughput-matched subnet with the most MHSA layers minus the one with the fewest, '
+        "points, paired within each family and speed-up, one profile each; subnets that missed their speed-up left "
+        "out): "
+        + (
+            series.describe(where="on this CPU")
+            if series
+            else "no series of two or more throughput-matched subnets: not tested"
+        )
+        + ".",
+    ]
+
+
+def glance(out: Path) -> list[Finding]:
+    """Both findings for the report's table at a glance."""
+    found = tables(out)
+    if found["profile"] is None:
+        return []
+    eager = found["profile"][found["profile"]["mode"] == "eager"]
+    rows = [(HEAVIER, "every profiled model: attention's memory-bound share minus FFN's", heavier(scope_shares(eager)))]
+    series = trend(summarize(found), subnet_table(found))
+    if series:
+        rows.append((TREND, "throughput-matched subnets: the most MHSA layers minus the fewest", series))
+    paper = paper_table("fig2_memory_bound").iloc[0]
+    theirs = {HEAVIER: f"{paper.memory_bound_pct}% of Swin-T-1.25x memory-bound, most inside MHSA ({paper.device})"}
+    return [
+        Finding("Fig. 2", claim, on, v.evidence(), v.word("on this CPU"), paper=theirs.get(claim, "-"))
+        for claim, on, v in rows
     ]

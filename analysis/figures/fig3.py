@@ -19,7 +19,7 @@ from analysis import mhsa_sweep
 from analysis.figures.proxies import LINEAR_TOP1
 from analysis.pipeline import Context, announce, family, read_tables, tool_settings, with_sidecar
 from analysis.published import paper_table
-from analysis.verdicts import NOT_REPRODUCED, Verdict, best_in_range
+from analysis.verdicts import NOT_REPRODUCED, Finding, Verdict, best_in_range
 from efficientvit.config import coerce, knob, unknown_key
 from efficientvit.files import atomic_write_text
 from efficientvit.results import markdown_table, write_results
@@ -176,6 +176,10 @@ def verdicts(curve: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def verdict_word(verdict: str) -> str:
+    return f"{verdict} at proxy scale" if verdict == NOT_REPRODUCED else verdict
+
+
 def verdict_lines(frame: pd.DataFrame, curve: pd.DataFrame) -> list[str]:
     """The verdict at the longest budget per family and speed-up, and how it moved along training."""
     table = verdicts(curve)
@@ -189,7 +193,7 @@ def verdict_lines(frame: pd.DataFrame, curve: pd.DataFrame) -> list[str]:
         along = ", ".join(
             f"{r.share:.0f}% after {r.epoch} epoch{'s' if r.epoch > 1 else ''}" for r in found.itertuples()
         )
-        word = "not reproduced at proxy scale" if last.verdict == NOT_REPRODUCED else last.verdict
+        word = verdict_word(last.verdict)
         lines.append(
             f"{name} {speedup}x, {last.points} throughput-matched points: best inside 20-40% in {last.share:.0f}% of "
             f"bootstrap draws ({last.runs}) after {last.epoch} epochs: **{word}**"
@@ -271,3 +275,27 @@ def report(out: Path) -> list[str]:
         below_linear(found["sweep"]),
         *cost_lines(found["costs"]),
     ]
+
+
+def glance(out: Path) -> list[Finding]:
+    """The finding per family and speed-up at the longest training, for the report's table at a glance."""
+    found = tables(out)
+    if found["sweep"] is None:
+        return []
+    table = verdicts(found["curve"])
+    if table.empty:
+        return []
+    rows = []
+    for (name, speedup), group in table.groupby(["family", "speedup"]):
+        last = group.sort_values("epoch").iloc[-1]
+        rows.append(
+            Finding(
+                "Fig. 3",
+                "a 20-40% MHSA proportion is best",
+                f"{name} subnets at {speedup}x, {last.points} proportions, after {last.epoch} epochs",
+                f"best inside 20-40% in {last.share:.0f}% of bootstrap draws, {last.runs}",
+                verdict_word(last.verdict),
+                paper="20-40% best for DeiT-T and Swin-T at 1.25x and 1.5x",
+            )
+        )
+    return rows

@@ -32,7 +32,7 @@ from analysis.pipeline import (
     with_sidecar,
 )
 from analysis.published import paper_table
-from analysis.verdicts import NOT_REPRODUCED, compare, late_and_early
+from analysis.verdicts import NOT_REPRODUCED, Finding, Verdict, compare, late_and_early
 from efficientvit.config import knob
 from efficientvit.results import markdown_table, write_results
 
@@ -51,6 +51,8 @@ LABELS = {
     "centred_mean_max_similarity": "max cosine of centred maps",
     "cka_mean_max": "max linear CKA",
 }
+SPLIT = "feeding each head its own channel split lowers head similarity"
+LATE = "heads are more alike in the late blocks"
 
 
 @dataclass
@@ -191,6 +193,8 @@ def findings(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
                             "verdict": result.verdict,
                             "runs": result.runs,
                             "text": result.describe(),
+                            "evidence": result.evidence(),
+                            "word": result.word(),
                         }
                     )
     return pd.DataFrame(rows)
@@ -308,22 +312,74 @@ def reason(summary: pd.DataFrame, found: pd.DataFrame) -> str:
     return lead + ("; ".join(parts) if parts else "not measured (no entropy in these tables)") + "."
 
 
-def late_verdicts(frame: pd.DataFrame) -> list[str]:
-    """Full heads' attention maps at the longest budget: the last third of the blocks against the first, paired
-    within each run, beside the paper's own curve of that family."""
+def late_effects(frame: pd.DataFrame) -> list[tuple[str, Verdict, float | None]]:
+    """Full heads' attention maps at the longest budget, per family: the last third of the blocks against the
+    first, paired within each run, and the paper's own curve of that family (None where it has none)."""
     paper = paper_table("fig4_head_similarity")
     paper_full = paper[paper["heads"] == "full"].assign(family=lambda f: f["model"].map(family))
     full_maps = at_longest(frame[(frame["attention_kind"] == "full") & (frame["feature"] == "attention")])
-    lines = []
+    effects = []
     for name, group in full_maps.groupby("family"):
         late, early = late_and_early(group.assign(pct=100 * group["mean_max_similarity"]), "pct")
         theirs = paper_full[paper_full["family"] == name].assign(source="paper")
-        versus = ""
+        versus = None
         if len(theirs):
             paper_late, paper_early = late_and_early(theirs, "similarity_pct")
-            versus = f" (paper: {paper_late.iloc[0] - paper_early.iloc[0]:+.1f})"
-        lines.append(f"{name}: {compare(late, early, 'greater', paired=True).describe()}{versus}")
-    return lines
+            versus = paper_late.iloc[0] - paper_early.iloc[0]
+        effects.append((name, compare(late, early, "greater", paired=True), versus))
+    return effects
+
+
+def late_verdicts(frame: pd.DataFrame) -> list[str]:
+    return [
+        f"{name}: {result.describe()}" + ("" if versus is None else f" (paper: {versus:+.1f})")
+        for name, result, versus in late_effects(frame)
+    ]
+
+
+def paper_split_effects() -> dict[str, float]:
+    """The paper's full minus split heads, mean over blocks, per family (points)."""
+    paper = paper_table("fig4_head_similarity").assign(family=lambda f: f["model"].map(family))
+    means = paper.groupby(["family", "heads"])["similarity_pct"].mean()
+    return {name: means[(name, "full")] - means[(name, "split")] for name, _ in means.index if (name, "split") in means}
+
+
+def glance(out: Path) -> list[Finding]:
+    """Both findings at the longest budget, with their controls, for the report's table at a glance."""
+    found = tables(out)
+    if found["summary"] is None:
+        return []
+    verdicts, theirs, rows = findings(found), paper_split_effects(), []
+    if not verdicts.empty:
+        for (name, feature, comparison), group in verdicts.groupby(["family", "feature", "comparison"], sort=False):
+            last = at_longest(group)
+            paper, control = (last[last["metric"] == m].iloc[0] for m in METRICS[feature])
+            budget = budget_label(paper.budget)
+            rows.append(
+                Finding(
+                    "Fig. 4",
+                    SPLIT,
+                    f"{name} proxies, {'attention maps' if feature == 'attention' else 'head outputs'}, "
+                    f"{comparison} heads, {budget}",
+                    paper.evidence,
+                    paper.word,
+                    control="-" if np.isnan(control.effect) else f"{LABELS[control.metric]}: {control.text}",
+                    paper=f"{theirs[name]:+.1f} (ImageNet)" if name in theirs and comparison.endswith("split") else "-",
+                )
+            )
+    budget = budget_label(at_longest(found["summary"])["budget"].max())
+    for name, result, versus in late_effects(found["summary"]):
+        rows.append(
+            Finding(
+                "Fig. 4",
+                LATE,
+                f"{name} proxies, full heads, attention maps, {budget}: last third of the blocks minus the first",
+                result.evidence(),
+                result.word(),
+                paper="-" if versus is None else f"{versus:+.1f} (ImageNet)",
+            )
+        )
+    return rows
 
 
 def report(out: Path) -> list[str]:
@@ -347,10 +403,9 @@ def report(out: Path) -> list[str]:
             "Paper (ImageNet, mean over 12 blocks): "
             + ", ".join(f"{m} {h} {v:.1f}%" for (m, h), v in paper.items())
             + ".",
-            'Finding "feeding each head its own channel split lowers head similarity" (full minus split, Welch over '
-            "runs): " + "; ".join(finding_lines(verdicts)) + ".",
+            f'Finding "{SPLIT}" (full minus split, Welch over runs): ' + "; ".join(finding_lines(verdicts)) + ".",
             reason(summary, verdicts),
-            'Finding "heads are more alike in the late blocks" (full heads, attention maps: the mean over the last '
+            f'Finding "{LATE}" (full heads, attention maps: the mean over the last '
             "third of the blocks minus the first third, points, paired within each run; the paper's own curves show "
             "it for Swin-T, not for DeiT-T): "
             + ("; ".join(later) if later else "needs full-heads runs on attention maps")

@@ -33,7 +33,7 @@ from analysis.pipeline import (
     with_sidecar,
 )
 from analysis.published import paper_table
-from analysis.verdicts import compare, late_and_early
+from analysis.verdicts import Finding, Verdict, compare, late_and_early
 from efficientvit.config import knob
 from efficientvit.results import markdown_table, write_results
 
@@ -189,6 +189,8 @@ def findings(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
                     "verdict": result.verdict,
                     "paper": theirs[finding],
                     "text": result.describe(),
+                    "evidence": result.evidence(),
+                    "word": result.word(),
                 }
             )
     return pd.DataFrame(rows)
@@ -240,18 +242,27 @@ def along_training(found: pd.DataFrame) -> list[str]:
     ]
 
 
-def kept_lines(frame: pd.DataFrame) -> list[str]:
-    """The means over blocks and runs beside the paper's, and the finding on the last blocks."""
+LATE = "pruning cuts most in the last blocks"
+
+
+def late_cuts(frame: pd.DataFrame) -> tuple[list[tuple[str, Verdict]], float]:
+    """The share of a block's prunable channels (Q/K, V, FFN hidden) kept, the last third of the blocks minus the
+    first, paired within each pruning run, per model; and the paper's Swin-T value."""
     paper = paper_table("fig5_taylor_pruning_swin_t")
-    # the share of a block's prunable channels (Q/K, V, FFN hidden) kept, ours and the paper's
     before = sum(frame[f"{k}_before"] for k in KINDS)
     kept = frame.assign(pct=100 * sum(frame[f"{k}_kept"] for k in KINDS) / before)
     theirs = paper.assign(pct=100 * (paper["qk_ratio"] + paper["v_ratio"] + paper["ffn_ratio"]) / 6, source="paper")
     paper_late, paper_early = late_and_early(theirs, "pct")
-    cuts = "; ".join(
-        f"{model}: {compare(*late_and_early(group, 'pct'), 'less', paired=True).describe()}"
-        for model, group in kept.groupby("model")
-    )
+    cuts = [
+        (model, compare(*late_and_early(group, "pct"), "less", paired=True)) for model, group in kept.groupby("model")
+    ]
+    return cuts, paper_late.iloc[0] - paper_early.iloc[0]
+
+
+def kept_lines(frame: pd.DataFrame) -> list[str]:
+    """The means over blocks and runs beside the paper's, and the finding on the last blocks."""
+    paper = paper_table("fig5_taylor_pruning_swin_t")
+    cuts, theirs = late_cuts(frame)
     return [
         "",
         f"Means, ours: Q/K {frame['qk_ratio'].mean():.2f}, V {frame['v_ratio'].mean():.2f}, FFN "
@@ -259,9 +270,10 @@ def kept_lines(frame: pd.DataFrame) -> list[str]:
         f"{frame['qk_kept_fraction'].mean():.2f}, V {frame['v_kept_fraction'].mean():.2f}, FFN "
         f"{frame['ffn_kept_fraction'].mean():.2f}. Paper (Swin-T, ImageNet): Q/K {paper['qk_ratio'].mean():.2f}, "
         f"V {paper['v_ratio'].mean():.2f}, FFN {paper['ffn_ratio'].mean():.2f} of the input width.",
-        'Finding "pruning cuts most in the last blocks" (share of a block\'s Q/K, V and FFN channels kept, the '
-        "last third of the blocks minus the first third, points, paired within each pruning run): "
-        f"{cuts} (paper's Swin-T: {paper_late.iloc[0] - paper_early.iloc[0]:+.1f}).",
+        f'Finding "{LATE}" (share of a block\'s Q/K, V and FFN channels kept, the last third of the blocks minus '
+        "the first third, points, paired within each pruning run): "
+        + "; ".join(f"{model}: {result.describe()}" for model, result in cuts)
+        + f" (paper's Swin-T: {theirs:+.1f}).",
     ]
 
 
@@ -314,3 +326,37 @@ def report(out: Path) -> list[str]:
     if found["pruned"] is not None:
         lines += top1_lines(found["pruned"])
     return lines
+
+
+def glance(out: Path) -> list[Finding]:
+    """Every finding per family at the longest budget, for the report's table at a glance."""
+    found = tables(out)
+    if found["pruning"] is None:
+        return []
+    longest = at_longest(found["pruning"])
+    budget = budget_label(longest["budget"].iloc[0])
+    cuts, theirs = late_cuts(longest)
+    rows = [
+        Finding(
+            "Fig. 5",
+            LATE,
+            f"{family(model)} proxies, {budget}: kept share, last third of the blocks minus the first",
+            result.evidence(),
+            result.word(),
+            paper=f"{theirs:+.1f} (Swin-T, ImageNet)",
+        )
+        for model, result in cuts
+    ]
+    verdicts = at_longest(findings(found))
+    for row in verdicts.itertuples():
+        rows.append(
+            Finding(
+                "Fig. 5",
+                row.claim,
+                f"{row.family} proxies, {budget}: kept fractions, paired within each run",
+                row.evidence,
+                row.word,
+                paper=f"{row.paper:+.1f} (Swin-T, ImageNet)",
+            )
+        )
+    return rows
