@@ -18,13 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from efficientvit.config import coerce, config_arguments, unknown_key
+from efficientvit.errors import UserError
 from efficientvit.files import atomic_write_text
 from efficientvit.train import status, train
 from efficientvit.train_config import TrainConfig
 
 MANIFEST = "manifest.json"
+# what a run may change between its sessions: how it runs and when it stops or is read, never what it learns
+RESUMABLE_CHANGES = {"out", "workers", "precision", "fast", "compile", "snapshots", "plateau", "plateau_epochs"}
 
 
 @dataclass
@@ -63,11 +67,29 @@ def trained(config: TrainConfig, what: str, until: int | None = None) -> pd.Data
     """The per-epoch metrics of a training run, training it first (or on) unless it has reached epoch `until`
     (default: its last), or stopped at its plateau: every training of the pipeline goes through here, so a rerun
     redoes none."""
+    check_same_recipe(config)
     done, finished = status(config)
     if finished or done >= (config.epochs if until is None else min(until, config.epochs)):
         return pd.read_csv(Path(config.out) / "metrics.csv")  # resume: the run is as far as asked
     print(f"  {what}", flush=True)
     return pd.DataFrame(train(config, resume=True, until=until))
+
+
+def check_same_recipe(config: TrainConfig) -> None:
+    """A run already started in config.out must have started with this recipe: after a preset's recipe changed, a
+    rerun would otherwise count (or resume) a run trained another way as done."""
+    path = Path(config.out) / "config.yaml"
+    if not path.exists():
+        return
+    before = yaml.safe_load(path.read_text())
+    now = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    changed = [key for key in now if key not in RESUMABLE_CHANGES and key in before and before[key] != now[key]]
+    if changed:
+        raise UserError(
+            f"{config.out} was trained with {', '.join(f'{k}={before[k]}' for k in changed)}, but the preset now "
+            f"asks {', '.join(f'{k}={now[k]}' for k in changed)}: delete that folder to train it the new way, or "
+            "set the preset back"
+        )
 
 
 # -- the manifest ----------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The reproduction pipeline end to end on a micro preset (tiny data, tiny models), and its resume."""
 
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -9,13 +10,14 @@ import pytest
 import yaml
 
 from analysis.figures import proxies
-from analysis.pipeline import MANIFEST, record_outputs, stage_timing
+from analysis.pipeline import MANIFEST, check_same_recipe, record_outputs, stage_timing
 from analysis.preset import Preset, check_preset, load_preset
 from analysis.report import write_report
 from analysis.reproduce import reproduce
 from efficientvit.config import config_from_dict
 from efficientvit.errors import UserError
 from efficientvit.results import write_results
+from efficientvit.train_config import make_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 
@@ -99,6 +101,30 @@ def preset(tmp_path):
     return path
 
 
+def rerun_redoes_nothing_and_refuses_a_changed_recipe(preset, out, runs, capsys):
+    """The second half of the pipeline test: a rerun trains nothing again, and once the preset's fine-tuning
+    recipe changes, it refuses to count the old fine-tune as done."""
+    checkpoint = runs / "deit_full" / "checkpoint.pth"
+    stamp = checkpoint.stat().st_mtime_ns
+    capsys.readouterr()
+    reproduce(str(preset), out, ["fig2", "fig3", "fig4", "fig5", "pareto"])  # run again: nothing is redone
+    assert checkpoint.stat().st_mtime_ns == stamp
+    assert all(t["runs"] == 2 for t in stage_timing(out).values())  # a resumed stage adds its time
+    printed = capsys.readouterr().out
+    assert "training deit_full" not in printed and "resumed" not in printed  # no proxy or fine-tuning trained again
+    numbered = re.findall(r"^\[(\d+)/(\d+)\] (.+?):", printed, flags=re.M)  # data, 9 stages, report: one count
+    assert [(int(i), int(n)) for i, n, _ in numbered] == [(i, 11) for i in range(1, 12)]
+    assert numbered[0][2] == "data" and numbered[-1][2] == "notebooks and report"
+    proxy_lr = yaml.safe_load((runs / "deit_full" / "config.yaml").read_text())["lr"]
+    finetuned = yaml.safe_load((runs / "pruned" / "deit_full_e2_ratio_0.3_finetuned" / "config.yaml").read_text())
+    assert finetuned["lr"] == pytest.approx(proxy_lr / 10) and finetuned["warmup_epochs"] == 0
+    settings = yaml.safe_load(preset.read_text())
+    settings["fig5"]["finetune"]["lr"] = 0.5  # the recipe changed after the run: its fine-tune is not counted as done
+    preset.write_text(yaml.safe_dump(settings))
+    with pytest.raises(UserError, match=r"deit_full_e2_ratio_0.3_finetuned was trained with lr=.*now asks lr=0.5"):
+        reproduce(str(preset), out, ["fig5"])
+
+
 @pytest.mark.slow
 def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys):
     out = tmp_path / "results"
@@ -141,17 +167,17 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     figures = {p.stem for p in (out / "figures").glob("*.png")}
     assert {"fig2_memory_bound", "fig3_mhsa_sweep", "fig4_head_similarity", "fig5_taylor_pruning"} <= figures
     assert {"fig4_budget", "fig5_budget"} <= figures  # each finding against the training budget
-    checkpoint = tmp_path / "runs" / "deit_full" / "checkpoint.pth"
-    stamp = checkpoint.stat().st_mtime_ns
-    capsys.readouterr()
-    reproduce(str(preset), out, ["fig2", "fig3", "fig4", "fig5", "pareto"])  # run again: nothing is redone
-    assert checkpoint.stat().st_mtime_ns == stamp
-    assert all(t["runs"] == 2 for t in stage_timing(out).values())  # a resumed stage adds its time
-    printed = capsys.readouterr().out
-    assert "training deit_full" not in printed and "resumed" not in printed  # no proxy or fine-tuning trained again
-    numbered = re.findall(r"^\[(\d+)/(\d+)\] (.+?):", printed, flags=re.M)  # data, 9 stages, report: one count
-    assert [(int(i), int(n)) for i, n, _ in numbered] == [(i, 11) for i in range(1, 12)]
-    assert numbered[0][2] == "data" and numbered[-1][2] == "notebooks and report"
+    rerun_redoes_nothing_and_refuses_a_changed_recipe(preset, out, runs, capsys)
+
+
+def test_a_run_resumes_under_changes_to_how_it_runs_but_not_to_what_it_learns(tmp_path):
+    config = make_config({"model": "deit_tiny", "model_kwargs": TINY_DEIT, **TRAIN, "data": "d", "out": str(tmp_path)})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))  # as train
+    check_same_recipe(config)
+    check_same_recipe(dataclasses.replace(config, plateau=None, workers=4, compile="off", snapshots=[1, 2]))
+    for change in ({"lr": config.lr / 10}, {"epochs": 3}, {"model_kwargs": {**TINY_DEIT, "attention": "split"}}):
+        with pytest.raises(UserError, match=f"{next(iter(change))}=.*delete that folder"):
+            check_same_recipe(dataclasses.replace(config, **change))
 
 
 def test_shards_train_their_share_and_the_unsharded_run_trains_nothing_again(preset, tmp_path, capsys):

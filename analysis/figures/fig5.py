@@ -45,13 +45,18 @@ FOLDER = "taylor_pruning"
 OWNED = ("data", "model", "checkpoint", "device", "run", "out_dir", "save", "finetune_config")
 VARIANT_OWNED = ("pruning", "out_dir", "name")
 KINDS = ("qk", "v", "ffn")
+# a pruned model starts trained: at its training's peak rate a fine-tune knocks it back first (the reference run's
+# fine-tunes at that rate all ended below where pruning left them), so at a tenth of it, without warm-up
+FINETUNE_LR = 0.1
 
 
 @dataclass
 class Section:
     proxies: list[str] = knob(help="the proxies whose runs are pruned")
     pruning: dict = knob({}, "settings of analysis/taylor_pruning.py (PruneConfig: ratio, batches, ...)")
-    finetune: dict | None = knob(None, "fine-tune every pruned model with its proxy's recipe and these keys")
+    finetune: dict | None = knob(
+        None, "fine-tune every pruned model with its proxy's recipe at a tenth of its rate, no warm-up, and these keys"
+    )
     variant: dict = knob({}, "settings of analysis/design_variant.py (VariantConfig: img_size, patch_size, ...)")
 
     def __post_init__(self):
@@ -98,7 +103,7 @@ def run(
             pruned = ctx.runs / "pruned" / f"{name}.pth"
             finetune = dataclasses.replace(
                 config,
-                **section.finetune,
+                **{"lr": config.lr * FINETUNE_LR, "warmup_epochs": 0, **section.finetune},
                 init=str(pruned),
                 out=str(pruned.with_suffix("")) + "_finetuned",
                 snapshots=[],
