@@ -121,3 +121,20 @@ def late_and_early(frame: pd.DataFrame, value: str, run: str = "source") -> tupl
         late[name] = group.loc[group["block"].isin(blocks[-third:]), value].mean()
         early[name] = group.loc[group["block"].isin(blocks[:third]), value].mean()
     return pd.Series(late), pd.Series(early)
+
+
+def as_verdict(row) -> Verdict:
+    """A verdict back from a row of a findings table (columns verdict, effect, low, high, runs)."""
+    return Verdict(row.verdict, row.effect, row.low, row.high, row.runs)
+
+
+def movement(first: Verdict, last: Verdict, paper: float) -> str:
+    """How an effect moved between two training budgets, in words: toward or away from the paper's value when the
+    change exceeds the half-width of the later interval, otherwise that it stayed inside it."""
+    change = f"({first.effect:+.1f} -> {last.effect:+.1f})"
+    if np.isnan(last.low):
+        return f"went {change} (no interval from a single run)"
+    if abs(last.effect - first.effect) <= (last.high - last.low) / 2:
+        return f"stayed inside its 95% interval {change}"
+    toward = abs(last.effect - paper) < abs(first.effect - paper)
+    return f"moved {'toward' if toward else 'away from'} the paper's {change}"

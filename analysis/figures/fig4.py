@@ -32,7 +32,7 @@ from analysis.pipeline import (
     with_sidecar,
 )
 from analysis.published import paper_table
-from analysis.verdicts import NOT_REPRODUCED, Finding, Verdict, compare, late_and_early
+from analysis.verdicts import NOT_REPRODUCED, Finding, Verdict, as_verdict, compare, late_and_early, movement
 from efficientvit.config import knob
 from efficientvit.results import markdown_table, write_results
 
@@ -274,10 +274,9 @@ def finding_lines(found: pd.DataFrame) -> list[str]:
             text += f"; {LABELS[control.metric]}: {control.text}"
         first = ordered[ordered["metric"] == METRICS[feature][0]].iloc[0]
         if pd.notna(first.budget) and first.budget != paper.budget:
-            moved = "toward" if paper.effect > first.effect else "away from"
-            text += (
-                f"; from {budget_label(first.budget)} to {budget_label(paper.budget)} the effect moved {moved} the "
-                f"paper's ({first.effect:+.1f} -> {paper.effect:+.1f})"
+            theirs = paper_split_effects().get(name, 0.0)
+            text += f"; from {budget_label(first.budget)} to {budget_label(paper.budget)} the effect " + movement(
+                as_verdict(first), as_verdict(paper), theirs
             )
         lines.append(text)
     return lines

@@ -33,7 +33,7 @@ from analysis.pipeline import (
     with_sidecar,
 )
 from analysis.published import paper_table
-from analysis.verdicts import Finding, Verdict, compare, late_and_early
+from analysis.verdicts import Finding, Verdict, as_verdict, compare, late_and_early, movement
 from efficientvit.config import knob
 from efficientvit.results import markdown_table, write_results
 
@@ -192,6 +192,7 @@ def findings(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
                     "low": result.low,
                     "high": result.high,
                     "verdict": result.verdict,
+                    "runs": result.runs,
                     "paper": theirs[finding],
                     "text": result.describe(),
                     "evidence": result.evidence(),
@@ -216,10 +217,8 @@ def finding_lines(found: pd.DataFrame) -> list[str]:
             first, last = ordered.iloc[0], ordered.iloc[-1]
             text = f"{name}: {last.text} (paper's Swin-T: {last.paper:+.1f})"
             if len(ordered) > 1:
-                toward = abs(last.effect - last.paper) < abs(first.effect - first.paper)
-                text += (
-                    f"; from {budget_label(first.budget)} to {budget_label(last.budget)} it moved "
-                    f"{'toward' if toward else 'away from'} the paper's ({first.effect:+.1f} -> {last.effect:+.1f})"
+                text += f"; from {budget_label(first.budget)} to {budget_label(last.budget)} it " + movement(
+                    as_verdict(first), as_verdict(last), last.paper
                 )
             parts.append(text)
         lines.append(f'Finding "{claim}" (kept fractions, paired within each run, points): {"; ".join(parts)}.')

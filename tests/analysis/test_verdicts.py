@@ -4,7 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.verdicts import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, best_in_range, compare, late_and_early
+from analysis.verdicts import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    Verdict,
+    best_in_range,
+    compare,
+    late_and_early,
+    movement,
+)
 
 
 def test_a_clear_difference_holds_and_its_opposite_does_not():
@@ -78,3 +87,15 @@ def test_late_blocks_are_compared_with_early_ones_within_each_run():
     assert compare(late, early, "greater", paired=True).verdict == "reproduced"
     noisy = pd.DataFrame(rows).assign(pct=lambda f: f["pct"] + [80 * (-1) ** i * (i % 5) for i in range(len(f))])
     assert compare(*late_and_early(noisy, "pct"), "greater", paired=True).verdict == "inconclusive"
+
+
+def test_an_effect_moves_toward_or_away_from_the_paper_only_beyond_its_interval():
+    first = Verdict("inconclusive", -20.0, -40.0, 0.0, "3 vs 3 runs")
+    wide = Verdict("inconclusive", -15.0, -30.0, 0.0, "3 vs 3 runs")  # a change of 5 inside a half-width of 15
+    assert movement(first, wide, 2.0) == "stayed inside its 95% interval (-20.0 -> -15.0)"
+    narrow = Verdict("not reproduced", -15.0, -16.0, -14.0, "3 vs 3 runs")
+    assert movement(first, narrow, 2.0) == "moved toward the paper's (-20.0 -> -15.0)"
+    back = Verdict("not reproduced", -20.0, -21.0, -19.0, "3 vs 3 runs")
+    assert movement(narrow, back, 2.0) == "moved away from the paper's (-15.0 -> -20.0)"
+    single = Verdict("inconclusive", -15.0, float("nan"), float("nan"), "1 vs 1 runs")
+    assert movement(first, single, 2.0) == "went (-20.0 -> -15.0) (no interval from a single run)"
