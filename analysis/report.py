@@ -73,6 +73,7 @@ def glance_section(out: Path, stages: set[str] | None) -> list[str]:
     if not rows:
         return []
     table = pd.DataFrame(rows).assign(verdict=lambda f: "**" + f["verdict"] + "**")
+    learned = proxies.headline(out)
     table.columns = [
         "figure",
         "the paper's finding",
@@ -90,6 +91,7 @@ def glance_section(out: Path, stages: set[str] | None) -> list[str]:
         "",
         *markdown_table(table),
         "",
+        *(["**The proxies behind Figs. 4 and 5.** " + " ".join(learned), ""] if learned else []),
     ]
 
 

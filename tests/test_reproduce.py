@@ -328,6 +328,7 @@ def test_the_report_opens_with_every_finding_and_the_verdict_its_section_gives(t
     design = "-0.9 [-3.9, 2.1], 2 vs 2 trainings"
     assert f"{design}: **inconclusive**" in fig5 and f"| {design} | **inconclusive** |" in rows[-1]
     assert "+16.7 (ImageNet)" in glance and "-46.2 (Swin-T, ImageNet)" in glance  # the paper's values beside
+    assert "**The proxies behind Figs. 4 and 5.** At the end of their training 0 of 4 runs reach 88%" in glance
     stages = {"fig4": "head_similarity", "fig5": "taylor_pruning"}  # a run without Figs. 2, 3 and the design
     for stage, folder in stages.items():
         record_outputs(out, stage, sorted((out / folder).glob("*")))
@@ -361,6 +362,7 @@ def test_the_proxies_section_says_how_far_they_learned_and_names_a_diverged_run(
     assert "2 of 3 runs reach 88% top-1" in text and "1 stay below a linear classifier" in text
     assert "deit_full_seed2 (83.0%)" in text and "still learning when their schedule ended" in text
     assert "deit_full_seed2 lost 42 points of top-1 in epoch 3 (72.0% to 30.0%" in text
+    assert proxies.headline(out)[0].startswith("At the end of their training 2 of 3 runs reach 88% top-1")
     flat = curves.assign(val_top1=curves["val_top1"].where(curves["epoch"] < 3, 91.0))  # no gain over the last two
     write_results(flat, out / "proxies" / "curves.csv", {})
     assert "levelled off (a plateau)" in "\n".join(proxies.report(out))

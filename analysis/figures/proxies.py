@@ -243,6 +243,14 @@ def how_far_learned(summary: pd.DataFrame, found: pd.DataFrame) -> list[str]:
     return lines
 
 
+def headline(out: Path) -> list[str]:
+    """How far the proxies learned, in a sentence or two, for the top of the report."""
+    found = tables(out)
+    if found["summary"] is None or found["curves"] is None:
+        return []
+    return how_far_learned(summarize(found), scores(found["curves"]))[:2]
+
+
 def report(out: Path) -> list[str]:
     found = tables(out)
     if found["summary"] is None:
