@@ -31,9 +31,10 @@ import efficientvit
 from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.errors import UserError, exit_status
 from efficientvit.flops import count_flops, count_params
+from efficientvit.models import ModelSpec
 from efficientvit.models.layout import format_layout
 from efficientvit.results import read_results, write_results
-from efficientvit.subnet import FAMILIES, find_subnet
+from efficientvit.subnet import FAMILIES, find_subnet, subnet_kwargs
 from efficientvit.train import train
 from efficientvit.train_config import make_config
 
@@ -146,6 +147,18 @@ def run_point(point: dict, sweep: dict, device: str) -> dict:
         # the whole curve, so the sweep reads at every training budget (space-separated, epoch 1 first)
         "top1_per_epoch": " ".join(f"{row['val_top1']:.2f}" for row in history),
     }
+
+
+def subnet_spec(row: dict, sweep: dict) -> ModelSpec:
+    """The subnet a row of the sweep trained, rebuilt from the row (layout, widths, FFN expansion) and the sweep's
+    full model of its family: its checkpoint stays on the machine that trained it, the row travels with the
+    results."""
+    family = row["family"]
+    kwargs = subnet_kwargs(family, 0.0, 1.0, sweep["families"].get(family, {}))  # the family's heads and knobs
+    kwargs.pop("img_size", None)  # the training recipe's, as in run_point
+    layout = row["layout"] if family.startswith("deit") else row["layout"].split(",")  # Swin: one string per stage
+    widths = yaml.safe_load(str(row["widths"]))
+    return ModelSpec(family, {**kwargs, "layout": layout, "embed_dim": widths, "mlp_ratio": float(row["mlp_ratio"])})
 
 
 def search_subnets(points: list[dict], sweep: dict, device: str) -> None:

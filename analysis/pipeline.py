@@ -100,12 +100,28 @@ def read_manifest(out: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {"stages": {}}
 
 
-def record_outputs(out: str | os.PathLike, stage: str, paths: list[Path]) -> None:
-    """List in out/manifest.json the files `stage` wrote (replacing what that stage listed before)."""
+def record_outputs(out: str | os.PathLike, stage: str, paths: list[Path], recipe: str | None = None) -> None:
+    """List in out/manifest.json the files `stage` wrote (replacing what that stage listed before) and the recipe
+    (`analysis.preset.recipe_digest`) it ran."""
     out = Path(out)
     manifest = read_manifest(out)
     manifest["stages"][stage] = sorted(str(Path(p).relative_to(out)) for p in paths if Path(p).exists())
+    if recipe is not None:
+        manifest.setdefault("recipes", {})[stage] = recipe
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+
+
+def finished_earlier(out: str | os.PathLike, stage: str, recipe: str) -> bool:
+    """Whether an earlier run finished `stage` with this recipe and its files are all still in `out`. Such a stage
+    is not run again: its tables are the result, and the trainings behind them (in the runs folder, never
+    committed) may be gone with the machine that ran them."""
+    manifest = read_manifest(out)
+    files = manifest["stages"].get(stage)
+    return (
+        files is not None
+        and manifest.get("recipes", {}).get(stage) == recipe
+        and all((Path(out) / path).exists() for path in files)
+    )
 
 
 def add_stage_time(out: str | os.PathLike, stage: str, seconds: float, device: str) -> None:

@@ -7,6 +7,9 @@ misspelt key is one sentence naming it and the nearest valid key, with the same 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +59,13 @@ def load_preset(name: str) -> Preset:
     except yaml.YAMLError as e:
         raise UserError(f"preset {path} is not valid YAML ({str(e).splitlines()[0]})") from None
     return config_from_dict(Preset, values, f"preset {path.name}")
+
+
+def recipe_digest(preset: Preset) -> str:
+    """A fingerprint of everything a preset asks for except its progress estimates: a finished stage is kept
+    only under the recipe it ran (any change to the preset runs every stage again, each resuming what it can)."""
+    settings = {k: v for k, v in dataclasses.asdict(preset).items() if k != "minutes"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def check_preset(preset: Preset) -> None:

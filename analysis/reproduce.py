@@ -9,8 +9,10 @@ repository root, where it runs.
 
 Every stage skips work already done (each tool resumes by itself: trainings from their checkpoints, the sweep
 and the profile from their CSVs), so an interrupted run continues where it stopped; each stage lists the files it
-wrote, and its time, in <out>/manifest.json as soon as it ends. The trainings also shard: `--subnets-only` once,
-then `--shard i/n` trains every n-th proxy run and Fig. 3 point from i, and the run without --shard then analyses.
+wrote, its time and its recipe in <out>/manifest.json as soon as it ends, and a stage listed there under the
+preset's present recipe is not run again, so a run continues from its committed tables on another machine too.
+The trainings also shard: `--subnets-only` once, then `--shard i/n` trains every n-th proxy run and Fig. 3 point
+from i, and the run without --shard then analyses.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from pathlib import Path
 
 from analysis.figures import fig2, fig3, fig4, fig5, pareto, proxies
 from analysis.mhsa_sweep import parse_shard
-from analysis.pipeline import Context, add_stage_time, record_outputs
-from analysis.preset import Preset, check_preset, load_preset, prepare_data
+from analysis.pipeline import Context, add_stage_time, finished_earlier, record_outputs
+from analysis.preset import Preset, check_preset, load_preset, prepare_data, recipe_digest
 from analysis.report import draw_figures, write_report
 from efficientvit.config import knob, parse_config
 from efficientvit.errors import UserError, exit_status
@@ -85,6 +87,9 @@ class Progress:
         )
         return time.perf_counter()
 
+    def skip(self, index: int, out: Path) -> None:
+        print(f"[{index + 1}/{len(self.stages)}] {self.stages[index][0]}: finished earlier, its tables in {out}")
+
     def end(self, index: int, started: float) -> None:
         self.done_expected += self.stages[index][1] * 60
         self.done_actual += time.perf_counter() - started
@@ -122,11 +127,14 @@ def run_stages(preset: Preset, preset_name: str, out: Path, only: set[str]) -> P
     started = progress.begin(0)
     ctx.data = prepare_data(preset.data)
     progress.end(0, started)
-    device = device_description(ctx.device)
+    device, recipe = device_description(ctx.device), recipe_digest(preset)
     for index, stage in enumerate(stages, start=1):
+        if finished_earlier(out, stage.name, recipe):
+            progress.skip(index, out)
+            continue
         started = progress.begin(index)
         try:
-            record_outputs(out, stage.name, stage.run())
+            record_outputs(out, stage.name, stage.run(), recipe)
         finally:  # an interrupted stage's time counts too: the resumed run adds its own
             add_stage_time(out, stage.name, time.perf_counter() - started, device)
         progress.end(index, started)

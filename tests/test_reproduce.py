@@ -9,11 +9,13 @@ import pandas as pd
 import pytest
 import yaml
 
+from analysis import mhsa_sweep
 from analysis.figures import proxies
 from analysis.pipeline import MANIFEST, check_same_recipe, record_outputs, stage_timing
 from analysis.preset import Preset, check_preset, load_preset
 from analysis.report import write_report
 from analysis.reproduce import reproduce
+from efficientvit.checkpoint import model_from_checkpoint
 from efficientvit.config import config_from_dict
 from efficientvit.errors import UserError
 from efficientvit.results import write_results
@@ -102,19 +104,27 @@ def preset(tmp_path):
 
 
 def rerun_redoes_nothing_and_refuses_a_changed_recipe(preset, out, runs, capsys):
-    """The second half of the pipeline test: a rerun trains nothing again, and once the preset's fine-tuning
-    recipe changes, it refuses to count the old fine-tune as done."""
+    """The second half of the pipeline test: a rerun trains nothing again, even on a machine without the runs
+    folder (the trainings behind the committed tables), and once the preset's fine-tuning recipe changes, it
+    refuses to count the old fine-tune as done."""
     checkpoint = runs / "deit_full" / "checkpoint.pth"
     stamp = checkpoint.stat().st_mtime_ns
+    report = (out / "REPORT.md").read_text()
     capsys.readouterr()
     reproduce(str(preset), out, ["fig2", "fig3", "fig4", "fig5", "pareto"])  # run again: nothing is redone
     assert checkpoint.stat().st_mtime_ns == stamp
-    assert all(t["runs"] == 2 for t in stage_timing(out).values())  # a resumed stage adds its time
+    assert all(t["runs"] == 1 for t in stage_timing(out).values())  # a finished stage is not entered again
     printed = capsys.readouterr().out
     assert "training deit_full" not in printed and "resumed" not in printed  # no proxy or fine-tuning trained again
     numbered = re.findall(r"^\[(\d+)/(\d+)\] (.+?):", printed, flags=re.M)  # data, 9 stages, report: one count
     assert [(int(i), int(n)) for i, n, _ in numbered] == [(i, 11) for i in range(1, 12)]
     assert numbered[0][2] == "data" and numbered[-1][2] == "notebooks and report"
+    assert printed.count("finished earlier") == 9
+    elsewhere = runs.with_name("runs_on_the_machine_that_went_away")
+    runs.rename(elsewhere)  # another machine: the committed tables, no checkpoints
+    reproduce(str(preset), out, ["fig2", "fig3", "fig4", "fig5", "pareto"])
+    assert not runs.exists() and (out / "REPORT.md").read_text() == report
+    elsewhere.rename(runs)
     proxy_lr = yaml.safe_load((runs / "deit_full" / "config.yaml").read_text())["lr"]
     finetuned = yaml.safe_load((runs / "pruned" / "deit_full_e2_ratio_0.3_finetuned" / "config.yaml").read_text())
     assert finetuned["lr"] == pytest.approx(proxy_lr / 10) and finetuned["warmup_epochs"] == 0
@@ -157,6 +167,12 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     assert "The variant designed from M0 is" in text and "efficientvit_m0_pruned_variant.yaml" in text
     assert sorted(front.loc[front["name"] == "designed_variant", "seed"]) == [0, 1]  # one row per training seed
     assert front["pareto"].any() and "Pareto front" in text
+    sweep = pd.read_csv(out / "mhsa_sweep" / "sweep.csv")  # a subnet is rebuilt from its row, as it trained
+    recipe = mhsa_sweep.read_sweep_config(out / "mhsa_sweep" / "sweep_config.yaml")
+    for row in sweep.to_dict("records"):
+        rebuilt = mhsa_sweep.subnet_spec(row, recipe).build(img_size=64, num_classes=4).state_dict()
+        trained = model_from_checkpoint(row["checkpoint"]).state_dict()
+        assert {k: v.shape for k, v in rebuilt.items()} == {k: v.shape for k, v in trained.items()}
     profiled = set(pd.read_csv(out / "memory_profile" / "profile.csv")["name"])  # every family x speed-up subnet
     assert profiled == {"efficientvit_m0", "deit_tiny_1.25x_p1.0", "deit_tiny_1.5x_p1.0"}
     timing = stage_timing(out)  # every stage's time and device, in the report too

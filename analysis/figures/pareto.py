@@ -19,13 +19,12 @@ import pandas as pd
 import torch
 import yaml
 
-from analysis import taylor_pruning
+from analysis import mhsa_sweep, taylor_pruning
 from analysis.design_variant import design_from_checkpoint
 from analysis.figures import fig5, proxies
 from analysis.pipeline import Context, listed_outputs, read_tables, tool_settings, trained, with_sidecar
 from analysis.verdicts import Finding, Verdict, compare
 from efficientvit.bench.measure import interleaved_throughput
-from efficientvit.checkpoint import model_from_checkpoint
 from efficientvit.config import knob
 from efficientvit.errors import UserError
 from efficientvit.flops import count_params
@@ -135,10 +134,11 @@ def peers(ctx: Context, trained_proxies: proxies.Section) -> dict:
     if sweep.exists():
         points = pd.read_csv(sweep)
         points = points[points["speedup_met"].astype(bool)]
+        recipe = mhsa_sweep.read_sweep_config(ctx.out / "mhsa_sweep" / "sweep_config.yaml")
         for name, group in points.groupby("family"):
             best = group.groupby("mhsa_proportion_actual")["top1"].mean().idxmax()
             chosen = group[group["mhsa_proportion_actual"] == best]
-            spec = model_from_checkpoint(chosen["checkpoint"].iloc[0]).spec
+            spec = mhsa_sweep.subnet_spec(chosen.iloc[0].to_dict(), recipe)
             found[f"{name}_subnet_p{best:.2f}"] = ("best Fig. 3 subnet", spec, dict(zip(chosen.seed, chosen.top1)))
     return found
 
