@@ -151,6 +151,7 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     pruned = pd.read_csv(out / "pruned" / "summary.csv")  # pruned at each budget, fine-tuned at the longest
     assert list(pruned["proxy"]) == ["deit_full", "deit_full"] and list(pruned["budget"]) == [1, 2]
     assert pruned["top1_finetuned"].notna().tolist() == [False, True]
+    assert "The fine-tunes ran at learning rate" in text
     assert "after fine-tuning" in text and (runs / "pruned" / "deit_full_e2_ratio_0.3_finetuned").is_dir()
     measured = pd.read_csv(out / "head_similarity" / "index.csv")  # each budget, and the random-init controls
     assert sorted(set(measured["budget"])) == [0, 1, 2] and len(measured) == 2 * 2 * 2 + 2 * 2
@@ -158,6 +159,9 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     assert "random init" in fig4_text and "centred maps" in fig4_text and "linear CKA" in fig4_text
     assert "Along training" in fig4_text and "Along training" in fig5_text
     assert "Q/K are cut more than FFN relative to their width" in fig5_text
+    # the late-blocks findings say how they moved from the first budget to the last
+    assert "from 1 ep to 2 ep it" in fig4_text.split("more alike in the late blocks")[1]
+    assert 'From 1 ep to 2 ep, "pruning cuts most in the last blocks": deit_tiny ' in fig5_text
     front = pd.read_csv(out / "pareto" / "pareto.csv")  # the designed variant trained, timed, placed
     matched = pd.read_csv(out / "mhsa_sweep" / "sweep.csv")["speedup_met"].any()  # tiny timings may miss 1.25x
     expected = {"designed_variant", "efficientvit_m0", "m0_designed_variant", "deit_full"}
@@ -182,7 +186,8 @@ def test_pipeline_writes_report_and_figures_and_resumes(preset, tmp_path, capsys
     assert "| fig3 |" in text and "threads |" in text
     figures = {p.stem for p in (out / "figures").glob("*.png")}
     assert {"fig2_memory_bound", "fig3_mhsa_sweep", "fig4_head_similarity", "fig5_taylor_pruning"} <= figures
-    assert {"fig4_budget", "fig5_budget"} <= figures  # each finding against the training budget
+    assert {"fig4_budget", "fig5_budget"} <= figures  # each finding against the training budget, in the report
+    assert "(figures/fig4_budget.png)" in text and "(figures/fig5_budget.png)" in text
     rerun_redoes_nothing_and_refuses_a_changed_recipe(preset, out, runs, capsys)
 
 

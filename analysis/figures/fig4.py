@@ -311,12 +311,13 @@ def reason(summary: pd.DataFrame, found: pd.DataFrame) -> str:
     return lead + ("; ".join(parts) if parts else "not measured (no entropy in these tables)") + "."
 
 
-def late_effects(frame: pd.DataFrame) -> list[tuple[str, Verdict, float | None]]:
-    """Full heads' attention maps at the longest budget, per family: the last third of the blocks against the
-    first, paired within each run, and the paper's own curve of that family (None where it has none)."""
+def late_effects(frame: pd.DataFrame, budget: float | None = None) -> list[tuple[str, Verdict, float | None]]:
+    """Full heads' attention maps at `budget` (default the longest), per family: the last third of the blocks
+    against the first, paired within each run, and the paper's own curve of that family (None where it has none)."""
     paper = paper_table("fig4_head_similarity")
     paper_full = paper[paper["heads"] == "full"].assign(family=lambda f: f["model"].map(family))
-    full_maps = at_longest(frame[(frame["attention_kind"] == "full") & (frame["feature"] == "attention")])
+    full_maps = frame[(frame["attention_kind"] == "full") & (frame["feature"] == "attention")]
+    full_maps = at_longest(full_maps) if budget is None else full_maps[full_maps["budget"] == budget]
     effects = []
     for name, group in full_maps.groupby("family"):
         late, early = late_and_early(group.assign(pct=100 * group["mean_max_similarity"]), "pct")
@@ -330,10 +331,17 @@ def late_effects(frame: pd.DataFrame) -> list[tuple[str, Verdict, float | None]]
 
 
 def late_verdicts(frame: pd.DataFrame) -> list[str]:
-    return [
-        f"{name}: {result.describe()}" + ("" if versus is None else f" (paper: {versus:+.1f})")
-        for name, result, versus in late_effects(frame)
-    ]
+    """The finding at the longest budget per family, and how it moved from the shortest trained budget."""
+    budgets = sorted(b for b in frame["budget"].dropna().unique() if b != 0)
+    first = {name: result for name, result, _ in late_effects(frame, budgets[0])} if len(budgets) > 1 else {}
+    lines = []
+    for name, result, versus in late_effects(frame):
+        text = f"{name}: {result.describe()}" + ("" if versus is None else f" (paper: {versus:+.1f})")
+        if name in first:
+            moved = movement(first[name], result, 0.0 if versus is None else versus)
+            text += f", from {budget_label(budgets[0])} to {budget_label(budgets[-1])} it {moved}"
+        lines.append(text)
+    return lines
 
 
 def paper_split_effects() -> dict[str, float]:
@@ -388,9 +396,11 @@ def report(out: Path) -> list[str]:
     summary, verdicts = summarize(found), findings(found)
     paper = paper_table("fig4_head_similarity").groupby(["model", "heads"])["similarity_pct"].mean()
     later = late_verdicts(found["summary"])
+    budget_figure = [f"![{TITLE}, along training](figures/{BUDGET_FIGURE})"]
     return (
         table_lines(longest(summary))
         + along_training(verdicts)
+        + (["", *budget_figure] if (out / "figures" / BUDGET_FIGURE).exists() else [])
         + [
             "",
             "Max cosine: per image and window, each head's highest cosine similarity to another head of its block, "

@@ -110,6 +110,7 @@ def run(
                 plateau=None,
             )
             row["top1_finetuned"] = trained(finetune, f"fine-tuning {name}")["val_top1"].iloc[-1]
+            row["finetune_lr"] = finetune.lr
         rows.append(row)
     summary = add_rows(ctx.out / "pruned" / "summary.csv", rows, section)
     written = [p for r in rows for p in with_sidecar(ctx.out / FOLDER / f"{r['table']}.csv")] + with_sidecar(summary)
@@ -281,6 +282,17 @@ def kept_lines(frame: pd.DataFrame) -> list[str]:
     ]
 
 
+def late_along_training(pruning: pd.DataFrame) -> list[str]:
+    """How the last-blocks finding moved from the shortest budget to the longest, per model."""
+    budgets = sorted(pruning["budget"].dropna().unique()) if "budget" in pruning else []
+    if len(budgets) < 2:
+        return []
+    first = dict(late_cuts(pruning[pruning["budget"] == budgets[0]])[0])
+    last, theirs = late_cuts(pruning[pruning["budget"] == budgets[-1]])
+    moves = [f"{model} {movement(first[model], after, theirs)}" for model, after in last if model in first]
+    return [f'From {budget_label(budgets[0])} to {budget_label(budgets[-1])}, "{LATE}": ' + "; ".join(moves) + "."]
+
+
 def top1_lines(pruned: pd.DataFrame) -> list[str]:
     """Top-1 before pruning, after and after fine-tuning, and the parameters and FLOPs kept, per model (at the
     longest budget)."""
@@ -295,10 +307,11 @@ def top1_lines(pruned: pd.DataFrame) -> list[str]:
         rows.append([model, len(group), *top1, f"{params:.2f}", f"{flops:.2f}"])
     header = ["model", "runs", "top-1 before", "after pruning", "after fine-tuning", "params kept", "FLOPs kept"]
     swin = paper_table("fig5_pruning_top1").iloc[0]
-    return ["", *markdown_table(pd.DataFrame(rows, columns=header))] + [
-        "",
-        f"Paper (Swin-T, ImageNet): {swin.top1_before}% before pruning, {swin.top1_pruned}% after.",
-    ]
+    lines = ["", *markdown_table(pd.DataFrame(rows, columns=header))]
+    if "finetune_lr" in pruned and pruned["finetune_lr"].notna().any():
+        rates = ", ".join(f"{lr:g}" for lr in sorted(pruned["finetune_lr"].dropna().unique()))
+        lines += ["", f"The fine-tunes ran at learning rate {rates} (the recipe's base rate, for batch 512)."]
+    return lines + ["", f"Paper (Swin-T, ImageNet): {swin.top1_before}% before pruning, {swin.top1_pruned}% after."]
 
 
 def report(out: Path) -> list[str]:
@@ -323,7 +336,8 @@ def report(out: Path) -> list[str]:
             **{f"{label} kept": kept(kind) for kind, label in zip(KINDS, ("Q/K", "V", "FFN"))},
         }
     )
-    lines = markdown_table(cells) + kept_lines(at_longest(found["pruning"])) + finding_lines(verdicts)
+    lines = markdown_table(cells) + kept_lines(at_longest(found["pruning"])) + late_along_training(found["pruning"])
+    lines += finding_lines(verdicts)
     lines += along_training(verdicts)
     if (out / "figures" / BUDGET_FIGURE).exists():
         lines += ["", f"![{TITLE}, along training](figures/{BUDGET_FIGURE})"]
