@@ -82,11 +82,14 @@ def measure_flows(models: list[str], threads: int, rounds: int, seconds: float, 
     `rounds` rounds: one row per model, flow and round."""
     torch.set_num_threads(threads)
     batch, img_size = 16, 224
+    flows = FLOWS if has_torchao() else tuple(f for f in FLOWS if f != "int8_pt2e")
+    if flows != FLOWS:
+        log("int8 flows: torchao is not installed, so PT2E is left out (pip install torchao)")
     entries = []
     for name in models:
         model = perturb_norms(build_model(name, img_size))
         x, images = torch.randn(batch, 3, img_size, img_size), calibration(batch, img_size)
-        for flow in FLOWS:
+        for flow in flows:
             log(f"int8 flows: preparing {name} ({flow})")
             entry = (
                 pt2e_entry(model, name, x, images)
@@ -108,16 +111,18 @@ def flows_table(flows: pd.DataFrame) -> pd.DataFrame:
     """Per model: each flow's median img/s [min-max] and both int8 flows over `compile`, per-round ratios."""
     by = flows.set_index(["model", "flow", "round"])["img_s"].sort_index()
     rows = []
+    measured = [flow for flow in FLOWS if flow in set(flows["flow"])]  # PT2E only where torchao was installed
     for model in dict.fromkeys(flows["model"]):
         row = {"model": model}
-        for flow in FLOWS:
+        for flow in measured:
             runs = by[model, flow]
             row[f"{flow} img/s"] = f"{runs.median():.1f} [{runs.min():.1f}-{runs.max():.1f}]"
-        for flow in FLOWS[:2]:
+        for flow in measured[:-1]:
             ratio = by[model, flow] / by[model, "compile"]
             row[f"{flow} / compile"] = f"{ratio.median():.2f}x [{ratio.min():.2f}-{ratio.max():.2f}]"
-        ratio = by[model, "int8"] / by[model, "int8_pt2e"]
-        row["onnxruntime / PT2E"] = f"{ratio.median():.2f}x [{ratio.min():.2f}-{ratio.max():.2f}]"
+        if "int8_pt2e" in measured:
+            ratio = by[model, "int8"] / by[model, "int8_pt2e"]
+            row["onnxruntime / PT2E"] = f"{ratio.median():.2f}x [{ratio.min():.2f}-{ratio.max():.2f}]"
         rows.append(row)
     return pd.DataFrame(rows)
 

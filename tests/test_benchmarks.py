@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from benchmarks import run
+from benchmarks import int8, run
 from efficientvit.bench.modes import BF16_MODES, COMPILED_MODES
 from efficientvit.bench.run import BenchRun
 
@@ -79,6 +79,17 @@ def test_the_int8_section_gives_both_flows_and_the_accuracy_run():
     assert "| 300.0 [240.0-360.0] | 200.0 [160.0-240.0] | 150.0 [120.0-180.0] |" in table
     assert table.endswith("| 2.00x [2.00-2.00] | 1.33x [1.33-1.33] | 1.50x [1.50-1.50] |")
     assert "int8  89.80" in lines and run.INT8_ACCURACY in "\n".join(lines)
+
+
+def test_the_int8_flows_table_leaves_pt2e_out_where_torchao_was_missing():
+    rows = [
+        dict(model="efficientvit_m3", flow=flow, round=r, img_s=img_s)
+        for r in range(3)
+        for flow, img_s in (("int8", 300.0), ("compile", 150.0))
+    ]
+    table = int8.flows_table(pd.DataFrame(rows))
+    assert list(table.columns) == ["model", "int8 img/s", "compile img/s", "int8 / compile"]
+    assert table["int8 / compile"].iloc[0] == "2.00x [2.00-2.00]"
 
 
 def test_the_profile_table_gives_each_paths_memory_bound_share():
