@@ -97,7 +97,15 @@ def check_same_recipe(config: TrainConfig) -> None:
 
 def read_manifest(out: str | os.PathLike) -> dict[str, Any]:
     path = Path(out) / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else {"stages": {}}
+    if not path.exists():
+        return {"stages": {}}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{path} is not valid JSON ({e.msg}, line {e.lineno}): restore it (git checkout -- {path}) or delete it "
+            "to run every stage again"
+        ) from None
 
 
 def record_outputs(out: str | os.PathLike, stage: str, paths: list[Path], recipe: str | None = None) -> None:

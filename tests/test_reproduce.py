@@ -433,3 +433,9 @@ def test_the_report_rerenders_byte_for_byte_from_a_runs_tables(tmp_path, capsys)
     assert (out / "REPORT.md").read_bytes() == first
     assert report.main(["--results", str(tmp_path / "absent")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_damaged_manifest_is_one_sentence_naming_it(tmp_path):
+    (tmp_path / MANIFEST).write_text('{"stages": {"fig2": [')  # cut off mid-write by hand or a bad merge
+    with pytest.raises(UserError, match=r"manifest.json is not valid JSON .*restore it .* or delete it"):
+        record_outputs(tmp_path, "fig2", [])
