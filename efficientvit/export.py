@@ -17,6 +17,13 @@ before it (the bias is a learned table of a few hundred values, cheap in float, 
 requantize the logits), the residual adds (two tensors of different ranges; float keeps the skip path exact),
 the squeeze-excite's pooling and sigmoid, and any LayerNorm (the `ln` ablation; statistics over channels need
 float). Only `INT8_OPS` are quantized; every other operator runs in float between a dequantize and a quantize.
+
+The int8 graph is traced from the channels-last model, the fp32 one from the contiguous model. onnxruntime runs
+int8 convolutions in NHWC and puts a transpose wherever an operator needs the NCHW the graph was written in;
+its fp32 convolutions run in a blocked NCHW layout. Traced channels-last, EfficientViT's attention heads are
+written token-major (permute, then reshape), and those permutes cancel against the NHWC convolutions around
+them; traced contiguous, channel-major (reshape, then transpose), which the fp32 layout runs faster (timings:
+benchmarks/README.md).
 Choosing between this and PyTorch's PT2E flow (x86 inductor quantizer): benchmarks/README.md.
 """
 
@@ -54,19 +61,27 @@ MIN_OPSET, MAX_OPSET = 14, 20
 
 
 def export_onnx(
-    model: nn.Module, path: str | os.PathLike, x: torch.Tensor, dynamic_batch: bool = False, opset: int = DEFAULT_OPSET
+    model: nn.Module,
+    path: str | os.PathLike,
+    x: torch.Tensor,
+    dynamic_batch: bool = False,
+    opset: int = DEFAULT_OPSET,
+    channels_last: bool = False,
 ) -> Path:
-    """Write `model` (eval mode, on the CPU, contiguous layout) traced on `x` as ONNX to `path`, atomically."""
+    """Write `model` (eval mode, on the CPU) traced on `x` as ONNX to `path`, atomically. The graph computes the
+    same in either layout; the layout it is traced in (`channels_last`) chooses which of a model's equivalent
+    forms it records, where a model has several (EfficientViT's attention heads: module docstring)."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UserError(
             f"ONNX opset must be between {MIN_OPSET} and {MAX_OPSET} (what every model here exports to), got {opset}"
         )
-    model = model.eval().cpu().to(memory_format=torch.contiguous_format)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.eval().cpu().to(memory_format=layout)
     with atomic_path(path, make_parents=False) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer chatter about constant shapes, which hold for a fixed size
         torch.onnx.export(
             model,
-            (x.cpu().contiguous(),),
+            (x.cpu().contiguous(memory_format=layout),),
             tmp,
             input_names=["input"],
             output_names=["logits"],
@@ -197,7 +212,8 @@ def export_int8(
     `dynamic_batch`) and quantized to int8, calibrated on the `calibration` images (N, 3, H, W)."""
     x = torch.zeros(batch, *calibration.shape[1:])
     with tempfile.TemporaryDirectory() as folder:
-        fp32 = export_onnx(fuse(model, channels_last=False), os.path.join(folder, "fp32.onnx"), x, dynamic_batch, opset)
+        fp32 = os.path.join(folder, "fp32.onnx")
+        export_onnx(fuse(model, channels_last=False), fp32, x, dynamic_batch, opset, channels_last=True)
         return quantize_onnx(fp32, path, calibration, batch)
 
 

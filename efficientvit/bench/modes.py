@@ -82,7 +82,7 @@ def onnx_session(
     ort = require("onnxruntime", "--mode onnxruntime")
     tmp = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)
     tmp.close()
-    export_onnx(model, tmp.name, x)
+    export_onnx(model, tmp.name, x, channels_last=calibration is not None)  # int8: traced as it runs (export.py)
     if calibration is not None:
         quantize_onnx(tmp.name, tmp.name, calibration, len(x))
     options = ort.SessionOptions()

@@ -183,17 +183,21 @@ class CascadedGroupAttention(nn.Module):
             q, k, v = qkv(head_in).split([self.key_dim, self.key_dim, self.value_dim], dim=1)
             if self.dws:
                 q = self.dws[i](q)
-            q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)  # (B, channels, N), views in either layout
+            if token_major:  # permute, then reshape: views here, and an exported graph's permutes cancel
+                q, k, v = (t.permute(0, 2, 3, 1).reshape(B, H * W, -1) for t in (q, k, v))  # (B, N, channels)
+                k = k.transpose(1, 2)
+            else:
+                q, k, v = q.flatten(2).transpose(1, 2), k.flatten(2), v.flatten(2)  # q (B, N, Dk); k, v (B, C, N)
             if torch.compiler.is_compiling():
-                attn = (torch.bmm(q.transpose(1, 2), k) * self.scale + bias[i]).softmax(dim=-1)
+                attn = (torch.bmm(q, k) * self.scale + bias[i]).softmax(dim=-1)
             else:
-                attn = torch.baddbmm(bias[i], q.transpose(1, 2), k, alpha=self.scale).softmax(dim=-1)
+                attn = torch.baddbmm(bias[i], q, k, alpha=self.scale).softmax(dim=-1)
             if token_major:
-                out = torch.bmm(attn, v.transpose(1, 2)).transpose(1, 2)
+                out = torch.bmm(attn, v).reshape(B, H, W, -1).permute(0, 3, 1, 2)
             else:
-                out = torch.bmm(v, attn.transpose(1, 2))
+                out = torch.bmm(v, attn.transpose(1, 2)).unflatten(2, (H, W))
             maps.append(attn)
-            outputs.append(out.unflatten(2, (H, W)))
+            outputs.append(out)
         if listening:
             self.attn_tap(torch.stack(maps, dim=1))
             heads = torch.stack([o.flatten(2).transpose(1, 2) for o in outputs], dim=1)  # (B, heads, N, Dv)

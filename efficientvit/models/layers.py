@@ -45,22 +45,24 @@ def is_channels_last(x: torch.Tensor) -> bool:
 
 
 class PointwiseConv2d(nn.Conv2d):
-    """A 1x1 convolution that, on a channels-last map in eager mode, runs as one GEMM over the pixels.
+    """A 1x1 convolution that, on a channels-last fp32 map in eager mode, runs as one GEMM over the pixels.
 
     A channels-last (B, C, H, W) map is a (B*H*W, C) matrix in memory, so the conv is `addmm` with no copy. At
     EfficientViT's widths (16 to 1024 channels, 16 to 3136 pixels per image) the GEMM is faster on CPU in eager
     mode than oneDNN's 1x1 conv, most of all for the narrow per-head Q/K/V projections (benchmarks/README.md times
-    the modes). Under torch.compile (and torch.export) it stays a conv: inductor then calls oneDNN's conv with the
-    bias, the ReLU and the residual add fused into it, where an `addmm` becomes an MKL GEMM followed by a separate
-    kernel for each of them (the deficit to timm's compiled graph the profile in benchmarks/README.md found).
-    Other inputs take the ordinary conv; weights and state-dict keys are those of `nn.Conv2d`.
+    the modes); in bfloat16 oneDNN's conv is the faster. Under torch.compile (and torch.export, and in an ONNX
+    export) it stays a conv: inductor then calls oneDNN's conv with the bias, the ReLU and the residual add fused
+    into it, where an `addmm` becomes an MKL GEMM followed by a separate kernel for each of them (the deficit to
+    timm's compiled graph the profile in benchmarks/README.md found). Other inputs take the ordinary conv;
+    weights and state-dict keys are those of `nn.Conv2d`.
     """
 
     def __init__(self, in_dim: int, out_dim: int, bias: bool = True):
         super().__init__(in_dim, out_dim, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not is_channels_last(x) or torch.compiler.is_compiling():
+        eager_fp32 = x.dtype == torch.float32 and not (torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export())
+        if not (eager_fp32 and is_channels_last(x)):
             return super().forward(x)
         B, C, H, W = x.shape
         pixels, weight = x.permute(0, 2, 3, 1).reshape(-1, C), self.weight.flatten(1).t()
