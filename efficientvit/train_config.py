@@ -64,6 +64,11 @@ class TrainConfig:
     repeated_aug: bool = knob(True, "repeated augmentation: each image 3 times per epoch on different processes")
     drop_path: float = knob(0.0, "stochastic-depth rate (passed to the model as drop_path_rate when > 0)")
     ema_decay: float | None = knob(0.99996, "EMA decay per step (null: no EMA)")
+    ema_warmup: bool = knob(
+        False,
+        "EMA decay min(ema_decay, (1 + t) / (10 + t)) at step t, so the average of a run of a few thousand steps "
+        "forgets its random start (the official recipe has no warm-up)",
+    )
     init: str | None = knob(
         None,
         "checkpoint of ours to start from, e.g. a pruned model, or a pretrained name (timm/deit_tiny_patch16_224"

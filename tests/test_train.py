@@ -20,6 +20,7 @@ from efficientvit.train import (
     RunStatus,
     adaptive_clip_grad_,
     at_plateau,
+    ema_update,
     param_groups,
     snapshot_path,
     status,
@@ -397,3 +398,24 @@ def test_short_epochs_train_epoch_images_per_epoch_and_refuse_repeated_augmentat
     assert len(history) == 1 and "100 per epoch" in capsys.readouterr().out
     with pytest.raises(UserError, match="epoch_images and repeated_aug"):
         make_config({**values, "repeated_aug": True})
+
+
+def test_ema_warmup_forgets_the_start_that_a_fixed_decay_keeps():
+    """Against the average written out in float64: with warm-up the decay at step t is min(d, (1 + t) / (10 + t)),
+    without it d throughout; after 1,000 steps towards a constant the fixed 0.999 still holds e^-1 of the start."""
+    start, target = torch.zeros(3), torch.ones(3)
+    for warmup in (False, True):
+        model = nn.Linear(3, 1, bias=False)
+        nn.init.zeros_(model.weight)
+        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_update(0.999, warmup), use_buffers=True)
+        ema.update_parameters(model)  # the first update copies the start
+        expected = start.double()
+        with torch.no_grad():
+            model.weight.copy_(target)
+        for t in range(1, 1001):
+            ema.update_parameters(model)
+            decay = min(0.999, (1 + t) / (10 + t)) if warmup else 0.999
+            expected = decay * expected + (1 - decay) * target.double()
+        got = ema.module.weight.detach().double().flatten()
+        assert torch.allclose(got, expected, atol=1e-5)
+        assert (got < 0.64).all() if not warmup else (got > 0.99).all()
