@@ -35,7 +35,9 @@ def relative_offset_index(height: int, width: int) -> torch.Tensor:
 def fit_channels(x: torch.Tensor, channels: int, dim: int = 1) -> torch.Tensor:
     """Truncate or zero-pad `dim` to `channels`: lets a cascade run when V is wider or narrower than a split."""
     size = x.shape[dim]
-    if size >= channels:
+    if size == channels:  # no narrow: an exported graph would keep it as a Slice that copies
+        return x
+    if size > channels:
         return x.narrow(dim, 0, channels)
     pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, channels - size]
     return F.pad(x, pad)
@@ -241,7 +243,9 @@ class LocalWindowAttention(nn.Module):
         nh, nw = (H + pad_b) // wh, (W + pad_r) // ww
         # Windows are gathered in (B, H, W, C) order in either memory format: channels stay innermost, so a
         # channels-last model never converts, and in an exported graph the permutes cancel against the NHWC
-        # layout of onnxruntime's int8 convolutions (gathered channel-major, each window row moves 7 floats at a time)
+        # layout of onnxruntime's int8 convolutions (gathered channel-major, each window row moves 7 floats at a time).
+        # The pad stays where it pads nothing: in an fp32 graph it keeps the permute a transpose of its own, which
+        # onnxruntime otherwise merges with the window gather into one 6-D transpose that runs 1.7x slower.
         layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
         x = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, pad_r, 0, pad_b))
         x = x.view(B, nh, wh, nw, ww, C).transpose(2, 3).reshape(-1, wh, ww, C).permute(0, 3, 1, 2)
