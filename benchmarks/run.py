@@ -315,9 +315,9 @@ def int8_section(flows: pd.DataFrame | None, accuracy: str | None) -> list[str]:
         "",
         "The `int8` mode is onnxruntime's static quantization of the BN-fused graph (QDQ: int8 weights per output "
         "channel, uint8 activations with ranges calibrated on training images; softmax, the attention-bias add, "
-        "the residual adds and normalisation stay in float: `efficientvit/export.py` says why). Its peer flow is "
-        "PyTorch's PT2E with the x86 inductor quantizer (torchao), compiled with freezing; both calibrated on the "
-        "same images and timed in turns with `compile` (fp32).",
+        "most residual adds and normalisation stay in float: `efficientvit/export.py` says which and why). Its peer "
+        "flow is PyTorch's PT2E with the x86 inductor quantizer (torchao), compiled with freezing; both calibrated "
+        "on the same images and timed in turns with `compile` (fp32).",
         "",
     ]
     if flows is None:

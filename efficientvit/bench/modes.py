@@ -27,8 +27,8 @@ MODE_HELP = {
     "bf16": "channels_last with weights and activations in bfloat16 (AMX/AVX-512 BF16 on recent Xeons)",
     "compile_bf16": "bf16 through torch.compile (inductor, weight freezing on CPU)",
     "int8": "the onnxruntime graph statically quantized (QDQ: int8 per-channel weights, uint8 activations calibrated "
-    "on images of the training data, or on random ones for random weights; softmax, attention-bias and residual "
-    "adds in float: efficientvit/export.py) and run by onnxruntime's int8 kernels (CPU)",
+    "on images of the training data, or on random ones for random weights; softmax, the attention-bias add and most "
+    "residual adds in float: efficientvit/export.py) and run by onnxruntime's int8 kernels (CPU)",
 }
 MODES = tuple(MODE_HELP)
 CHANNELS_LAST_MODES = ("channels_last", "compile", "bf16", "compile_bf16")
