@@ -18,9 +18,9 @@ requantize the logits), the residual adds (two tensors of different ranges; floa
 the squeeze-excite's pooling and sigmoid, and any LayerNorm (the `ln` ablation; statistics over channels need
 float). Only `INT8_OPS` are quantized; every other operator runs in float between a dequantize and a quantize.
 One exception at run time: onnxruntime fuses an add whose inputs both come out of a dequantize and whose output
-only goes into a quantize into its int8 `QLinearAdd`; in EfficientViT-M4 that is 28 of the 80 adds (the
-depthwise convs' and the downsamplings' residuals, five FFN residuals, three cascade adds), the rest stay float.
-The measured agreement with fp32 (benchmarks/README.md) includes them.
+only goes into a quantize into its int8 `QLinearAdd`: in EfficientViT that takes the depthwise convs' and the
+downsamplings' residuals and some FFN residuals and cascade adds; the rest stay float. The measured agreement
+with fp32 (benchmarks/README.md) includes them.
 
 The int8 graph is traced from the channels-last model, the fp32 one from the contiguous model. onnxruntime runs
 int8 convolutions in NHWC and puts a transpose wherever an operator needs the NCHW the graph was written in;

@@ -245,7 +245,7 @@ class LocalWindowAttention(nn.Module):
         # channels-last model never converts, and in an exported graph the permutes cancel against the NHWC
         # layout of onnxruntime's int8 convolutions (gathered channel-major, each window row moves 7 floats at a time).
         # The pad stays where it pads nothing: in an fp32 graph it keeps the permute a transpose of its own, which
-        # onnxruntime otherwise merges with the window gather into one 6-D transpose that runs 1.7x slower.
+        # onnxruntime otherwise merges with the window gather into one 6-D transpose, a slower one.
         layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
         x = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, pad_r, 0, pad_b))
         x = x.view(B, nh, wh, nw, ww, C).transpose(2, 3).reshape(-1, wh, ww, C).permute(0, 3, 1, 2)
