@@ -105,6 +105,7 @@ NOT_CARRIED = ("block_dims", "num_classes", "img_size", "key_dim", "v_ratio", "m
 def design(
     pruning: pd.DataFrame,
     base_name: str = "efficientvit_m0",
+    *,
     target_flops: float | None = None,
     img_size: int = 224,
     patch_size: int = 16,
@@ -200,7 +201,15 @@ def run(config: VariantConfig) -> ModelSpec:
     pruned = pruned_spec(path) if own else None
     patch_size = config.patch_size or (pruned.kwargs.get("patch_size", 16) if pruned else 16)
     base_kwargs = pruned.kwargs if pruned and pruned.name == base else None  # an explicit other --base: its own
-    variant = design(pruning, base, config.target_flops, config.img_size, patch_size, config.min_kept, base_kwargs)
+    variant = design(
+        pruning,
+        base,
+        target_flops=config.target_flops,
+        img_size=config.img_size,
+        patch_size=patch_size,
+        min_kept=config.min_kept,
+        base_kwargs=base_kwargs,
+    )
     name = config.name or f"{path.stem}_variant"
     table = compare(variant, name, config.img_size, config.seconds, config.compare)
     spec = ModelSpec(variant["model"], variant["model_kwargs"])
@@ -220,6 +229,7 @@ def design_from_checkpoint(
     data: str | Path,
     ratio: float,
     out_dir: Path,
+    *,
     runs_dir: Path = Path("runs/pruned"),
     name: str | None = None,
     pruning: dict | None = None,

@@ -15,7 +15,7 @@ pair of heads is computed per window of every image. Two orders of "average maxi
                           other heads, averaged over heads (lower: a maximum of averages), and `max_max_similarity`
                           the largest such maximum over heads.
 
-Controls (DESIGN.md, "a finding survives its controls"). The cosine of two flattened softmax maps tends to 1 as
+Controls (a finding must survive them). The cosine of two flattened softmax maps tends to 1 as
 the maps flatten (two uniform maps give exactly 1), and the cosine of head outputs compares vectors written in
 each head's own arbitrary V basis. So every run also reports:
   entropy (every run)     each head's attention entropy, H / log N per query row (N: the keys the query may
@@ -271,7 +271,9 @@ def attach(blocks: list, stats: list[BlockStats], batch_size: list[int]) -> list
     return handles
 
 
-def stream(model: nn.Module, loader: DataLoader, images: int | None, device, skip_bad: bool, batch_size: list) -> int:
+def stream(
+    model: nn.Module, loader: DataLoader, images: int | None, device, *, skip_bad: bool, batch_size: list
+) -> int:
     """Run the model over the loader's images (at most `images`); returns how many it saw."""
     seen = 0
     with torch.no_grad():
@@ -294,6 +296,7 @@ def head_similarity(
     loader: DataLoader,
     feature: str = "attention",
     images: int | None = None,
+    *,
     device: torch.device | str = "cpu",
     skip_bad: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -309,7 +312,7 @@ def head_similarity(
     batch_size = [0]
     handles = attach(blocks, stats, batch_size)
     try:
-        seen = stream(model, loader, images, device, skip_bad, batch_size)
+        seen = stream(model, loader, images, device, skip_bad=skip_bad, batch_size=batch_size)
     finally:
         for handle in handles:
             handle.remove()
@@ -393,6 +396,7 @@ def build_model(
     checkpoint: str | None,
     model_config: str | None,
     img_size: int | None,
+    *,
     random_init: bool = False,
     seed: int = 0,
 ) -> nn.Module:
@@ -476,7 +480,12 @@ def run(config: SimilarityConfig) -> SimilarityResult:
     if config.images < 1 or config.batch < 1:
         raise UserError("--images and --batch must be at least 1")
     model = build_model(
-        config.model, config.checkpoint, config.model_config, config.img_size, config.random_init, config.seed
+        config.model,
+        config.checkpoint,
+        config.model_config,
+        config.img_size,
+        random_init=config.random_init,
+        seed=config.seed,
     )
     name = model.spec.name
     dataset = open_split(config.data, config.split, model.img_size[0], pretrained_cfg=model.pretrained_cfg)

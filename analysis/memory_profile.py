@@ -292,6 +292,7 @@ def profile_model(
     batch: int,
     img_size: tuple[int, int],
     device: torch.device,
+    *,
     iters: int,
     warmup: int,
     fused_attention: bool = False,
@@ -480,28 +481,34 @@ def describe_layout(model: nn.Module) -> tuple[str, float]:
 
 def profile_models(
     specs: dict[str, ModelSpec],
+    config: ProfileConfig,
     device: torch.device,
-    batch: int,
-    img_size: int,
-    threads: int | None,
-    iters: int,
-    warmup: int,
     done: pd.DataFrame | None = None,
     on_model=None,
-    fused_attention: bool = False,
-    modes: tuple[str, ...] = ("eager",),
 ) -> pd.DataFrame:
-    if threads:
-        torch.set_num_threads(threads)
+    """Every spec profiled in every mode of `config` (batch, input size, threads, iterations), skipping what
+    `done` holds; `on_model` gets the table so far after each model."""
+    batch, img_size = config.batch, config.img_size
+    if config.threads:
+        torch.set_num_threads(config.threads)
     frames = [] if done is None else [done]
-    runs = [(label, spec, mode) for label, spec in specs.items() for mode in modes]
+    runs = [(label, spec, mode) for label, spec in specs.items() for mode in config.modes]
     for label, spec, mode in tqdm(runs, desc="profiling", unit="model"):
         name, model = spec.name, spec.build(img_size=img_size)
         layout, proportion = describe_layout(model)
         if done is not None and ((done["name"] == label) & (done["mode"] == mode)).any():
             continue  # profiled in an earlier, interrupted run
         try:
-            frame = profile_model(model, batch, model.img_size, device, iters, warmup, fused_attention, mode)
+            frame = profile_model(
+                model,
+                batch,
+                model.img_size,
+                device,
+                iters=config.iters,
+                warmup=config.warmup,
+                fused_attention=config.fused_attention,
+                mode=mode,
+            )
         except (RuntimeError, MemoryError) as e:
             if out_of_memory(e):
                 raise UserError(
@@ -586,19 +593,7 @@ def run(config: ProfileConfig) -> pd.DataFrame:
     def save(frame: pd.DataFrame) -> None:
         write_results(frame, out, config_arguments(config), {"machine_balance": balance})
 
-    frame = profile_models(
-        specs,
-        device,
-        config.batch,
-        config.img_size,
-        config.threads,
-        config.iters,
-        config.warmup,
-        done,
-        save,
-        config.fused_attention,
-        tuple(config.modes),
-    )
+    frame = profile_models(specs, config, device, done, save)
     print(
         f"balance point {balance['balance_flops_per_byte']:.1f} FLOP/byte "
         f"({balance['peak_matmul_flops'] / 1e9:.0f} GFLOP/s matmul, "

@@ -19,6 +19,7 @@ Example: python analysis/mhsa_sweep.py --families deit_tiny --speedups 1.25 1.5 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -28,15 +29,16 @@ import pandas as pd
 import yaml
 
 import efficientvit
-from efficientvit.config import config_arguments, knob, parse_config
+from efficientvit.config import config_arguments, config_from_dict, knob, parse_config
 from efficientvit.errors import UserError, exit_status
+from efficientvit.files import atomic_write_text
 from efficientvit.flops import count_flops, count_params
 from efficientvit.models import ModelSpec
 from efficientvit.models.layout import format_layout
 from efficientvit.results import read_results, write_results
-from efficientvit.subnet import FAMILIES, find_subnet, subnet_kwargs
+from efficientvit.subnet import FAMILIES, SearchBudget, find_subnet, subnet_kwargs
 from efficientvit.train import train
-from efficientvit.train_config import make_config
+from efficientvit.train_config import check_overrides, read_yaml, recipe
 
 KEY = ["family", "speedup_target", "mhsa_proportion", "seed"]
 COLUMNS = (
@@ -62,22 +64,29 @@ COLUMNS = (
 )
 
 
-def read_sweep_config(path: str | Path) -> dict:
-    """The sweep YAML: `train` (training config keys), `families` (the full model of each family at this scale),
-    `subnet` (timing budget of the subnet search), `runs` (folder for the trainings)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sweep config {path} does not exist")
-    config = yaml.safe_load(path.read_text()) or {}
-    train_config = config.get("train") or {}
-    if not train_config.get("data"):
-        raise UserError(f"sweep config {path} has no train.data: fashion-mnist, or the ImageFolder root to train on")
-    return {
-        "train": train_config,
-        "families": config.get("families") or {},
-        "subnet": config.get("subnet") or {},
-        "runs": config.get("runs", "runs/mhsa_sweep"),
-    }
+@dataclass
+class SweepRecipe:
+    """A sweep YAML (experiments/cpu/sweep.yaml): what every point of the sweep shares."""
+
+    train: dict = knob(help="training-config keys of every subnet's training (data among them)")
+    families: dict[str, dict] = knob({}, "each family's full model at this scale: its constructor arguments")
+    subnet: SearchBudget = knob(SearchBudget(), "the subnet search's timing budget and cache")
+    runs: str = knob("runs/mhsa_sweep", "the trainings' folder")
+
+    def __post_init__(self):
+        self.train = check_overrides(self.train, "the sweep config's train")
+        if not self.train.get("data"):
+            raise UserError("the sweep config has no train.data: fashion-mnist, or the ImageFolder root to train on")
+
+    def write(self, path: Path) -> Path:
+        """The recipe as a sweep YAML (what a run records beside its table)."""
+        return atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+
+
+def read_sweep_config(path: str | Path) -> SweepRecipe:
+    """A sweep YAML, every key checked: `train` (training config keys), `families` (the full model of each family
+    at this scale), `subnet` (timing budget of the subnet search), `runs` (folder for the trainings)."""
+    return config_from_dict(SweepRecipe, read_yaml(path, "sweep config"), f"sweep config {path}")
 
 
 def grid(families: list[str], speedups: list[float], proportions: list[float], seeds: list[int]) -> list[dict]:
@@ -113,17 +122,23 @@ def point_name(point: dict) -> str:
     return f"{point['family']}_s{point['speedup_target']}_p{point['mhsa_proportion']}_seed{point['seed']}"
 
 
-def run_point(point: dict, sweep: dict, device: str) -> dict:
-    """Find the subnet, train it (resuming a checkpoint if one is there), and describe the result."""
-    base = sweep["families"].get(point["family"], {})
+def run_point(point: dict, sweep: SweepRecipe, device: str, search: bool = True) -> dict:
+    """Find the subnet (from the cache only, without `search`), train it (resuming a checkpoint if one is there),
+    and describe the result."""
+    base = sweep.families.get(point["family"], {})
     subnet = find_subnet(
-        point["family"], point["speedup_target"], point["mhsa_proportion"], base=base, device=device, **sweep["subnet"]
+        point["family"],
+        point["speedup_target"],
+        point["mhsa_proportion"],
+        base=base,
+        budget=sweep.subnet,
+        device=device,
+        search=search,
     )
     kwargs = {k: v for k, v in subnet["kwargs"].items() if k != "img_size"}
-    out = Path(sweep["runs"]) / point_name(point)
-    config = make_config(
-        {**sweep["train"], "model": point["family"], "model_kwargs": kwargs, "out": str(out), "seed": point["seed"]}
-    )
+    out = Path(sweep.runs) / point_name(point)
+    fixed = {"model": point["family"], "model_kwargs": kwargs, "out": str(out), "seed": point["seed"]}
+    config = recipe(sweep.train, fixed)
     history = train(config, resume=True)  # a finished run returns its history from the checkpoint
     final = history[-1]
     model = efficientvit.create_model(point["family"], img_size=config.img_size, **kwargs)
@@ -149,30 +164,29 @@ def run_point(point: dict, sweep: dict, device: str) -> dict:
     }
 
 
-def subnet_spec(row: dict, sweep: dict) -> ModelSpec:
+def subnet_spec(row: dict, sweep: SweepRecipe) -> ModelSpec:
     """The subnet a row of the sweep trained, rebuilt from the row (layout, widths, FFN expansion) and the sweep's
     full model of its family: its checkpoint stays on the machine that trained it, the row travels with the
     results."""
     family = row["family"]
-    kwargs = subnet_kwargs(family, 0.0, 1.0, sweep["families"].get(family, {}))  # the family's heads and knobs
+    kwargs = subnet_kwargs(family, 0.0, 1.0, sweep.families.get(family, {}))  # the family's heads and knobs
     kwargs.pop("img_size", None)  # the training recipe's, as in run_point
     layout = row["layout"] if family.startswith("deit") else row["layout"].split(",")  # Swin: one string per stage
     widths = yaml.safe_load(str(row["widths"]))
     return ModelSpec(family, {**kwargs, "layout": layout, "embed_dim": widths, "mlp_ratio": float(row["mlp_ratio"])})
 
 
-def search_subnets(points: list[dict], sweep: dict, device: str) -> None:
+def search_subnets(points: list[dict], sweep: SweepRecipe, device: str) -> None:
     """Time every point's subnet once, filling the cache, so that later runs (and every torchrun process) read
     the same configurations instead of timing them again."""
     for point in points:
-        base = sweep["families"].get(point["family"], {})
         result = find_subnet(
             point["family"],
             point["speedup_target"],
             point["mhsa_proportion"],
-            base=base,
+            base=sweep.families.get(point["family"], {}),
+            budget=sweep.subnet,
             device=device,
-            **sweep["subnet"],
         )
         print(
             f"{point_name(point)}: {result['kwargs']['layout']} widths {result['kwargs']['embed_dim']}, "
@@ -181,7 +195,10 @@ def search_subnets(points: list[dict], sweep: dict, device: str) -> None:
         )
 
 
-def sweep_points(points: list[dict], sweep: dict, out: Path, arguments: dict, device: str) -> pd.DataFrame:
+def sweep_points(points: list[dict], sweep: SweepRecipe, out: Path, arguments: dict, device: str) -> pd.DataFrame:
+    """Every point not in `out` yet, trained and appended to it. Several shards share a machine or a cluster: a
+    point's subnet then comes from the cache (`--subnets-only` filled it once), never from a timing of their own."""
+    search = parse_shard(arguments["shard"])[1] == 1
     writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun only the first process writes the CSV
     done = read_results(out)
     # rows written before the FFN-width search had every FFN at the expansion of 4
@@ -191,7 +208,7 @@ def sweep_points(points: list[dict], sweep: dict, out: Path, arguments: dict, de
         if tuple(point[k] for k in KEY) in finished:
             continue
         print(f"[{n}/{len(points)}] {point_name(point)}", flush=True)
-        row = run_point(point, sweep, device)
+        row = run_point(point, sweep, device, search)
         rows.append(row)
         if writer:
             write_results(pd.DataFrame(rows).reindex(columns=COLUMNS), out, arguments)
@@ -230,18 +247,16 @@ class SweepConfig:
     subnets_only: bool = knob(False, "only search (and cache) the subnets; do this once before running under torchrun")
 
 
-def run(config: SweepConfig, sweep: dict | None = None) -> pd.DataFrame:
-    """Every point of the grid (this shard's), or the merged shards; returns the table. `sweep` is the content of
-    a sweep YAML (read from `config.config` when not given)."""
+def run(config: SweepConfig) -> pd.DataFrame:
+    """Every point of the grid (this shard's), or the merged shards; returns the table."""
     arguments = config_arguments(config)
     if config.merge:
         if not config.out:
             raise UserError("--merge needs --out, the merged CSV to write")
         return merge(config.merge, config.out, arguments)
-    if sweep is None:
-        if not config.config:
-            raise UserError("give --config, the sweep YAML (e.g. experiments/cpu/sweep.yaml)")
-        sweep = read_sweep_config(config.config)
+    if not config.config:
+        raise UserError("give --config, the sweep YAML (e.g. experiments/cpu/sweep.yaml)")
+    sweep = read_sweep_config(config.config)
     points = grid(config.families, config.speedups, config.proportions, config.seeds)
     index, count = parse_shard(config.shard)
     shard = f"_shard_{index}_of_{count}" if count > 1 else ""

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from efficientvit.config import coerce, config_arguments, unknown_key
+from efficientvit.config import config_arguments
 from efficientvit.errors import UserError
 from efficientvit.files import atomic_write_text
 from efficientvit.train import status, train
@@ -34,23 +35,68 @@ RESUMABLE_CHANGES = {"out", "workers", "precision", "fast", "compile", "snapshot
 @dataclass
 class Context:
     """Where a run reads and writes: results (`out`, committed), trainings (`runs`, never committed), the prepared
-    data, the device of its analyses."""
+    data, the device of its analyses; the whole preset (a figure may read another's section: Figs. 4 and 5 read
+    the proxies'); and, for a stage along training, the proxies' budget it reads (epochs) and whether it is the
+    longest."""
 
     out: Path
     runs: Path
     data: str
     device: str
+    preset: Any = None
+    budget: int | None = None
+    last: bool = True
 
 
-def tool_settings(tool: type, values: dict[str, Any], where: str, owned: tuple[str, ...]) -> dict[str, Any]:
-    """Settings of an analysis tool given in a preset: keys of the tool's own config dataclass (whose defaults
-    apply to every key left out), minus the keys the pipeline sets itself (`owned`: data, checkpoint, ...)."""
-    allowed = [f.name for f in dataclasses.fields(tool) if f.name not in owned]
+@dataclass(frozen=True)
+class Figure:
+    """A figure of the pipeline, as its module registers it (`FIGURE = Figure(...)`, listed once in
+    `analysis.figures.MODULES`): its preset section, its stage, and its part of the report and the notebooks.
+
+    key: the preset section's name and what `--only` chooses (fig2, ...); section: the section's dataclass;
+    run(ctx, section): the stage, which skips work already done and returns the files it wrote; along_training: a
+    stage per budget of the proxies (ctx.budget, ctx.last), right after they are trained to it; reads: the
+    sections it needs besides its own; check(preset): its checks when the preset is read (beyond the types);
+    title, report(out), glance(out): its report section, its lines and its rows of the findings table;
+    report_in: the key of the figure whose section holds its lines instead; folder: its tables' folder under the
+    results; notebook: notebooks/<notebook>.ipynb draws it (as figures/<notebook>.png)."""
+
+    key: str
+    section: type
+    help: str
+    run: Callable[[Context, Any], list[Path]]
+    along_training: bool = False
+    reads: tuple[str, ...] = ()
+    check: Callable[[Any], None] | None = None
+    title: str | None = None
+    report: Callable[[Path], list[str]] | None = None
+    glance: Callable[[Path], list] | None = None
+    report_in: str | None = None
+    folder: str | None = None
+    notebook: str | None = None
+
+
+def settings_of(tool: type, owned: tuple[str, ...]) -> type:
+    """The settings of an analysis tool that a preset may give, as a dataclass: the fields of the tool's config
+    (their types, defaults and help) but those the pipeline sets itself (`owned`: data, checkpoint, ...). A section
+    field of this type is checked key by key when the preset is read, the same sentences as every config, and
+    holds the tool's own default for every key it leaves out: one default per option, the tool's."""
     hints = typing.get_type_hints(tool)
-    for key in values:
-        if key not in allowed:
-            raise unknown_key(key, allowed, where)
-    return {key: coerce(value, hints[key], f"{where}: {key}") for key, value in values.items()}
+    fields = [
+        (
+            f.name,
+            hints[f.name],
+            dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata),
+        )
+        for f in dataclasses.fields(tool)
+        if f.name not in owned
+    ]
+    return dataclasses.make_dataclass(f"{tool.__name__.removesuffix('Config')}Settings", fields)
+
+
+def tool_config(tool: type, settings: Any, **owned: Any) -> Any:
+    """The tool's config from a section's settings and the values the pipeline sets."""
+    return tool(**dataclasses.asdict(settings), **owned)
 
 
 def with_sidecar(csv: Path) -> list[Path]:

@@ -1,8 +1,9 @@
 """A pipeline preset (experiments/reproduce/<name>.yaml), parsed once into typed sections.
 
-Each figure module defines its own section (`analysis/figures/*.py`, `Section`); a section that sets an analysis
-tool's options reuses that tool's config dataclass, so every option has one default, the tool's. An unknown or
-misspelt key is one sentence naming it and the nearest valid key, with the same coercion as training configs.
+Each registered figure (`analysis.figures.MODULES`) brings its own section (its module's `Section`); a section that
+sets an analysis tool's options holds that tool's settings (`analysis.pipeline.settings_of`), so every option has
+one default, the tool's; training keys are checked as they are read (`efficientvit.train_config.check_overrides`).
+An unknown or misspelt key is one sentence naming it and the nearest valid key, before anything runs.
 """
 
 from __future__ import annotations
@@ -13,15 +14,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from analysis import mhsa_sweep
-from analysis.figures import fig2, fig3, fig4, fig5, pareto, proxies
+from analysis.figures import registered
 from efficientvit.config import config_from_dict, knob
 from efficientvit.data import fashion_mnist
 from efficientvit.data.synthetic import make_synthetic
 from efficientvit.errors import UserError
-from efficientvit.models import create_model
+from efficientvit.train_config import read_yaml
 
 PRESETS = Path("experiments/reproduce")
 
@@ -32,58 +30,51 @@ class Data:
     synthetic: dict | None = knob(None, "generate shapes at `path` (make_synthetic's arguments): tests")
 
 
-@dataclass
-class Preset:
-    runs: Path = knob(help="folder of the trainings and pruned models (checkpoints: never committed)")
-    data: Data = knob(Data(), "the data every figure reads")
-    device: str = knob("cpu", "where analyses run: cpu, cuda or auto")
-    minutes: dict[str, float] = knob({}, "expected minutes per stage, for the progress line's estimate")
-    proxies: proxies.Section | None = knob(None, "the proxies Figs. 4 and 5 analyse")
-    fig2: fig2.Section | None = knob(None, "Figure 2: memory-bound operations")
-    fig3: fig3.Section | None = knob(None, "Figure 3: MHSA proportion of throughput-matched subnets")
-    fig4: fig4.Section | None = knob(None, "Figure 4: head similarity")
-    fig5: fig5.Section | None = knob(None, "Figure 5: Taylor pruning and the designed variant")
-    pareto: pareto.Section | None = knob(None, "the designed variant trained and timed against its peers")
+def preset_class() -> type:
+    """The preset's dataclass: the run's own keys, then one optional section per registered figure."""
+    run = [
+        ("runs", Path, knob(help="folder of the trainings and pruned models (checkpoints: never committed)")),
+        ("data", Data, knob(Data(), "the data every figure reads")),
+        ("device", str, knob("cpu", "where analyses run: cpu, cuda or auto")),
+        ("minutes", dict[str, float], knob({}, "expected minutes per stage, for the progress line's estimate")),
+    ]
+    sections = [(figure.key, figure.section | None, knob(None, figure.help)) for figure in registered()]
+    return dataclasses.make_dataclass("Preset", run + sections)
 
 
-def load_preset(name: str) -> Preset:
-    """A preset by name (experiments/reproduce/<name>.yaml) or path."""
+Preset = preset_class()
+
+
+def load_preset(name: str):
+    """A preset by name (experiments/reproduce/<name>.yaml) or path, every section checked as it is read."""
     path = Path(name) if name.endswith(".yaml") else PRESETS / f"{name}.yaml"
     if not path.is_file() and not PRESETS.is_dir():
         raise UserError(f"no {PRESETS}/ here: run from the repository root (the presets name files relative to it)")
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
         raise UserError(f"unknown preset {name!r}: choose one of {known}, or give a YAML path")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"preset {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    return config_from_dict(Preset, values, f"preset {path.name}")
+    return config_from_dict(preset_class(), read_yaml(path, "preset"), f"preset {path.name}")
 
 
-def recipe_digest(preset: Preset) -> str:
+def recipe_digest(preset) -> str:
     """A fingerprint of everything a preset asks for except its progress estimates: a finished stage is kept
     only under the recipe it ran (any change to the preset runs every stage again, each resuming what it can)."""
     settings = {k: v for k, v in dataclasses.asdict(preset).items() if k != "minutes"}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def check_preset(preset: Preset) -> None:
-    """Fail in a second, not after twenty minutes: every model the preset trains builds and runs a batch, every
-    proxy a figure reads is trained, every family Fig. 3 sweeps is defined."""
-    needed = {name: section.proxies for name, section in (("fig4", preset.fig4), ("fig5", preset.fig5)) if section}
-    if needed and preset.proxies is None:
-        raise UserError(f"{', '.join(needed)} read proxies, and the preset has no `proxies` section")
-    if preset.proxies is not None:
-        proxies.check(preset.proxies, preset.runs, needed)
-    if preset.pareto is not None and preset.fig5 is None:
-        raise UserError("the pareto stage trains the variant Fig. 5 designs, and the preset has no fig5")
-    if preset.fig3 is not None:
-        sweep = mhsa_sweep.read_sweep_config(preset.fig3.config)
-        for family in preset.fig3.sweep.get("families", []):
-            if family not in sweep["families"]:
-                raise UserError(f"fig3 sweeps {family!r}, which {preset.fig3.config} does not define")
-            create_model(family, **sweep["families"][family])
+def check_preset(preset) -> None:
+    """Fail in a second, not after twenty minutes: every section a figure reads is there, and each figure's own
+    checks pass (every model the preset trains builds and runs a batch, every proxy a figure reads is trained,
+    every family Fig. 3 sweeps is defined, every training recipe makes a config)."""
+    for figure in registered():
+        if getattr(preset, figure.key) is None:
+            continue
+        for needed in figure.reads:
+            if getattr(preset, needed) is None:
+                raise UserError(f"{figure.key} reads the `{needed}` section, and the preset has none")
+        if figure.check is not None:
+            figure.check(preset)
 
 
 def prepare_data(data: Data) -> str:

@@ -1,8 +1,8 @@
 """Taylor structured pruning of EfficientViT itself: the layers `analysis/taylor_pruning.py` ranks and cuts.
 
-torch-pruning's dependency graph does not finish on cascaded group attention (DESIGN.md), so the channels are
-scored directly and cut with its layer functions. Filters, each with the BatchNorm entries of its channel (a
-channel's BN weight and bias are part of its filter: they scale and shift nothing else):
+torch-pruning's dependency graph does not finish on cascaded group attention (as its open upstream reports say),
+so the channels are scored directly and cut with its layer functions. Filters, each with the BatchNorm entries of
+its channel (a channel's BN weight and bias are part of its filter: they scale and shift nothing else):
 
   qk   channel c of head h: row c of Q in the head's qkv Conv-BN, channel c of Q's depthwise Conv-BN and row c
        of K (the logits pair Q and K channel by channel, and Q's depthwise conv keeps channels apart)
@@ -55,6 +55,11 @@ def column_terms(conv: nn.Conv2d) -> torch.Tensor:
     return (conv.weight.detach() * conv.weight.grad).sum(dim=(0, 2, 3))
 
 
+def row_slices(unit: ConvNorm, row: int) -> list[tuple[torch.Tensor, tuple]]:
+    """The entries of one output channel of a Conv-BN: its conv weights and its BatchNorm weight and bias."""
+    return [(unit.conv.weight, (row,)), (unit.bn.weight, (row,)), (unit.bn.bias, (row,))]
+
+
 def prune_rows(unit: ConvNorm, rows: list[int]) -> None:
     if unit.conv.groups > 1:  # depthwise: a row is a channel in and out
         tp.prune_depthwise_conv_out_channels(unit.conv, rows)
@@ -97,15 +102,24 @@ class WindowAttentionLayer:
         dw = sum(conv.conv.kernel_size[0] * conv.conv.kernel_size[1] for conv in m.dws)
         return {"qk": T * (self.heads * (2 * reads + N) + dw), "v": self.heads * T * (reads + N + self.width)}
 
-    def first_order_terms(self) -> dict[str, torch.Tensor]:
+    def term_pairs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Q/K: (Q's rows with its depthwise conv's, K's rows); V: (V's rows, the projection's columns)."""
         m, kd = self.module, self.module.key_dim
-        qk, v = [], []
-        projection = column_terms(m.proj[1].conv).view(self.heads, -1)
+        q, k, v, projected = [], [], [], column_terms(m.proj[1].conv).view(self.heads, -1)
         for head, qkv in enumerate(m.qkvs):
             rows = row_terms(qkv)
-            qk.append(rows[:kd] + rows[kd : 2 * kd] + (row_terms(m.dws[head]) if m.dws else 0))
-            v.append(rows[2 * kd :] + projection[head])
-        return {"qk": torch.stack(qk), "v": torch.stack(v)}
+            q.append(rows[:kd] + (row_terms(m.dws[head]) if m.dws else 0))
+            k.append(rows[kd : 2 * kd])
+            v.append(rows[2 * kd :])
+        return {"qk": (torch.stack(q), torch.stack(k)), "v": (torch.stack(v), projected)}
+
+    def filter_slices(self, kind: str, head: int | None, channel: int) -> list[tuple[torch.Tensor, tuple]]:
+        m, kd = self.module, self.module.key_dim
+        if kind == "qk":
+            dw = row_slices(m.dws[head], channel) if m.dws else []
+            return row_slices(m.qkvs[head], channel) + row_slices(m.qkvs[head], kd + channel) + dw
+        column = (m.proj[1].conv.weight, (slice(None), head * m.value_dim + channel))
+        return [*row_slices(m.qkvs[head], 2 * kd + channel), column]
 
     def remove(self, kind: str, indices: list[list[int]]) -> None:
         """Cut channel indices[h] of every head h (equal counts), and keep the cascade's V positions."""
@@ -150,8 +164,11 @@ class ConvFFNLayer:
     def costs(self) -> dict[str, float]:
         return {"ffn": 2 * self.tokens * self.width}
 
-    def first_order_terms(self) -> dict[str, torch.Tensor]:
-        return {"ffn": row_terms(self.module.pw1) + column_terms(self.module.pw2.conv)}
+    def term_pairs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {"ffn": (row_terms(self.module.pw1), column_terms(self.module.pw2.conv))}
+
+    def filter_slices(self, kind: str, head: int | None, channel: int) -> list[tuple[torch.Tensor, tuple]]:
+        return [*row_slices(self.module.pw1, channel), (self.module.pw2.conv.weight, (slice(None), channel))]
 
     def remove(self, kind: str, indices: list[int]) -> None:
         prune_rows(self.module.pw1, indices)

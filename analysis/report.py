@@ -9,15 +9,18 @@ The paper's values are the CSVs in analysis/published/ (Table 2 exact, Figs. 3-5
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 import pandas as pd
+from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from analysis.figures import fig2, fig3, fig4, fig5, pareto, proxies
+from analysis.figures import proxies, registered
 from analysis.pipeline import listed_outputs, recorded_stages, stage_timing
 from efficientvit.config import knob, parse_config
 from efficientvit.errors import UserError, exit_status
@@ -25,14 +28,24 @@ from efficientvit.files import atomic_write_text
 from efficientvit.results import markdown_table
 
 NOTEBOOKS = Path("notebooks")
-SECTIONS = [  # (title, the manifest's stage, its figure, the modules whose report lines it holds)
-    (proxies.TITLE, proxies.STAGE, proxies.FIGURE, [proxies]),
-    (fig2.TITLE, fig2.STAGE, fig2.FIGURE, [fig2]),
-    (fig3.TITLE, fig3.STAGE, fig3.FIGURE, [fig3]),
-    (fig4.TITLE, fig4.STAGE, fig4.FIGURE, [fig4]),
-    (fig5.TITLE, fig5.STAGE, fig5.FIGURE, [fig5, pareto]),  # the designed variant is Fig. 5's conclusion
-]
-NOTEBOOK_INPUTS = {module.FIGURE.removesuffix(".png"): module.FOLDER for _, _, _, (module, *_) in SECTIONS}
+
+
+def sections() -> list[tuple]:
+    """The report's sections, one per registered figure with a title: (title, its stage, its figure's file, the
+    figures whose report lines it holds: its own, then those reported in it, as the Pareto in Fig. 5's)."""
+    figures = registered()
+    return [
+        (
+            figure.title,
+            figure.key,
+            f"{figure.notebook}.png",
+            [figure, *(f for f in figures if f.report_in == figure.key)],
+        )
+        for figure in figures
+        if figure.title is not None
+    ]
+
+
 RULES = (
     "Verdicts follow the rules in `analysis/verdicts.py`: a finding is **reproduced** when its effect's 95% "
     "t-interval over runs (Welch's across seeds, paired within a run or a profiled model) lies on the paper's side "
@@ -65,10 +78,11 @@ def glance_section(out: Path, stages: set[str] | None) -> list[str]:
     """Every finding tested, its evidence and verdict at the longest training budget, in one table."""
     rows = [
         dataclasses.asdict(finding)
-        for _, stage, _, modules in SECTIONS[1:]
+        for _, stage, _, figures in sections()
         if ran(stage, stages)
-        for module in modules
-        for finding in module.glance(out)
+        for figure in figures
+        if figure.glance is not None
+        for finding in figure.glance(out)
     ]
     if not rows:
         return []
@@ -110,36 +124,67 @@ def write_report(out: Path, preset: str, data: str) -> Path:
         "",
         *glance_section(out, stages),
     ]
-    for title, stage, figure, modules in SECTIONS:
+    for title, stage, figure, figures in sections():
         lines += [f"## {title}", ""]
         if (out / "figures" / figure).exists():
             lines += [f"![{title}](figures/{figure})", ""]
         if ran(stage, stages):
-            lines += [line for module in modules for line in module.report(out)]
+            lines += [line for f in figures for line in f.report(out)]
         else:
             lines.append(f"Not run: this results folder's manifest has no `{stage}` stage.")
         lines.append("")
     return atomic_write_text(out / "REPORT.md", "\n".join(lines))
 
 
-def execute_notebook(path: Path, results: Path) -> None:
+def execute_notebook(path: Path, results: Path, kernel: KernelManager | None = None) -> None:
     """Run a notebook headless from its folder against `results`, injected (as papermill does) after the cell
-    tagged `parameters`; each notebook writes its figures to results/figures."""
+    tagged `parameters`; each notebook writes its figures to results/figures. `kernel`: a running kernel to reuse
+    (the notebooks' imports, torch among them, then load once for all of them); by default a fresh one."""
     notebook = nbformat.read(path, as_version=4)
     where = next(i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", []))
     notebook.cells.insert(where + 1, nbformat.v4.new_code_cell(f"RESULTS = {str(Path(results).resolve())!r}"))
-    NotebookClient(
-        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    ).execute()
+    client = NotebookClient(
+        notebook, km=kernel, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    client.execute()
+    if kernel is not None:
+        client.kc.stop_channels()
+
+
+DRAWN = "drawn.json"  # in <out>/figures: what each notebook drew its figures from
+
+
+def inputs_digest(notebook: Path, files: list[Path]) -> str:
+    """A fingerprint of a notebook and the run's tables: equal, its figures would come out the same."""
+    digest = hashlib.sha256(notebook.read_bytes())
+    for path in files:
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def draw_figures(out: Path) -> None:
-    """Every notebook whose results folder the run wrote."""
-    for notebook, folder in NOTEBOOK_INPUTS.items():
-        path = NOTEBOOKS / f"{notebook}.ipynb"
-        if listed_outputs(out, folder):
+    """Every notebook whose results folder the run wrote, unless its figures exist and were drawn from the same
+    notebook and tables (a resumed run that redid nothing draws nothing again)."""
+    drawn_path = out / "figures" / DRAWN
+    drawn = json.loads(drawn_path.read_text()) if drawn_path.exists() else {}
+    tables = listed_outputs(out, ".", "**/*.csv")  # a notebook may read several folders (Fig. 5: the Pareto too)
+    notebooks = {figure.notebook: figure.folder for figure in registered() if figure.notebook}
+    kernel = KernelManager(kernel_name="python3")  # started by the first notebook drawn, shared by the others
+    try:
+        for notebook, folder in notebooks.items():
+            path = NOTEBOOKS / f"{notebook}.ipynb"
+            if not listed_outputs(out, folder):
+                continue
+            digest = inputs_digest(path, tables)
+            if drawn.get(notebook) == digest and (out / "figures" / f"{notebook}.png").exists():
+                continue
             print(f"  {path.name}", flush=True)
-            execute_notebook(path, out)
+            execute_notebook(path, out, kernel)
+            drawn[notebook] = digest
+            atomic_write_text(drawn_path, json.dumps(drawn, indent=2, sort_keys=True))
+    finally:
+        if kernel.has_kernel:
+            kernel.shutdown_kernel(now=True)
 
 
 @dataclass

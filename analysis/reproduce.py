@@ -17,55 +17,56 @@ from i, and the run without --shard then analyses.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-from analysis.figures import fig2, fig3, fig4, fig5, pareto, proxies
+from analysis.figures import fig3, proxies, registered
 from analysis.mhsa_sweep import parse_shard
-from analysis.pipeline import Context, add_stage_time, finished_earlier, record_outputs
-from analysis.preset import Preset, check_preset, load_preset, prepare_data, recipe_digest
+from analysis.pipeline import Context, Figure, add_stage_time, finished_earlier, record_outputs
+from analysis.preset import check_preset, load_preset, prepare_data, recipe_digest
 from analysis.report import draw_figures, write_report
 from efficientvit.config import knob, parse_config
 from efficientvit.errors import UserError, exit_status
 from efficientvit.results import device_description
 
-FIGURES = ("fig2", "fig3", "fig4", "fig5", "pareto")  # what --only chooses from
-READS_PROXIES = {"fig4", "fig5", "pareto"}
+
+def figure_keys() -> list[str]:
+    """What --only chooses from: every registered figure but the proxies (trained for those that read them)."""
+    return [figure.key for figure in registered() if figure.key != proxies.STAGE]
 
 
 @dataclass
 class Stage:
     name: str
-    run: Callable[[], list[Path]]  # does the work (skipping what is done); returns the files it wrote
+    figure: Figure
+    budget: int | None = None  # the proxies' budget a stage along training reads
+    last: bool = True  # whether it is their longest
+
+    def run(self, ctx: Context) -> list[Path]:
+        """Do the stage's work (skipping what is done); returns the files it wrote."""
+        at = dataclasses.replace(ctx, budget=self.budget, last=self.last)
+        return self.figure.run(at, getattr(ctx.preset, self.figure.key))
 
 
-def stage_table(preset: Preset, ctx: Context, only: set[str]) -> list[Stage]:
-    """The stages this run does, in order. The proxies train budget by budget (their snapshots' epochs), and
-    Figs. 4 and 5 read each budget as soon as it is trained, so every finding is followed along training and a
-    run that stops loses at most the training in progress; then each other figure the preset configures."""
+def stage_table(preset, only: set[str]) -> list[Stage]:
+    """The stages this run does, in order. The proxies train budget by budget (their snapshots' epochs), and the
+    figures read along training (Figs. 4 and 5) read each budget as soon as it is trained, so every finding is
+    followed along training and a run that stops loses at most the training in progress; then each other figure
+    the preset configures."""
+    figures = [figure for figure in registered() if getattr(preset, figure.key) is not None]
+    chosen = [figure for figure in figures if figure.key in only]
     stages = []
-    if preset.proxies is not None and READS_PROXIES & only:
+    if preset.proxies is not None and any(proxies.STAGE in figure.reads for figure in chosen):
         budgets = proxies.budgets(preset.proxies)
+        along = [f for f in figures if f.along_training and (f.key == proxies.STAGE or f.key in only)]
         for budget in budgets:
             at = "" if len(budgets) == 1 else f" (epoch {budget})"
-            last = budget == budgets[-1]
-            stages.append(Stage(f"proxies{at}", partial(proxies.run, ctx, preset.proxies, budget)))
-            if "fig4" in only and preset.fig4:
-                stages.append(Stage(f"fig4{at}", partial(fig4.run, ctx, preset.fig4, preset.proxies, budget)))
-            if "fig5" in only and preset.fig5:
-                stages.append(Stage(f"fig5{at}", partial(fig5.run, ctx, preset.fig5, preset.proxies, budget, last)))
-    actions = {
-        "fig2": lambda: fig2.run(ctx, preset.fig2),
-        "fig3": lambda: fig3.run(ctx, preset.fig3),
-        "pareto": lambda: pareto.run(ctx, preset.pareto, preset.proxies),
-    }
-    stages += [Stage(name, action) for name, action in actions.items() if name in only and getattr(preset, name)]
-    return stages
+            stages += [Stage(f"{f.key}{at}", f, budget, budget == budgets[-1]) for f in along]
+    return stages + [Stage(figure.key, figure) for figure in chosen if not figure.along_training]
 
 
 class Progress:
@@ -95,29 +96,29 @@ class Progress:
         self.done_actual += time.perf_counter() - started
 
 
-def train_shard(preset: Preset, ctx: Context, only: set[str], index: int, count: int) -> None:
+def train_shard(preset, ctx: Context, only: set[str], index: int, count: int) -> None:
     """One shard's share of the trainings, for several processes or machines sharing the runs folder: every
     count-th proxy run and Fig. 3 point from `index`. The Fig. 3 subnets come from the cache (`--subnets-only`
     searched them once); the shard's results go under the runs folder and only its time into the manifest, and
     the run without --shard afterwards finds everything trained and does every analysis."""
     device = device_description(ctx.device)
-    if preset.proxies is not None and READS_PROXIES & only:
+    if preset.proxies is not None and any(proxies.STAGE in f.reads for f in registered() if f.key in only):
         started = time.perf_counter()
         proxies.train_runs(ctx, preset.proxies, index, count)
         add_stage_time(ctx.out, f"proxies, shard {index}/{count}", time.perf_counter() - started, device)
     if "fig3" in only and preset.fig3 is not None:
         started = time.perf_counter()
-        fig3.run(ctx, preset.fig3, out=ctx.runs / f"shard_{index}_of_{count}", shard=f"{index}/{count}")
+        fig3.train_shard(ctx, preset.fig3, f"{index}/{count}")
         add_stage_time(ctx.out, f"fig3, shard {index}/{count}", time.perf_counter() - started, device)
     print(f"shard {index}/{count} trained; when every shard is done, run again without --shard to analyse")
 
 
-def run_stages(preset: Preset, preset_name: str, out: Path, only: set[str]) -> Path:
+def run_stages(preset, preset_name: str, out: Path, only: set[str]) -> Path:
     """The whole pipeline: data, each stage (its files and time into the manifest as it ends), then the notebooks
     and the report."""
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(out, preset.runs, "", preset.device)  # the stages read ctx.data when they run, after "data"
-    stages = stage_table(preset, ctx, only)
+    ctx = Context(out, preset.runs, "", preset.device, preset)  # ctx.data is set once the data is prepared
+    stages = stage_table(preset, only)
     base = [s.name.split(" (")[0] for s in stages]  # a figure read at several budgets shares its minutes
     progress = Progress(
         [("data", preset.minutes.get("data", 1))]
@@ -134,7 +135,7 @@ def run_stages(preset: Preset, preset_name: str, out: Path, only: set[str]) -> P
             continue
         started = progress.begin(index)
         try:
-            record_outputs(out, stage.name, stage.run(), recipe)
+            record_outputs(out, stage.name, stage.run(ctx), recipe)
         finally:  # an interrupted stage's time counts too: the resumed run adds its own
             add_stage_time(out, stage.name, time.perf_counter() - started, device)
         progress.end(index, started)
@@ -149,6 +150,7 @@ def reproduce(
     preset_name: str,
     out: Path,
     only: list[str],
+    *,
     data_override: str | None = None,
     fresh: bool = False,
     shard: str = "0/1",
@@ -167,11 +169,10 @@ def reproduce(
     if subnets_only:
         if preset.fig3 is None:
             raise UserError(f"--subnets-only searches the Fig. 3 subnets, and preset {preset_name} has no fig3")
-        ctx = Context(out, preset.runs, prepare_data(preset.data), preset.device)
-        fig3.run(ctx, preset.fig3, out=preset.runs / "subnets", subnets_only=True)
+        fig3.search_subnets(Context(out, preset.runs, prepare_data(preset.data), preset.device, preset), preset.fig3)
         return None
     if count > 1:
-        ctx = Context(out, preset.runs, prepare_data(preset.data), preset.device)
+        ctx = Context(out, preset.runs, prepare_data(preset.data), preset.device, preset)
         return train_shard(preset, ctx, set(only), index, count)
     return run_stages(preset, preset_name, out, set(only))
 
@@ -190,7 +191,7 @@ class ReproduceConfig:
         "demo (~19 min on 2 cores, 21 with the install), quick (smaller), paper (ImageNet, GPUs), or a preset YAML",
     )
     out: Path | None = knob(None, "results folder (default results/<preset>: never the committed results/)")
-    only: str = knob(",".join(FIGURES), "figures to run, e.g. fig2,fig4")
+    only: str | None = knob(None, f"figures to run, e.g. fig2,fig4 (default: all of {', '.join(figure_keys())})")
     data: str | None = knob(None, "data instead of the preset's: fashion-mnist or an ImageFolder root (e.g. ImageNet)")
     fresh: bool = knob(False, "delete the preset's results and runs, start over")
     subnets_only: bool = knob(
@@ -206,12 +207,21 @@ class ReproduceConfig:
 
 
 def run(config: ReproduceConfig) -> Path | None:
-    only = [f.strip() for f in config.only.split(",") if f.strip()]
-    unknown = sorted(set(only) - set(FIGURES))
+    keys = figure_keys()
+    only = keys if config.only is None else [f.strip() for f in config.only.split(",") if f.strip()]
+    unknown = sorted(set(only) - set(keys))
     if unknown:
-        raise UserError(f"--only takes {', '.join(FIGURES)}; unknown: {', '.join(unknown)}")
+        raise UserError(f"--only takes {', '.join(keys)}; unknown: {', '.join(unknown)}")
     out = config.out or Path("results") / Path(config.preset).name.removesuffix(".yaml")
-    return reproduce(config.preset, out, only, config.data, config.fresh, config.shard, config.subnets_only)
+    return reproduce(
+        config.preset,
+        out,
+        only,
+        data_override=config.data,
+        fresh=config.fresh,
+        shard=config.shard,
+        subnets_only=config.subnets_only,
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> ReproduceConfig:

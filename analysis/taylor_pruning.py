@@ -64,8 +64,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pandas as pd
 import torch
@@ -83,7 +85,7 @@ from efficientvit.data.sources import open_split
 from efficientvit.errors import UserError, exit_status
 from efficientvit.evaluation import evaluate
 from efficientvit.flops import count_flops, count_params
-from efficientvit.models import ModelSpec
+from efficientvit.models import ModelSpec, model_family
 from efficientvit.models.attention import TokenAttention
 from efficientvit.models.efficientvit import EfficientViT
 from efficientvit.models.layers import FFNLayer
@@ -94,13 +96,107 @@ from efficientvit.train_config import load_config
 
 KINDS = ("qk", "v", "ffn")
 RANKINGS = ("importance", "importance-per-flop")
+# A filter's two first-order terms (sum of w * dL/dw over each side's parameters), `PrunableLayer.term_pairs`: for
+# Q/K its Q row and its K row, for V its V row and the projection's column, for an FFN unit fc1's row and fc2's
+# column. Q/K's two are equal (the logits are bilinear in q and k) and so are V's, each the first-order change of
+# the loss when the filter's contribution is removed once; an FFN unit's differ (GELU between them) and may cancel.
+CRITERIA = {
+    "molchanov": "Molchanov et al.'s (the paper's): the squared sum of both terms, averaged over batches",
+    "output": "the squared second term alone (activation times gradient at the filter's output), averaged",
+    "input": "the squared first term alone, averaged",
+    "output-signed": "minus the mean second term: the first-order estimate of the signed loss change on removal",
+    "molchanov-per-param": "Molchanov's divided by the filter's parameter count",
+}
+MOMENTS = ("a", "b", "a2", "b2", "ab2")
+# The criterion that best predicts the harm of a removal (the signed oracle, pooled over the kinds) on the proxies
+# analysis/pruning_oracle.py measured (results/REPORT.md, Fig. 5): the default; Molchanov's is the paper's.
+DEFAULT_CRITERION = "output-signed"
+BUDGETS = ("ratio", "target_flops", "target_speedup")
+
+
+class PrunableLayer(Protocol):
+    """What the global ranking asks of every layer it prunes, whatever the family: DeiT's and Swin's `Layer`
+    (below), EfficientViT's `WindowAttentionLayer` and `ConvFFNLayer` (analysis/pruning_efficientvit.py)."""
+
+    kind: str  # "A" (attention: Q/K and V channels) or "F" (an FFN: hidden units)
+    stage: int
+    block: int  # the Fig. 5 block it belongs to, numbered from 1
+    width: int  # the block's input (residual) width
+
+    def widths(self) -> dict[str, int]:
+        """Channels per head (Q/K, V) or FFN hidden units, as the layer is now."""
+
+    def channels(self, kind: str) -> int:
+        """Rows one candidate of `kind` holds (a channel of every head for Q/K and V)."""
+
+    def costs(self) -> dict[str, float]:
+        """Multiply-adds per image one candidate of each kind costs."""
+
+    def term_pairs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The two first-order terms of every filter, sum of w * dL/dw over each side's parameters (`TERMS`):
+        (units,) for FFN, (heads, channels) for Q/K and V."""
+
+    def filter_slices(self, kind: str, head: int | None, channel: int) -> list[tuple[torch.Tensor, tuple]]:
+        """Every parameter entry one filter owns, as (tensor, index): zeroed, they remove the filter (the oracle)."""
+
+    def remove(self, kind: str, indices: list) -> None:
+        """Cut FFN units, or for Q/K and V one list of channels per head (equal counts)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much a pruning removes: a fraction of the prunable channels (`ratio`), multiply-adds per image to reach
+    (`target_flops`) or a FLOPs reduction factor (`target_speedup`). Checked when made; `label` names it in file
+    names (ratio_0.4, flops_30M, speedup_1.5x)."""
+
+    kind: str
+    amount: float
+
+    def __post_init__(self):
+        if self.kind not in BUDGETS:
+            raise UserError(f"a pruning budget is one of {', '.join(BUDGETS)}, got {self.kind!r}")
+        if self.kind == "ratio" and not 0 < self.amount < 1:
+            raise UserError(f"--ratio must be within (0, 1), got {self.amount}")
+        if self.kind == "target_speedup" and self.amount <= 1:
+            raise UserError(f"--target-speedup must be above 1, got {self.amount}")
+        if self.kind == "target_flops" and self.amount <= 0:
+            raise UserError(f"--target-flops must be above 0, got {self.amount}")
+
+    @classmethod
+    def of(cls, settings) -> Budget:
+        """The one budget a PruneConfig (or a preset's pruning settings) gives."""
+        chosen = [kind for kind in BUDGETS if getattr(settings, kind) is not None]
+        if len(chosen) != 1:
+            raise UserError("give exactly one budget: --ratio, --target-flops or --target-speedup")
+        return cls(chosen[0], getattr(settings, chosen[0]))
+
+    @property
+    def label(self) -> str:
+        if self.kind == "ratio":
+            return f"ratio_{self.amount:g}"
+        return f"flops_{self.amount / 1e6:g}M" if self.kind == "target_flops" else f"speedup_{self.amount:g}x"
+
+
+def linear_terms(linear: nn.Linear, axis: str) -> torch.Tensor:
+    """Per output channel ("rows": a row of the weight and its bias entry) or input channel ("columns": a column of
+    the weight), the sum of w * dL/dw over its entries."""
+    terms = linear.weight.detach() * linear.weight.grad
+    if axis == "columns":
+        return terms.sum(dim=0)
+    terms = terms.sum(dim=1)
+    return terms if linear.bias is None else terms + linear.bias.detach() * linear.bias.grad
+
+
+def linear_slices(linear: nn.Linear, axis: str, index: int) -> list[tuple[torch.Tensor, tuple]]:
+    """The entries of output channel (row) or input channel (column) `index` of a linear layer."""
+    if axis == "columns":
+        return [(linear.weight, (slice(None), index))]
+    return [(linear.weight, (index,))] + ([(linear.bias, (index,))] if linear.bias is not None else [])
 
 
 @dataclass
 class Layer:
-    """One A or F layer of a DeiT or Swin model, with what its channels cost per image. The global ranking asks
-    every layer (these, and EfficientViT's in analysis/pruning_efficientvit.py) the same things: its widths, the
-    rows and multiply-adds of one candidate, the first-order terms of its filters, and to remove channels."""
+    """One A or F layer of a DeiT or Swin model, with what its channels cost per image (a `PrunableLayer`)."""
 
     module: nn.Module
     kind: str  # "A" or "F"
@@ -131,23 +227,32 @@ class Layer:
             return {"ffn": 2 * T * C}
         return {"qk": self.heads * (2 * T * C + T * N), "v": self.heads * (2 * T * C + T * N)}
 
-    def first_order_terms(self) -> dict[str, torch.Tensor]:
-        """sum over each filter's parameters of w * dL/dw, from the gradients now in the model: (units,) for FFN
-        units, (heads, channels) for the Q/K and V channels of every head."""
-
-        def rows(linear: nn.Linear) -> torch.Tensor:  # output channel r: row r of the weight and bias entry r
-            terms = (linear.weight.detach() * linear.weight.grad).sum(dim=1)
-            return terms if linear.bias is None else terms + linear.bias.detach() * linear.bias.grad
-
-        def columns(linear: nn.Linear) -> torch.Tensor:  # input channel c: column c of the weight
-            return (linear.weight.detach() * linear.weight.grad).sum(dim=0)
-
-        if self.kind == "F":
-            mlp = self.module.mlp
-            return {"ffn": rows(mlp.fc1) + columns(mlp.fc2)}
+    def sides(self, kind: str) -> tuple[list[tuple[nn.Linear, str]], list[tuple[nn.Linear, str]]]:
+        """A filter's parameters, side by side: ([(linear, "rows" or "columns")], ...) for its first and second
+        term (`TERMS`)."""
+        if kind == "ffn":
+            return [(self.module.mlp.fc1, "rows")], [(self.module.mlp.fc2, "columns")]
         attn = self.module.attn
-        per_head = lambda terms: terms.view(attn.num_heads, -1)  # noqa: E731
-        return {"qk": per_head(rows(attn.q) + rows(attn.k)), "v": per_head(rows(attn.v) + columns(attn.proj))}
+        return (
+            ([(attn.q, "rows")], [(attn.k, "rows")]) if kind == "qk" else ([(attn.v, "rows")], [(attn.proj, "columns")])
+        )
+
+    def term_pairs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The two first-order terms of every filter (`TERMS`), from the gradients now in the model: (units,) for
+        FFN units, (heads, channels) for the Q/K and V channels of every head."""
+        pairs = {}
+        for kind in self.widths():
+            first, second = (sum(linear_terms(linear, axis) for linear, axis in side) for side in self.sides(kind))
+            pairs[kind] = (
+                (first, second) if kind == "ffn" else (first.view(self.heads, -1), second.view(self.heads, -1))
+            )
+        return pairs
+
+    def filter_slices(self, kind: str, head: int | None, channel: int) -> list[tuple[torch.Tensor, tuple]]:
+        index = channel if kind == "ffn" else head * self.widths()[kind] + channel
+        return [
+            entry for side in self.sides(kind) for linear, axis in side for entry in linear_slices(linear, axis, index)
+        ]
 
     def remove(self, kind: str, indices: list) -> None:
         """Remove channels with torch-pruning's layer functions, and record the new widths on the modules.
@@ -174,21 +279,24 @@ class Layer:
             attn.v_dim -= removed
 
 
-def transformer_layers(model: nn.Module) -> list[Layer]:
-    """A DeiT's or Swin's layers; a block starts at each attention layer (or at a leading FFN layer)."""
+def swin_layers(model: nn.Module) -> list[tuple]:
+    """A Swin's A and F layers with their stage, width, tokens per image and keys per query (the window)."""
     found = []
-    if hasattr(model, "stages") and all(hasattr(stage, "layers") for stage in model.stages):  # Swin
-        for info, stage in zip(model.stage_info, model.stages):
-            tokens = info["resolution"][0] * info["resolution"][1]
-            keys = info["window"][0] * info["window"][1]
-            found += [(layer, info["stage"], info["width"], tokens, keys) for layer in stage.layers]
-    elif hasattr(model, "layers"):  # DeiT
-        tokens = model.grid[0] * model.grid[1] + 1
-        found = [(layer, 1, model.num_features, tokens, tokens) for layer in model.layers]
-    else:
-        raise UserError(
-            f"Taylor pruning here supports EfficientViT, DeiT and Swin models; {model.spec.name} is not one"
-        )
+    for info, stage in zip(model.stage_info, model.stages):
+        tokens = info["resolution"][0] * info["resolution"][1]
+        keys = info["window"][0] * info["window"][1]
+        found += [(layer, info["stage"], info["width"], tokens, keys) for layer in stage.layers]
+    return found
+
+
+def deit_layers(model: nn.Module) -> list[tuple]:
+    """A DeiT's A and F layers: one stage, every token (the class token too) attending to every other."""
+    tokens = model.grid[0] * model.grid[1] + 1
+    return [(layer, 1, model.num_features, tokens, tokens) for layer in model.layers]
+
+
+def transformer_layers(model: nn.Module, found: list[tuple]) -> list[Layer]:
+    """A DeiT's or Swin's `Layer`s; a block starts at each attention layer (or at a leading FFN layer)."""
     layers, block = [], 0
     for layer, stage, width, tokens, keys in found:
         kind = "F" if isinstance(layer, FFNLayer) else "A"
@@ -202,28 +310,33 @@ def transformer_layers(model: nn.Module) -> list[Layer]:
     return layers
 
 
-def model_layers(model: nn.Module) -> list:
+FAMILY_LAYERS = {  # how each family's layers are found, by the model's family
+    "efficientvit": pe.model_layers,
+    "deit": lambda model: transformer_layers(model, deit_layers(model)),
+    "swin": lambda model: transformer_layers(model, swin_layers(model)),
+}
+
+
+def model_layers(model: nn.Module) -> list[PrunableLayer]:
     """The layers the global ranking sees, in forward order: DeiT's and Swin's `Layer`s, or EfficientViT's FFNs and
     cascaded group attentions (analysis/pruning_efficientvit.py)."""
-    layers = pe.model_layers(model) if isinstance(model, EfficientViT) else transformer_layers(model)
+    family = model_family(model.spec.name)
+    if family not in FAMILY_LAYERS:
+        raise UserError(f"Taylor pruning supports EfficientViT, DeiT and Swin models; {model.spec.name} is not one")
+    layers = FAMILY_LAYERS[family](model)
     if not any(layer.kind == "A" for layer in layers):
         raise UserError("the model has no attention layers to prune")
     return layers
 
 
-def taylor_scores(
-    model: nn.Module,
-    layers: list,
-    loader: DataLoader,
-    batches: int,
-    device: torch.device,
-    skip_bad: bool = False,
-) -> list[dict[str, torch.Tensor]]:
-    """Molchanov's importance of every filter, its squared first-order term averaged over the batches (float64):
-    per layer, {"ffn": (units,)} or {"qk": (heads, qk_dim), "v": (heads, v_dim)}, one score per channel of each
-    head (nothing is tied across heads here; choose() groups)."""
+def term_moments(
+    model: nn.Module, layers: list, loader: DataLoader, batches: int, device: torch.device, *, skip_bad: bool = False
+) -> list[dict[str, dict[str, torch.Tensor]]]:
+    """Every filter's two first-order terms (`PrunableLayer.term_pairs`: a, b) over `batches` batches of the
+    loader, as the means every criterion is made of (float64): per layer and kind, {"a", "b", "a2", "b2", "ab2"}, the
+    means of a, b, a^2, b^2 and (a + b)^2 over the batches, shaped (units,) or (heads, channels)."""
     model.eval()
-    sums = [{kind: 0.0 for kind in layer.widths()} for layer in layers]
+    sums = [{kind: dict.fromkeys(MOMENTS, 0.0) for kind in layer.widths()} for layer in layers]
     done = 0
     for x, y, bad in tqdm(loader, total=batches, desc="taylor scores", unit="batch", leave=False):
         check_bad_images(bad, skip_bad)
@@ -232,15 +345,72 @@ def taylor_scores(
         model.zero_grad()
         F.cross_entropy(model(x.to(device)), y.to(device)).backward()
         for layer, layer_sums in zip(layers, sums):
-            for kind, terms in layer.first_order_terms().items():
-                layer_sums[kind] = layer_sums[kind] + terms.double().square()
+            for kind, (a, b) in layer.term_pairs().items():
+                a, b, moments = a.double(), b.double(), layer_sums[kind]
+                for name, value in (("a", a), ("b", b), ("a2", a * a), ("b2", b * b), ("ab2", (a + b).square())):
+                    moments[name] = moments[name] + value
         done += 1
         if done >= batches:
             break
     model.zero_grad()
     if done == 0:
         raise UserError("no images were read from the training split")
-    return [{kind: total / done for kind, total in layer_sums.items()} for layer_sums in sums]
+    return [{kind: {k: v / done for k, v in m.items()} for kind, m in layer_sums.items()} for layer_sums in sums]
+
+
+@contextmanager
+def removed(layers: list, filters: list[tuple[int, str, int | None, int]]):
+    """The filters (layer index, kind, head, channel) removed by zeroing every parameter entry they own (what the
+    model computes once they are pruned; heads may lose different numbers), restored on leaving."""
+    saved = []
+    with torch.no_grad():
+        for i, kind, head, channel in filters:
+            for tensor, index in layers[i].filter_slices(kind, head, channel):
+                saved.append((tensor, index, tensor[index].clone()))
+                tensor[index] = 0
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for tensor, index, value in reversed(saved):
+                tensor[index] = value
+
+
+def filter_params(layer, kind: str) -> int:
+    """How many parameter entries one filter of `kind` owns in `layer`."""
+    return sum(tensor[index].numel() for tensor, index in layer.filter_slices(kind, 0, 0))
+
+
+def criterion_scores(layers: list, moments: list[dict], criterion: str) -> list[dict[str, torch.Tensor]]:
+    """Each filter's score under `criterion` (CRITERIA), from its term moments: lower is less important."""
+    scores = []
+    for layer, layer_moments in zip(layers, moments):
+        scores.append({})
+        for kind, m in layer_moments.items():
+            value = {"molchanov": m["ab2"], "output": m["b2"], "input": m["a2"], "output-signed": -m["b"]}.get(
+                criterion
+            )
+            if criterion == "molchanov-per-param":
+                value = m["ab2"] / filter_params(layer, kind)
+            scores[-1][kind] = value
+    return scores
+
+
+def taylor_scores(
+    model: nn.Module,
+    layers: list,
+    loader: DataLoader,
+    batches: int,
+    device: torch.device,
+    *,
+    criterion: str = DEFAULT_CRITERION,
+    skip_bad: bool = False,
+) -> list[dict[str, torch.Tensor]]:
+    """Every filter's importance under `criterion` (Molchanov's by default: its squared first-order term averaged
+    over the batches, float64): per layer, {"ffn": (units,)} or {"qk": (heads, qk_dim), "v": (heads, v_dim)}, one
+    score per channel of each head (nothing is tied across heads here; choose() groups)."""
+    moments = term_moments(model, layers, loader, batches, device, skip_bad=skip_bad)
+    return criterion_scores(layers, moments, criterion)
 
 
 def candidates(layers: list, scores: list[dict[str, torch.Tensor]], rank_by: str = "importance") -> list:
@@ -263,18 +433,18 @@ def candidates(layers: list, scores: list[dict[str, torch.Tensor]], rank_by: str
     return sorted(found, key=lambda candidate: candidate[:4])
 
 
-def candidate_cost(layer, kind: str, budget: str) -> float:
-    """What removing one candidate counts towards the budget: multiply-adds ("flops") or channels."""
-    return layer.costs()[kind] if budget == "flops" else layer.channels(kind)
+def candidate_cost(layer, kind: str, unit: str) -> float:
+    """What removing one candidate counts towards the budget, in its `unit`: multiply-adds ("flops") or channels."""
+    return layer.costs()[kind] if unit == "flops" else layer.channels(kind)
 
 
 def choose(
-    layers: list, scores: list[dict[str, torch.Tensor]], budget: str, amount: float, rank_by: str = "importance"
+    layers: list, scores: list[dict[str, torch.Tensor]], unit: str, amount: float, rank_by: str = "importance"
 ) -> dict:
     """Global ranking: what to remove until `amount` is met, {(layer index, "ffn"): [units]} and
     {(layer index, "qk" or "v"): [[channels of head 0], [channels of head 1], ...]} (equal counts per head).
 
-    budget "channels": remove `amount` prunable channels; "flops": remove `amount` multiply-adds per image.
+    unit "channels": remove `amount` prunable channels; "flops": remove `amount` multiply-adds per image.
     rank_by "importance" (Molchanov et al., the paper) or "importance-per-flop" (each value over its cost)."""
     remaining = {(i, kind): w for i, layer in enumerate(layers) for kind, w in layer.widths().items()}
     chosen, removed = {}, 0.0
@@ -289,7 +459,7 @@ def choose(
         else:
             for head, index in zip(chosen.setdefault((i, kind), [[] for _ in channel]), channel):
                 head.append(index)
-        removed += candidate_cost(layers[i], kind, budget)
+        removed += candidate_cost(layers[i], kind, unit)
     return chosen
 
 
@@ -383,19 +553,6 @@ def model_to_prune(name: str | None, checkpoint: str | None, num_classes: int, i
     return separate
 
 
-def parse_budget(args) -> tuple[str, float]:
-    chosen = [b for b in ("ratio", "target_flops", "target_speedup") if getattr(args, b) is not None]
-    if len(chosen) != 1:
-        raise UserError("give exactly one budget: --ratio, --target-flops or --target-speedup")
-    if args.ratio is not None and not 0 < args.ratio < 1:
-        raise UserError(f"--ratio must be within (0, 1), got {args.ratio}")
-    if args.target_speedup is not None and args.target_speedup <= 1:
-        raise UserError(f"--target-speedup must be above 1, got {args.target_speedup}")
-    if args.iterative < 1:
-        raise UserError(f"--iterative must be at least 1 (1: one-shot), got {args.iterative}")
-    return chosen[0], getattr(args, chosen[0])
-
-
 def parse_flops(text: str) -> float:
     scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:].upper(), 1.0)
     try:
@@ -406,13 +563,13 @@ def parse_flops(text: str) -> float:
         ) from None
 
 
-def budget_goal(model: nn.Module, layers: list, budget: str, amount: float) -> tuple[str, float]:
+def budget_goal(model: nn.Module, layers: list, budget: Budget) -> tuple[str, float]:
     """("channels", channels to remove) for a ratio, ("flops", multiply-adds to remove) for a FLOPs target."""
-    if budget == "ratio":
+    if budget.kind == "ratio":
         total = sum(layer.channels(kind) * w for layer in layers for kind, w in layer.widths().items())
-        return "channels", amount * total
+        return "channels", budget.amount * total
     base = count_flops(model)
-    target = amount if budget == "target_flops" else base / amount
+    target = budget.amount if budget.kind == "target_flops" else base / budget.amount
     if target >= base:
         raise UserError(f"the model already has {base / 1e6:.1f} M FLOPs, within the target {target / 1e6:.1f} M")
     prunable = sum(layer.costs()[k] * w for layer in layers for k, w in layer.widths().items())
@@ -424,22 +581,17 @@ def budget_goal(model: nn.Module, layers: list, budget: str, amount: float) -> t
     return "flops", base - target
 
 
-def removed_so_far(layers: list, start: list[dict[str, int]], budget: str) -> float:
+def removed_so_far(layers: list, start: list[dict[str, int]], unit: str) -> float:
     """Channels or multiply-adds removed since `start` (each layer's widths() then)."""
     return sum(
-        (start_widths[kind] - width) * candidate_cost(layer, kind, budget)
+        (start_widths[kind] - width) * candidate_cost(layer, kind, unit)
         for layer, start_widths in zip(layers, start)
         for kind, width in layer.widths().items()
     )
 
 
 def finetune_steps(
-    model: nn.Module,
-    loader: DataLoader,
-    batches: int,
-    lr: float,
-    device: torch.device,
-    skip_bad: bool = False,
+    model: nn.Module, loader: DataLoader, batches: int, lr: float, device: torch.device, *, skip_bad: bool = False
 ) -> float:
     """The short fine-tune between pruning rounds: `batches` steps of AdamW (lr, no weight decay) on the
     cross-entropy of the training split, in train mode, going round the loader as often as needed; returns the
@@ -472,26 +624,26 @@ def finetune_steps(
 def prune(
     model: nn.Module,
     train_loader: DataLoader,
-    budget: str,
-    amount: float,
-    steps: int,
+    budget: Budget,
     device: torch.device,
-    skip_bad: bool = False,
+    *,
+    steps: int = 1,
     batches: int = 10,
+    criterion: str = DEFAULT_CRITERION,
     rank_by: str = "importance",
     step_finetune: int = 0,
     step_lr: float = 1e-4,
+    skip_bad: bool = False,
 ) -> tuple[list, list[dict], list[dict]]:
     """Prune `model` in place in `steps` rounds (rescoring before each, `step_finetune` batches of fine-tuning
-    between rounds); returns its layers and their widths() before and after. budget: "ratio", "target_flops" or
-    "target_speedup", with its `amount`."""
+    between rounds); returns its layers and their widths() before and after."""
     layers = model_layers(model)
     before = [layer.widths() for layer in layers]
-    kind, goal = budget_goal(model, layers, budget, amount)
+    kind, goal = budget_goal(model, layers, budget)
     for step in range(steps):
         if step:
-            finetune_steps(model, train_loader, step_finetune, step_lr, device, skip_bad)
-        scores = taylor_scores(model, layers, train_loader, batches, device, skip_bad)
+            finetune_steps(model, train_loader, step_finetune, step_lr, device, skip_bad=skip_bad)
+        scores = taylor_scores(model, layers, train_loader, batches, device, criterion=criterion, skip_bad=skip_bad)
         wanted = goal * (step + 1) / steps - removed_so_far(layers, before, kind)
         for (i, group_kind), indices in choose(layers, scores, kind, wanted, rank_by).items():
             layers[i].remove(group_kind, indices)
@@ -523,6 +675,11 @@ class PruneConfig:
     target_flops: float | None = knob(None, "budget: multiply-adds per image to reach, e.g. 30M", type=parse_flops)
     target_speedup: float | None = knob(None, "budget: FLOPs reduction factor to reach, e.g. 1.5")
     batches: int = knob(10, "batches whose gradients score the channels, before each round")
+    criterion: str = knob(
+        DEFAULT_CRITERION,
+        "how a filter is scored: " + "; ".join(f"{name}: {text}" for name, text in CRITERIA.items()),
+        choices=tuple(CRITERIA),
+    )
     rank_by: str = knob(
         "importance",
         "importance: Molchanov's global ranking (the paper's); importance-per-flop: each candidate's score divided "
@@ -590,7 +747,9 @@ def measure(model: nn.Module, val_loader: DataLoader, device: torch.device, skip
 def run(config: PruneConfig) -> PruneResult:
     """Prune, save the pruned checkpoint (and fine-tune it if asked), write the per-block table and its sidecar
     (params, FLOPs and top-1 before and after), and return them. Seeded: the same config gives the same cuts."""
-    budget, amount = parse_budget(config)
+    budget = Budget.of(config)
+    if config.iterative < 1:
+        raise UserError(f"--iterative must be at least 1 (1: one-shot), got {config.iterative}")
     device = resolve_device(config.device)
     classes = open_split(config.data, "train", config.img_size or 224).classes
     model = model_to_prune(config.model, config.checkpoint, len(classes), config.img_size).to(device)
@@ -602,18 +761,18 @@ def run(config: PruneConfig) -> PruneResult:
         model,
         train_loader,
         budget,
-        amount,
-        config.iterative,
         device,
-        config.skip_bad,
-        config.batches,
-        config.rank_by,
-        config.step_finetune,
-        config.step_lr,
+        steps=config.iterative,
+        batches=config.batches,
+        criterion=config.criterion,
+        rank_by=config.rank_by,
+        step_finetune=config.step_finetune,
+        step_lr=config.step_lr,
+        skip_bad=config.skip_bad,
     )
     stats.update(measure(model, val_loader, device, config.skip_bad, "after"))
     stats.update(rounds=config.iterative, step_finetune_batches=(config.iterative - 1) * config.step_finetune)
-    run_name = config.run or f"{name}_{budget}_{amount:g}"
+    run_name = config.run or f"{name}_{budget.label}"
     save = Path(config.save or Path("runs/pruned") / f"{run_name}.pth")
     efficientvit.save_checkpoint(save, model, pruning=stats)
     if config.finetune_config:
@@ -631,7 +790,7 @@ def run(config: PruneConfig) -> PruneResult:
     )
     paths = [out, out.with_suffix(".json")]
     if isinstance(model, EfficientViT):  # the designer's per-stage view, beside the released M0-M5 settings
-        title = f"{name}, {budget} {amount:g}: kept per stage (median over blocks)"
+        title = f"{name}, {budget.label}: kept per stage (median over blocks)"
         paths.append(pe.plot_stage_settings(pe.stage_settings(table), out.with_name(f"{run_name}_stages.png"), title))
     print(f"written to {', '.join(map(str, paths))}; pruned model: {save}")
     return PruneResult(table, stats, save, paths)

@@ -25,6 +25,7 @@ import torch
 if not __package__:  # `python benchmarks/run.py`: the repository root, for `benchmarks.int8`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import cpu_kind
 from efficientvit.bench.modes import BF16_MODES
 from efficientvit.bench.run import BenchConfig, BenchRun, best_modes, ratios, run_bench, summarize
 from efficientvit.config import config_arguments, knob, parse_config
@@ -172,6 +173,11 @@ def mode_ratio(samples: pd.DataFrame, model: str, mode: str, ref_mode: str) -> p
     return pd.Series({"speedup": ratio.median(), "speedup_min": ratio.min(), "speedup_max": ratio.max()})
 
 
+def own_share(share: float) -> str:
+    """A share of the mode's own type's peak, or that the type has no native path on this CPU."""
+    return "bf16 emulated here" if pd.isna(share) else f"{100 * share:.0f}%"
+
+
 def mark(value: float, target: float, percent: bool = False) -> str:
     """The value, in bold with a check mark when it meets its target."""
     text = f"{100 * value:.0f}%" if percent else f"{value:.2f}x"
@@ -191,6 +197,7 @@ def report(
         header(bench, summary),
         ours_against_timm(bench.samples),
         targets(bench, summary),
+        cpu_kind.section(),
         int8_section(flows, accuracy),
         profile_section(profile),
         compile_and_numerics(summary),
@@ -211,7 +218,8 @@ def header(bench: BenchRun, summary: pd.DataFrame) -> list[str]:
         "```",
         "",
         f"Protocol (the paper's): random weights, eval mode, batch {bench.batch}, {bench.img_size} px, CPU with "
-        f"{bench.threads} threads ({os.cpu_count()} cores on this machine, {torch.__version__}), warm-up then "
+        f"{bench.threads} threads ({os.cpu_count()} cores of {bench.cpu or 'an unrecorded CPU'}, {torch.__version__}), "
+        "warm-up then "
         f"batches for {bench.seconds} s; all {len(summary)} entries below were timed in turns, {bench.rounds} "
         "rounds. Figures are medians over rounds with [min-max]; a speed-up is the median of per-round ratios (both "
         "sides timed in the same round), so drifts of the machine during the run cancel. BatchNorm is folded in "
@@ -282,15 +290,10 @@ def targets(bench: BenchRun, summary: pd.DataFrame) -> list[str]:
                 "best fp32 mode: share of fp32 peak": f"{mark(fp32.share_of_peak, TARGETS['fp32_share_of_peak'], True)}"
                 f" ({fp32['mode']})",
                 "bf16: share of fp32 peak (of bf16 peak)": f"{mark(bf16.share_of_peak, 1.0, percent=True)} "
-                f"({100 * bf16.share_of_own_peak:.0f}%, {bf16['mode']})",
+                f"({own_share(bf16.share_of_own_peak)}, {bf16['mode']})",
                 "int8 / our best fp32 mode": int8_cell,
             }
         )
-    int8_peaks = (
-        ""
-        if bench.peak_int8 is None
-        else f", int8 {bench.peak_int8 / 1e9:.1f} (oneDNN, VNNI) and {bench.peak_int8_ort / 1e9:.1f} (onnxruntime)"
-    )
     return [
         "## Targets",
         "",
@@ -298,8 +301,7 @@ def targets(bench: BenchRun, summary: pd.DataFrame) -> list[str]:
         f"{TARGETS['best']}x best against best; the best fp32 mode at {100 * TARGETS['fp32_share_of_peak']:.0f}% or "
         "more of the fp32 matmul peak (M3-M5); the best bf16 entry faster than the fp32 peak allows (multiply-adds "
         f"per second over the fp32 peak above 1; M4/M5); int8 at least {TARGETS['int8']}x our best fp32 mode "
-        f"(M3-M5; per-round ratios, both timed in the same round). Peaks this run: fp32 {bench.peak / 1e9:.1f}, "
-        f"bf16 {bench.peak_bf16 / 1e9:.1f}{int8_peaks} G multiply-adds/s.",
+        f"(M3-M5; per-round ratios, both timed in the same round). This run's {bench.peaks_line()}.",
         "",
         *markdown_table(pd.DataFrame(rows)),
         "",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
-import re
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -100,12 +100,29 @@ def rate(
     return work * len(times) / elapsed
 
 
+def sized_rate(call: Callable[[int], Callable[[], object]], largest: int, seconds: float, device="cpu") -> float:
+    """Multiply-adds per second of `call(n)`, an n-square matmul: n doubles from 256 until one call takes a tenth
+    of `seconds` or n reaches `largest`, then calls of that size are timed for `seconds`. So a path that crawls (bf16
+    or int8 emulated on a CPU without the instructions: well under 1 G multiply-adds/s) is measured in a fraction of
+    a second instead of minutes, and a fast one on a matrix large enough to reach its peak."""
+    n = 256
+    while True:
+        fn = call(n)
+        _, once = time_calls(fn, 0.0, device, warmup=1)
+        if n >= largest or once >= seconds / 10:
+            return rate(fn, n**3, seconds, device, warmup=0)
+        n *= 2
+
+
 def peak_matmul_macs(device: str | torch.device = "cpu", seconds: float = 1.0, dtype=torch.float32) -> float:
-    """Multiply-adds per second of a large square matmul (2048 on CPU, 8192 on GPU): the machine's practical peak,
-    in the unit fvcore counts model FLOPs in (one FLOP is half a multiply-add elsewhere: `2 * peak`)."""
-    n = 8192 if torch.device(device).type == "cuda" else 2048
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    return rate(lambda: a @ b, n**3, seconds, device)
+    """Multiply-adds per second of a large square matmul (up to 2048 on CPU, 8192 on GPU): the machine's practical
+    peak, in the unit fvcore counts model FLOPs in (one FLOP is half a multiply-add elsewhere: `2 * peak`)."""
+
+    def call(n: int) -> Callable[[], object]:
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        return lambda: a @ b
+
+    return sized_rate(call, 8192 if torch.device(device).type == "cuda" else 2048, seconds, device)
 
 
 def copy_bandwidth(device: str | torch.device = "cpu", seconds: float = 0.5) -> float:
@@ -115,17 +132,50 @@ def copy_bandwidth(device: str | torch.device = "cpu", seconds: float = 0.5) -> 
     return rate(lambda: dst.copy_(src), 2 * src.numel() * src.element_size(), seconds, device)
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX: bf16 dot products in hardware. Elsewhere oneDNN emulates bf16, slower than fp32."""
+# The instruction sets the CPU modes depend on, as /proc/cpuinfo names them: AVX-512, the int8 dot products (VNNI,
+# in its AVX-512 and AVX forms), bf16 dot products (AVX-512 BF16) and Intel's matrix tiles (AMX).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """What a CPU computes natively, and what the libraries are allowed to use of it: PyTorch's own kernels
+    (`ATEN_CPU_CAPABILITY` lowers it) and oneDNN's (`ONEDNN_MAX_CPU_ISA`), which run matmuls, convolutions and bf16."""
+
+    capability: str  # PyTorch's kernels: DEFAULT, AVX2, AVX512
+    flags: tuple[str, ...]  # those of CPU_FLAGS the CPU has
+    onednn_limit: str | None  # ONEDNN_MAX_CPU_ISA, when set
+
+    @property
+    def native_bf16(self) -> bool:
+        """bf16 dot products in hardware that oneDNN may use (elsewhere it emulates bf16, slower than fp32)."""
+        return (
+            bool({"avx512_bf16", "amx_bf16"} & set(self.flags))
+            and torch.backends.mkldnn.is_available()
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+
+    def describe(self) -> str:
+        """One line for a header: `PyTorch kernels AVX512; avx2 avx512f avx512_vnni ...; oneDNN limited to AVX2`."""
+        limit = f"; oneDNN limited to {self.onednn_limit}" if self.onednn_limit else ""
+        return f"PyTorch kernels {self.capability}; {' '.join(self.flags) or 'no ' + '/'.join(CPU_FLAGS[:2])}{limit}"
+
+
+def cpu_features() -> CpuFeatures:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        words = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
-    return (
-        torch.backends.mkldnn.is_available()
-        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        and re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+        words = set()
+    return CpuFeatures(
+        torch.backends.cpu.get_cpu_capability(),
+        tuple(flag for flag in CPU_FLAGS if flag in words),
+        os.environ.get("ONEDNN_MAX_CPU_ISA"),
     )
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX, usable by oneDNN: bf16 dot products in hardware. Elsewhere oneDNN emulates bf16."""
+    return cpu_features().native_bf16
 
 
 @dataclass(frozen=True)

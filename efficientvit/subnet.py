@@ -23,12 +23,14 @@ import argparse
 import json
 import os
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .bench.measure import interleaved_throughput
+from .config import knob
 from .errors import UserError
 from .files import atomic_write_text
 from .flops import count_flops
@@ -39,6 +41,29 @@ from .runtime import resolve_device
 FAMILIES = ("deit_tiny", "swin_tiny")
 TOLERANCE = 0.05  # a subnet within 5% of the target speed-up meets it
 SEARCH_VERSION = 4  # part of the cache key: a changed search or budget does not return old answers
+
+
+@dataclass(frozen=True)
+class SearchBudget:
+    """How long the width search times its candidates: `steps` bisection steps, each candidate timed in `rounds`
+    interleaved rounds of `seconds` at batch `batch_size`; and the timing cache it reads and fills (`cache`, default
+    `default_cache()`). Checked when made; `label` names it in file names and logs."""
+
+    batch_size: int = knob(16, "images per timed batch")
+    seconds: float = knob(0.3, "time budget of one measurement")
+    rounds: int = knob(3, "interleaved rounds per comparison (the final ones use more)")
+    steps: int = knob(6, "bisection steps on the width scale")
+    cache: str | None = knob(None, "timing cache file (default $XDG_CACHE_HOME/efficientvit-lab/subnets.json)")
+
+    def __post_init__(self):
+        if min(self.batch_size, self.rounds, self.steps) < 1 or self.seconds <= 0:
+            raise UserError(
+                f"a subnet search needs batch_size, rounds and steps of at least 1 and seconds above 0, got {self}"
+            )
+
+    @property
+    def label(self) -> str:
+        return f"b{self.batch_size}_{self.seconds:g}s_{self.rounds}r_{self.steps}steps"
 
 
 def default_cache() -> Path:
@@ -102,7 +127,7 @@ def measure_speedups(
 
 
 def layer_costs(
-    family: str, base: dict[str, Any], device: str = "cpu", batch_size: int = 16, rounds: int = 3, seconds: float = 0.3
+    family: str, base: dict[str, Any], device: str = "cpu", budget: SearchBudget = SearchBudget()
 ) -> dict[str, float]:
     """What an attention layer costs against an FFN layer here: the full model's layout made all attention and all
     FFN (same depth and widths), timed in interleaved rounds; `attention_over_ffn_time` is the all-FFN model's
@@ -113,7 +138,7 @@ def layer_costs(
     }
     models = {kind: create_model(family, **kwargs).eval().to(device) for kind, kwargs in kinds.items()}
     runs = interleaved_throughput(
-        list(models.values()), rounds=rounds, seconds=seconds, batch_size=batch_size, warmup=3
+        list(models.values()), rounds=budget.rounds, seconds=budget.seconds, batch_size=budget.batch_size, warmup=3
     )
     speed = {kind: statistics.median(r) for kind, r in zip(models, runs)}
     flops = {kind: count_flops(model.cpu()) for kind, model in models.items()}
@@ -151,14 +176,10 @@ def find_subnet(
     family: str,
     speedup: float,
     proportion: float,
-    img_size: int | None = None,
+    *,
     base: dict[str, Any] | None = None,
-    batch_size: int = 16,
-    seconds: float = 0.3,
-    rounds: int = 3,
-    steps: int = 6,
+    budget: SearchBudget = SearchBudget(),
     device: str = "cpu",
-    cache: Path | None = None,
     use_cache: bool = True,
     search: bool = True,
 ) -> dict[str, Any]:
@@ -166,20 +187,21 @@ def find_subnet(
     with the configuration (`model`, `kwargs`), `speedup_measured`, throughputs, the layout's actual MHSA
     proportion (`mhsa_proportion_actual`: whole layers) and `met` (within 5% of the target).
 
-    `steps` bisection steps on the width scale, then the subnets of the two nearest rounded widths on either
+    `budget.steps` bisection steps on the width scale, then the subnets of the two nearest rounded widths on either
     side are timed together with `2 x rounds` rounds (six and `4 x rounds` if that misses the target, then the
     FFN expansion steps of `finer_ffn` if it still misses); the closest to the target is re-timed for the
     figure. With `search=False` the answer must come from the cache (a shard of a sweep never times: timings of
-    processes sharing a machine would disturb each other). `cache`: the timing cache (default `default_cache()`),
-    not read or written with `use_cache=False`."""
+    processes sharing a machine would disturb each other). The cache (`budget.cache`) is not read or written with
+    `use_cache=False`. `base`: the full model's constructor arguments (img_size among them)."""
+    batch_size, seconds, rounds, steps = budget.batch_size, budget.seconds, budget.rounds, budget.steps
     if family not in FAMILIES:
         raise UserError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
     if not 0.0 <= proportion <= 1.0:
         raise UserError(f"MHSA proportion must be within [0, 1], got {proportion}")
     if speedup < 1.0:
         raise UserError(f"speed-up must be at least 1 (a subnet is faster than the full model), got {speedup}")
-    base = {**(base or {}), **({"img_size": img_size} if img_size else {})}
-    budget = [SEARCH_VERSION, seconds, rounds, steps]
+    base = dict(base or {})
+    timing = [SEARCH_VERSION, seconds, rounds, steps]
     key = json.dumps(
         dict(
             family=family,
@@ -189,11 +211,11 @@ def find_subnet(
             batch=batch_size,
             threads=torch.get_num_threads(),
             device=device,
-            search=budget,
+            search=timing,
         ),
         sort_keys=True,
     )
-    cache = (Path(cache) if cache else default_cache()) if use_cache else None
+    cache = (Path(budget.cache) if budget.cache else default_cache()) if use_cache else None
     cached = read_cache(cache)
     if key in cached:
         return cached[key]
@@ -296,9 +318,9 @@ def run(args: argparse.Namespace) -> None:
         args.family,
         args.speedup,
         args.mhsa,
-        img_size=args.img_size,
+        base={"img_size": args.img_size} if args.img_size else {},
+        budget=SearchBudget(cache=args.cache and str(args.cache)),
         device=resolve_device(args.device).type,
-        cache=args.cache,
         use_cache=not args.no_cache,
     )
     out = args.out or f"runs/subnets/{args.family}_{args.speedup}x_mhsa{args.mhsa}.yaml"

@@ -9,12 +9,14 @@ YAML file, a flag and a pipeline preset are checked the same way and fail with t
 from __future__ import annotations
 
 import dataclasses
+import os
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from .config import config_from_dict, field_default, knob
+from .config import coerce, config_from_dict, field_default, knob, unknown_key
 from .data.pipeline import OFFICIAL_AUTO_AUGMENT
 from .errors import UserError
 from .losses import DISTILLATION_KINDS
@@ -152,21 +154,47 @@ def make_config(values: dict) -> TrainConfig:
     return config
 
 
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict:
+    """A YAML mapping of config keys, or one sentence saying why not."""
+    if not Path(path).is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{what} {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{what} {path} must be a mapping of keys to values")
+    return values
+
+
+def check_overrides(values: dict, where: str) -> dict:
+    """Training-config keys given on top of a recipe (a preset's `train`, a proxy's `set`, a fine-tune's keys),
+    checked as soon as they are read, with the same sentences as a config file's: each key a field of TrainConfig
+    (the nearest one named when misspelt), each value of its type. Returns them coerced."""
+    hints = typing.get_type_hints(TrainConfig)
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    for key in values:
+        if key not in fields:
+            raise unknown_key(key, fields, where)
+    return {key: coerce(value, hints[key], f"{where}: {key}") for key, value in values.items()}
+
+
+def recipe(base: str | os.PathLike | dict | None, *overrides: dict) -> TrainConfig:
+    """The one way a TrainConfig is built: a base recipe (a YAML file, or its values; None: the defaults), then
+    overrides in order, each later one winning (a preset's `train`, a proxy's `set`, a fine-tune's keys, then what
+    the caller fixes: seed, data, out), then every key, type and range checked."""
+    values = dict(base) if isinstance(base, dict) else read_yaml(base) if base is not None else {}
+    for override in overrides:
+        values.update(override)
+    return make_config(values)
+
+
 def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
     """A YAML file of config keys, then `key=value` overrides (values read as YAML)."""
-    values = {}
-    if path:
-        if not Path(path).is_file():
-            raise UserError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(values, dict):
-            raise UserError(f"config file {path} must be a mapping of keys to values")
+    sets = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
             raise UserError(f"--set takes key=value, got {item!r}")
-        values[key.strip()] = yaml.safe_load(text)
-    return make_config(values)
+        sets[key.strip()] = yaml.safe_load(text)
+    return recipe(path or None, sets)

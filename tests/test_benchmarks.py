@@ -125,7 +125,7 @@ def test_from_csv_rewrites_the_readme_of_a_written_run(tmp_path, capsys):
     bench_run({}, {m: run.EAGER for pair in run.PAPER for m in pair[:2]}).write(tmp_path / run.SINGLE_CSV, {})
     assert run.main(["--from-csv", str(tmp_path / "cpu_b16.csv"), "--out", str(tmp_path)]) == 0
     text = (tmp_path / "README.md").read_text()
-    assert "Peaks this run: fp32 100.0, bf16 200.0 G" in text and "Not profiled in this run" in text
+    assert "peaks, G multiply-adds/s: fp32 100.0; bf16 200.0." in text and "Not profiled in this run" in text
     assert "--threads 2 --rounds 3 --seconds 1.0" in text and "Peak MB: VmHWM." in text
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import time
 
 import pytest
@@ -6,21 +7,24 @@ import yaml
 import efficientvit
 from efficientvit.models import ModelSpec
 from efficientvit.models.layout import mhsa_proportion
-from efficientvit.subnet import find_subnet, neighbours, save_subnet
+from efficientvit.subnet import SearchBudget, find_subnet, neighbours, save_subnet
 
 TINY_DEIT = dict(img_size=32, patch_size=8, embed_dim=48, num_heads=3, layout="AF" * 4)
-BUDGET = dict(seconds=0.02, rounds=1, steps=3, batch_size=4)
+BUDGET = SearchBudget(seconds=0.02, rounds=1, steps=3, batch_size=4)
 
 
 def test_subnet_has_the_proportion_and_is_cached(tmp_path):
     cache = tmp_path / "cache.json"
-    result = find_subnet("deit_tiny", 1.25, 0.25, base=TINY_DEIT, cache=cache, **BUDGET)
+    result = find_subnet("deit_tiny", 1.25, 0.25, base=TINY_DEIT, budget=dataclasses.replace(BUDGET, cache=str(cache)))
     kwargs = result["kwargs"]
     assert mhsa_proportion(kwargs["layout"]) == 0.25 and len(kwargs["layout"]) == 8
     assert kwargs["embed_dim"] % 6 == 0 and result["mhsa_proportion_actual"] == 0.25
     assert result["met"] == (abs(result["speedup_measured"] / 1.25 - 1) <= 0.05)
     start = time.perf_counter()
-    assert find_subnet("deit_tiny", 1.25, 0.25, base=TINY_DEIT, cache=cache, **BUDGET) == result
+    assert (
+        find_subnet("deit_tiny", 1.25, 0.25, base=TINY_DEIT, budget=dataclasses.replace(BUDGET, cache=str(cache)))
+        == result
+    )
     assert time.perf_counter() - start < 1.0  # served from the cache, no timing
 
 
@@ -32,7 +36,7 @@ def test_neighbours_are_the_next_distinct_widths_on_both_sides():
 
 def test_swin_subnet_spreads_attention_over_stages_and_builds_from_yaml(tmp_path):
     base = dict(img_size=32, patch_size=2, embed_dim=(12, 24), num_heads=(2, 4), window_size=4, layout="AFAF,AF")
-    result = find_subnet("swin_tiny", 1.5, 0.5, base=base, use_cache=False, **BUDGET)
+    result = find_subnet("swin_tiny", 1.5, 0.5, base=base, use_cache=False, budget=BUDGET)
     assert mhsa_proportion(result["kwargs"]["layout"]) == 0.5
     path = save_subnet(result, tmp_path / "subnet.yaml")
     model = ModelSpec.from_yaml(path).build()
@@ -63,9 +67,9 @@ def test_a_missed_target_is_searched_again_wider_and_then_marked(monkeypatch):
         return [(1.0, 100.0, 100.0) for _ in candidates]
 
     monkeypatch.setattr(efficientvit.subnet, "measure_speedups", never_faster)
-    result = find_subnet("deit_tiny", 1.25, 0.2, base=TINY_DEIT, use_cache=False, **BUDGET)
+    result = find_subnet("deit_tiny", 1.25, 0.2, base=TINY_DEIT, use_cache=False, budget=BUDGET)
     assert result["met"] is False and result["speedup_measured"] == 1.0
-    assert max(n for n, _ in calls) > 5 and max(r for _, r in calls) == 4 * BUDGET["rounds"]
+    assert max(n for n, _ in calls) > 5 and max(r for _, r in calls) == 4 * BUDGET.rounds
     assert result["mhsa_proportion"] == 0.2 and result["mhsa_proportion_actual"] == 0.25  # 2 of 8 layers
 
 
@@ -77,7 +81,7 @@ def test_a_met_target_needs_no_second_search(monkeypatch):
         return [(1.26, 126.0, 100.0) for _ in candidates]
 
     monkeypatch.setattr(efficientvit.subnet, "measure_speedups", on_target)
-    assert find_subnet("deit_tiny", 1.25, 0.5, base=TINY_DEIT, use_cache=False, **BUDGET)["met"] is True
+    assert find_subnet("deit_tiny", 1.25, 0.5, base=TINY_DEIT, use_cache=False, budget=BUDGET)["met"] is True
     assert max(calls) <= 5
 
 
@@ -97,11 +101,11 @@ def test_the_ffn_width_meets_a_target_that_the_width_steps_jump_over(monkeypatch
 
     monkeypatch.setattr(efficientvit.subnet, "measure_speedups", by_cost)
     base = dict(TINY_DEIT, embed_dim=24)  # steps of 6 channels: 18 wide is 1.78x, 24 wide 1.0x
-    result = find_subnet("deit_tiny", 1.25, 0.5, base=base, use_cache=False, **BUDGET)
+    result = find_subnet("deit_tiny", 1.25, 0.5, base=base, use_cache=False, budget=BUDGET)
     assert result["met"] is True and abs(result["speedup_measured"] / 1.25 - 1) <= 0.05
     assert result["kwargs"]["mlp_ratio"] != 4.0 and result["kwargs"]["embed_dim"] in (18, 24)
     model = ModelSpec("deit_tiny", result["kwargs"]).build()  # the tuned subnet builds with that FFN width
     ffn = next(layer for layer in model.layers if hasattr(layer, "mlp"))
     assert ffn.mlp.fc1.out_features == int(result["kwargs"]["embed_dim"] * result["kwargs"]["mlp_ratio"])
-    attention_only = find_subnet("deit_tiny", 1.25, 1.0, base=base, use_cache=False, **BUDGET)
+    attention_only = find_subnet("deit_tiny", 1.25, 1.0, base=base, use_cache=False, budget=BUDGET)
     assert attention_only["met"] is False and "mlp_ratio" not in attention_only["kwargs"]

@@ -17,20 +17,29 @@ import pandas as pd
 from tqdm import tqdm
 
 from analysis import memory_profile
-from analysis.pipeline import Context, announce, listed_outputs, read_tables, tool_settings, with_sidecar
+from analysis.pipeline import (
+    Context,
+    Figure,
+    announce,
+    listed_outputs,
+    read_tables,
+    settings_of,
+    tool_config,
+    with_sidecar,
+)
 from analysis.published import paper_table
 from analysis.verdicts import Finding, Verdict, compare
 from efficientvit.config import knob
 from efficientvit.results import markdown_table, write_results
-from efficientvit.subnet import find_subnet, save_subnet
+from efficientvit.runtime import resolve_device
+from efficientvit.subnet import SearchBudget, find_subnet, save_subnet
 
 STAGE = "fig2"
 TITLE = "Figure 2: memory-bound operations"
-FIGURE = "fig2_memory_bound.png"
 FOLDER = "memory_profile"
-OWNED = ("subnet_config", "device", "out", "fresh")  # the pipeline sets these
 HEAVIER = "memory-bound operations weigh more inside attention than inside FFN"
 TREND = "fewer MHSA layers, a smaller memory-bound share"
+ProfileSettings = settings_of(memory_profile.ProfileConfig, owned=("subnet_config", "device", "out", "fresh"))
 
 
 @dataclass
@@ -38,19 +47,16 @@ class Subnets:
     families: list[str] = knob([], "families whose throughput-matched subnets are profiled too")
     speedups: list[float] = knob([], "their speed-ups over the full model")
     proportions: list[float] = knob([], "their MHSA proportions")
-    search: dict = knob({}, "find_subnet's timing budget (batch_size, seconds, rounds, steps, cache)")
+    search: SearchBudget = knob(SearchBudget(), "the width search's timing budget (batch_size, seconds, rounds, ...)")
 
 
 @dataclass
 class Section:
-    profile: dict = knob({}, "settings of analysis/memory_profile.py (ProfileConfig: models, batch, img_size, ...)")
+    profile: ProfileSettings = knob(ProfileSettings(), "analysis/memory_profile.py's settings: models, batch, ...")
     subnets: Subnets = knob(Subnets(), "the throughput-matched subnets profiled beside the full-size models")
 
-    def __post_init__(self):
-        self.profile = tool_settings(memory_profile.ProfileConfig, self.profile, "fig2: profile", OWNED)
 
-
-def find_subnets(section: Section, folder: Path, img_size: int) -> tuple[list[Path], list[dict]]:
+def find_subnets(section: Section, folder: Path, img_size: int, device: str) -> tuple[list[Path], list[dict]]:
     """Every subnet the section lists, saved as a model YAML; and whether each met its speed-up."""
     configs, subnets = [], []
     grid = list(itertools.product(section.subnets.families, section.subnets.speedups, section.subnets.proportions))
@@ -59,7 +65,8 @@ def find_subnets(section: Section, folder: Path, img_size: int) -> tuple[list[Pa
     for family, speedup, proportion in progress:
         name = f"{family}_{speedup}x_p{proportion}"
         progress.set_postfix_str(name)
-        result = find_subnet(family, speedup, proportion, base={"img_size": img_size}, **section.subnets.search)
+        base = {"img_size": img_size}
+        result = find_subnet(family, speedup, proportion, base=base, budget=section.subnets.search, device=device)
         configs.append(save_subnet(result, folder / f"{name}.yaml"))
         subnets.append({"name": name, **{k: v for k, v in result.items() if k not in ("model", "kwargs")}})
     return configs, subnets
@@ -67,11 +74,10 @@ def find_subnets(section: Section, folder: Path, img_size: int) -> tuple[list[Pa
 
 def run(ctx: Context, section: Section) -> list[Path]:
     """The stage: the subnets, then the profile of every model (resumed model by model)."""
-    config = memory_profile.ProfileConfig(
-        **section.profile, device=ctx.device, out=ctx.out / FOLDER / "profile.csv", subnet_config=[]
-    )
+    out = ctx.out / FOLDER / "profile.csv"
+    config = tool_config(memory_profile.ProfileConfig, section.profile, device=ctx.device, out=out, subnet_config=[])
     folder = ctx.out / FOLDER / "subnets"
-    configs, subnets = find_subnets(section, folder, config.img_size)
+    configs, subnets = find_subnets(section, folder, config.img_size, resolve_device(ctx.device).type)
     tables = []
     if subnets:  # whether each subnet met its speed-up: the report's trend verdict reads only those that did
         tables = with_sidecar(
@@ -214,3 +220,16 @@ def glance(out: Path) -> list[Finding]:
         Finding("Fig. 2", claim, on, v.evidence(), v.word("on this CPU"), paper=theirs.get(claim, "-"))
         for claim, on, v in rows
     ]
+
+
+FIGURE = Figure(
+    STAGE,
+    Section,
+    "Figure 2: memory-bound operations",
+    run,
+    title=TITLE,
+    report=report,
+    glance=glance,
+    folder=FOLDER,
+    notebook="fig2_memory_bound",
+)

@@ -9,87 +9,110 @@ has 2 attention layers, 0.167), after every training epoch, and names the subnet
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from analysis import mhsa_sweep
 from analysis.figures.proxies import LINEAR_TOP1
-from analysis.pipeline import Context, announce, family, read_tables, tool_settings, with_sidecar
+from analysis.mhsa_sweep import parse_shard
+from analysis.pipeline import Context, Figure, announce, family, read_tables, settings_of, tool_config, with_sidecar
 from analysis.published import paper_table
-from analysis.verdicts import NOT_REPRODUCED, Finding, Verdict, best_in_range
-from efficientvit.config import coerce, knob, unknown_key
-from efficientvit.files import atomic_write_text
+from analysis.verdicts import BestPoint, Finding, best_point
+from efficientvit.config import knob
+from efficientvit.errors import UserError
+from efficientvit.models import create_model
 from efficientvit.results import markdown_table, write_results
-from efficientvit.subnet import layer_costs
+from efficientvit.subnet import SearchBudget, layer_costs
+from efficientvit.train_config import check_overrides
 
 STAGE = "fig3"
 TITLE = "Figure 3: MHSA proportion of throughput-matched subnets"
-FIGURE = "fig3_mhsa_sweep.png"
 FOLDER = "mhsa_sweep"
-OWNED = ("config", "shard", "device", "out", "merge", "subnets_only")  # the pipeline sets these
 PAPER_SCALE = {"img_size": 224}  # the full models as the paper timed them
-SEARCH_BUDGET = {"batch_size": int, "seconds": float, "rounds": int, "steps": int}  # find_subnet's timing budget
+SweepSettings = settings_of(mhsa_sweep.SweepConfig, owned=("config", "shard", "device", "out", "merge", "subnets_only"))
 
 
 @dataclass
 class Section:
     config: str = knob(help="the sweep YAML: training recipe, full model of each family, subnet search budget")
-    sweep: dict = knob({}, "settings of analysis/mhsa_sweep.py (SweepConfig: families, speedups, proportions, seeds)")
+    sweep: SweepSettings = knob(SweepSettings(), "analysis/mhsa_sweep.py's settings: families, speedups, proportions")
     train: dict = knob({}, "training-config keys that differ from the sweep YAML's, e.g. {train_images: 10000}")
-    search: dict = knob({}, "subnet-search budget keys that differ from the sweep YAML's `subnet`, e.g. {rounds: 2}")
+    search: SearchBudget | None = knob(None, "the subnet search's budget instead of the sweep YAML's `subnet`")
 
-    def __post_init__(self):
-        self.sweep = tool_settings(mhsa_sweep.SweepConfig, self.sweep, "fig3: sweep", OWNED)
-        for key in self.search:
-            if key not in SEARCH_BUDGET:
-                raise unknown_key(key, list(SEARCH_BUDGET), "fig3: search")
-        self.search = {
-            key: coerce(value, SEARCH_BUDGET[key], f"fig3: search: {key}") for key, value in self.search.items()
-        }
+    def __post_init__(self):  # checked as the preset is read, not when the first subnet trains
+        self.train = check_overrides(self.train, "fig3: train")
 
 
-def run(ctx: Context, section: Section, out: Path | None = None, shard: str = "0/1", subnets_only: bool = False):
-    """The stage: the sweep (or this shard's part of it, whose subnets must be in the cache already; or only the
-    subnet search, with `subnets_only`), its tables under `out` (default: the run's results folder)."""
-    out = out or ctx.out
+def check(preset) -> None:
+    """The sweep YAML reads, and defines every family the section sweeps, whose full model builds."""
+    sweep = mhsa_sweep.read_sweep_config(preset.fig3.config)
+    for name in preset.fig3.sweep.families:
+        if name not in sweep.families:
+            raise UserError(f"fig3 sweeps {name!r}, which {preset.fig3.config} does not define")
+        create_model(name, **sweep.families[name])
+
+
+def sweep_config(ctx: Context, section: Section, out: Path, shard: str = "0/1") -> mhsa_sweep.SweepConfig:
+    """The sweep tool's config for this run: the sweep YAML with the section's training keys and search budget and
+    the run's data and runs folder, recorded as out/mhsa_sweep/sweep_config.yaml (the recipe the table came from)."""
     sweep = mhsa_sweep.read_sweep_config(section.config)
-    sweep["train"] = {**sweep["train"], **section.train, "data": str(ctx.data)}
-    sweep["subnet"] = {**sweep["subnet"], **section.search}
-    sweep["runs"] = str(ctx.runs / "mhsa_sweep")
-    if shard != "0/1":
-        sweep["subnet"] = {**sweep["subnet"], "search": False}
-    record = atomic_write_text(out / FOLDER / "sweep_config.yaml", yaml.safe_dump(sweep, sort_keys=False))
-    config = mhsa_sweep.SweepConfig(
-        **section.sweep,
-        config=str(record),
+    recorded = dataclasses.replace(
+        sweep,
+        train={**sweep.train, **section.train, "data": str(ctx.data)},
+        subnet=section.search or sweep.subnet,
+        runs=str(ctx.runs / "mhsa_sweep"),
+    ).write(out / FOLDER / "sweep_config.yaml")
+    return tool_config(
+        mhsa_sweep.SweepConfig,
+        section.sweep,
+        config=str(recorded),
         shard=shard,
         device=ctx.device,
         out=out / FOLDER / "sweep.csv",
-        subnets_only=subnets_only,
     )
+
+
+def search_subnets(ctx: Context, section: Section) -> None:
+    """Only the subnet search (filling the cache every shard reads), on the machine that times them."""
+    config = dataclasses.replace(sweep_config(ctx, section, ctx.runs / "subnets"), subnets_only=True)
     announce(config)
-    mhsa_sweep.run(config, sweep)
-    if shard != "0/1" or subnets_only:
-        return with_sidecar(config.out) + [record]
-    return with_sidecar(config.out) + [record] + with_sidecar(cost_regime(ctx, section, sweep, out))
+    mhsa_sweep.run(config)
 
 
-def cost_regime(ctx: Context, section: Section, sweep: dict, out: Path) -> Path:
+def train_shard(ctx: Context, section: Section, shard: str) -> None:
+    """One shard's points of the sweep (their subnets from the cache), its table under the runs folder."""
+    index, count = parse_shard(shard)
+    config = sweep_config(ctx, section, ctx.runs / f"shard_{index}_of_{count}", shard)
+    announce(config)
+    mhsa_sweep.run(config)
+
+
+def run(ctx: Context, section: Section) -> list[Path]:
+    """The stage: the sweep, then the cost regime, the tables in the run's results folder."""
+    config = sweep_config(ctx, section, ctx.out)
+    announce(config)
+    mhsa_sweep.run(config)
+    record = Path(config.config)
+    return with_sidecar(config.out) + [record] + with_sidecar(cost_regime(ctx, section, record))
+
+
+def cost_regime(ctx: Context, section: Section, record: Path) -> Path:
     """Per family, an attention layer's cost against an FFN layer's on this device, at the sweep's scale and at
     the paper's (kept when written: the timing is part of the run)."""
-    path = out / FOLDER / "layer_costs.csv"
+    path = record.with_name("layer_costs.csv")
     if path.exists():
         return path
-    timing = {k: v for k, v in sweep["subnet"].items() if k in ("batch_size", "rounds", "seconds")}
+    sweep = mhsa_sweep.read_sweep_config(record)
     rows = [
         {"family": name, "scale": scale, "img_size": base.get("img_size", 224), "device": ctx.device}
-        | layer_costs(name, base, ctx.device, **timing)
-        for name in section.sweep.get("families", mhsa_sweep.SweepConfig().families)
-        for scale, base in (("sweep", sweep["families"].get(name, {})), ("paper", PAPER_SCALE))
+        | layer_costs(name, base, ctx.device, sweep.subnet)
+        for name in section.sweep.families
+        for scale, base in (("sweep", sweep.families.get(name, {})), ("paper", PAPER_SCALE))
     ]
+    timing = {k: getattr(sweep.subnet, k) for k in ("batch_size", "rounds", "seconds")}
     return write_results(pd.DataFrame(rows), path, {"subnet_timing": timing})
 
 
@@ -148,40 +171,41 @@ def paper_top1(table: pd.DataFrame) -> list[str]:
     return cells
 
 
-def best_share(points: pd.DataFrame) -> tuple[float, Verdict]:
-    """Is the best MHSA proportion asked inside 20-40%? Over the throughput-matched points, bootstrapped over
-    seeds; the paper names the proportions asked, so a DeiT point asked 0.2 (2 of 12 layers: 0.167) is inside."""
-    result = best_in_range(points, "mhsa_proportion", "top1", 0.2, 0.4)
-    return 100 * result.effect, result
+UNLEARNED = "on subnets below a linear classifier"  # the caveat of a verdict read on such subnets
+
+
+def best_share(points: pd.DataFrame) -> BestPoint:
+    """Is the best MHSA proportion asked inside 20-40%? The best point against its neighbours, paired over seeds;
+    the paper names the proportions asked, so a DeiT point asked 0.2 (2 of 12 layers: 0.167) is inside. A curve
+    with a point below a linear classifier says so in its verdict."""
+    unlearned = points.groupby("mhsa_proportion")["top1"].mean().min() < LINEAR_TOP1
+    return best_point(points, "mhsa_proportion", "top1", 0.2, 0.4, caveat=UNLEARNED if unlearned else "")
 
 
 def verdicts(curve: pd.DataFrame) -> pd.DataFrame:
-    """One row per family, speed-up and training budget (epochs): the share of bootstrap draws whose best
-    proportion is inside 20-40%, and the verdict."""
+    """One row per family, speed-up and training budget (epochs): the best proportion, its margins over its
+    neighbours and the verdict."""
     rows = []
     matched = curve[curve["speedup_met"].astype(bool)]
     for (name, speedup, epoch), points in matched.groupby(["family", "speedup_target", "epoch"]):
-        share, result = best_share(points)
+        result = best_share(points)
         rows.append(
             {
                 "family": name,
                 "speedup": speedup,
                 "epoch": epoch,
                 "points": points["mhsa_proportion"].nunique(),
-                "runs": result.runs,
-                "share": share,
-                "verdict": result.verdict,
+                "best": result.best,
+                "evidence": result.evidence(),
+                "verdict": result.verdict.verdict,
+                "word": result.verdict.word(),
             }
         )
     return pd.DataFrame(rows)
 
 
-def verdict_word(verdict: str) -> str:
-    return f"{verdict} at proxy scale" if verdict == NOT_REPRODUCED else verdict
-
-
 def verdict_lines(frame: pd.DataFrame, curve: pd.DataFrame) -> list[str]:
-    """The verdict at the longest budget per family and speed-up, and how it moved along training."""
+    """The verdict at the longest budget per family and speed-up, and how the best point moved along training."""
     table = verdicts(curve)
     lines = []
     for name, speedup in frame.groupby(["family", "speedup_target"]).groups:
@@ -190,14 +214,10 @@ def verdict_lines(frame: pd.DataFrame, curve: pd.DataFrame) -> list[str]:
             lines.append(f"{name} {speedup}x: no point met its speed-up target")
             continue
         last = found.iloc[-1]
-        along = ", ".join(
-            f"{r.share:.0f}% after {r.epoch} epoch{'s' if r.epoch > 1 else ''}" for r in found.itertuples()
-        )
-        word = verdict_word(last.verdict)
+        along = ", ".join(f"{r.best:g} after {r.epoch} epoch{'s' if r.epoch > 1 else ''}" for r in found.itertuples())
         lines.append(
-            f"{name} {speedup}x, {last.points} throughput-matched points: best inside 20-40% in {last.share:.0f}% of "
-            f"bootstrap draws ({last.runs}) after {last.epoch} epochs: **{word}**"
-            + (f" (along training: {along})" if len(found) > 1 else "")
+            f"{name} {speedup}x, {last.points} throughput-matched points, after {last.epoch} epochs: {last.evidence}: "
+            f"**{last.word}**" + (f" (the best point along training: {along})" if len(found) > 1 else "")
         )
     return lines
 
@@ -293,9 +313,23 @@ def glance(out: Path) -> list[Finding]:
                 "Fig. 3",
                 "a 20-40% MHSA proportion is best",
                 f"{name} subnets at {speedup}x, {last.points} proportions, after {last.epoch} epochs",
-                f"best inside 20-40% in {last.share:.0f}% of bootstrap draws, {last.runs}",
-                verdict_word(last.verdict),
+                last.evidence,
+                last.word,
                 paper="20-40% best for DeiT-T and Swin-T at 1.25x and 1.5x",
             )
         )
     return rows
+
+
+FIGURE = Figure(
+    STAGE,
+    Section,
+    "Figure 3: MHSA proportion of throughput-matched subnets",
+    run,
+    check=check,
+    title=TITLE,
+    report=report,
+    glance=glance,
+    folder=FOLDER,
+    notebook="fig3_mhsa_sweep",
+)

@@ -13,6 +13,7 @@ of head outputs (basis-invariant); each at every budget, the verdict at the long
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,25 +24,36 @@ from analysis import head_similarity
 from analysis.figures import proxies
 from analysis.pipeline import (
     Context,
+    Figure,
     announce,
     at_longest,
     budget_label,
     family,
     read_tables,
-    tool_settings,
+    settings_of,
+    tool_config,
     with_sidecar,
 )
 from analysis.published import paper_table
-from analysis.verdicts import NOT_REPRODUCED, Finding, Verdict, as_verdict, compare, late_and_early, movement
+from analysis.verdicts import (
+    NOT_REPRODUCED,
+    UNCLAIMED,
+    Finding,
+    Verdict,
+    as_verdict,
+    compare,
+    late_and_early,
+    movement,
+)
 from efficientvit.config import knob
 from efficientvit.results import markdown_table, write_results
 
 STAGE = "fig4"
 TITLE = "Figure 4: head similarity, full vs split heads"
-FIGURE = "fig4_head_similarity.png"
 BUDGET_FIGURE = "fig4_budget.png"  # each finding against the training budget
 FOLDER = "head_similarity"
 OWNED = ("data", "model", "model_config", "checkpoint", "feature", "device", "run", "out_dir", "random_init")
+SimilaritySettings = settings_of(head_similarity.SimilarityConfig, OWNED)
 METRICS = {  # what each feature is compared by: the paper's metric, then its control
     "attention": ("mean_max_similarity", "centred_mean_max_similarity"),
     "output": ("mean_max_similarity", "cka_mean_max"),
@@ -59,19 +71,23 @@ LATE = "heads are more alike in the late blocks"
 class Section:
     proxies: list[str] = knob(help="the proxies whose runs are measured")
     features: list[str] = knob(["attention"], "what is compared: attention maps, head outputs or both")
-    similarity: dict = knob({}, "settings of analysis/head_similarity.py (SimilarityConfig: images, batch, ...)")
+    similarity: SimilaritySettings = knob(SimilaritySettings(), "analysis/head_similarity.py's settings: images, ...")
     random_init: bool = knob(True, "also measure each proxy's architecture freshly initialised (the control row)")
 
-    def __post_init__(self):
-        self.similarity = tool_settings(head_similarity.SimilarityConfig, self.similarity, "fig4: similarity", OWNED)
+
+def check(preset) -> None:
+    proxies.require(preset, STAGE, preset.fig4.proxies)
 
 
-def measure(ctx: Context, section: Section, name: str, checkpoint: Path, feature: str, random: bool) -> list[Path]:
+def measure(
+    ctx: Context, section: Section, name: str, checkpoint: Path, feature: str, *, random: bool = False
+) -> list[Path]:
     """One measurement (kept when its table exists); the paths of its tables."""
     paths = [p for table in ("summary", "pairwise") for p in with_sidecar(ctx.out / FOLDER / f"{name}_{table}.csv")]
     if not paths[0].exists():
-        config = head_similarity.SimilarityConfig(
-            **section.similarity,
+        config = tool_config(
+            head_similarity.SimilarityConfig,
+            section.similarity,
             data=str(ctx.data),
             checkpoint=str(checkpoint),
             feature=feature,
@@ -85,9 +101,10 @@ def measure(ctx: Context, section: Section, name: str, checkpoint: Path, feature
     return paths
 
 
-def run(ctx: Context, section: Section, trained: proxies.Section, budget: int | None = None) -> list[Path]:
-    """The stage at one budget: every run of every proxy named, every feature; the random-initialisation controls
-    with the first budget. A measurement already written is kept."""
+def run(ctx: Context, section: Section) -> list[Path]:
+    """The stage at one budget (ctx.budget): every run of every proxy named, every feature; the random-initialisation
+    controls with the first budget. A measurement already written is kept."""
+    trained, budget = ctx.preset.proxies, ctx.budget
     checkpoints = proxies.checkpoints(trained, ctx.runs, budget)
     suffix = "" if budget is None else f"_e{budget}"
     rows, written = [], []
@@ -95,13 +112,13 @@ def run(ctx: Context, section: Section, trained: proxies.Section, budget: int | 
         for run_name in proxies.run_names(trained, proxy):
             for feature in section.features:
                 name = f"{run_name}{suffix}_{feature}"
-                written += measure(ctx, section, name, checkpoints[run_name], feature, False)
+                written += measure(ctx, section, name, checkpoints[run_name], feature)
                 rows.append({"table": name, "proxy": proxy, "run": run_name, "budget": budget})
         if section.random_init and budget == proxies.budgets(trained)[0]:
             first = proxies.run_names(trained, proxy)[0]
             for feature in section.features:
                 name = f"{proxy}_random_init_{feature}"
-                written += measure(ctx, section, name, checkpoints[first], feature, True)
+                written += measure(ctx, section, name, checkpoints[first], feature, random=True)
                 rows.append({"table": name, "proxy": proxy, "run": name, "budget": 0})
     return written + with_sidecar(write_index(ctx.out / FOLDER / "index.csv", rows))
 
@@ -137,13 +154,15 @@ def tables(out: Path) -> dict[str, pd.DataFrame | None]:
 
 def summarize(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
     """One row per family, feature, heads kind and budget (the random-init control at budget 0): the runs, the
-    paper's metric and its control (means over blocks and runs, %), its 95% half-width over images, the per-block
-    means, the mean attention entropy and how many blocks are near uniform."""
+    paper's metric and its control (means over blocks and runs, %), the s.d. over runs of the paper's metric (seeds
+    vary far more than the images do), the per-block means, the mean attention entropy and how many blocks are near
+    uniform."""
     frame = tables["summary"]
     rows = []
     keys = ["family", "feature", "attention_kind", "budget"]
     for (name, feature, kind, budget), group in frame.groupby(keys, dropna=False, sort=True):
         control = METRICS[feature][1]
+        per_run = 100 * group.groupby("source")["mean_max_similarity"].mean()
         rows.append(
             {
                 "family": name,
@@ -152,8 +171,7 @@ def summarize(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
                 "budget": budget,
                 "runs": group["source"].nunique(),
                 "similarity_pct": 100 * group["mean_max_similarity"].mean(),
-                # the blocks' errors are correlated (the same images): the mean of their half-widths bounds the mean's
-                "ci95_pct": 100 * group["mean_max_similarity_ci95"].mean(),
+                "sd_over_runs_pct": per_run.std() if len(per_run) > 1 else float("nan"),
                 "per_block_pct": list(100 * group.groupby("block")["mean_max_similarity"].mean()),
                 "max_of_mean_pct": 100 * group["max_of_mean_similarity"].mean(),
                 "control_metric": control,
@@ -166,20 +184,24 @@ def summarize(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def findings(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
+def findings(tables: dict[str, pd.DataFrame | None], out: Path | None = None) -> pd.DataFrame:
     """Full heads against split (and cascaded) heads, per family, feature, metric (the paper's and its control)
     and budget: a run is one trained proxy (its mean over blocks, %); Welch's interval across runs. The paper's
-    direction: full heads more alike (a positive effect)."""
+    direction: full heads more alike (a positive effect); its size, the paper's own full minus split (the paper's
+    metric); the caveat, when a proxy read had not learned."""
     frame = tables["summary"]
     trained = frame[~frame["control"]]
+    theirs = paper_split_effects()
     rows = []
     for (name, feature, budget), group in trained.groupby(["family", "feature", "budget"], dropna=False):
         kinds = set(group["attention_kind"])
+        caveat = proxies.caveat(out, set(group["run"]), budget) if out is not None and "run" in group else ""
         for other in ("split", "cascade"):
             if {"full", other} <= kinds:
                 for metric in METRICS[feature]:
                     per_run = group.groupby(["attention_kind", "source"])[metric].mean()
-                    result = compare(100 * per_run["full"], 100 * per_run[other])
+                    paper = theirs.get(name) if metric == METRICS[feature][0] and other == "split" else None
+                    result = compare(100 * per_run["full"], 100 * per_run[other], paper=paper, caveat=caveat)
                     rows.append(
                         {
                             "family": name,
@@ -209,8 +231,9 @@ def table_lines(summary: pd.DataFrame) -> list[str]:
             "heads": summary["heads"],
             "budget": summary["budget"].map(budget_label),
             "runs": summary["runs"],
-            "max cosine (paper's metric, ± 95% CI over images)": [
-                f"{r.similarity_pct:.1f}% ± {r.ci95_pct:.1f}" for r in summary.itertuples()
+            "max cosine (paper's metric, ± s.d. over runs)": [
+                f"{r.similarity_pct:.1f}%" + ("" if np.isnan(r.sd_over_runs_pct) else f" ± {r.sd_over_runs_pct:.1f}")
+                for r in summary.itertuples()
             ],
             "control": [
                 "-" if np.isnan(r.control_pct) else f"{r.control_pct:.1f}% ({LABELS[r.control_metric]})"
@@ -311,9 +334,16 @@ def reason(summary: pd.DataFrame, found: pd.DataFrame) -> str:
     return lead + ("; ".join(parts) if parts else "not measured (no entropy in these tables)") + "."
 
 
-def late_effects(frame: pd.DataFrame, budget: float | None = None) -> list[tuple[str, Verdict, float | None]]:
+NO_TREND = 2.0  # points: a paper curve whose late blocks differ from its early ones by less shows no trend
+
+
+def late_effects(
+    frame: pd.DataFrame, budget: float | None = None, out: Path | None = None
+) -> list[tuple[str, Verdict, float | None]]:
     """Full heads' attention maps at `budget` (default the longest), per family: the last third of the blocks
-    against the first, paired within each run, and the paper's own curve of that family (None where it has none)."""
+    against the first, paired within each run, in the direction the paper's own curve of that family takes (its
+    size the yardstick); where that curve shows no trend (under NO_TREND points) the finding is not the paper's for
+    that family. With the paper's value (None where it has no curve)."""
     paper = paper_table("fig4_head_similarity")
     paper_full = paper[paper["heads"] == "full"].assign(family=lambda f: f["model"].map(family))
     full_maps = frame[(frame["attention_kind"] == "full") & (frame["feature"] == "attention")]
@@ -326,16 +356,21 @@ def late_effects(frame: pd.DataFrame, budget: float | None = None) -> list[tuple
         if len(theirs):
             paper_late, paper_early = late_and_early(theirs, "similarity_pct")
             versus = paper_late.iloc[0] - paper_early.iloc[0]
-        effects.append((name, compare(late, early, "greater", paired=True), versus))
+        caveat = proxies.caveat(out, set(group["run"]), group["budget"].iloc[0]) if "run" in group else ""
+        expect = "less" if versus is not None and versus < 0 else "greater"
+        result = compare(late, early, expect, paired=True, paper=versus, caveat=caveat)
+        if versus is not None and abs(versus) < NO_TREND:
+            result = dataclasses.replace(result, verdict=UNCLAIMED)
+        effects.append((name, result, versus))
     return effects
 
 
-def late_verdicts(frame: pd.DataFrame) -> list[str]:
+def late_verdicts(frame: pd.DataFrame, out: Path) -> list[str]:
     """The finding at the longest budget per family, and how it moved from the shortest trained budget."""
     budgets = sorted(b for b in frame["budget"].dropna().unique() if b != 0)
     first = {name: result for name, result, _ in late_effects(frame, budgets[0])} if len(budgets) > 1 else {}
     lines = []
-    for name, result, versus in late_effects(frame):
+    for name, result, versus in late_effects(frame, out=out):
         text = f"{name}: {result.describe()}" + ("" if versus is None else f" (paper: {versus:+.1f})")
         if name in first:
             moved = movement(first[name], result, 0.0 if versus is None else versus)
@@ -356,7 +391,7 @@ def glance(out: Path) -> list[Finding]:
     found = tables(out)
     if found["summary"] is None:
         return []
-    verdicts, theirs, rows = findings(found), paper_split_effects(), []
+    verdicts, theirs, rows = findings(found, out), paper_split_effects(), []
     if not verdicts.empty:
         for (name, feature, comparison), group in verdicts.groupby(["family", "feature", "comparison"], sort=False):
             last = at_longest(group)
@@ -375,7 +410,7 @@ def glance(out: Path) -> list[Finding]:
                 )
             )
     budget = budget_label(at_longest(found["summary"])["budget"].max())
-    for name, result, versus in late_effects(found["summary"]):
+    for name, result, versus in late_effects(found["summary"], out=out):
         rows.append(
             Finding(
                 "Fig. 4",
@@ -393,9 +428,9 @@ def report(out: Path) -> list[str]:
     found = tables(out)
     if found["summary"] is None:
         return ["Not run."]
-    summary, verdicts = summarize(found), findings(found)
+    summary, verdicts = summarize(found), findings(found, out)
     paper = paper_table("fig4_head_similarity").groupby(["model", "heads"])["similarity_pct"].mean()
-    later = late_verdicts(found["summary"])
+    later = late_verdicts(found["summary"], out)
     budget_figure = [f"![{TITLE}, along training](figures/{BUDGET_FIGURE})"]
     return (
         table_lines(longest(summary))
@@ -415,9 +450,26 @@ def report(out: Path) -> list[str]:
             f'Finding "{SPLIT}" (full minus split, Welch over runs): ' + "; ".join(finding_lines(verdicts)) + ".",
             reason(summary, verdicts),
             f'Finding "{LATE}" (full heads, attention maps: the mean over the last '
-            "third of the blocks minus the first third, points, paired within each run; the paper's own curves show "
-            "it for Swin-T, not for DeiT-T): "
+            "third of the blocks minus the first third, points, paired within each run, in the direction of the "
+            f"paper's own curve of the same family; a family whose curve moves less than {NO_TREND:g} points has no "
+            "such finding in the paper: Swin-T's rises, DeiT-T's does not): "
             + ("; ".join(later) if later else "needs full-heads runs on attention maps")
             + ".",
         ]
     )
+
+
+FIGURE = Figure(
+    STAGE,
+    Section,
+    "Figure 4: head similarity",
+    run,
+    along_training=True,
+    reads=("proxies",),
+    check=check,
+    title=TITLE,
+    report=report,
+    glance=glance,
+    folder=FOLDER,
+    notebook="fig4_head_similarity",
+)

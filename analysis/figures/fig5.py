@@ -13,59 +13,107 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analysis import design_variant, taylor_pruning
+from analysis import design_variant, pruning_controls, pruning_oracle, taylor_pruning
 from analysis.figures import proxies
 from analysis.pipeline import (
     Context,
+    Figure,
     announce,
     at_longest,
     budget_label,
     family,
     read_tables,
-    tool_settings,
+    settings_of,
+    tool_config,
     trained,
     with_sidecar,
 )
 from analysis.published import paper_table
-from analysis.verdicts import Finding, Verdict, as_verdict, compare, late_and_early, movement
+from analysis.verdicts import REPRODUCED, Finding, Verdict, as_verdict, compare, movement, trend_over_depth
 from efficientvit.config import knob
+from efficientvit.errors import UserError
 from efficientvit.results import markdown_table, write_results
+from efficientvit.train_config import TrainConfig, check_overrides, recipe
 
 STAGE = "fig5"
 TITLE = "Figure 5: Taylor structured pruning"
-FIGURE = "fig5_taylor_pruning.png"
 BUDGET_FIGURE = "fig5_budget.png"  # each finding against the training budget
 FOLDER = "taylor_pruning"
+ORACLE_FOLDER = "pruning_oracle"
+CONTROLS_FOLDER = "pruning_controls"
 OWNED = ("data", "model", "checkpoint", "device", "run", "out_dir", "save", "finetune_config")
-VARIANT_OWNED = ("pruning", "out_dir", "name")
 KINDS = ("qk", "v", "ffn")
-# a pruned model starts trained: at its training's peak rate a fine-tune knocks it back first (the reference run's
-# fine-tunes at that rate all ended below where pruning left them), so at a tenth of it, without warm-up
-FINETUNE_LR = 0.1
+PruneSettings = settings_of(taylor_pruning.PruneConfig, OWNED)
+VariantSettings = settings_of(design_variant.VariantConfig, owned=("pruning", "out_dir", "name"))
+# the checks read the model the stage prunes, at the pruning's budget
+CHECK_OWNED = ("data", "checkpoint", "model", "ratio", "device", "run", "out_dir")
+OracleSettings = settings_of(pruning_oracle.OracleConfig, CHECK_OWNED)
+ControlsSettings = settings_of(pruning_controls.ControlsConfig, CHECK_OWNED)
+
+
+@dataclass
+class Finetune:
+    lr_scale: float = knob(
+        0.1,
+        "the proxy's learning rate times this, without warm-up: a pruned model starts trained, and at its training's "
+        "peak rate a fine-tune knocks it back first (the 10-epoch reference run's fine-tunes at that rate all ended "
+        "below where pruning left them)",
+    )
+    train: dict = knob({}, "training-config keys on top of the proxy's recipe, e.g. {epochs: 2, epoch_images: 15000}")
+
+    def __post_init__(self):
+        self.train = check_overrides(self.train, "fig5: finetune: train")
 
 
 @dataclass
 class Section:
     proxies: list[str] = knob(help="the proxies whose runs are pruned")
-    pruning: dict = knob({}, "settings of analysis/taylor_pruning.py (PruneConfig: ratio, batches, ...)")
-    finetune: dict | None = knob(
-        None, "fine-tune every pruned model with its proxy's recipe at a tenth of its rate, no warm-up, and these keys"
+    pruning: PruneSettings = knob(PruneSettings(), "analysis/taylor_pruning.py's settings: ratio, batches, ...")
+    finetune: Finetune | None = knob(None, "fine-tune every pruned model at the longest budget (null: not)")
+    variant: VariantSettings = knob(VariantSettings(), "analysis/design_variant.py's settings: img_size, patch_size")
+    oracle: OracleSettings | None = knob(
+        None, "check every criterion against the loss change of a removal (analysis/pruning_oracle.py; null: not)"
     )
-    variant: dict = knob({}, "settings of analysis/design_variant.py (VariantConfig: img_size, patch_size, ...)")
+    controls: ControlsSettings | None = knob(
+        None, "the one-shot controls: depth, per-FLOP, per-head (analysis/pruning_controls.py; null: not)"
+    )
+    checks_at: list[int] | None = knob(None, "the budgets the oracle and the controls run at (null: every budget)")
 
-    def __post_init__(self):
-        self.pruning = tool_settings(taylor_pruning.PruneConfig, self.pruning, "fig5: pruning", OWNED)
-        self.variant = tool_settings(design_variant.VariantConfig, self.variant, "fig5: variant", VARIANT_OWNED)
+
+def check(preset) -> None:
+    """The proxies pruned are trained and have full heads; the budget is one; each fine-tune recipe makes a config."""
+    section = preset.fig5
+    proxies.require(preset, STAGE, section.proxies)
+    taylor_pruning.Budget.of(section.pruning)
+    configs = proxies.configs(preset.proxies, "unused", preset.runs)
+    for proxy in section.proxies:
+        config = configs[proxies.run_names(preset.proxies, proxy)[0]]
+        if config.model_kwargs.get("attention", "full") != "full":
+            raise UserError(
+                f"fig5 prunes proxy {proxy!r}, whose heads are not full: Taylor pruning ranks Q/K/V channels"
+            )
+        if section.finetune is not None:
+            finetune_config(config, section.finetune, Path("unused.pth"))
 
 
 def run_name(section: Section, proxy_run: str, budget: int | None = None) -> str:
-    return f"{proxy_run}{'' if budget is None else f'_e{budget}'}_ratio_{section.pruning.get('ratio')}"
+    at = "" if budget is None else f"_e{budget}"
+    return f"{proxy_run}{at}_{taylor_pruning.Budget.of(section.pruning).label}"
+
+
+def finetune_config(config: TrainConfig, finetune: Finetune, pruned: Path) -> TrainConfig:
+    """The fine-tune of a pruned model: its proxy's recipe at `lr_scale` of the rate, no warm-up, the section's keys,
+    starting from the pruned checkpoint."""
+    start = {"lr": config.lr * finetune.lr_scale, "warmup_epochs": 0}
+    fixed = {"init": str(pruned), "out": str(pruned.with_suffix("")) + "_finetuned", "snapshots": [], "plateau": None}
+    return recipe(dataclasses.asdict(config), start, finetune.train, fixed)
 
 
 def prune(ctx: Context, section: Section, name: str, checkpoint: Path) -> dict:
@@ -73,8 +121,9 @@ def prune(ctx: Context, section: Section, name: str, checkpoint: Path) -> dict:
     table = ctx.out / FOLDER / f"{name}.csv"
     if table.exists():  # resume: the statistics of a finished pruning are in its sidecar
         return json.loads(table.with_suffix(".json").read_text())["pruning"]
-    config = taylor_pruning.PruneConfig(
-        **section.pruning,
+    config = tool_config(
+        taylor_pruning.PruneConfig,
+        section.pruning,
         data=str(ctx.data),
         checkpoint=str(checkpoint),
         device=ctx.device,
@@ -86,35 +135,54 @@ def prune(ctx: Context, section: Section, name: str, checkpoint: Path) -> dict:
     return taylor_pruning.run(config).stats
 
 
-def run(
-    ctx: Context, section: Section, trained_proxies: proxies.Section, budget: int | None = None, last: bool = True
-) -> list[Path]:
-    """The stage at one budget: prune every run (and, at the last budget, fine-tune it and design the variant from
-    the first); out/pruned/summary.csv gains this budget's rows."""
+def check_criterion(ctx: Context, section: Section, name: str, checkpoint: Path) -> list[Path]:
+    """The oracle and the controls on one proxy run's snapshot, as the section asks (each kept when its table
+    exists); the tables written."""
+    budget = taylor_pruning.Budget.of(section.pruning)
+    ratio = {"ratio": budget.amount} if budget.kind == "ratio" else {}
+    owned = dict(data=str(ctx.data), checkpoint=str(checkpoint), device=ctx.device, run=name, **ratio)
+    written = []
+    if section.oracle is not None:
+        paths = [ctx.out / ORACLE_FOLDER / f"{name}{part}.csv" for part in ("", "_units", "_cuts")]
+        if not paths[0].exists():
+            config = tool_config(pruning_oracle.OracleConfig, section.oracle, out_dir=ctx.out / ORACLE_FOLDER, **owned)
+            announce(config)
+            pruning_oracle.run(config)
+        written += [p for path in paths for p in with_sidecar(path)]
+    if section.controls is not None:
+        path = ctx.out / CONTROLS_FOLDER / f"{name}.csv"
+        if not path.exists():
+            config = tool_config(
+                pruning_controls.ControlsConfig, section.controls, out_dir=ctx.out / CONTROLS_FOLDER, **owned
+            )
+            announce(config)
+            pruning_controls.run(config)
+        written += with_sidecar(path)
+    return written
+
+
+def run(ctx: Context, section: Section) -> list[Path]:
+    """The stage at one budget (ctx.budget): prune every run (and, at the longest budget, fine-tune it and design
+    the variant from the first); out/pruned/summary.csv gains this budget's rows."""
+    trained_proxies, budget = ctx.preset.proxies, ctx.budget
     configs = proxies.configs(trained_proxies, ctx.data, ctx.runs)
     checkpoints = proxies.checkpoints(trained_proxies, ctx.runs, budget)
     runs = [run for proxy in section.proxies for run in proxies.run_names(trained_proxies, proxy)]
-    rows = []
+    rows, checks = [], []
     for proxy_run in runs:
         config, name = configs[proxy_run], run_name(section, proxy_run, budget)
         row = {"proxy": proxy_run, "model": config.model, "seed": config.seed, "budget": budget, "table": name}
         row.update(prune(ctx, section, name, checkpoints[proxy_run]))
-        if last and section.finetune is not None:
-            pruned = ctx.runs / "pruned" / f"{name}.pth"
-            finetune = dataclasses.replace(
-                config,
-                **{"lr": config.lr * FINETUNE_LR, "warmup_epochs": 0, **section.finetune},
-                init=str(pruned),
-                out=str(pruned.with_suffix("")) + "_finetuned",
-                snapshots=[],
-                plateau=None,
-            )
+        if section.checks_at is None or budget in section.checks_at:
+            checks += check_criterion(ctx, section, name, checkpoints[proxy_run])
+        if ctx.last and section.finetune is not None:
+            finetune = finetune_config(config, section.finetune, ctx.runs / "pruned" / f"{name}.pth")
             row["top1_finetuned"] = trained(finetune, f"fine-tuning {name}")["val_top1"].iloc[-1]
             row["finetune_lr"] = finetune.lr
         rows.append(row)
     summary = add_rows(ctx.out / "pruned" / "summary.csv", rows, section)
     written = [p for r in rows for p in with_sidecar(ctx.out / FOLDER / f"{r['table']}.csv")] + with_sidecar(summary)
-    return written + ([design(ctx, section, ctx.out / FOLDER / f"{rows[0]['table']}.csv")] if last else [])
+    return written + checks + ([design(ctx, section, ctx.out / FOLDER / f"{rows[0]['table']}.csv")] if ctx.last else [])
 
 
 def add_rows(path: Path, rows: list[dict], section: Section) -> Path:
@@ -129,66 +197,110 @@ def design(ctx: Context, section: Section, pruning: Path) -> Path:
     """The designed variant's model YAML (kept when it exists)."""
     path = ctx.out / "variants" / f"{pruning.stem}_variant.yaml"
     if not path.exists():
-        config = design_variant.VariantConfig(**section.variant, pruning=str(pruning), out_dir=ctx.out / "variants")
+        config = tool_config(
+            design_variant.VariantConfig, section.variant, pruning=str(pruning), out_dir=ctx.out / "variants"
+        )
         announce(config)
         design_variant.run(config)
     return path
 
 
 def tables(out: Path) -> dict[str, pd.DataFrame | None]:
-    """The per-block tables, each row with its run, seed and budget (from out/pruned/summary.csv; NaN budget for a
-    run written before budgets were kept), and that summary."""
+    """The per-block tables, each row with its run, proxy, seed and budget (from out/pruned/summary.csv; NaN budget
+    for a run written before budgets were kept), that summary, and the oracle's and the controls' tables, each row
+    with its run, proxy and budget too."""
     frame, pruned = read_tables(out, FOLDER), read_tables(out, "pruned", "summary.csv")
+    found = {"pruning": None, "pruned": pruned, "oracle": None, "cuts": None, "controls": None}
     if frame is None:
-        return {"pruning": None, "pruned": pruned}
+        return found
+    index = None
     if pruned is not None and "table" in pruned:
-        index = pruned[["table", "proxy", "seed", "budget"]].rename(columns={"table": "source"})
+        index = pruned[["table", "proxy", "seed", "budget"]].rename(columns={"table": "source", "proxy": "run"})
         frame = frame.merge(index, on="source", how="left")
     else:
-        frame = frame.assign(budget=np.nan)
+        frame = frame.assign(budget=np.nan, run=frame["source"])
     for kind in KINDS:  # written before the kept fractions were tabulated
         if f"{kind}_kept_fraction" not in frame:
             frame[f"{kind}_kept_fraction"] = frame[f"{kind}_kept"] / frame[f"{kind}_before"]
-    return {"pruning": frame.assign(family=frame["model"].map(family)), "pruned": pruned}
+    found["pruning"] = with_proxy(frame)
+    oracle = read_tables(out, ORACLE_FOLDER)
+    if oracle is not None and index is not None:
+        part = oracle["source"].str.extract(r"^(.*?)(_units|_cuts)?$")
+        oracle = oracle.assign(table=part[0], part=part[1].fillna("summary"))
+        oracle = with_proxy(oracle.merge(index.rename(columns={"source": "table"}), on="table", how="left"))
+        found["oracle"] = oracle[oracle["part"] == "summary"].dropna(axis=1, how="all")
+        found["cuts"] = oracle[oracle["part"] == "_cuts"].dropna(axis=1, how="all")
+    controls = read_tables(out, CONTROLS_FOLDER)
+    if controls is not None and index is not None:
+        found["controls"] = with_proxy(controls.merge(index, on="source", how="left"))
+    return found
+
+
+def with_proxy(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows with the proxy their run is a seed of (deit_tiny_full for deit_tiny_full_seed2) and its family."""
+    runs = frame["run"].astype(str)
+    proxy = runs.str.replace(r"_seed\d+$", "", regex=True)
+    return frame.assign(proxy=proxy, family=proxy.map(family))
 
 
 def summarize(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
     """One row per model and block at the longest budget: the runs, and each kind's kept width over the block's
     input width (mean, s.d. over runs)."""
     frame = at_longest(tables["pruning"])
-    blocks = frame.groupby(["model", "block", "stage", "in_width"])
+    blocks = frame.groupby(["proxy", "model", "block", "stage", "in_width"])
     aggregates = {f"{k}_{s}": (f"{k}_ratio", s) for k in KINDS for s in ("mean", "std")}
     return blocks.agg(runs=("source", "nunique"), **aggregates).reset_index()
 
 
-FINDINGS = {  # effect (per run, points) -> (the paper's claim, the direction it expects, the paper's Swin-T value)
+FINDINGS = {  # effect (per run, points) -> (the paper's claim, the direction it expects)
     "qk_minus_ffn": ("Q/K are cut more than FFN relative to their width", "less"),
     "v_minus_qk": ("V keeps more channels than Q/K", "greater"),
 }
 
 
-def findings(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
-    """Per family, budget and finding: each run's paired effect (taylor_pruning.paired_effects), their mean and
-    95% t-interval across runs, the verdict, and the paper's Swin-T value of the same effect."""
+def paper_effects() -> dict[str, float]:
+    """The paper's Swin-T values of the paired effects, its kept fractions read as ours."""
     paper = paper_table("fig5_taylor_pruning_swin_t")
-    theirs = taylor_pruning.paired_effects(
+    return taylor_pruning.paired_effects(
         paper.assign(
             qk_kept_fraction=paper["qk_ratio"],
             v_kept_fraction=paper["v_ratio"],
             ffn_kept_fraction=paper["ffn_ratio"] / 4,
         )
     )
-    frame, rows = tables["pruning"], []
-    for (name, budget), group in frame.groupby(["family", "budget"], dropna=False):
-        effects = pd.DataFrame([taylor_pruning.paired_effects(g) for _, g in group.groupby("source")])
-        for finding, (claim, expect) in FINDINGS.items():
-            result = compare(effects[finding], [0.0] * len(effects), expect, paired=True)
+
+
+def effects_by(frame: pd.DataFrame, run: str = "run") -> pd.DataFrame:
+    """Each run's paired effects (taylor_pruning.paired_effects) from its per-block rows."""
+    return pd.DataFrame([taylor_pruning.paired_effects(g) | {run: name} for name, g in frame.groupby(run)])
+
+
+def verdicts_of(effects: pd.DataFrame, caveat: str = "") -> dict[str, Verdict]:
+    """Both findings from per-run effects: their mean and 95% t-interval over the runs, the size rule on the
+    paper's Swin-T values."""
+    theirs = paper_effects()
+    return {
+        finding: compare(
+            effects[finding], [0.0] * len(effects), expect, paired=True, paper=theirs[finding], caveat=caveat
+        )
+        for finding, (_, expect) in FINDINGS.items()
+    }
+
+
+def findings(tables: dict[str, pd.DataFrame | None], out: Path | None = None) -> pd.DataFrame:
+    """Per proxy, budget and finding: each run's paired effect, their mean and 95% t-interval across runs, the
+    verdict (the size rule; "on unconverged proxies" where a run read was below 88% top-1), the paper's value."""
+    frame, rows, theirs = tables["pruning"], [], paper_effects()
+    for (proxy, budget), group in frame.groupby(["proxy", "budget"], dropna=False):
+        caveat = proxies.caveat(out, set(group["run"]), budget) if out is not None else ""
+        for finding, result in verdicts_of(effects_by(group), caveat).items():
             rows.append(
                 {
-                    "family": name,
+                    "proxy": proxy,
+                    "family": family(proxy),
                     "budget": budget,
                     "finding": finding,
-                    "claim": claim,
+                    "claim": FINDINGS[finding][0],
                     "effect": result.effect,
                     "low": result.low,
                     "high": result.high,
@@ -203,17 +315,17 @@ def findings(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def spread(values: pd.Series) -> str:
+def spread(values: pd.Series, digits: int = 2) -> str:
     """Mean, and the s.d. over runs where there are several."""
-    return f"{values.mean():.2f}" + (f" ± {values.std():.2f}" if len(values) > 1 else "")
+    return f"{values.mean():.{digits}f}" + (f" ± {values.std():.{digits}f}" if len(values) > 1 else "")
 
 
 def finding_lines(found: pd.DataFrame) -> list[str]:
-    """Each finding at the longest budget per family, beside the paper's value, and how it moved along training."""
+    """Each finding at the longest budget per proxy, beside the paper's value, and how it moved along training."""
     lines = []
     for finding, (claim, _) in FINDINGS.items():
         parts = []
-        for name, group in found[found["finding"] == finding].groupby("family"):
+        for name, group in found[found["finding"] == finding].groupby("proxy"):
             ordered = group.sort_values("budget")
             first, last = ordered.iloc[0], ordered.iloc[-1]
             text = f"{name}: {last.text} (paper's Swin-T: {last.paper:+.1f})"
@@ -229,12 +341,10 @@ def finding_lines(found: pd.DataFrame) -> list[str]:
 def along_training(found: pd.DataFrame) -> list[str]:
     if found.empty or found["budget"].nunique() < 2:
         return []
-    wide = found.pivot_table(
-        index=["family", "budget"], columns="finding", values="text", aggfunc="first"
-    ).reset_index()
+    wide = found.pivot_table(index=["proxy", "budget"], columns="finding", values="text", aggfunc="first").reset_index()
     cells = pd.DataFrame(
         {
-            "family": wide["family"],
+            "proxy": wide["proxy"],
             "budget": wide["budget"].map(budget_label),
             **{f"{FINDINGS[f][0]}, points": wide[f] for f in FINDINGS if f in wide},
         }
@@ -250,62 +360,76 @@ def along_training(found: pd.DataFrame) -> list[str]:
 LATE = "pruning cuts most in the last blocks"
 
 
-def late_cuts(frame: pd.DataFrame) -> tuple[list[tuple[str, Verdict]], float]:
-    """The share of a block's prunable channels (Q/K, V, FFN hidden) kept, the last third of the blocks minus the
-    first, paired within each pruning run, per model; and the paper's Swin-T value."""
-    paper = paper_table("fig5_taylor_pruning_swin_t")
+def kept_share(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each block's share of its prunable channels (Q/K, V, FFN hidden) kept, in points (`pct`)."""
     before = sum(frame[f"{k}_before"] for k in KINDS)
-    kept = frame.assign(pct=100 * sum(frame[f"{k}_kept"] for k in KINDS) / before)
+    return frame.assign(pct=100 * sum(frame[f"{k}_kept"] for k in KINDS) / before)
+
+
+def paper_late() -> float:
+    """The paper's Swin-T kept share, its trend over depth (`trend_over_depth`), points."""
+    paper = paper_table("fig5_taylor_pruning_swin_t")
     theirs = paper.assign(pct=100 * (paper["qk_ratio"] + paper["v_ratio"] + paper["ffn_ratio"]) / 6, source="paper")
-    paper_late, paper_early = late_and_early(theirs, "pct")
-    cuts = [
-        (model, compare(*late_and_early(group, "pct"), "less", paired=True)) for model, group in kept.groupby("model")
-    ]
-    return cuts, paper_late.iloc[0] - paper_early.iloc[0]
+    return float(trend_over_depth(theirs, "pct").iloc[0])
 
 
-def kept_lines(frame: pd.DataFrame) -> list[str]:
+def late_cuts(frame: pd.DataFrame, out: Path | None = None) -> list[tuple[str, Verdict]]:
+    """Per proxy: the kept share's trend over the blocks after the first, per pruning run (negative: the late
+    blocks cut more), compared with 0 over the runs; the paper's Swin-T trend as the size rule's yardstick."""
+    theirs, cuts = paper_late(), []
+    for proxy, group in kept_share(frame).groupby("proxy"):
+        caveat = proxies.caveat(out, set(group["run"]), group["budget"].iloc[0]) if out is not None else ""
+        trend = trend_over_depth(group, "pct").dropna()
+        cuts.append((proxy, compare(trend, [0.0] * len(trend), "less", paired=True, paper=theirs, caveat=caveat)))
+    return cuts
+
+
+def kept_lines(frame: pd.DataFrame, out: Path) -> list[str]:
     """The means over blocks and runs beside the paper's, and the finding on the last blocks."""
     paper = paper_table("fig5_taylor_pruning_swin_t")
-    cuts, theirs = late_cuts(frame)
+    means = frame.groupby("proxy")[[f"{k}_kept_fraction" for k in KINDS]].mean()
+    kept = "; ".join(
+        f"{proxy} Q/K {r.qk_kept_fraction:.2f}, V {r.v_kept_fraction:.2f}, FFN {r.ffn_kept_fraction:.2f}"
+        for proxy, r in means.iterrows()
+    )
     return [
         "",
-        f"Means, ours: Q/K {frame['qk_ratio'].mean():.2f}, V {frame['v_ratio'].mean():.2f}, FFN "
-        f"{frame['ffn_ratio'].mean():.2f} of the input width (before pruning 1, 1, 4); kept fractions Q/K "
-        f"{frame['qk_kept_fraction'].mean():.2f}, V {frame['v_kept_fraction'].mean():.2f}, FFN "
-        f"{frame['ffn_kept_fraction'].mean():.2f}. Paper (Swin-T, ImageNet): Q/K {paper['qk_ratio'].mean():.2f}, "
-        f"V {paper['v_ratio'].mean():.2f}, FFN {paper['ffn_ratio'].mean():.2f} of the input width.",
-        f'Finding "{LATE}" (share of a block\'s Q/K, V and FFN channels kept, the last third of the blocks minus '
-        "the first third, points, paired within each pruning run): "
-        + "; ".join(f"{model}: {result.describe()}" for model, result in cuts)
-        + f" (paper's Swin-T: {theirs:+.1f}).",
+        f"Kept fractions (means over blocks and runs): {kept}. Paper (Swin-T, ImageNet): Q/K "
+        f"{paper['qk_ratio'].mean():.2f}, V {paper['v_ratio'].mean():.2f}, FFN {paper['ffn_ratio'].mean() / 4:.2f} of "
+        "their widths.",
+        f'Finding "{LATE}" (a trend over depth: per pruning run, the change of a block\'s kept share of its Q/K, V and '
+        "FFN channels from the second block to the last on the least-squares line through them, so that a first "
+        "block unlike the rest does not make it; points): "
+        + "; ".join(f"{proxy}: {result.describe()}" for proxy, result in late_cuts(frame, out))
+        + f" (paper's Swin-T: {paper_late():+.1f}).",
     ]
 
 
-def late_along_training(pruning: pd.DataFrame) -> list[str]:
-    """How the last-blocks finding moved from the shortest budget to the longest, per model."""
+def late_along_training(pruning: pd.DataFrame, out: Path) -> list[str]:
+    """How the last-blocks finding moved from the shortest budget to the longest, per proxy."""
     budgets = sorted(pruning["budget"].dropna().unique()) if "budget" in pruning else []
     if len(budgets) < 2:
         return []
-    first = dict(late_cuts(pruning[pruning["budget"] == budgets[0]])[0])
-    last, theirs = late_cuts(pruning[pruning["budget"] == budgets[-1]])
-    moves = [f"{model} {movement(first[model], after, theirs)}" for model, after in last if model in first]
+    first = dict(late_cuts(pruning[pruning["budget"] == budgets[0]]))
+    last = late_cuts(pruning[pruning["budget"] == budgets[-1]], out)
+    moves = [f"{proxy} {movement(first[proxy], after, paper_late())}" for proxy, after in last if proxy in first]
     return [f'From {budget_label(budgets[0])} to {budget_label(budgets[-1])}, "{LATE}": ' + "; ".join(moves) + "."]
 
 
 def top1_lines(pruned: pd.DataFrame) -> list[str]:
-    """Top-1 before pruning, after and after fine-tuning, and the parameters and FLOPs kept, per model (at the
+    """Top-1 before pruning, after and after fine-tuning, and the parameters and FLOPs kept, per proxy (at the
     longest budget)."""
     pruned = at_longest(pruned) if "budget" in pruned else pruned
+    pruned = pruned.assign(group=pruned["proxy"].str.replace(r"_seed\d+$", "", regex=True))
     columns = [c for c in ("top1_before", "top1_after", "top1_finetuned") if c in pruned]
     rows = []
-    for model, group in pruned.groupby("model"):
+    for proxy, group in pruned.groupby("group"):
         top1 = [spread(group[c].dropna()) + "%" if group[c].notna().any() else "-" for c in columns]
         top1 += ["-"] * (3 - len(columns))
         params = (group["params_after"] / group["params_before"]).mean()
         flops = (group["flops_after"] / group["flops_before"]).mean()
-        rows.append([model, len(group), *top1, f"{params:.2f}", f"{flops:.2f}"])
-    header = ["model", "runs", "top-1 before", "after pruning", "after fine-tuning", "params kept", "FLOPs kept"]
+        rows.append([proxy, len(group), *top1, f"{params:.2f}", f"{flops:.2f}"])
+    header = ["proxy", "runs", "top-1 before", "after pruning", "after fine-tuning", "params kept", "FLOPs kept"]
     swin = paper_table("fig5_pruning_top1").iloc[0]
     lines = ["", *markdown_table(pd.DataFrame(rows, columns=header))]
     if "finetune_lr" in pruned and pruned["finetune_lr"].notna().any():
@@ -314,11 +438,225 @@ def top1_lines(pruned: pd.DataFrame) -> list[str]:
     return lines + ["", f"Paper (Swin-T, ImageNet): {swin.top1_before}% before pruning, {swin.top1_pruned}% after."]
 
 
+# -- the oracle and the controls -------------------------------------------------------------------------------
+
+
+def rho_cell(rows: pd.DataFrame) -> str:
+    """Spearman's rho per kind and pooled, each the mean over runs ("Q/K 0.52, V 0.31, FFN 0.11; pooled 0.40")."""
+    means = rows.groupby("kind")["rho"].mean()
+    kinds = ", ".join(f"{label} {means[k]:.2f}" for k, label in zip(KINDS, ("Q/K", "V", "FFN")) if k in means)
+    pooled = rows[rows["kind"] == pruning_oracle.POOLED]["rho"]
+    return f"{kinds}; pooled **{spread(pooled)}**" if len(pooled) else kinds
+
+
+def oracle_lines(found: dict) -> list[str]:
+    """The criteria against the oracle at the longest budget the oracle ran at: rho per kind and pooled, per
+    proxy, unit and oracle; what each ranking would cut; and which criterion predicts the harm best."""
+    oracle = found["oracle"]
+    if oracle is None or oracle.empty:
+        return []
+    oracle = at_longest(oracle)
+    budget = budget_label(oracle["budget"].iloc[0])
+    cells, best = [], {}
+    for (proxy, unit, criterion), rows in oracle.groupby(["proxy", "unit", "criterion"], sort=False):
+        cells.append(
+            {
+                "proxy": proxy,
+                "unit": unit,
+                "criterion": criterion + (" (the paper's)" if criterion == "molchanov" else ""),
+                **{f"rho with the {o} oracle": rho_cell(rows[rows["oracle"] == o]) for o in pruning_oracle.ORACLES},
+            }
+        )
+        pooled = rows[(rows["oracle"] == "signed") & (rows["kind"] == pruning_oracle.POOLED)]["rho"].mean()
+        if criterion in taylor_pruning.CRITERIA and unit == "group":
+            best.setdefault(proxy, []).append((pooled, criterion))
+    lines = [
+        "",
+        f"**The criterion against its oracle** ({budget}; analysis/pruning_oracle.py): Spearman's rho of each "
+        "criterion with the true loss change when a unit is removed (zeroed), signed (the harm) and squared "
+        "(Molchanov's oracle, the size of the change), per kind and pooled over the kinds (what a global ranking "
+        "needs), the mean over runs (± s.d. over runs); units are single filters (a seeded sample per kind and "
+        "block) and groups (each kind of a block in tenths, in the order of Molchanov's criterion, which covers "
+        "every filter). The split-half reliability row is each oracle against itself on two halves of the images: "
+        "no criterion can track an oracle better. Molchanov et al. report rho above 0.93 on ImageNet CNNs.",
+        "",
+        *markdown_table(pd.DataFrame(cells)),
+    ]
+    if best:
+        winners = "; ".join(f"{proxy}: {max(pairs)[1]} ({max(pairs)[0]:.2f})" for proxy, pairs in best.items())
+        lines += [
+            "",
+            f"The criterion that best predicts the harm of a removal (groups, pooled, signed oracle): {winners}.",
+        ]
+    return lines + cut_lines(found)
+
+
+def cut_lines(found: dict) -> list[str]:
+    """What each ranking (each oracle, each criterion) would cut per kind at the pruning's budget, and the paired
+    effect Q/K minus FFN it gives: where the two oracles disagree about Q/K against FFN."""
+    cuts = found["cuts"]
+    if cuts is None or cuts.empty:
+        return []
+    cuts = at_longest(cuts)
+    rows = []
+    for (proxy, ranking), group in cuts.groupby(["proxy", "ranking"], sort=False):
+        wide = group.pivot_table(index="run", columns="kind", values="kept_fraction")
+        effect = compare(
+            100 * (wide["qk"] - wide["ffn"]),
+            [0.0] * len(wide),
+            "less",
+            paired=True,
+            paper=paper_effects()["qk_minus_ffn"],
+        )
+        rows.append(
+            {
+                "proxy": proxy,
+                "ranking": ranking,
+                **{f"{label} kept": spread(wide[k]) for k, label in zip(KINDS, ("Q/K", "V", "FFN")) if k in wide},
+                "Q/K minus FFN, points": effect.describe(),
+            }
+        )
+    return [
+        "",
+        "What each ranking would cut at the pruning's budget (the groups ranked by value per filter, least harmful "
+        "first, one shot): the kept fraction of each kind (mean ± s.d. over runs) and Q/K minus FFN (paper's Swin-T "
+        f"{paper_effects()['qk_minus_ffn']:+.1f}).",
+        "",
+        *markdown_table(pd.DataFrame(rows)),
+    ]
+
+
+def control_effects(controls: pd.DataFrame) -> pd.DataFrame:
+    """Per proxy, control, criterion (and ratio, for the depth control): every run's paired effects, the top-1
+    drop of its masked model and where Q/K first lost a channel."""
+    rows = []
+    for (proxy, control, criterion, run), group in controls.groupby(["proxy", "control", "criterion", "run"]):
+        for ratio, at in group.groupby("ratio"):
+            effects = taylor_pruning.paired_effects(at)
+            rows.append(
+                {
+                    "proxy": proxy,
+                    "control": control,
+                    "criterion": criterion,
+                    "run": run,
+                    "ratio": ratio,
+                    "drop": at["top1_before"].iloc[0] - at["top1"].iloc[0],
+                    "qk_first_cut": at["qk_first_cut"].iloc[0],
+                    **{k: effects[k] for k in ("qk_minus_ffn", "v_minus_qk", "qk_kept_fraction", "ffn_kept_fraction")},
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def control_lines(found: dict, out: Path) -> list[str]:
+    """Each control as a row with both paired effects and their intervals over runs, at the longest budget the
+    controls ran at; the depth control at its ratios; then which control moves Q/K minus FFN toward the paper's."""
+    controls = found["controls"]
+    if controls is None or controls.empty:
+        return []
+    controls = at_longest(controls)
+    budget = controls["budget"].iloc[0]
+    effects = control_effects(controls)
+    rows = []
+    for (proxy, control, criterion, _), group in effects.groupby(
+        ["proxy", "control", "criterion", effects["ratio"].where(effects["control"] == "depth", -1)], sort=False
+    ):
+        caveat = proxies.caveat(out, set(group["run"]), budget)
+        verdicts = verdicts_of(group, caveat)
+        rows.append(
+            {
+                "control": control
+                + (f" {group['ratio'].mean():.2f}" if control != "one-shot" and "depth" in control else ""),
+                "criterion": criterion,
+                "proxy": proxy,
+                "runs": len(group),
+                "ratio": spread(group["ratio"]),
+                "top-1 cost, points": spread(group["drop"], 1),
+                "Q/K first cut at": spread(group["qk_first_cut"]),
+                "Q/K minus FFN, points": verdicts["qk_minus_ffn"].describe(),
+                "V minus Q/K, points": verdicts["v_minus_qk"].describe(),
+            }
+        )
+    lines = [
+        "",
+        f"**The controls** ({budget_label(budget)}; analysis/pruning_controls.py): the same scores ranked under each "
+        "choice, one shot, on the masked model; `one-shot` is the pipeline's rule at the pruning's budget, the row "
+        "each control is read against. depth: the global ratio from 0.2 to 0.8, and at the ratio whose cut costs "
+        f"the paper's {pruning_controls.PAPER_COST} points before fine-tuning; per-flop: each candidate's score over "
+        "its multiply-adds; per-head: every head's channels ranked on their own. `Q/K first cut at`: the share of "
+        "the channels cut when the ranking first takes a Q/K channel. The width control is a proxy of its own (Q/K "
+        "as wide as the paper's model's), pruned as the others (its rows above and below).",
+        "",
+        *markdown_table(pd.DataFrame(rows)),
+    ]
+    return lines + explanation(effects, found, out)
+
+
+def explanation(effects: pd.DataFrame, found: dict, out: Path) -> list[str]:
+    """Which control moves Q/K minus FFN toward the paper's, by how much (paired over runs against the one-shot
+    row of the same criterion; the width control against its base proxy, Welch over runs), or that none does."""
+    theirs = paper_effects()["qk_minus_ffn"]
+    shifts = []
+    one_shot = effects[effects["control"] == "one-shot"].set_index(["proxy", "criterion", "run"])["qk_minus_ffn"]
+    for (proxy, control, criterion, ratio), group in effects[effects["control"] != "one-shot"].groupby(
+        ["proxy", "control", "criterion", "ratio"]
+    ):
+        if control == "depth" and ratio != effects[effects["control"] == "depth"]["ratio"].max():
+            continue  # the deepest ratio speaks for the depth control
+        base = one_shot.reindex([(proxy, criterion, run) for run in group["run"]]).to_numpy()
+        shift = compare(group["qk_minus_ffn"].to_numpy(), base, "less" if theirs < 0 else "greater", paired=True)
+        shifts.append((f"{control}{f' {ratio:.2f}' if 'depth' in control else ''} ({criterion}, {proxy})", shift))
+    for criterion in sorted(set(effects["criterion"]) - {"molchanov"}):  # the criterion itself, against the paper's
+        a = one_shot.xs(criterion, level="criterion")
+        b = one_shot.xs("molchanov", level="criterion").reindex(a.index)
+        for proxy in sorted(set(a.index.get_level_values("proxy"))):
+            shift = compare(
+                a.xs(proxy).to_numpy(), b.xs(proxy).to_numpy(), "less" if theirs < 0 else "greater", paired=True
+            )
+            shifts.append((f"criterion {criterion} instead of Molchanov's ({proxy})", shift))
+    shifts += width_shifts(found, theirs)
+    toward = [(name, s) for name, s in shifts if s.verdict == REPRODUCED]
+    listed = "; ".join(f"{name}: {s.effect:+.1f} [{s.low:.1f}, {s.high:.1f}]" for name, s in shifts)
+    if toward:
+        lead = (
+            "Moved toward the paper's Q/K minus FFN (interval clear of zero): "
+            + "; ".join(
+                f"{name} by {s.effect:+.1f} points"
+                for name, s in sorted(toward, key=lambda p: abs(p[1].effect), reverse=True)
+            )
+            + f" (the paper's Swin-T sits at {theirs:+.1f})."
+        )
+    else:
+        lead = "No control moved Q/K minus FFN toward the paper's by more than its interval: the hypotheses stay open."
+    return [
+        "",
+        "**What explains the reading.** " + lead,
+        "",
+        f"Every shift of Q/K minus FFN against its base (points): {listed}.",
+    ]
+
+
+def width_shifts(found: dict, theirs: float) -> list[tuple[str, Verdict]]:
+    """The width control: each proxy with wider Q/K (a proxy named <base>_qk<width>) against its base proxy,
+    Q/K minus FFN of the main pruning at the longest budget (Welch over runs)."""
+    frame = at_longest(found["pruning"])
+    effects = effects_by(frame).merge(frame[["run", "proxy"]].drop_duplicates(), on="run")
+    shifts = []
+    for proxy in sorted(set(effects["proxy"])):
+        base = re.sub(r"_qk\d+$", "", proxy)
+        if base != proxy and base in set(effects["proxy"]):
+            wide, narrow = (effects[effects["proxy"] == p]["qk_minus_ffn"] for p in (proxy, base))
+            shifts.append(
+                (f"width: {proxy} against {base}", compare(wide, narrow, "less" if theirs < 0 else "greater"))
+            )
+    return shifts
+
+
 def report(out: Path) -> list[str]:
     found = tables(out)
     if found["pruning"] is None:
         return ["Not run."]
-    table, verdicts = summarize(found), findings(found)
+    table, verdicts = summarize(found), findings(found, out)
 
     def kept(kind: str) -> list[str]:
         return [
@@ -328,7 +666,7 @@ def report(out: Path) -> list[str]:
 
     cells = pd.DataFrame(
         {
-            "model": table["model"],
+            "proxy": table["proxy"],
             "block": table["block"],
             "stage": table["stage"],
             "in width": table["in_width"],
@@ -336,45 +674,60 @@ def report(out: Path) -> list[str]:
             **{f"{label} kept": kept(kind) for kind, label in zip(KINDS, ("Q/K", "V", "FFN"))},
         }
     )
-    lines = markdown_table(cells) + kept_lines(at_longest(found["pruning"])) + late_along_training(found["pruning"])
+    longest = at_longest(found["pruning"])
+    lines = markdown_table(cells) + kept_lines(longest, out) + late_along_training(found["pruning"], out)
     lines += finding_lines(verdicts)
     lines += along_training(verdicts)
     if (out / "figures" / BUDGET_FIGURE).exists():
         lines += ["", f"![{TITLE}, along training](figures/{BUDGET_FIGURE})"]
     if found["pruned"] is not None:
         lines += top1_lines(found["pruned"])
-    return lines
+    return lines + oracle_lines(found) + control_lines(found, out)
 
 
 def glance(out: Path) -> list[Finding]:
-    """Every finding per family at the longest budget, for the report's table at a glance."""
+    """Every finding per proxy at the longest budget, for the report's table at a glance."""
     found = tables(out)
     if found["pruning"] is None:
         return []
     longest = at_longest(found["pruning"])
     budget = budget_label(longest["budget"].iloc[0])
-    cuts, theirs = late_cuts(longest)
     rows = [
         Finding(
             "Fig. 5",
             LATE,
-            f"{family(model)} proxies, {budget}: kept share, last third of the blocks minus the first",
+            f"{proxy} proxies, {budget}: kept share, its trend over the blocks after the first",
             result.evidence(),
             result.word(),
-            paper=f"{theirs:+.1f} (Swin-T, ImageNet)",
+            paper=f"{paper_late():+.1f} (Swin-T, ImageNet)",
         )
-        for model, result in cuts
+        for proxy, result in late_cuts(longest, out)
     ]
-    verdicts = at_longest(findings(found))
-    for row in verdicts.itertuples():
+    for row in at_longest(findings(found, out)).itertuples():
         rows.append(
             Finding(
                 "Fig. 5",
                 row.claim,
-                f"{row.family} proxies, {budget}: kept fractions, paired within each run",
+                f"{row.proxy} proxies, {budget}: kept fractions, paired within each run",
                 row.evidence,
                 row.word,
                 paper=f"{row.paper:+.1f} (Swin-T, ImageNet)",
             )
         )
     return rows
+
+
+FIGURE = Figure(
+    STAGE,
+    Section,
+    "Figure 5: Taylor pruning and the designed variant",
+    run,
+    along_training=True,
+    reads=("proxies",),
+    check=check,
+    title=TITLE,
+    report=report,
+    glance=glance,
+    folder=FOLDER,
+    notebook="fig5_taylor_pruning",
+)

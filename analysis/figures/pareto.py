@@ -11,18 +11,18 @@ M0's.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 
 from analysis import mhsa_sweep, taylor_pruning
 from analysis.design_variant import design_from_checkpoint
 from analysis.figures import fig5, proxies
-from analysis.pipeline import Context, listed_outputs, read_tables, tool_settings, trained, with_sidecar
+from analysis.pipeline import Context, Figure, listed_outputs, read_tables, settings_of, trained, with_sidecar
 from analysis.verdicts import Finding, Verdict, compare
 from efficientvit.bench.measure import interleaved_throughput
 from efficientvit.config import knob
@@ -30,13 +30,17 @@ from efficientvit.errors import UserError
 from efficientvit.flops import count_params
 from efficientvit.models import ModelSpec
 from efficientvit.results import markdown_table, write_results
-from efficientvit.train_config import make_config
+from efficientvit.train_config import check_overrides, recipe
 
 STAGE = "pareto"
 FOLDER = "pareto"
 BATCH = 64
 M0_VARIANT = "efficientvit_m0_pruned"  # the name of the M0 pruning's files and of the variant designed from it
 M0_KIND = "variant from M0"
+# the stage sets the checkpoint, data and files of M0's pruning; its budget is m0_ratio
+M0PruneSettings = settings_of(
+    taylor_pruning.PruneConfig, owned=(*fig5.OWNED, "ratio", "target_flops", "target_speedup")
+)
 
 
 @dataclass
@@ -51,15 +55,19 @@ class Section:
         "also Taylor-prune the trained M0 (first seed) by this fraction of its channels and train the variant "
         "designed from it beside the others (null: not)",
     )
-    m0_pruning: dict = knob({}, "analysis/taylor_pruning.py settings of that pruning, e.g. {eval_images: 2000}")
+    m0_pruning: M0PruneSettings = knob(M0PruneSettings(), "analysis/taylor_pruning.py's settings of that pruning")
 
-    def __post_init__(self):
+    def __post_init__(self):  # checked as the preset is read, not after hours of training
+        self.train = check_overrides(self.train, "pareto: train")
         if self.m0_ratio is not None and not 0 < self.m0_ratio < 1:
             raise UserError(
                 f"pareto: m0_ratio must lie in (0, 1), the fraction of M0's channels to prune; got {self.m0_ratio}"
             )
-        owned = (*fig5.OWNED, "ratio")  # the stage sets the checkpoint, data and files; the ratio is m0_ratio
-        self.m0_pruning = tool_settings(taylor_pruning.PruneConfig, self.m0_pruning, "pareto: m0_pruning", owned)
+
+
+def check(preset) -> None:
+    """M0's recipe with the section's keys makes a config."""
+    recipe(preset.pareto.config, preset.pareto.train)
 
 
 def designed(out: Path) -> ModelSpec | None:
@@ -70,20 +78,16 @@ def designed(out: Path) -> ModelSpec | None:
 
 def train_contender(ctx: Context, section: Section, name: str, spec: ModelSpec) -> dict[int, float]:
     """`spec` trained with the section's recipe once per seed: {seed: top-1}."""
-    values = yaml.safe_load(Path(section.config).read_text())
     runs = {}
-    for seed in section.seeds or [values.get("seed", 0)]:
-        config = make_config(
-            {
-                **values,
-                **section.train,
-                "model": spec.name,
-                "model_kwargs": spec.kwargs,
-                "seed": seed,
-                "data": str(ctx.data),
-                "out": str(ctx.runs / FOLDER / f"{name}_seed{seed}"),
-            }
-        )
+    for seed in section.seeds or [recipe(section.config).seed]:
+        fixed = {
+            "model": spec.name,
+            "model_kwargs": spec.kwargs,
+            "seed": seed,
+            "data": str(ctx.data),
+            "out": str(ctx.runs / FOLDER / f"{name}_seed{seed}"),
+        }
+        config = recipe(section.config, section.train, fixed)
         runs[seed] = trained(config, f"training {name} (seed {seed}) for the accuracy-throughput plot")["val_top1"]
     return {seed: history.iloc[-1] for seed, history in runs.items()}
 
@@ -91,15 +95,15 @@ def train_contender(ctx: Context, section: Section, name: str, spec: ModelSpec) 
 def train_contenders(ctx: Context, section: Section, variant: ModelSpec) -> tuple[dict, list[Path]]:
     """The variant, M0 and (with `m0_ratio`) the variant designed from M0's own pruning, trained with the same
     recipe once per seed: name -> (kind, spec, {seed: top-1}), and the pruning's and design's files."""
-    values = yaml.safe_load(Path(section.config).read_text())
-    m0 = ModelSpec(values["model"], values["model_kwargs"])
+    m0_recipe = recipe(section.config, section.train)
+    m0 = ModelSpec(m0_recipe.model, m0_recipe.model_kwargs)
     contenders = {
         "designed_variant": ("variant", variant, train_contender(ctx, section, "designed_variant", variant)),
         "efficientvit_m0": ("efficientvit", m0, train_contender(ctx, section, "efficientvit_m0", m0)),
     }
     if section.m0_ratio is None:
         return contenders, []
-    first_seed = (section.seeds or [values.get("seed", 0)])[0]
+    first_seed = (section.seeds or [m0_recipe.seed])[0]
     folder = ctx.out / FOLDER
     yaml_path = design_from_checkpoint(
         ctx.runs / FOLDER / f"efficientvit_m0_seed{first_seed}" / "checkpoint.pth",
@@ -108,7 +112,7 @@ def train_contenders(ctx: Context, section: Section, variant: ModelSpec) -> tupl
         folder,
         runs_dir=ctx.runs / FOLDER,
         name=M0_VARIANT,
-        pruning=section.m0_pruning,
+        pruning=dataclasses.asdict(section.m0_pruning),
         variant={"seconds": section.seconds},
     )
     spec = ModelSpec.from_yaml(yaml_path)
@@ -156,12 +160,12 @@ def front(means: pd.DataFrame) -> set[str]:
     }
 
 
-def run(ctx: Context, section: Section, trained_proxies: proxies.Section) -> list[Path]:
+def run(ctx: Context, section: Section) -> list[Path]:
     """The stage: train the two, time everyone in turns, write pareto.csv."""
     variant = designed(ctx.out)
     contenders, design_files = train_contenders(ctx, section, variant)
-    contenders |= peers(ctx, trained_proxies)
-    img_size = yaml.safe_load(Path(section.config).read_text())["img_size"]
+    contenders |= peers(ctx, ctx.preset.proxies)
+    img_size = recipe(section.config, section.train).img_size
     models = [spec.build(img_size=img_size, num_classes=10).eval() for _, spec, _ in contenders.values()]
     timings = interleaved_throughput(models, rounds=section.rounds, seconds=section.seconds, batch_size=BATCH, warmup=3)
     speeds = [statistics.median(timing) for timing in timings]
@@ -282,3 +286,17 @@ def report(out: Path) -> list[str]:
     for variant in [*listed_outputs(out, "variants", "*.yaml"), *listed_outputs(out, FOLDER, "variants/*.yaml")]:
         lines += ["", f"Designed variant ({variant.name}):", "", "```yaml", variant.read_text().strip(), "```"]
     return lines
+
+
+FIGURE = Figure(
+    STAGE,
+    Section,
+    "the designed variant trained and timed against its peers",
+    run,
+    reads=("proxies", "fig5"),
+    check=check,
+    report=report,
+    glance=glance,
+    report_in="fig5",  # the designed variant is Fig. 5's conclusion
+    folder=FOLDER,
+)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 
-from analysis.pipeline import Context, read_tables, trained, with_sidecar
+from analysis.pipeline import Context, Figure, read_tables, trained, with_sidecar
+from analysis.verdicts import UNCONVERGED
 from efficientvit.checkpoint import model_from_checkpoint
 from efficientvit.config import knob
 from efficientvit.data.sources import open_split
@@ -29,11 +29,10 @@ from efficientvit.errors import UserError
 from efficientvit.flops import count_params
 from efficientvit.models import create_model
 from efficientvit.results import markdown_table, write_results
-from efficientvit.train_config import TrainConfig, make_config
+from efficientvit.train_config import TrainConfig, check_overrides, recipe
 
 STAGE = "proxies"
 TITLE = "The proxies"
-FIGURE = "proxies_training.png"
 FOLDER = "proxies"
 # How far a Fashion-MNIST proxy has learned, in points of top-1 on the held-out split:
 LINEAR_TOP1 = 84.0  # a linear classifier on the pixels (the data set's own benchmark): below it, little is learned
@@ -56,6 +55,11 @@ class Section:
     train: dict = knob({}, "training-config keys for every proxy, e.g. {epochs: 10, plateau: 0.3}")
     budgets: list[int] = knob([], "epochs after which Figs. 4 and 5 read each run (snapshots); empty: its last")
 
+    def __post_init__(self):  # the overrides checked as the preset is read, not when a training starts
+        self.train = check_overrides(self.train, "proxies: train")
+        for name, proxy in self.models.items():
+            proxy.set = check_overrides(proxy.set, f"proxies: models: {name}: set")
+
 
 def run_names(section: Section, proxy: str) -> list[str]:
     """The trained runs of one proxy: `<proxy>` alone, or `<proxy>_seed<k>` for each of its seeds."""
@@ -67,20 +71,15 @@ def configs(section: Section, data: str, runs: Path) -> dict[str, TrainConfig]:
     """The training config of every run of every proxy, with the section's and the proxy's keys (and the seed)."""
     out = {}
     for name, proxy in section.models.items():
-        values = yaml.safe_load(Path(proxy.config).read_text())
         seeds = proxy.seeds or section.seeds
         for run, seed in zip(run_names(section, name), [None] if seeds is None else seeds):
-            out[run] = make_config(
-                {
-                    **values,
-                    **section.train,
-                    **proxy.set,
-                    **({} if seed is None else {"seed": seed}),
-                    **({"snapshots": section.budgets} if section.budgets else {}),
-                    "data": str(data),
-                    "out": str(runs / run),
-                }
-            )
+            fixed = {
+                **({} if seed is None else {"seed": seed}),
+                **({"snapshots": section.budgets} if section.budgets else {}),
+                "data": str(data),
+                "out": str(runs / run),
+            }
+            out[run] = recipe(proxy.config, section.train, proxy.set, fixed)
     return out
 
 
@@ -102,15 +101,19 @@ def checkpoints(section: Section, runs: Path, budget: int | None = None) -> dict
     return found
 
 
-def check(section: Section, runs: Path, needed_by: dict[str, list[str]]) -> None:
-    """Every proxy's config loads and its model runs a batch at its image size; every proxy a figure reads exists."""
-    for config in configs(section, "unused", runs).values():
+def check(preset) -> None:
+    """Every proxy's recipe (its YAML and the section's and its own overrides) makes a config, and its model runs a
+    batch at its image size."""
+    for config in configs(preset.proxies, "unused", preset.runs).values():
         model = create_model(config.model, num_classes=10, img_size=config.img_size, **config.model_kwargs)
         model.eval()(torch.zeros(1, 3, config.img_size, config.img_size))
-    for figure, proxies in needed_by.items():
-        for proxy in proxies:
-            if proxy not in section.models:
-                raise UserError(f"{figure} reads proxy {proxy!r}, which the preset does not train")
+
+
+def require(preset, figure: str, names: list[str]) -> None:
+    """A figure that reads proxies reads only proxies the preset trains."""
+    for proxy in names:
+        if proxy not in preset.proxies.models:
+            raise UserError(f"{figure} reads proxy {proxy!r}, which the preset does not train")
 
 
 def train_runs(ctx: Context, section: Section, index: int = 0, count: int = 1) -> None:
@@ -143,10 +146,10 @@ def describe(name: str, config: TrainConfig, metrics: pd.DataFrame) -> dict:
     }
 
 
-def run(ctx: Context, section: Section, until: int | None = None) -> list[Path]:
-    """The stage: train every proxy (up to epoch `until`: one budget), then write their accuracy and curves
+def run(ctx: Context, section: Section) -> list[Path]:
+    """The stage: train every proxy (up to epoch ctx.budget: one budget), then write their accuracy and curves
     (out/proxies/summary.csv, curves.csv) as far as they have trained."""
-    summary, curves = [], []
+    summary, curves, until = [], [], ctx.budget
     for name, config in configs(section, ctx.data, ctx.runs).items():
         to = f"to epoch {until} of {config.epochs}" if until else f"{config.epochs} epochs"
         metrics = trained(config, f"training {name} ({config.model}, {to})", until)
@@ -167,6 +170,21 @@ def tables(out: Path) -> dict[str, pd.DataFrame | None]:
 def summarize(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
     """One row per trained proxy run: its accuracy, size and training budget."""
     return tables["summary"].drop(columns="source")
+
+
+def caveat(out: Path, runs: set[str], budget: float | None) -> str:
+    """UNCONVERGED when a finding reads one of these proxy runs below LEARNED_TOP1: at `budget` epochs (its
+    snapshot there, or its last epoch before), or at its last epoch for an unknown budget; "" otherwise, and for
+    the untrained control (budget 0) or a folder without curves."""
+    curves = tables(out)["curves"] if out is not None else None
+    if curves is None or budget == 0:
+        return ""
+    found = scores(curves)
+    found = found[found["proxy"].isin(runs)]
+    if pd.notna(budget):
+        found = found[found["epoch"] <= budget]
+    read = found.sort_values("epoch").groupby("proxy")["val_top1"].last()
+    return UNCONVERGED if (read < LEARNED_TOP1).any() else ""
 
 
 def read_budgets(out: Path) -> list[int]:
@@ -282,3 +300,17 @@ def report(out: Path) -> list[str]:
         learned = scores(found["curves"])
         lines += ["", *along_training(learned, read_budgets(out)), "", *how_far_learned(summary, learned)]
     return lines
+
+
+FIGURE = Figure(
+    STAGE,
+    Section,
+    "the proxies Figs. 4 and 5 analyse",
+    run,
+    along_training=True,
+    check=check,
+    title=TITLE,
+    report=report,
+    folder=FOLDER,
+    notebook="proxies_training",
+)

@@ -21,8 +21,8 @@ import torch
 
 from ..config import knob
 from ..errors import UserError
-from ..results import write_results
-from ..runtime import out_of_memory, peak_matmul_macs, require, resolve_device
+from ..results import processor_name, write_results
+from ..runtime import cpu_features, out_of_memory, peak_matmul_macs, require, resolve_device
 from .measure import count_macs, memory_method, peak_int8_macs, peak_memory_mb, time_entry
 from .modes import BF16_MODES, MODES, Entry, check_mode, prepare
 from .zoo import TIMM_PREFIX, build_model, check_name, fold_norms, perturb_norms
@@ -30,6 +30,7 @@ from .zoo import TIMM_PREFIX, build_model, check_name, fold_norms, perturb_norms
 # The run's metadata, the CSV's last columns: every row repeats them, so the CSV stands alone
 META_COLUMNS = (
     "device",
+    "cpu",
     "batch",
     "threads",
     "img_size",
@@ -40,7 +41,8 @@ META_COLUMNS = (
     "peak_int8_ort_gmac_s",
     "memory_method",
 )
-# BenchRun's peaks (multiply-adds per second) and their columns (G multiply-adds per second)
+# BenchRun's peaks (multiply-adds per second) and their columns (G multiply-adds per second): as measured, also
+# where a path crawls (BenchRun.native says which are peaks)
 PEAKS = {
     "peak": "peak_gmac_s",
     "peak_bf16": "peak_bf16_gmac_s",
@@ -76,8 +78,37 @@ class BenchRun:
     peak: float  # fp32 matmul multiply-adds per second of the device, measured in the run
     peak_bf16: float | None  # the same in bf16, when a bf16 mode ran
     memory_method: str
-    peak_int8: float | None = None  # the same in int8 through oneDNN (VNNI), when the int8 mode ran
+    peak_int8: float | None = None  # the same in int8 through oneDNN, when the int8 mode ran
     peak_int8_ort: float | None = None  # and through onnxruntime's int8 kernels, which the int8 mode runs on
+    cpu: str | None = None  # the processor and its instruction sets (runtime.CpuFeatures.describe), on CPU
+
+    def native(self, peak: str) -> bool:
+        """Whether a reduced-precision peak ("peak_bf16", "peak_int8", "peak_int8_ort") is one: measured and at least
+        the fp32 rate. Below it the library has no native dot-product path for that type on this CPU (bf16 or int8
+        emulated), and a crawl is no peak."""
+        value = getattr(self, peak)
+        return value is not None and value >= self.peak
+
+    def own_peak(self, mode: str) -> float:
+        """The peak a mode's share is taken of: onnxruntime's int8 peak for int8 (the kernels it runs on), the bf16
+        peak for the bf16 modes, the fp32 peak otherwise; NaN where that type has no native path here."""
+        name = "peak_int8_ort" if mode == "int8" else "peak_bf16" if mode in BF16_MODES else "peak"
+        return getattr(self, name) if name == "peak" or self.native(name) else math.nan
+
+    def peaks_line(self) -> str:
+        """Every peak of the run in words, each reduced-precision path that crawls said to be emulated."""
+        names = {"peak_bf16": "bf16", "peak_int8_ort": "int8 (onnxruntime)", "peak_int8": "int8 (oneDNN)"}
+        parts = [f"fp32 {self.peak / 1e9:.1f}"]
+        for peak, label in names.items():
+            value = getattr(self, peak)
+            if value is not None:
+                native = self.native(peak)
+                parts.append(
+                    f"{label} {value / 1e9:.1f}"
+                    if native
+                    else f"{label}: no native dot-product path on this CPU ({value / 1e9:.2f} measured, below fp32)"
+                )
+        return "peaks, G multiply-adds/s: " + "; ".join(parts)
 
     @property
     def rounds(self) -> int:
@@ -87,7 +118,7 @@ class BenchRun:
         """The run's metadata, named as the CSV's columns (peaks in G multiply-adds per second)."""
         peaks = {column: getattr(self, field) for field, column in PEAKS.items()}
         peaks = {column: None if value is None else round(value / 1e9, 2) for column, value in peaks.items()}
-        values = (self.device, self.batch, self.threads, self.img_size, self.seconds)
+        values = (self.device, self.cpu, self.batch, self.threads, self.img_size, self.seconds)
         return dict(zip(META_COLUMNS, values)) | peaks | {"memory_method": self.memory_method}
 
     def write(self, path: str | os.PathLike, arguments: dict[str, Any]) -> Path:
@@ -163,11 +194,11 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = lambda s: None) 
     threads = torch.get_num_threads()
     batch = (2048 if device == "cuda" else 16) if config.batch is None else config.batch
     entries, info = prepare_entries(config, device, batch, threads, log)
-    log("measuring the peak matmul rate")
-    peak = peak_matmul_macs(device)
+    log("measuring the peak matmul rates")
     modes = {mode for modes in config.models.values() for mode in modes}
-    peak_bf16 = peak_matmul_macs(device, dtype=torch.bfloat16) if modes & set(BF16_MODES) else None
-    peak_int8, peak_int8_ort = peak_int8_macs(threads) if "int8" in modes else (None, None)
+    peak = peak_matmul_macs(device, config.seconds)
+    peak_bf16 = peak_matmul_macs(device, config.seconds, torch.bfloat16) if modes & set(BF16_MODES) else None
+    peak_int8_ort, peak_int8 = peak_int8_macs(threads, config.seconds) if "int8" in modes else (None, None)
     rows, entries = [], timing_order(entries)
     for r in range(config.rounds):
         log(f"round {r + 1}/{config.rounds}")
@@ -178,15 +209,9 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = lambda s: None) 
             row = {"model": entry.name, "mode": entry.mode, "round": r, "img_s": img_s, "latency_ms": latency}
             row["load_avg"] = load
             rows.append({**row, **info[entry.name, entry.mode]})
-    samples = pd.DataFrame(rows)
-    samples["share_of_peak"] = samples["macs_per_img"] * samples["img_s"] / peak  # of the fp32 peak, every mode
-    own_peak = samples["mode"].map(
-        lambda mode: {"int8": peak_int8}.get(mode, peak_bf16 if mode in BF16_MODES else peak)
-    )
-    # bf16: of the bf16 peak; int8: of oneDNN's int8 peak
-    samples["share_of_own_peak"] = samples["macs_per_img"] * samples["img_s"] / own_peak
-    return BenchRun(
-        samples,
+    cpu = f"{processor_name()} ({cpu_features().describe()})" if device == "cpu" else None
+    run = BenchRun(
+        pd.DataFrame(rows),
         device,
         batch,
         threads,
@@ -197,7 +222,12 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = lambda s: None) 
         memory_method(device),
         peak_int8,
         peak_int8_ort,
+        cpu,
     )
+    work = run.samples["macs_per_img"] * run.samples["img_s"]
+    run.samples["share_of_peak"] = work / peak  # of the fp32 peak, every mode
+    run.samples["share_of_own_peak"] = work / run.samples["mode"].map(run.own_peak)
+    return run
 
 
 def timing_order(entries: list[Entry]) -> list[Entry]:

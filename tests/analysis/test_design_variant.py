@@ -92,7 +92,7 @@ def test_design_from_checkpoint_prunes_and_writes_a_variant_that_builds(tmp_path
         data,
         0.3,
         tmp_path / "out",
-        tmp_path / "runs",
+        runs_dir=tmp_path / "runs",
         pruning=pruning,
         variant={"seconds": 0.01, "compare": []},
     )
@@ -106,5 +106,8 @@ def test_design_from_checkpoint_prunes_and_writes_a_variant_that_builds(tmp_path
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4)
     before = path.stat().st_mtime_ns
-    assert design_variant.design_from_checkpoint(checkpoint, data, 0.3, tmp_path / "out", tmp_path / "runs") == path
+    assert (
+        design_variant.design_from_checkpoint(checkpoint, data, 0.3, tmp_path / "out", runs_dir=tmp_path / "runs")
+        == path
+    )
     assert path.stat().st_mtime_ns == before  # kept: a rerun resumes

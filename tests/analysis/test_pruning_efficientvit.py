@@ -79,7 +79,7 @@ def prunable(layers):
 def test_pruned_efficientvit_computes_the_masked_models_function_in_float64(name):
     model = perturbed(name, **SMALL)
     layers = tpr.model_layers(model)
-    scores = tpr.taylor_scores(model, layers, batches(2, batch=2, size=28), 1, CPU)
+    scores = tpr.taylor_scores(model, layers, batches(2, batch=2, size=28), 1, CPU, criterion="molchanov")
     chosen = tpr.choose(layers, scores, "channels", 0.4 * prunable(layers))
     attention = {key: indices for key, indices in chosen.items() if key[1] != "ffn"}
     assert any(len({tuple(sorted(head)) for head in indices}) > 1 for indices in attention.values())  # own cuts
@@ -128,7 +128,7 @@ def test_per_head_ranking_cuts_each_heads_own_useless_channels_and_keeps_the_fun
                 tensor[32 + channel] = 0
         for qkv in attention.qkvs:  # V outputs positive: the ReLU before the projection passes every channel
             qkv.bn.bias[32:] += 5 * (qkv.bn.weight[32:] != 0)
-    scores = tpr.taylor_scores(model, layers, batches(), 2, CPU)[i]
+    scores = tpr.taylor_scores(model, layers, batches(), 2, CPU, criterion="molchanov")[i]
     assert scores["qk"][0, 2] == 0 and scores["qk"][1, 0] == 0 and (scores["qk"] > 0).sum() == 30
     assert scores["v"][0, 5] == 0 and scores["v"][1, 1] == 0 and (scores["v"] > 0).sum() == 14
     first = {kind: next(c for c in tpr.candidates([layers[i]], [scores]) if c[2] == kind) for kind in ("qk", "v")}
@@ -169,7 +169,7 @@ def test_scores_are_molchanovs_criterion_with_batchnorm_folded_into_each_group()
     model = perturbed()
     layers = tpr.model_layers(model)
     loader = batches(12)  # three batches: the mean of squares is not the square of the mean
-    scores = tpr.taylor_scores(model, layers, loader, 3, CPU)
+    scores = tpr.taylor_scores(model, layers, loader, 3, CPU, criterion="molchanov")
     # per layer and kind, the filter that matters most (the finite difference is then far above rounding)
     cases = [(i, kind, scores[i][kind]) for i in (0, 1) for kind in scores[i]]
     assert [kind for _, kind, _ in cases] == ["ffn", "qk", "v"]
@@ -186,7 +186,7 @@ def test_scores_are_molchanovs_criterion_with_batchnorm_folded_into_each_group()
 def test_pruned_checkpoint_rebuilds_loads_strictly_fuses_and_exports(tmp_path):
     model = perturbed(dtype=torch.float32)
     layers, before, after = tpr.prune(
-        model, batches(dtype=torch.float32), "ratio", 0.4, 2, CPU, batches=1, step_finetune=1
+        model, batches(dtype=torch.float32), tpr.Budget("ratio", 0.4), CPU, steps=2, batches=1, step_finetune=1
     )
     table = tpr.block_table(layers, before, after)
     attention = [layer.module for layer in layers if layer.kind == "A"]

@@ -21,6 +21,7 @@ SWIN = dict(
     img_size=32, patch_size=2, embed_dim=(12, 24), num_heads=(2, 4), window_size=4, layout="AF,AF", num_classes=4
 )
 FAMILIES = [("deit_tiny", TINY), ("swin_tiny", SWIN)]
+CPU = torch.device("cpu")
 
 
 def batches(n=16, dtype=torch.float32):
@@ -52,7 +53,7 @@ def test_planted_useless_channels_go_first():
             attn.v.weight[h * 8 + 5] = 0
         for p in model.parameters():  # the useful channels matter: make the rest large
             p.mul_(3)
-    scores = tpr.taylor_scores(model, layers, batches(), 2, torch.device("cpu"))
+    scores = tpr.taylor_scores(model, layers, batches(), 2, torch.device("cpu"), criterion="molchanov")
     assert scores[1]["ffn"][[3, 7]].max() == 0 and scores[1]["ffn"].sort().values[2] > 0
     assert (scores[0]["v"][:, 5] == 0).all() and scores[0]["v"].sort(dim=1).values[:, 1].min() > 0
     chosen = tpr.choose(layers, scores, "channels", 3 + 3)  # two FFN units and one V candidate (3 heads) + 1
@@ -75,7 +76,9 @@ def test_per_head_ranking_removes_each_heads_own_useless_channels():
             attn.v.weight[head * 8 + channel] = 0
             attn.v.bias[head * 8 + channel] = 0
             attn.proj.weight[:, head * 8 + channel] = 0
-    scores = tpr.taylor_scores(model, layers, batches(dtype=torch.float64), 2, torch.device("cpu"))
+    scores = tpr.taylor_scores(
+        model, layers, batches(dtype=torch.float64), 2, torch.device("cpu"), criterion="molchanov"
+    )
     assert scores[0]["qk"][0, 2] == 0 and scores[0]["qk"][1, 0] == 0 and (scores[0]["qk"] > 0).sum() == 14
     assert scores[0]["v"][0, 5] == 0 and scores[0]["v"][1, 1] == 0 and (scores[0]["v"] > 0).sum() == 14
     assert (scores[1]["ffn"] > 0).all()
@@ -118,7 +121,9 @@ def mask(layers, chosen):
 def test_pruned_model_computes_the_masked_models_function(name, kwargs):
     model = perturbed(name, kwargs, torch.float64)
     layers = tpr.model_layers(model)
-    scores = tpr.taylor_scores(model, layers, batches(dtype=torch.float64), 2, torch.device("cpu"))
+    scores = tpr.taylor_scores(
+        model, layers, batches(dtype=torch.float64), 2, torch.device("cpu"), criterion="molchanov"
+    )
     chosen = tpr.choose(layers, scores, "channels", 0.4 * 24 * 8 if name == "deit_tiny" else 60)
     per_head = [indices for (_, kind), indices in chosen.items() if kind != "ffn"]
     assert any(len({tuple(head) for head in indices}) > 1 for indices in per_head)  # heads lost different channels
@@ -144,7 +149,7 @@ def test_iterative_pruning_meets_the_one_shot_budget_and_fine_tunes_between_roun
         model = perturbed("deit_tiny", TINY)
         start = [layer.widths() for layer in tpr.model_layers(model)]
         flops, embed = count_flops(model), model.patch_embed.proj.weight.detach().clone()
-        tpr.prune(model, batches(), budget, amount, steps, torch.device("cpu"), batches=1, step_finetune=2)
+        tpr.prune(model, batches(), tpr.Budget(budget, amount), CPU, steps=steps, batches=1, step_finetune=2)
         removed = removed_channels(model, start)
         results[steps] = (removed, count_flops(model))
         assert torch.equal(model.patch_embed.proj.weight, embed) == (steps == 1)  # fine-tuned between rounds only
@@ -193,7 +198,7 @@ def test_scores_are_molchanovs_criterion_checked_by_finite_differences():
     model = perturbed("deit_tiny", TINY, torch.float64)  # away from the zero biases: biases must count
     layers = tpr.model_layers(model)
     loader = batches(24, torch.float64)  # three batches: the average of squares differs from the square of the average
-    scores = tpr.taylor_scores(model, layers, loader, 3, torch.device("cpu"))
+    scores = tpr.taylor_scores(model, layers, loader, 3, torch.device("cpu"), criterion="molchanov")
     for layer, layer_scores in zip(layers, scores):
         for kind, values in layer_scores.items():
             per_head = values[None] if kind == "ffn" else values  # (heads, channels); one row for FFN units
@@ -256,7 +261,7 @@ def test_paired_effects_are_kept_fraction_differences_in_points_over_the_runs_bl
 def test_kept_widths_are_the_real_shapes_and_the_pruned_model_reloads(name, kwargs, tmp_path):
     model = efficientvit.create_model(name, fused_qkv=False, **kwargs)
     layers, before, after = tpr.prune(
-        model, batches(), "ratio", 0.4, 2, torch.device("cpu"), batches=2, step_finetune=1
+        model, batches(), tpr.Budget("ratio", 0.4), CPU, steps=2, batches=2, step_finetune=1
     )
     table = tpr.block_table(layers, before, after)
     attention = [layer.module.attn for layer in layers if layer.kind == "A"]

@@ -8,11 +8,14 @@ from analysis.verdicts import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
     REPRODUCED,
+    SMALLER,
+    UNCONVERGED,
     Verdict,
-    best_in_range,
+    best_point,
     compare,
     late_and_early,
     movement,
+    trend_over_depth,
 )
 
 
@@ -45,22 +48,62 @@ def test_the_interval_is_welchs():
 def curve(means, noise, runs=3, seed=0):
     rng = np.random.default_rng(seed)
     return pd.DataFrame(
-        [{"p": p, "top1": m + noise * rng.standard_normal()} for p, m in means.items() for _ in range(runs)]
+        [{"p": p, "seed": s, "top1": m + noise * rng.standard_normal()} for p, m in means.items() for s in range(runs)]
     )
 
 
-def test_best_in_range_holds_for_a_clear_peak_and_fails_for_a_peak_elsewhere():
-    peak = {0.0: 40, 0.2: 60, 0.4: 58, 0.6: 50, 1.0: 35}
-    assert best_in_range(curve(peak, 0.5), "p", "top1", 0.2, 0.4).verdict == REPRODUCED
+def test_a_best_point_clear_of_its_neighbours_holds_inside_the_range_and_fails_outside():
+    peak = {0.0: 40, 0.2: 60, 0.4: 54, 0.6: 50, 1.0: 35}
+    found = best_point(curve(peak, 0.5), "p", "top1", 0.2, 0.4)
+    assert found.best == 0.2 and found.verdict.verdict == REPRODUCED and set(found.margins) == {0.0, 0.4}
+    assert found.verdict.effect == pytest.approx(found.margins[0.4].effect)  # the tightest margin is the evidence
     rising = {0.0: 40, 0.2: 45, 0.4: 50, 0.6: 55, 1.0: 65}
-    assert best_in_range(curve(rising, 0.5), "p", "top1", 0.2, 0.4).verdict == NOT_REPRODUCED
+    found = best_point(curve(rising, 0.5), "p", "top1", 0.2, 0.4)
+    assert found.best == 1.0 and found.verdict.verdict == NOT_REPRODUCED and set(found.margins) == {0.6}
 
 
-def test_best_in_range_is_inconclusive_when_the_points_tie_within_noise_or_run_once():
-    flat = {0.0: 50, 0.2: 50, 0.4: 50, 0.6: 50, 1.0: 50}
-    assert best_in_range(curve(flat, 3.0), "p", "top1", 0.2, 0.4).verdict == INCONCLUSIVE
-    peak = {0.0: 40, 0.2: 60, 0.4: 58, 0.6: 50, 1.0: 35}
-    assert best_in_range(curve(peak, 0.5, runs=1), "p", "top1", 0.2, 0.4).verdict == INCONCLUSIVE
+def test_a_best_point_that_ties_with_a_neighbour_over_three_seeds_is_inconclusive():
+    """The reference run's Swin case: 40% and 60% 0.2 points apart. Three seeds spread a point apart cannot
+    separate them, however the seeds' means happen to fall."""
+    close = {0.0: 70, 0.2: 80, 0.4: 82.6, 0.6: 82.4, 1.0: 81}
+    found = best_point(curve(close, 1.0), "p", "top1", 0.2, 0.4)
+    assert found.verdict.verdict == INCONCLUSIVE and found.verdict.low < 0 < found.verdict.high
+    assert "3 seeds" in found.verdict.runs
+
+
+def test_an_effect_on_the_papers_side_under_a_third_of_its_size_is_same_direction_smaller():
+    """The reference run's DeiT "V keeps more than Q/K": +3.0 [2.2, 3.7] against the paper's +59.8."""
+    result = compare([3.0, 2.6, 3.4], [0, 0, 0], "greater", paired=True, paper=59.8)
+    assert result.verdict == SMALLER and result.word() == "same direction, 20x smaller"
+    assert compare([30.0, 26.0, 34.0], [0, 0, 0], "greater", paired=True, paper=59.8).verdict == REPRODUCED
+    assert compare([-3.0, -2.6, -3.4], [0, 0, 0], "greater", paired=True, paper=59.8).verdict == NOT_REPRODUCED
+
+
+def test_a_verdict_on_unconverged_models_says_so_in_its_own_words():
+    result = compare([60.1, 61.0, 59.8], [40.2, 41.1, 39.5], "greater", caveat=UNCONVERGED)
+    assert result.word() == "reproduced, on unconverged proxies"
+    assert compare([1.0, 2.0], [3.0, 4.0], "greater", caveat=UNCONVERGED).word().endswith(", on unconverged proxies")
+
+
+def test_a_trend_over_depth_is_not_made_by_the_first_block_alone():
+    """The reference run's DeiT pruning: kept shares 91.5, 57.4, 42.9, 44.7, 42.5, 45.9 per block. Its last third
+    minus its first is -30 points; past the first block the line is nearly flat."""
+    shares = [91.5, 57.4, 42.9, 44.7, 42.5, 45.9]
+    first_block = pd.DataFrame(
+        [{"source": f"s{s}", "block": b + 1, "pct": v + 0.5 * s} for s in range(3) for b, v in enumerate(shares)]
+    )
+    late, early = late_and_early(first_block, "pct")
+    assert (late - early).mean() < -25
+    trend = trend_over_depth(first_block, "pct")
+    assert trend.to_numpy() == pytest.approx([-9.36] * 3, abs=0.01)  # blocks 2 to 6 only: a third of it
+    # against the paper's Swin-T trend (-59.6 points over its blocks 2 to 12), a sign without the size
+    assert compare(trend, [0.0] * 3, "less", paired=True, paper=-59.6).word() == "same direction, 6x smaller"
+    falling = pd.DataFrame(
+        [{"source": f"s{s}", "block": b, "pct": 90 - 8 * b + s} for s in range(3) for b in range(1, 7)]
+    )
+    trend = trend_over_depth(falling, "pct")
+    assert trend.to_numpy() == pytest.approx([-32.0] * 3)  # blocks 2 to 6: 74 down to 42
+    assert compare(trend, [0.0] * 3, "less", paired=True).verdict == REPRODUCED
 
 
 def test_paired_runs_use_the_differences():

@@ -1,0 +1,169 @@
+"""The pruning oracle: the loss change when a filter is removed, measured exactly, and the criteria set against it."""
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+import efficientvit
+from analysis import pruning_oracle as po
+from analysis import taylor_pruning as tp
+from tests.analysis.test_taylor_pruning import FAMILIES, batches, perturbed
+
+
+def zeroed_by_hand(model, layer_index, kind, head, channel):
+    """A copy of `model` with one filter's weights zeroed by index arithmetic written out here (not filter_slices)."""
+    model = copy.deepcopy(model)
+    layer = tp.model_layers(model)[layer_index].module
+    with torch.no_grad():
+        if kind == "ffn":
+            layer.mlp.fc1.weight[channel] = 0
+            layer.mlp.fc1.bias[channel] = 0
+            layer.mlp.fc2.weight[:, channel] = 0
+        else:
+            attn = layer.attn
+            width = attn.qk_dim if kind == "qk" else attn.v_dim
+            row = head * width + channel
+            for linear in (attn.q, attn.k) if kind == "qk" else (attn.v,):
+                linear.weight[row] = 0
+                linear.bias[row] = 0
+            if kind == "v":
+                attn.proj.weight[:, row] = 0
+    return model
+
+
+@pytest.mark.parametrize("name,kwargs", FAMILIES)
+def test_the_oracle_is_the_loss_change_of_the_model_with_the_filter_removed(name, kwargs):
+    model = perturbed(name, kwargs, dtype=torch.float64)
+    layers = tp.model_layers(model)
+    g = torch.Generator().manual_seed(1)
+    images, labels = (
+        torch.randn(10, 3, 32, 32, generator=g, dtype=torch.float64),
+        torch.randint(0, 4, (10,), generator=g),
+    )
+    held = po.HeldOut(model, images, labels, batch=4)  # from each unit's block onwards (DeiT, Swin)
+    with torch.no_grad():
+        base = F.cross_entropy(model(images), labels, reduction="none")
+    assert torch.allclose(held.base, base, atol=1e-12)
+    units = [
+        {"layer": i, "kind": kind, "members": [members[j]]}
+        for i, layer in enumerate(layers)
+        for kind in layer.widths()
+        for members in [po.filters_of(layer, kind)]
+        for j in (0, len(members) - 1)
+    ]
+    po.measure_units(units, layers, model, held)
+    for unit in units:
+        (head, channel), kind = unit["members"][0], unit["kind"]
+        with torch.no_grad():
+            masked = zeroed_by_hand(model, unit["layer"], kind, head, channel)(images)
+        expected = F.cross_entropy(masked, labels, reduction="none") - base
+        assert unit["delta"] == pytest.approx(float(expected.mean()), abs=1e-12)
+        assert unit["delta_a"] == pytest.approx(float(expected[0::2].mean()), abs=1e-12)
+        assert unit["delta_b"] == pytest.approx(float(expected[1::2].mean()), abs=1e-12)
+    assert any(abs(unit["delta"]) > 1e-6 for unit in units)  # the filters matter: the test is not between zeros
+    after = F.cross_entropy(model(images), labels, reduction="none")  # every filter restored
+    assert torch.equal(after, base)
+
+
+def test_a_filter_that_contributes_nothing_has_no_loss_change_and_no_output_term():
+    model = perturbed(*FAMILIES[0], dtype=torch.float64)
+    layers = tp.model_layers(model)
+    ffn = next(i for i, layer in enumerate(layers) if layer.kind == "F")
+    with torch.no_grad():
+        layers[ffn].module.mlp.fc2.weight[:, 3] = 0  # unit 3 writes nothing into the residual stream
+    g = torch.Generator().manual_seed(2)
+    images, labels = torch.randn(6, 3, 32, 32, generator=g, dtype=torch.float64), torch.randint(0, 4, (6,), generator=g)
+    units = [{"layer": ffn, "kind": "ffn", "members": [(None, 3)]}]
+    po.measure_units(units, layers, model, po.HeldOut(model, images, labels))
+    assert units[0]["delta"] == 0.0
+    moments = tp.term_moments(model, layers, batches(dtype=torch.float64), 2, torch.device("cpu"))
+    assert moments[ffn]["ffn"]["b"][3] == 0 and moments[ffn]["ffn"]["b2"][3] == 0  # activation x gradient: nothing
+
+
+@pytest.mark.parametrize("name,kwargs", FAMILIES)
+def test_q_k_and_v_terms_come_in_equal_pairs_and_ffn_terms_do_not(name, kwargs):
+    """Why Molchanov's sum double-counts attention filters: the logits are bilinear in q and k, so a Q/K channel's
+    Q-row term equals its K-row term; a V channel's V-row term equals its projection-column term (both are the head
+    output channel's activation times gradient). An FFN unit's fc1-row and fc2-column terms differ (GELU)."""
+    model = perturbed(name, kwargs, dtype=torch.float64)
+    layers = tp.model_layers(model)
+    model.zero_grad()
+    x, y = next(iter(batches(dtype=torch.float64)))[:2]
+    F.cross_entropy(model(x), y).backward()
+    for layer in layers:
+        for kind, (a, b) in layer.term_pairs().items():
+            if kind == "ffn":
+                assert not torch.allclose(a, b, rtol=1e-3)
+            else:
+                assert torch.allclose(a, b, rtol=1e-9, atol=1e-12) and a.abs().max() > 0
+
+
+def test_the_summary_ranks_each_criterion_against_both_oracles_per_kind_and_pooled():
+    rng = np.random.default_rng(0)
+    harm = rng.normal(size=40)
+    units = pd.DataFrame(
+        {
+            "unit": "filter",
+            "kind": np.repeat(["qk", "v", "ffn", "ffn"], 10),
+            "delta": harm,
+            "delta_a": harm + rng.normal(scale=0.01, size=40),  # a reliable oracle: the halves agree
+            "delta_b": harm + rng.normal(scale=0.01, size=40),
+            **{name: rng.normal(size=40) for name in tp.CRITERIA},
+        }
+    )
+    units["output-signed"] = harm  # a criterion that is the harm itself
+    units["output"] = harm**2  # and one that is its size
+    summary = po.summarize(units).set_index(["kind", "oracle", "criterion"])["rho"]
+    assert summary["pooled", "signed", "output-signed"] == pytest.approx(1.0)
+    assert summary["pooled", "squared", "output"] == pytest.approx(1.0)
+    assert summary["qk", "signed", "split-half reliability"] > 0.99
+    assert abs(summary["pooled", "signed", "molchanov"]) < 0.5  # noise predicts nothing
+
+
+def test_each_ranking_cuts_its_least_valued_groups_first():
+    groups = pd.DataFrame(
+        {
+            "unit": "group",
+            "kind": ["qk", "qk", "ffn", "ffn"],
+            "members": [[(0, 0)], [(0, 1)], [(None, 0), (None, 1)], [(None, 2), (None, 3)]],
+            "delta": [5.0, 6.0, 0.1, 0.2],  # removing Q/K hurts; FFN units barely
+            **{name: [1.0, 2.0, 0.0, 0.0] for name in tp.CRITERIA},
+        }
+    )
+    groups["molchanov"] = [0.0, 0.1, 10.0, 20.0]  # a criterion that has it the other way round
+    cut = po.cuts(groups, 0.5).set_index(["ranking", "kind"])["kept_fraction"]
+    # 8 channels (2 per Q/K filter, 1 per FFN unit): half of them is the two FFN groups by the oracle
+    assert cut["oracle, signed", "ffn"] == 0.0 and cut["oracle, signed", "qk"] == 1.0
+    assert cut["criterion: molchanov", "qk"] == 0.0 and cut["criterion: molchanov", "ffn"] == 1.0
+
+
+def test_the_oracle_run_writes_its_tables(tmp_path):
+    data = efficientvit.data.make_synthetic(tmp_path / "data", classes=4, train=16, val=12, size=32, seed=0)
+    model = efficientvit.create_model("deit_tiny", **{**FAMILIES[0][1]})
+    checkpoint = efficientvit.save_checkpoint(tmp_path / "m.pth", model)
+    config = po.OracleConfig(
+        data=str(data),
+        checkpoint=str(checkpoint),
+        images=12,
+        filters=2,
+        group=0.5,
+        batches=1,
+        batch=8,
+        out_dir=tmp_path / "oracle",
+        run="tiny",
+    )
+    result = po.run(config)
+    assert {p.name for p in result.paths} == {"tiny.csv", "tiny_units.csv", "tiny_cuts.csv"}
+    assert set(result.summary["kind"]) == {"qk", "v", "ffn", "pooled"} and set(result.summary["unit"]) == {
+        "filter",
+        "group",
+    }
+    groups = result.units[result.units["unit"] == "group"]
+    assert len(groups) == 2 * 3 * 2  # two blocks, three kinds, halves
+    assert set(result.cuts["ranking"]) >= {"oracle, signed", "oracle, squared", "criterion: molchanov"}
+    with pytest.raises(efficientvit.UserError, match="single filters .* or groups"):
+        po.run(po.OracleConfig(data=str(data), checkpoint=str(checkpoint), filters=0, group=0))
