@@ -51,6 +51,7 @@ from efficientvit.results import markdown_table, write_results
 STAGE = "fig4"
 TITLE = "Figure 4: head similarity, full vs split heads"
 BUDGET_FIGURE = "fig4_budget.png"  # each finding against the training budget
+HEATMAP = "fig4_head_similarity_heatmap.png"  # one trained full-heads run, its last block's pairs of heads
 FOLDER = "head_similarity"
 OWNED = ("data", "model", "model_config", "checkpoint", "feature", "device", "run", "out_dir", "random_init")
 SimilaritySettings = settings_of(head_similarity.SimilarityConfig, OWNED)
@@ -432,10 +433,17 @@ def report(out: Path) -> list[str]:
     paper = paper_table("fig4_head_similarity").groupby(["model", "heads"])["similarity_pct"].mean()
     later = late_verdicts(found["summary"], out)
     budget_figure = [f"![{TITLE}, along training](figures/{BUDGET_FIGURE})"]
+    heatmap = [
+        f"![one trained full-heads run, the cosine of every pair of heads in its last block](figures/{HEATMAP})",
+        "",
+        "The cosine of each pair of heads in the last block of one trained full-heads run at the longest budget "
+        "(the random-initialisation control, whose maps are all uniform, gives 1.00 in every cell).",
+    ]
     return (
         table_lines(longest(summary))
         + along_training(verdicts)
         + (["", *budget_figure] if (out / "figures" / BUDGET_FIGURE).exists() else [])
+        + (["", *heatmap] if (out / "figures" / HEATMAP).exists() else [])
         + [
             "",
             "Max cosine: per image and window, each head's highest cosine similarity to another head of its block, "

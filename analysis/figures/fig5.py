@@ -45,6 +45,7 @@ from efficientvit.train_config import TrainConfig, check_overrides, recipe
 STAGE = "fig5"
 TITLE = "Figure 5: Taylor structured pruning"
 BUDGET_FIGURE = "fig5_budget.png"  # each finding against the training budget
+ORACLE_FIGURE = "fig5_oracle.png"  # each criterion's rank correlation with the oracle
 FOLDER = "taylor_pruning"
 ORACLE_FOLDER = "pruning_oracle"
 CONTROLS_FOLDER = "pruning_controls"
@@ -449,7 +450,7 @@ def rho_cell(rows: pd.DataFrame) -> str:
     return f"{kinds}; pooled **{spread(pooled)}**" if len(pooled) else kinds
 
 
-def oracle_lines(found: dict) -> list[str]:
+def oracle_lines(found: dict, out: Path) -> list[str]:
     """The criteria against the oracle at the longest budget the oracle ran at: rho per kind and pooled, per
     proxy, unit and oracle; what each ranking would cut; and which criterion predicts the harm best."""
     oracle = found["oracle"]
@@ -470,7 +471,9 @@ def oracle_lines(found: dict) -> list[str]:
         pooled = rows[(rows["oracle"] == "signed") & (rows["kind"] == pruning_oracle.POOLED)]["rho"].mean()
         if criterion in taylor_pruning.CRITERIA and unit == "group":
             best.setdefault(proxy, []).append((pooled, criterion))
-    lines = [
+    drawn = out / "figures" / ORACLE_FIGURE
+    lines = [*([] if not drawn.exists() else ["", f"![each criterion against the oracle](figures/{ORACLE_FIGURE})"])]
+    lines += [
         "",
         f"**The criterion against its oracle** ({budget}; analysis/pruning_oracle.py): Spearman's rho of each "
         "criterion with the true loss change when a unit is removed (zeroed), signed (the harm) and squared "
@@ -682,7 +685,7 @@ def report(out: Path) -> list[str]:
         lines += ["", f"![{TITLE}, along training](figures/{BUDGET_FIGURE})"]
     if found["pruned"] is not None:
         lines += top1_lines(found["pruned"])
-    return lines + oracle_lines(found) + control_lines(found, out)
+    return lines + oracle_lines(found, out) + control_lines(found, out)
 
 
 def glance(out: Path) -> list[Finding]:

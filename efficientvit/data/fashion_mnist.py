@@ -18,6 +18,7 @@ import gzip
 import os
 import shutil
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def prepare(
         raise UserError(f"{root} exists but does not hold a complete Fashion-MNIST; remove it or choose another folder")
     folder = source_folder(source)
     root.parent.mkdir(parents=True, exist_ok=True)
-    partial = root.parent / f".{root.name}.partial-{os.getpid()}"
+    partial = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))  # one per job preparing
     try:
         raw = raw_folder(partial)
         raw.mkdir(parents=True)
@@ -159,9 +160,14 @@ def prepare(
         problem = check_raw(raw)
         if problem:
             raise UserError(f"the Fashion-MNIST download is incomplete ({problem}); {HOW_TO_GET}")
-        if root.exists():
-            root.rmdir()
-        os.rename(partial, root)
+        try:
+            if root.exists() and not any(root.iterdir()):
+                root.rmdir()
+            os.rename(partial, root)
+        except OSError:
+            if is_prepared(root):  # another process (a parallel job on the same folder) prepared it meanwhile
+                return root
+            raise
         print(f"Fashion-MNIST prepared in {root} from {folder or 'torchvision download'}", flush=True)
     finally:
         shutil.rmtree(partial, ignore_errors=True)

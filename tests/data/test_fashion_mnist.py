@@ -123,3 +123,18 @@ def test_make_data_command(tmp_path, capsys):
     assert "train on it with data:" in capsys.readouterr().out
     assert cli.main(["make-data", "fashion-mnist", "--out", str(tmp_path / "e"), "--source", str(tmp_path / "x")]) == 2
     assert "does not hold the Fashion-MNIST files" in capsys.readouterr().err
+
+
+def test_two_jobs_preparing_the_same_folder_at_once_both_get_it(tmp_path, monkeypatch):
+    """Parallel jobs (shards, a SLURM array) share the data folder: the one that renames its copy second finds
+    the folder prepared by the first, and keeps it."""
+    root, rename = tmp_path / "fmnist", fashion_mnist.os.rename
+
+    def the_other_job_finishes_first(src, dst):
+        monkeypatch.setattr(fashion_mnist.os, "rename", rename)
+        fashion_mnist.prepare(root, source=FIXTURE)  # the other job, all the way
+        rename(src, dst)  # ours: onto the folder the other job filled
+
+    monkeypatch.setattr(fashion_mnist.os, "rename", the_other_job_finishes_first)
+    assert fashion_mnist.prepare(root, source=FIXTURE) == root
+    assert fashion_mnist.is_prepared(root) and [p.name for p in tmp_path.iterdir()] == ["fmnist"]  # no copy left
