@@ -38,7 +38,7 @@ from efficientvit.models.layout import format_layout
 from efficientvit.results import read_results, write_results
 from efficientvit.subnet import FAMILIES, SearchBudget, find_subnet, subnet_kwargs
 from efficientvit.train import train
-from efficientvit.train_config import check_overrides, read_yaml, recipe
+from efficientvit.train_config import TrainConfig, check_overrides, read_yaml, recipe
 
 KEY = ["family", "speedup_target", "mhsa_proportion", "seed"]
 COLUMNS = (
@@ -122,9 +122,8 @@ def point_name(point: dict) -> str:
     return f"{point['family']}_s{point['speedup_target']}_p{point['mhsa_proportion']}_seed{point['seed']}"
 
 
-def run_point(point: dict, sweep: SweepRecipe, device: str, search: bool = True) -> dict:
-    """Find the subnet (from the cache only, without `search`), train it (resuming a checkpoint if one is there),
-    and describe the result."""
+def point_config(point: dict, sweep: SweepRecipe, device: str, search: bool = True) -> tuple[dict, TrainConfig]:
+    """A point's subnet (from the cache only, without `search`) and the training config of its run."""
     base = sweep.families.get(point["family"], {})
     subnet = find_subnet(
         point["family"],
@@ -138,7 +137,15 @@ def run_point(point: dict, sweep: SweepRecipe, device: str, search: bool = True)
     kwargs = {k: v for k, v in subnet["kwargs"].items() if k != "img_size"}
     out = Path(sweep.runs) / point_name(point)
     fixed = {"model": point["family"], "model_kwargs": kwargs, "out": str(out), "seed": point["seed"]}
-    config = recipe(sweep.train, fixed)
+    return subnet, recipe(sweep.train, fixed)
+
+
+def run_point(point: dict, sweep: SweepRecipe, device: str, search: bool = True) -> dict:
+    """Find the subnet (from the cache only, without `search`), train it (resuming a checkpoint if one is there),
+    and describe the result."""
+    base = sweep.families.get(point["family"], {})
+    subnet, config = point_config(point, sweep, device, search)
+    kwargs = config.model_kwargs
     history = train(config, resume=True)  # a finished run returns its history from the checkpoint
     final = history[-1]
     model = efficientvit.create_model(point["family"], img_size=config.img_size, **kwargs)
@@ -158,7 +165,7 @@ def run_point(point: dict, sweep: SweepRecipe, device: str, search: bool = True)
         "top5": final["val_top5"],
         "epochs": int(final["epoch"]),
         "train_seconds": round(sum(row["epoch_seconds"] for row in history), 1),
-        "checkpoint": str(out / "checkpoint.pth"),
+        "checkpoint": str(Path(config.out) / "checkpoint.pth"),
         # the whole curve, so the sweep reads at every training budget (space-separated, epoch 1 first)
         "top1_per_epoch": " ".join(f"{row['val_top1']:.2f}" for row in history),
     }

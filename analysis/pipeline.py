@@ -59,7 +59,9 @@ class Figure:
     sections it needs besides its own; check(preset): its checks when the preset is read (beyond the types);
     title, report(out), glance(out): its report section, its lines and its rows of the findings table;
     report_in: the key of the figure whose section holds its lines instead; folder: its tables' folder under the
-    results; notebook: notebooks/<notebook>.ipynb draws it (as figures/<notebook>.png)."""
+    results; notebook: notebooks/<notebook>.ipynb draws it (as figures/<notebook>.png); trainings(ctx, section):
+    the trainings its stage needs, by name, as configs that a launcher may run as jobs beforehand (the stage then
+    finds them trained)."""
 
     key: str
     section: type
@@ -74,6 +76,7 @@ class Figure:
     report_in: str | None = None
     folder: str | None = None
     notebook: str | None = None
+    trainings: Callable[[Context, Any], dict[str, TrainConfig]] | None = None
 
 
 def settings_of(tool: type, owned: tuple[str, ...]) -> type:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.figures import registered
+from analysis.launcher import Launch
 from efficientvit.config import config_from_dict, knob
 from efficientvit.data import fashion_mnist
 from efficientvit.data.synthetic import make_synthetic
@@ -37,6 +38,7 @@ def preset_class() -> type:
         ("data", Data, knob(Data(), "the data every figure reads")),
         ("device", str, knob("cpu", "where analyses run: cpu, cuda or auto")),
         ("minutes", dict[str, float], knob({}, "expected minutes per stage, for the progress line's estimate")),
+        ("launch", Launch, knob(Launch(), "the jobs of --launcher: partition, GPUs and CPUs per job, time limit")),
     ]
     sections = [(figure.key, figure.section | None, knob(None, figure.help)) for figure in registered()]
     return dataclasses.make_dataclass("Preset", run + sections)
@@ -59,7 +61,7 @@ def load_preset(name: str):
 def recipe_digest(preset) -> str:
     """A fingerprint of everything a preset asks for except its progress estimates: a finished stage is kept
     only under the recipe it ran (any change to the preset runs every stage again, each resuming what it can)."""
-    settings = {k: v for k, v in dataclasses.asdict(preset).items() if k != "minutes"}
+    settings = {k: v for k, v in dataclasses.asdict(preset).items() if k not in ("minutes", "launch")}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

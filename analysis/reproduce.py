@@ -11,12 +11,13 @@ Every stage skips work already done (each tool resumes by itself: trainings from
 and the profile from their CSVs), so an interrupted run continues where it stopped; each stage lists the files it
 wrote, its time and its recipe in <out>/manifest.json as soon as it ends, and a stage listed there under the
 preset's present recipe is not run again, so a run continues from its committed tables on another machine too.
-The trainings also shard: `--subnets-only` once, then `--shard i/n` trains every n-th proxy run and Fig. 3 point
-from i, and the run without --shard then analyses.
+Beyond one process the trainings run as jobs (`--launcher slurm` or `local`, analysis/launcher.py): the Fig. 3 subnet
+search once, every training the figures register as a job, then the analyses here, which find them all trained.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import shutil
 import sys
@@ -25,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.figures import fig3, proxies, registered
-from analysis.mhsa_sweep import parse_shard
+from analysis.launcher import LAUNCHERS, Launch, launch, launch_overrides_class
 from analysis.pipeline import Context, Figure, add_stage_time, finished_earlier, record_outputs
 from analysis.preset import check_preset, load_preset, prepare_data, recipe_digest
 from analysis.report import draw_figures, write_report
-from efficientvit.config import knob, parse_config
+from efficientvit.config import add_config_arguments, config_from_args, knob
 from efficientvit.errors import UserError, exit_status
 from efficientvit.results import device_description
 
@@ -96,23 +97,6 @@ class Progress:
         self.done_actual += time.perf_counter() - started
 
 
-def train_shard(preset, ctx: Context, only: set[str], index: int, count: int) -> None:
-    """One shard's share of the trainings, for several processes or machines sharing the runs folder: every
-    count-th proxy run and Fig. 3 point from `index`. The Fig. 3 subnets come from the cache (`--subnets-only`
-    searched them once); the shard's results go under the runs folder and only its time into the manifest, and
-    the run without --shard afterwards finds everything trained and does every analysis."""
-    device = device_description(ctx.device)
-    if preset.proxies is not None and any(proxies.STAGE in f.reads for f in registered() if f.key in only):
-        started = time.perf_counter()
-        proxies.train_runs(ctx, preset.proxies, index, count)
-        add_stage_time(ctx.out, f"proxies, shard {index}/{count}", time.perf_counter() - started, device)
-    if "fig3" in only and preset.fig3 is not None:
-        started = time.perf_counter()
-        fig3.train_shard(ctx, preset.fig3, f"{index}/{count}")
-        add_stage_time(ctx.out, f"fig3, shard {index}/{count}", time.perf_counter() - started, device)
-    print(f"shard {index}/{count} trained; when every shard is done, run again without --shard to analyse")
-
-
 def run_stages(preset, preset_name: str, out: Path, only: set[str]) -> Path:
     """The whole pipeline: data, each stage (its files and time into the manifest as it ends), then the notebooks
     and the report."""
@@ -153,16 +137,20 @@ def reproduce(
     *,
     data_override: str | None = None,
     fresh: bool = False,
-    shard: str = "0/1",
     subnets_only: bool = False,
+    launcher: str | None = None,
+    launch_overrides: dict | None = None,
+    wait: bool = True,
 ) -> Path | None:
+    """The pipeline of a preset: everything in this process, or its trainings first as jobs (`launcher`: local or
+    slurm, analysis/launcher.py) and the analyses here once they are done. None when nothing was analysed (only the
+    subnet search, or jobs left queued with `wait=False`)."""
     preset = load_preset(preset_name)
     if data_override:
         preset.data.path, preset.data.synthetic = data_override, None
+    if launch_overrides:
+        preset.launch = dataclasses.replace(preset.launch, **launch_overrides)
     check_preset(preset)
-    index, count = parse_shard(shard)
-    if fresh and count > 1:
-        raise UserError("--fresh would delete the runs every shard shares: start over without --shard, then shard")
     if fresh:
         for folder in (out, preset.runs):
             shutil.rmtree(folder, ignore_errors=True)
@@ -171,16 +159,21 @@ def reproduce(
             raise UserError(f"--subnets-only searches the Fig. 3 subnets, and preset {preset_name} has no fig3")
         fig3.search_subnets(Context(out, preset.runs, prepare_data(preset.data), preset.device, preset), preset.fig3)
         return None
-    if count > 1:
+    if launcher is not None:
         ctx = Context(out, preset.runs, prepare_data(preset.data), preset.device, preset)
-        return train_shard(preset, ctx, set(only), index, count)
+        started = time.perf_counter()
+        trained = launch(launcher, ctx, set(only), preset.launch, wait)
+        add_stage_time(out, f"trainings as {launcher} jobs", time.perf_counter() - started, launcher)
+        if not trained:
+            return None
     return run_stages(preset, preset_name, out, set(only))
 
 
 DESCRIPTION = (
     "Make the data, train the proxies, run Figs. 2-5 and the variant designer, execute the notebooks (figures in "
     "<out>/figures) and write <out>/REPORT.md. Run from the repository root. Interrupted, it continues where it "
-    "stopped when run again (finished work is always kept)."
+    "stopped when run again (finished work is always kept). With --launcher, the trainings run as jobs first: on "
+    "a SLURM cluster (a submitit job array) or as local processes."
 )
 
 
@@ -194,42 +187,51 @@ class ReproduceConfig:
     only: str | None = knob(None, f"figures to run, e.g. fig2,fig4 (default: all of {', '.join(figure_keys())})")
     data: str | None = knob(None, "data instead of the preset's: fashion-mnist or an ImageFolder root (e.g. ImageNet)")
     fresh: bool = knob(False, "delete the preset's results and runs, start over")
-    subnets_only: bool = knob(
-        False,
-        "only search (and cache) the Fig. 3 subnets, on the machine that times them: do this once before --shard",
+    subnets_only: bool = knob(False, "only search (and cache) the Fig. 3 subnets, on this machine, which times them")
+    launcher: str | None = knob(
+        None,
+        "run the trainings as jobs first: slurm (a submitit job array on the cluster, requeued on preemption) or "
+        "local (the same jobs as local processes); by default everything runs in this process",
+        choices=LAUNCHERS,
     )
-    shard: str = knob(
-        "0/1",
-        "train only every n-th proxy run and Fig. 3 point from i (one process or machine per shard, sharing the "
-        "runs folder and the subnet cache, $XDG_CACHE_HOME); afterwards run without --shard to analyse",
-        metavar="i/n",
-    )
+    no_wait: bool = knob(False, "with --launcher slurm: queue the jobs and return; run the command again to analyse")
 
 
-def run(config: ReproduceConfig) -> Path | None:
+def run(config: ReproduceConfig, launch_overrides: dict | None = None) -> Path | None:
     keys = figure_keys()
     only = keys if config.only is None else [f.strip() for f in config.only.split(",") if f.strip()]
     unknown = sorted(set(only) - set(keys))
     if unknown:
         raise UserError(f"--only takes {', '.join(keys)}; unknown: {', '.join(unknown)}")
     out = config.out or Path("results") / Path(config.preset).name.removesuffix(".yaml")
+    if launch_overrides and config.launcher is None:
+        raise UserError(f"--{next(iter(launch_overrides)).replace('_', '-')} sets a job's resources: give --launcher")
     return reproduce(
         config.preset,
         out,
         only,
         data_override=config.data,
         fresh=config.fresh,
-        shard=config.shard,
         subnets_only=config.subnets_only,
+        launcher=config.launcher,
+        launch_overrides=launch_overrides,
+        wait=not config.no_wait,
     )
 
 
-def parse_args(argv: list[str] | None = None) -> ReproduceConfig:
-    return parse_config(ReproduceConfig, argv, DESCRIPTION)
+def parse_args(argv: list[str] | None = None) -> tuple[ReproduceConfig, dict]:
+    """The command's options, and the job settings given on the command line (over the preset's `launch`)."""
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    add_config_arguments(parser, ReproduceConfig)
+    jobs = parser.add_argument_group("jobs (with --launcher; each defaults to the preset's `launch` section)")
+    add_config_arguments(jobs, launch_overrides_class())
+    args = parser.parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Launch) if getattr(args, f.name) is not None}
+    return config_from_args(ReproduceConfig, args), overrides
 
 
 def main(argv: list[str] | None = None) -> int:
-    return exit_status("reproduce", run, parse_args(argv))
+    return exit_status("reproduce", run, *parse_args(argv))
 
 
 if __name__ == "__main__":

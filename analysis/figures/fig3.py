@@ -17,7 +17,6 @@ import pandas as pd
 
 from analysis import mhsa_sweep
 from analysis.figures.proxies import LINEAR_TOP1
-from analysis.mhsa_sweep import parse_shard
 from analysis.pipeline import Context, Figure, announce, family, read_tables, settings_of, tool_config, with_sidecar
 from analysis.published import paper_table
 from analysis.verdicts import BestPoint, Finding, best_point
@@ -25,8 +24,9 @@ from efficientvit.config import knob
 from efficientvit.errors import UserError
 from efficientvit.models import create_model
 from efficientvit.results import markdown_table, write_results
+from efficientvit.runtime import resolve_device
 from efficientvit.subnet import SearchBudget, layer_costs
-from efficientvit.train_config import check_overrides
+from efficientvit.train_config import TrainConfig, check_overrides
 
 STAGE = "fig3"
 TITLE = "Figure 3: MHSA proportion of throughput-matched subnets"
@@ -55,7 +55,7 @@ def check(preset) -> None:
         create_model(name, **sweep.families[name])
 
 
-def sweep_config(ctx: Context, section: Section, out: Path, shard: str = "0/1") -> mhsa_sweep.SweepConfig:
+def sweep_config(ctx: Context, section: Section, out: Path) -> mhsa_sweep.SweepConfig:
     """The sweep tool's config for this run: the sweep YAML with the section's training keys and search budget and
     the run's data and runs folder, recorded as out/mhsa_sweep/sweep_config.yaml (the recipe the table came from)."""
     sweep = mhsa_sweep.read_sweep_config(section.config)
@@ -69,25 +69,25 @@ def sweep_config(ctx: Context, section: Section, out: Path, shard: str = "0/1") 
         mhsa_sweep.SweepConfig,
         section.sweep,
         config=str(recorded),
-        shard=shard,
         device=ctx.device,
         out=out / FOLDER / "sweep.csv",
     )
 
 
 def search_subnets(ctx: Context, section: Section) -> None:
-    """Only the subnet search (filling the cache every shard reads), on the machine that times them."""
+    """Only the subnet search (filling the cache every training job reads), on the machine that times them."""
     config = dataclasses.replace(sweep_config(ctx, section, ctx.runs / "subnets"), subnets_only=True)
     announce(config)
     mhsa_sweep.run(config)
 
 
-def train_shard(ctx: Context, section: Section, shard: str) -> None:
-    """One shard's points of the sweep (their subnets from the cache), its table under the runs folder."""
-    index, count = parse_shard(shard)
-    config = sweep_config(ctx, section, ctx.runs / f"shard_{index}_of_{count}", shard)
-    announce(config)
-    mhsa_sweep.run(config)
+def trainings(ctx: Context, section: Section) -> dict[str, TrainConfig]:
+    """Every point of the sweep as its training, its subnet from the cache the search filled (for a launcher)."""
+    config = sweep_config(ctx, section, ctx.runs / "subnets")
+    sweep = mhsa_sweep.read_sweep_config(config.config)
+    points = mhsa_sweep.grid(config.families, config.speedups, config.proportions, config.seeds)
+    device = resolve_device(ctx.device).type
+    return {mhsa_sweep.point_name(p): mhsa_sweep.point_config(p, sweep, device, search=False)[1] for p in points}
 
 
 def run(ctx: Context, section: Section) -> list[Path]:
@@ -332,4 +332,5 @@ FIGURE = Figure(
     glance=glance,
     folder=FOLDER,
     notebook="fig3_mhsa_sweep",
+    trainings=trainings,
 )

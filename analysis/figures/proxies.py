@@ -116,11 +116,9 @@ def require(preset, figure: str, names: list[str]) -> None:
             raise UserError(f"{figure} reads proxy {proxy!r}, which the preset does not train")
 
 
-def train_runs(ctx: Context, section: Section, index: int = 0, count: int = 1) -> None:
-    """Train (or finish) every count-th run from `index`: all of them, or one shard's share."""
-    for name, config in list(configs(section, ctx.data, ctx.runs).items())[index::count]:
-        shard = f", shard {index}/{count}" if count > 1 else ""
-        trained(config, f"training {name} ({config.model}, {config.epochs} epochs){shard}")
+def trainings(ctx: Context, section: Section) -> dict[str, TrainConfig]:
+    """Every run of every proxy, to the end of its schedule (for a launcher: analysis/launcher.py)."""
+    return configs(section, ctx.data, ctx.runs)
 
 
 def describe(name: str, config: TrainConfig, metrics: pd.DataFrame) -> dict:
@@ -313,4 +311,5 @@ FIGURE = Figure(
     report=report,
     folder=FOLDER,
     notebook="proxies_training",
+    trainings=trainings,
 )
