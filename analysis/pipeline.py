@@ -61,7 +61,7 @@ class Figure:
     report_in: the key of the figure whose section holds its lines instead; folder: its tables' folder under the
     results; notebook: notebooks/<notebook>.ipynb draws it (as figures/<notebook>.png); trainings(ctx, section):
     the trainings its stage needs, by name, as configs that a launcher may run as jobs beforehand (the stage then
-    finds them trained)."""
+    finds them trained); draw(section, n): the section with its analyses' draws of images set to `n` (`--images`)."""
 
     key: str
     section: type
@@ -77,6 +77,7 @@ class Figure:
     folder: str | None = None
     notebook: str | None = None
     trainings: Callable[[Context, Any], dict[str, TrainConfig]] | None = None
+    draw: Callable[[Any, int], Any] | None = None
 
 
 def settings_of(tool: type, owned: tuple[str, ...]) -> type:

@@ -20,7 +20,20 @@ from efficientvit.config import config_from_dict, knob
 from efficientvit.data import fashion_mnist
 from efficientvit.data.synthetic import make_synthetic
 from efficientvit.errors import UserError
+from efficientvit.runtime import resolve_device
 from efficientvit.train_config import read_yaml
+
+
+def draw_images(preset, images: int):
+    """The preset with every analysis that draws images drawing `images` of them (`reproduce --images`)."""
+    if images < 1:
+        raise UserError(f"--images must be at least 1, got {images}")
+    for figure in registered():
+        section = getattr(preset, figure.key)
+        if figure.draw is not None and section is not None:
+            setattr(preset, figure.key, figure.draw(section, images))
+    return preset
+
 
 PRESETS = Path("experiments/reproduce")
 
@@ -69,6 +82,7 @@ def check_preset(preset) -> None:
     """Fail in a second, not after twenty minutes: every section a figure reads is there, and each figure's own
     checks pass (every model the preset trains builds and runs a batch, every proxy a figure reads is trained,
     every family Fig. 3 sweeps is defined, every training recipe makes a config)."""
+    resolve_device(preset.device)  # cuda asked of a machine without one: one sentence, before any work
     for figure in registered():
         if getattr(preset, figure.key) is None:
             continue

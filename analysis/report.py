@@ -49,10 +49,12 @@ def sections() -> list[tuple]:
 RULES = (
     "Verdicts follow the rules in `analysis/verdicts.py`: a finding is **reproduced** when its effect's 95% "
     "t-interval over runs (Welch's across seeds, paired within a run or a profiled model) lies on the paper's side "
-    "of zero, **not reproduced** (at proxy scale: a statement about these small models and this device, not about "
-    "the paper's) when it lies on the other side, and **inconclusive** when it straddles zero or a side has a "
-    "single run; a best point is reproduced when it falls inside the paper's range in at least 95% of 2,000 "
-    "bootstrap draws over runs, not reproduced in at most 5%."
+    "of zero and the effect is at least a third of the paper's; on the paper's side but smaller, **same direction, "
+    "Nx smaller**; on the other side, **not reproduced** (on trained proxies the cell adds that it is about these "
+    "small models and this device, not the paper's); straddling zero, or with a single run on a side, "
+    "**inconclusive**. A verdict read on proxies below 88% top-1 says **on unconverged proxies** in its own cell. "
+    "Fig. 3's best point must beat each neighbour, paired over seeds, to count; the late-blocks finding of Fig. 5 is "
+    "a trend over the blocks after the first, and Fig. 4's takes each family's direction from the paper's own curve."
 )
 
 

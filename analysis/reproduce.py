@@ -28,7 +28,7 @@ from pathlib import Path
 from analysis.figures import fig3, proxies, registered
 from analysis.launcher import LAUNCHERS, Launch, launch, launch_overrides_class
 from analysis.pipeline import Context, Figure, add_stage_time, finished_earlier, record_outputs
-from analysis.preset import check_preset, load_preset, prepare_data, recipe_digest
+from analysis.preset import check_preset, draw_images, load_preset, prepare_data, recipe_digest
 from analysis.report import draw_figures, write_report
 from efficientvit.config import add_config_arguments, config_from_args, knob
 from efficientvit.errors import UserError, exit_status
@@ -141,6 +141,7 @@ def reproduce(
     launcher: str | None = None,
     launch_overrides: dict | None = None,
     wait: bool = True,
+    images: int | None = None,
 ) -> Path | None:
     """The pipeline of a preset: everything in this process, or its trainings first as jobs (`launcher`: local or
     slurm, analysis/launcher.py) and the analyses here once they are done. None when nothing was analysed (only the
@@ -150,6 +151,8 @@ def reproduce(
         preset.data.path, preset.data.synthetic = data_override, None
     if launch_overrides:
         preset.launch = dataclasses.replace(preset.launch, **launch_overrides)
+    if images is not None:
+        draw_images(preset, images)
     check_preset(preset)
     if fresh:
         for folder in (out, preset.runs):
@@ -186,6 +189,10 @@ class ReproduceConfig:
     out: Path | None = knob(None, "results folder (default results/<preset>: never the committed results/)")
     only: str | None = knob(None, f"figures to run, e.g. fig2,fig4 (default: all of {', '.join(figure_keys())})")
     data: str | None = knob(None, "data instead of the preset's: fashion-mnist or an ImageFolder root (e.g. ImageNet)")
+    images: int | None = knob(
+        None,
+        "images every analysis draws (Fig. 4's, the oracle's and the controls', Fig. 5's scoring), not the preset's",
+    )
     fresh: bool = knob(False, "delete the preset's results and runs, start over")
     subnets_only: bool = knob(False, "only search (and cache) the Fig. 3 subnets, on this machine, which times them")
     launcher: str | None = knob(
@@ -216,6 +223,7 @@ def run(config: ReproduceConfig, launch_overrides: dict | None = None) -> Path |
         launcher=config.launcher,
         launch_overrides=launch_overrides,
         wait=not config.no_wait,
+        images=config.images,
     )
 
 

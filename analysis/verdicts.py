@@ -39,6 +39,7 @@ REPRODUCED, SMALLER, NOT_REPRODUCED, INCONCLUSIVE = (
 CONFIDENCE = 0.95
 SIZE = 1 / 3  # an effect on the paper's side under this share of the paper's is "same direction, Nx smaller"
 UNCONVERGED = "on unconverged proxies"
+PROXY_SCALE = "at proxy scale"
 UNCLAIMED = "not a finding of the paper for this model"  # the paper's own curve shows no such effect
 
 
@@ -51,16 +52,18 @@ class Verdict:
     runs: str  # how many runs decided it, e.g. "3 vs 3 seeds"
     paper: float | None = None  # the paper's value of the same effect, the size rule's yardstick
     caveat: str = ""  # what the verdict is about, said in its cell: UNCONVERGED
+    scale: str = PROXY_SCALE  # what "not reproduced" is about: our proxies; "" for the paper's own released models
 
     def evidence(self, unit: str = "") -> str:
         """The effect, its interval and the runs behind it."""
         interval = "" if np.isnan(self.low) else f" [{self.low:.1f}, {self.high:.1f}]{unit}"
         return f"{self.effect:+.1f}{unit}{interval}, {self.runs}"
 
-    def word(self, where: str = "at proxy scale") -> str:
-        """The verdict in words; `where` says what "not reproduced" is about (our proxies, this CPU)."""
+    def word(self, where: str | None = None) -> str:
+        """The verdict in words; `where` says what "not reproduced" is about (default its `scale`; this CPU)."""
+        where = self.scale if where is None else where
         if self.verdict == NOT_REPRODUCED:
-            text = f"{self.verdict} {where}"
+            text = f"{self.verdict} {where}".strip()
         elif self.verdict == SMALLER:
             text = f"same direction, {abs(self.paper / self.effect):.0f}x smaller"
         elif self.verdict == UNCLAIMED:
@@ -69,7 +72,7 @@ class Verdict:
             text = self.verdict
         return f"{text}, {self.caveat}" if self.caveat else text
 
-    def describe(self, unit: str = "", where: str = "at proxy scale") -> str:
+    def describe(self, unit: str = "", where: str | None = None) -> str:
         """The effect, its interval, the runs and the verdict in words."""
         return f"{self.evidence(unit)}: **{self.word(where)}**"
 
@@ -97,16 +100,17 @@ def compare(
     *,
     paper: float | None = None,
     caveat: str = "",
+    scale: str = PROXY_SCALE,
 ) -> Verdict:
     """Does `a` exceed `b` (expect="greater") or fall below it ("less")? The 95% t-interval of the difference:
     Welch's for independent runs, the paired one when a[i] and b[i] were measured on the same run. `unit` names
     what a pair or a run is in the verdict's text; `paper`, the paper's value of the effect (the size rule);
-    `caveat`, what the verdict's cell must say about the models it read."""
+    `caveat`, what the verdict's cell must say about the models it read; `scale`, what "not reproduced" is about."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     runs = f"{len(a)} paired {unit}" if paired else f"{len(a)} vs {len(b)} {unit}"
     effect = a.mean() - b.mean() if len(a) and len(b) else float("nan")
     if len(a) < 2 or len(b) < 2:
-        return Verdict(INCONCLUSIVE, effect, float("nan"), float("nan"), runs, paper, caveat)
+        return Verdict(INCONCLUSIVE, effect, float("nan"), float("nan"), runs, paper, caveat, scale)
     if paired:
         d = a - b
         se, dof = d.std(ddof=1) / np.sqrt(len(d)), len(d) - 1
@@ -125,7 +129,7 @@ def compare(
         verdict = NOT_REPRODUCED
     else:
         verdict = INCONCLUSIVE
-    return Verdict(verdict, effect, low, high, runs, paper, caveat)
+    return Verdict(verdict, effect, low, high, runs, paper, caveat, scale)
 
 
 @dataclass(frozen=True)

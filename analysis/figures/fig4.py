@@ -197,12 +197,15 @@ def findings(tables: dict[str, pd.DataFrame | None], out: Path | None = None) ->
     for (name, feature, budget), group in trained.groupby(["family", "feature", "budget"], dropna=False):
         kinds = set(group["attention_kind"])
         caveat = proxies.caveat(out, set(group["run"]), budget) if out is not None and "run" in group else ""
+        scale = proxies.scale(out, set(group["run"]) if "run" in group else set())
         for other in ("split", "cascade"):
             if {"full", other} <= kinds:
                 for metric in METRICS[feature]:
                     per_run = group.groupby(["attention_kind", "source"])[metric].mean()
                     paper = theirs.get(name) if metric == METRICS[feature][0] and other == "split" else None
-                    result = compare(100 * per_run["full"], 100 * per_run[other], paper=paper, caveat=caveat)
+                    result = compare(
+                        100 * per_run["full"], 100 * per_run[other], paper=paper, caveat=caveat, scale=scale
+                    )
                     rows.append(
                         {
                             "family": name,
@@ -358,8 +361,9 @@ def late_effects(
             paper_late, paper_early = late_and_early(theirs, "similarity_pct")
             versus = paper_late.iloc[0] - paper_early.iloc[0]
         caveat = proxies.caveat(out, set(group["run"]), group["budget"].iloc[0]) if "run" in group else ""
+        scale = proxies.scale(out, set(group["run"]) if "run" in group else set())
         expect = "less" if versus is not None and versus < 0 else "greater"
-        result = compare(late, early, expect, paired=True, paper=versus, caveat=caveat)
+        result = compare(late, early, expect, paired=True, paper=versus, caveat=caveat, scale=scale)
         if versus is not None and abs(versus) < NO_TREND:
             result = dataclasses.replace(result, verdict=UNCLAIMED)
         effects.append((name, result, versus))
@@ -378,6 +382,39 @@ def late_verdicts(frame: pd.DataFrame, out: Path) -> list[str]:
             text += f", from {budget_label(budgets[0])} to {budget_label(budgets[-1])} it {moved}"
         lines.append(text)
     return lines
+
+
+def released_lines(out: Path, frame: pd.DataFrame) -> list[str]:
+    """Released weights' full heads beside the paper's full-heads curve of the same family, block by block
+    (attention maps, the paper's metric): like for like, the comparison the proxies cannot give."""
+    weights = proxies.tables(out)["released"]
+    if weights is None or "run" not in frame:
+        return []
+    ours = frame[frame["run"].isin(weights["proxy"]) & ~frame["control"] & (frame["feature"] == "attention")]
+    paper = paper_table("fig4_head_similarity")
+    paper = paper[paper["heads"] == "full"].assign(family=lambda f: f["model"].map(family))
+    rows = []
+    for (run, name), group in ours.groupby(["run", "family"]):
+        theirs = paper[paper["family"] == name].set_index("block")["similarity_pct"]
+        for r in group.sort_values("block").itertuples():
+            paper_value = theirs.get(r.block, np.nan)
+            rows.append([run, r.block, 100 * r.mean_max_similarity, paper_value])
+    if not rows:
+        return []
+    table = pd.DataFrame(rows, columns=["weights", "block", "ours", "paper"])
+    cells = table.assign(
+        ours=table["ours"].map("{:.1f}%".format),
+        paper=table["paper"].map(lambda v: "-" if np.isnan(v) else f"{v:.1f}%"),
+        difference=(table["ours"] - table["paper"]).map(lambda v: "-" if np.isnan(v) else f"{v:+.1f}"),
+    )
+    return [
+        "",
+        "Released weights' full heads beside the paper's full-heads curves, block by block (attention maps, max "
+        "cosine, %; the paper's curves are of its 1.25x subnets of DeiT-T and Swin-T, the released models are the "
+        "full ones):",
+        "",
+        *markdown_table(cells),
+    ]
 
 
 def paper_split_effects() -> dict[str, float]:
@@ -441,6 +478,7 @@ def report(out: Path) -> list[str]:
     ]
     return (
         table_lines(longest(summary))
+        + released_lines(out, found["summary"])
         + along_training(verdicts)
         + (["", *budget_figure] if (out / "figures" / BUDGET_FIGURE).exists() else [])
         + (["", *heatmap] if (out / "figures" / HEATMAP).exists() else [])
@@ -467,6 +505,11 @@ def report(out: Path) -> list[str]:
     )
 
 
+def draw(section: Section, images: int) -> Section:
+    """The section measuring on a draw of `images` images (`reproduce --images`)."""
+    return dataclasses.replace(section, similarity=dataclasses.replace(section.similarity, images=images))
+
+
 FIGURE = Figure(
     STAGE,
     Section,
@@ -480,4 +523,5 @@ FIGURE = Figure(
     glance=glance,
     folder=FOLDER,
     notebook="fig4_head_similarity",
+    draw=draw,
 )

@@ -36,7 +36,16 @@ from analysis.pipeline import (
     with_sidecar,
 )
 from analysis.published import paper_table
-from analysis.verdicts import REPRODUCED, Finding, Verdict, as_verdict, compare, movement, trend_over_depth
+from analysis.verdicts import (
+    PROXY_SCALE,
+    REPRODUCED,
+    Finding,
+    Verdict,
+    as_verdict,
+    compare,
+    movement,
+    trend_over_depth,
+)
 from efficientvit.config import knob
 from efficientvit.errors import UserError
 from efficientvit.results import markdown_table, write_results
@@ -95,6 +104,8 @@ def check(preset) -> None:
     taylor_pruning.Budget.of(section.pruning)
     configs = proxies.configs(preset.proxies, "unused", preset.runs)
     for proxy in section.proxies:
+        if proxies.released(preset.proxies, proxy):
+            continue  # full heads or EfficientViT's cascade, both pruned as they are; nothing to fine-tune
         config = configs[proxies.run_names(preset.proxies, proxy)[0]]
         if config.model_kwargs.get("attention", "full") != "full":
             raise UserError(
@@ -171,12 +182,13 @@ def run(ctx: Context, section: Section) -> list[Path]:
     runs = [run for proxy in section.proxies for run in proxies.run_names(trained_proxies, proxy)]
     rows, checks = [], []
     for proxy_run in runs:
-        config, name = configs[proxy_run], run_name(section, proxy_run, budget)
-        row = {"proxy": proxy_run, "model": config.model, "seed": config.seed, "budget": budget, "table": name}
+        config, name = configs.get(proxy_run), run_name(section, proxy_run, budget)  # None: released weights
+        row = {"proxy": proxy_run, "seed": config and config.seed, "budget": budget, "table": name}
         row.update(prune(ctx, section, name, checkpoints[proxy_run]))
+        row["model"] = pd.read_csv(ctx.out / FOLDER / f"{name}.csv")["model"].iloc[0]
         if section.checks_at is None or budget in section.checks_at:
             checks += check_criterion(ctx, section, name, checkpoints[proxy_run])
-        if ctx.last and section.finetune is not None:
+        if ctx.last and section.finetune is not None and config is not None:
             finetune = finetune_config(config, section.finetune, ctx.runs / "pruned" / f"{name}.pth")
             row["top1_finetuned"] = trained(finetune, f"fine-tuning {name}")["val_top1"].iloc[-1]
             row["finetune_lr"] = finetune.lr
@@ -229,8 +241,10 @@ def tables(out: Path) -> dict[str, pd.DataFrame | None]:
         part = oracle["source"].str.extract(r"^(.*?)(_units|_cuts)?$")
         oracle = oracle.assign(table=part[0], part=part[1].fillna("summary"))
         oracle = with_proxy(oracle.merge(index.rename(columns={"source": "table"}), on="table", how="left"))
-        found["oracle"] = oracle[oracle["part"] == "summary"].dropna(axis=1, how="all")
-        found["cuts"] = oracle[oracle["part"] == "_cuts"].dropna(axis=1, how="all")
+        kept = ["run", "proxy", "family", "seed", "budget"]  # NaN for released weights, kept all the same
+        for key, part in (("oracle", "summary"), ("cuts", "_cuts")):
+            rows = oracle[oracle["part"] == part]
+            found[key] = rows.loc[:, rows.notna().any() | rows.columns.isin(kept)]
     controls = read_tables(out, CONTROLS_FOLDER)
     if controls is not None and index is not None:
         found["controls"] = with_proxy(controls.merge(index, on="source", how="left"))
@@ -276,13 +290,14 @@ def effects_by(frame: pd.DataFrame, run: str = "run") -> pd.DataFrame:
     return pd.DataFrame([taylor_pruning.paired_effects(g) | {run: name} for name, g in frame.groupby(run)])
 
 
-def verdicts_of(effects: pd.DataFrame, caveat: str = "") -> dict[str, Verdict]:
+def verdicts_of(effects: pd.DataFrame, caveat: str = "", scale: str = PROXY_SCALE) -> dict[str, Verdict]:
     """Both findings from per-run effects: their mean and 95% t-interval over the runs, the size rule on the
     paper's Swin-T values."""
     theirs = paper_effects()
+    zeros = [0.0] * len(effects)
     return {
         finding: compare(
-            effects[finding], [0.0] * len(effects), expect, paired=True, paper=theirs[finding], caveat=caveat
+            effects[finding], zeros, expect, paired=True, paper=theirs[finding], caveat=caveat, scale=scale
         )
         for finding, (_, expect) in FINDINGS.items()
     }
@@ -294,7 +309,8 @@ def findings(tables: dict[str, pd.DataFrame | None], out: Path | None = None) ->
     frame, rows, theirs = tables["pruning"], [], paper_effects()
     for (proxy, budget), group in frame.groupby(["proxy", "budget"], dropna=False):
         caveat = proxies.caveat(out, set(group["run"]), budget) if out is not None else ""
-        for finding, result in verdicts_of(effects_by(group), caveat).items():
+        scale = proxies.scale(out, set(group["run"]))
+        for finding, result in verdicts_of(effects_by(group), caveat, scale).items():
             rows.append(
                 {
                     "proxy": proxy,
@@ -380,8 +396,10 @@ def late_cuts(frame: pd.DataFrame, out: Path | None = None) -> list[tuple[str, V
     theirs, cuts = paper_late(), []
     for proxy, group in kept_share(frame).groupby("proxy"):
         caveat = proxies.caveat(out, set(group["run"]), group["budget"].iloc[0]) if out is not None else ""
+        scale = proxies.scale(out, set(group["run"]))
         trend = trend_over_depth(group, "pct").dropna()
-        cuts.append((proxy, compare(trend, [0.0] * len(trend), "less", paired=True, paper=theirs, caveat=caveat)))
+        zeros = [0.0] * len(trend)
+        cuts.append((proxy, compare(trend, zeros, "less", paired=True, paper=theirs, caveat=caveat, scale=scale)))
     return cuts
 
 
@@ -565,7 +583,7 @@ def control_lines(found: dict, out: Path) -> list[str]:
         ["proxy", "control", "criterion", effects["ratio"].where(effects["control"] == "depth", -1)], sort=False
     ):
         caveat = proxies.caveat(out, set(group["run"]), budget)
-        verdicts = verdicts_of(group, caveat)
+        verdicts = verdicts_of(group, caveat, proxies.scale(out, set(group["run"])))
         rows.append(
             {
                 "control": control
@@ -720,6 +738,22 @@ def glance(out: Path) -> list[Finding]:
     return rows
 
 
+def draw(section: Section, images: int) -> Section:
+    """The section scoring filters on `images` training images, its oracle and controls measuring on as many
+    held-out images (`reproduce --images`)."""
+    replace = dataclasses.replace
+    batches = -(-images // section.pruning.batch)
+    section = replace(section, pruning=replace(section.pruning, batches=batches, eval_images=images))
+    if section.oracle is not None:
+        oracle = section.oracle
+        section = replace(section, oracle=replace(oracle, images=images, batches=-(-images // oracle.batch)))
+    if section.controls is not None:
+        controls = section.controls
+        controls = replace(controls, batches=-(-images // controls.batch), eval_images=images)
+        section = replace(section, controls=controls)
+    return section
+
+
 FIGURE = Figure(
     STAGE,
     Section,
@@ -733,4 +767,5 @@ FIGURE = Figure(
     glance=glance,
     folder=FOLDER,
     notebook="fig5_taylor_pruning",
+    draw=draw,
 )

@@ -126,6 +126,8 @@ def peers(ctx: Context, trained_proxies: proxies.Section) -> dict:
     summary = pd.read_csv(ctx.out / proxies.FOLDER / "summary.csv")
     configs, found = proxies.configs(trained_proxies, ctx.data, ctx.runs), {}
     for proxy in trained_proxies.models:
+        if proxies.released(trained_proxies, proxy):
+            continue  # the peers trained as the variant was
         config = configs[proxies.run_names(trained_proxies, proxy)[0]]
         if config.model_kwargs.get("attention", "full") == "full":
             runs = summary[summary["proxy"].isin(proxies.run_names(trained_proxies, proxy))]

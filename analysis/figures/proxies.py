@@ -19,16 +19,22 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 from analysis.pipeline import Context, Figure, read_tables, trained, with_sidecar
-from analysis.verdicts import UNCONVERGED
+from analysis.published import paper_table
+from analysis.verdicts import PROXY_SCALE, UNCONVERGED
 from efficientvit.checkpoint import model_from_checkpoint
 from efficientvit.config import knob
-from efficientvit.data.sources import open_split
+from efficientvit.data import fashion_mnist
+from efficientvit.data.pipeline import collate
+from efficientvit.data.sources import fixed_subset, open_split
 from efficientvit.errors import UserError
+from efficientvit.evaluation import evaluate
 from efficientvit.flops import count_params
 from efficientvit.models import create_model
 from efficientvit.results import markdown_table, write_results
+from efficientvit.runtime import resolve_device
 from efficientvit.train_config import TrainConfig, check_overrides, recipe
 
 STAGE = "proxies"
@@ -43,7 +49,12 @@ COLLAPSE_DROP = 10.0  # a run that lost more from one epoch to the next diverged
 
 @dataclass
 class Proxy:
-    config: str = knob(help="its training YAML (experiments/cpu/...)")
+    config: str | None = knob(None, "its training YAML (experiments/cpu/...)")
+    checkpoint: str | None = knob(
+        None,
+        "instead of a training: weights to read as they are, a file or a pretrained name (timm/deit_tiny_patch16_224"
+        ".fb_in1k: `efficientvit list --pretrained`); nothing is trained, the model is evaluated on the data",
+    )
     set: dict = knob({}, "training-config keys that differ for this proxy (they win over the section's `train`)")
     seeds: list[int] | None = knob(None, "this proxy's seeds, instead of the section's")
 
@@ -54,23 +65,35 @@ class Section:
     seeds: list[int] | None = knob(None, "one run per seed, named <proxy>_seed<k> (null: one run, named <proxy>)")
     train: dict = knob({}, "training-config keys for every proxy, e.g. {epochs: 10, plateau: 0.3}")
     budgets: list[int] = knob([], "epochs after which Figs. 4 and 5 read each run (snapshots); empty: its last")
+    eval_images: int | None = knob(None, "a seeded draw of validation images the weights' top-1 is taken on (all)")
 
     def __post_init__(self):  # the overrides checked as the preset is read, not when a training starts
         self.train = check_overrides(self.train, "proxies: train")
         for name, proxy in self.models.items():
+            if (proxy.config is None) == (proxy.checkpoint is None):
+                raise UserError(f"proxies: models: {name} needs a config (to train) or a checkpoint (to read), one")
             proxy.set = check_overrides(proxy.set, f"proxies: models: {name}: set")
 
 
+def released(section: Section, proxy: str) -> bool:
+    """Whether a proxy is weights read as they are (a checkpoint), not a training."""
+    return section.models[proxy].checkpoint is not None
+
+
 def run_names(section: Section, proxy: str) -> list[str]:
-    """The trained runs of one proxy: `<proxy>` alone, or `<proxy>_seed<k>` for each of its seeds."""
+    """The runs of one proxy: `<proxy>` alone (and for weights read as they are), or `<proxy>_seed<k>` for each of
+    its seeds."""
     seeds = section.models[proxy].seeds or section.seeds
-    return [proxy] if seeds is None else [f"{proxy}_seed{seed}" for seed in seeds]
+    return [proxy] if seeds is None or released(section, proxy) else [f"{proxy}_seed{seed}" for seed in seeds]
 
 
 def configs(section: Section, data: str, runs: Path) -> dict[str, TrainConfig]:
-    """The training config of every run of every proxy, with the section's and the proxy's keys (and the seed)."""
+    """The training config of every run of every trained proxy, with the section's and the proxy's keys (and the
+    seed); weights read as they are have none."""
     out = {}
     for name, proxy in section.models.items():
+        if proxy.config is None:
+            continue
         seeds = proxy.seeds or section.seeds
         for run, seed in zip(run_names(section, name), [None] if seeds is None else seeds):
             fixed = {
@@ -93,6 +116,9 @@ def checkpoints(section: Section, runs: Path, budget: int | None = None) -> dict
     snapshot it kept), or its trained model; by run name."""
     found = {}
     for run in [run for name in section.models for run in run_names(section, name)]:
+        if run in section.models and released(section, run):
+            found[run] = section.models[run].checkpoint
+            continue
         found[run] = runs / run / "checkpoint.pth"
         if budget is not None:
             kept = sorted(runs.glob(f"{run}/snapshots/epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
@@ -103,10 +129,25 @@ def checkpoints(section: Section, runs: Path, budget: int | None = None) -> dict
 
 def check(preset) -> None:
     """Every proxy's recipe (its YAML and the section's and its own overrides) makes a config, and its model runs a
-    batch at its image size."""
+    batch at its image size; weights read as they are are there (in a cache, offline) and classify as many classes
+    as an ImageFolder given as the data has."""
     for config in configs(preset.proxies, "unused", preset.runs).values():
         model = create_model(config.model, num_classes=10, img_size=config.img_size, **config.model_kwargs)
         model.eval()(torch.zeros(1, 3, config.img_size, config.img_size))
+    for name, proxy in preset.proxies.models.items():
+        if proxy.checkpoint is not None:
+            model = model_from_checkpoint(proxy.checkpoint)
+            for split in ("train", "val"):
+                folder = Path(preset.data.path) / split
+                found = sum(1 for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else None
+                if found is None and not fashion_mnist.refers_to_fashion_mnist(preset.data.path):
+                    continue  # generated or prepared later: open_split checks it then
+                found = found if found is not None else 10
+                if found != model.num_classes:
+                    raise UserError(
+                        f"{preset.data.path} has {found} classes in {split}/, and {proxy.checkpoint} classifies "
+                        f"{model.num_classes} (proxy {name}): give the data the weights were trained on (--data)"
+                    )
 
 
 def require(preset, figure: str, names: list[str]) -> None:
@@ -114,6 +155,34 @@ def require(preset, figure: str, names: list[str]) -> None:
     for proxy in names:
         if proxy not in preset.proxies.models:
             raise UserError(f"{figure} reads proxy {proxy!r}, which the preset does not train")
+
+
+def evaluated(ctx: Context, section: Section, name: str) -> dict:
+    """One row of the summary for weights read as they are: their top-1 on the validation split (its seeded draw of
+    `eval_images`, all by default) with the transform published with them, beside their published top-1."""
+    checkpoint = section.models[name].checkpoint
+    model = model_from_checkpoint(checkpoint).to(resolve_device(ctx.device)).eval()
+    val = open_split(ctx.data, "val", model.img_size[0], pretrained_cfg=model.pretrained_cfg)
+    val = fixed_subset(val, section.eval_images)
+    loader = DataLoader(val, batch_size=64, num_workers=2, collate_fn=collate)
+    accuracy = evaluate(model, loader, resolve_device(ctx.device), False, distributed=False)
+    return {
+        "proxy": name,
+        "weights": checkpoint,
+        "model": model.spec.name,
+        "attention": model.spec.kwargs.get("attention", "full"),
+        "params": count_params(model),
+        "images": len(val),
+        "top1": accuracy["top1"],
+        "top5": accuracy["top5"],
+        "published_top1": published_top1(checkpoint),
+    }
+
+
+def published_top1(checkpoint: str) -> float:
+    """The top-1 on ImageNet-1k published with these weights (NaN for weights the table does not know)."""
+    table = paper_table("released_top1").set_index("weights")["top1"]
+    return float(table.get(checkpoint, float("nan")))
 
 
 def trainings(ctx: Context, section: Section) -> dict[str, TrainConfig]:
@@ -148,21 +217,56 @@ def run(ctx: Context, section: Section) -> list[Path]:
     """The stage: train every proxy (up to epoch ctx.budget: one budget), then write their accuracy and curves
     (out/proxies/summary.csv, curves.csv) as far as they have trained."""
     summary, curves, until = [], [], ctx.budget
+    weights = [evaluated(ctx, section, name) for name in section.models if released(section, name)]
     for name, config in configs(section, ctx.data, ctx.runs).items():
         to = f"to epoch {until} of {config.epochs}" if until else f"{config.epochs} epochs"
         metrics = trained(config, f"training {name} ({config.model}, {to})", until)
         summary.append(describe(name, config, metrics))
         curves.append(pd.read_csv(Path(config.out) / "curve.csv").assign(proxy=name))
         curves.append(metrics[["epoch", "val_top1"]].assign(proxy=name))
-    folder = ctx.out / FOLDER
+    folder, written = ctx.out / FOLDER, []
     arguments = {"runs": str(ctx.runs), "proxies": dataclasses.asdict(section)}
-    write_results(pd.DataFrame(summary), folder / "summary.csv", arguments)
-    write_results(pd.concat(curves, ignore_index=True), folder / "curves.csv", arguments)
-    return with_sidecar(folder / "summary.csv") + with_sidecar(folder / "curves.csv")
+    if summary:
+        write_results(pd.DataFrame(summary), folder / "summary.csv", arguments)
+        write_results(pd.concat(curves, ignore_index=True), folder / "curves.csv", arguments)
+        written += with_sidecar(folder / "summary.csv") + with_sidecar(folder / "curves.csv")
+    if weights:
+        written += with_sidecar(write_results(pd.DataFrame(weights), folder / "released.csv", arguments))
+    return written
 
 
 def tables(out: Path) -> dict[str, pd.DataFrame | None]:
-    return {"summary": read_tables(out, FOLDER, "summary.csv"), "curves": read_tables(out, FOLDER, "curves.csv")}
+    return {
+        "summary": read_tables(out, FOLDER, "summary.csv"),
+        "curves": read_tables(out, FOLDER, "curves.csv"),
+        "released": read_tables(out, FOLDER, "released.csv"),
+    }
+
+
+def released_lines(weights: pd.DataFrame) -> list[str]:
+    """The weights read as they are: their top-1 here beside the published one (data and transform right?)."""
+    cells = pd.DataFrame(
+        {
+            "proxy": weights["proxy"],
+            "weights": weights["weights"],
+            "model": weights["model"],
+            "params": weights["params"].map("{:,}".format),
+            "images": weights["images"].map("{:,}".format),
+            "top-1 here": weights["top1"].map("{:.1f}%".format),
+            "published top-1": weights["published_top1"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}%"),
+            "difference, points": (weights["top1"] - weights["published_top1"]).map(
+                lambda v: "-" if pd.isna(v) else f"{v:+.1f}"
+            ),
+        }
+    )
+    return [
+        *markdown_table(cells),
+        "",
+        "The released weights, read as they are (nothing trained), evaluated on this run's validation data with the "
+        "transform published with them: a top-1 within a point or so of the published one says the data and the "
+        "transform are the paper's (ImageNet-1k val; published: DeiT-T and Swin-T from their papers, EfficientViT "
+        "from its Table 2).",
+    ]
 
 
 def summarize(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
@@ -183,6 +287,13 @@ def caveat(out: Path, runs: set[str], budget: float | None) -> str:
         found = found[found["epoch"] <= budget]
     read = found.sort_values("epoch").groupby("proxy")["val_top1"].last()
     return UNCONVERGED if (read < LEARNED_TOP1).any() else ""
+
+
+def scale(out: Path | None, runs: set[str]) -> str:
+    """What a finding read on these runs is about: PROXY_SCALE for trained proxies; "" for released weights only
+    (the paper's own models: a finding not reproduced there is not reproduced, like for like)."""
+    weights = tables(out)["released"] if out is not None else None
+    return "" if weights is not None and runs and runs <= set(weights["proxy"]) else PROXY_SCALE
 
 
 def read_budgets(out: Path) -> list[int]:
@@ -260,17 +371,27 @@ def how_far_learned(summary: pd.DataFrame, found: pd.DataFrame) -> list[str]:
 
 
 def headline(out: Path) -> list[str]:
-    """How far the proxies learned, in a sentence or two, for the top of the report."""
+    """How far the proxies learned (or how the released weights score here), a sentence or two for the top."""
     found = tables(out)
+    lines = []
+    if found["released"] is not None:
+        lines.append(
+            "Released weights, top-1 here (published): "
+            + ", ".join(f"{r.proxy} {r.top1:.1f}% ({r.published_top1:.1f}%)" for r in found["released"].itertuples())
+            + "."
+        )
     if found["summary"] is None or found["curves"] is None:
-        return []
-    return how_far_learned(summarize(found), scores(found["curves"]))[:2]
+        return lines
+    return lines + how_far_learned(summarize(found), scores(found["curves"]))[:2]
 
 
 def report(out: Path) -> list[str]:
     found = tables(out)
-    if found["summary"] is None:
+    if found["summary"] is None and found["released"] is None:
         return ["Not run."]
+    weights = released_lines(found["released"]) if found["released"] is not None else []
+    if found["summary"] is None:
+        return weights
     summary = summarize(found)
     cells = pd.DataFrame(
         {
@@ -287,13 +408,18 @@ def report(out: Path) -> list[str]:
             "minutes": summary["train_minutes"].map("{:.1f}".format),
         }
     )
-    lines = markdown_table(cells) + [
-        "",
-        "Every analysis below reads these trained proxies (top-1 on the held-out split; the figure shows "
-        "each one's training loss, so how far from its plateau it stopped). Training images: the pool drawn from; "
-        "images seen: the epochs times the images per epoch; minutes: the epochs' wall time, including whatever "
-        "else the machine ran meanwhile.",
-    ]
+    lines = (
+        weights
+        + ([""] if weights else [])
+        + markdown_table(cells)
+        + [
+            "",
+            "Every analysis below reads these trained proxies (top-1 on the held-out split; the figure shows "
+            "each one's training loss, so how far from its plateau it stopped). Training images: the pool drawn from; "
+            "images seen: the epochs times the images per epoch; minutes: the epochs' wall time, including whatever "
+            "else the machine ran meanwhile.",
+        ]
+    )
     if found["curves"] is not None:
         learned = scores(found["curves"])
         lines += ["", *along_training(learned, read_budgets(out)), "", *how_far_learned(summary, learned)]
