@@ -245,8 +245,12 @@ def show(config: ControlsConfig) -> None:
     print(pd.DataFrame(rows).to_string(index=False))
 
 
+def parse_args(argv: list[str] | None = None) -> ControlsConfig:
+    return parse_config(ControlsConfig, argv, __doc__.splitlines()[0])
+
+
 def main(argv: list[str] | None = None) -> int:
-    return exit_status("pruning_controls", show, parse_config(ControlsConfig, argv, __doc__.splitlines()[0]))
+    return exit_status("pruning_controls", show, parse_args(argv))
 
 
 if __name__ == "__main__":

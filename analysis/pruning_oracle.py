@@ -316,8 +316,12 @@ def show(config: OracleConfig) -> None:
     print(f"written to {', '.join(map(str, result.paths))}")
 
 
+def parse_args(argv: list[str] | None = None) -> OracleConfig:
+    return parse_config(OracleConfig, argv, __doc__.splitlines()[0])
+
+
 def main(argv: list[str] | None = None) -> int:
-    return exit_status("pruning_oracle", show, parse_config(OracleConfig, argv, __doc__.splitlines()[0]))
+    return exit_status("pruning_oracle", show, parse_args(argv))
 
 
 if __name__ == "__main__":
