@@ -1,6 +1,7 @@
 """The trainings as jobs (analysis/launcher.py) through submitit's local executor: the same code path as on a SLURM
 cluster, run as local processes."""
 
+import json
 import os
 import signal
 import time
@@ -41,15 +42,15 @@ def elsewhere(preset_path, tmp_path, name):
 
 
 def test_local_jobs_train_what_the_process_would_and_the_analyses_then_train_nothing(preset, tmp_path, one_thread):  # noqa: F811
-    in_process = reproduce(str(elsewhere(preset, tmp_path, "here")), tmp_path / "here", ["fig3", "fig4"])
+    in_process = reproduce(str(elsewhere(preset, tmp_path, "here")), tmp_path / "here", ["fig4"])
     assert in_process is not None
     jobs_preset = elsewhere(preset, tmp_path, "jobs")
-    args = ["--preset", str(jobs_preset), "--out", str(tmp_path / "jobs"), "--only", "fig3,fig4"]
+    args = ["--preset", str(jobs_preset), "--out", str(tmp_path / "jobs"), "--only", "fig4"]
     assert reproduce_main([*args, "--launcher", "local", "--cpus-per-job", "1", "--parallelism", "2"]) == 0
     runs = tmp_path / "runs_jobs"
-    logs = list((runs / "jobs").glob("*_log.out"))
-    assert len(logs) >= 4  # the subnet search, then two proxies and one Fig. 3 point: one job each
-    for table in ("proxies/summary.csv", "mhsa_sweep/sweep.csv", "head_similarity/deit_full_e2_attention_summary.csv"):
+    assert len(list((runs / "jobs").glob("*_log.out"))) == 2  # the two proxies, one job each, side by side
+    assert set(json.loads((runs / "jobs" / "jobs.json").read_text())) == {"deit_full", "deit_split"}
+    for table in ("proxies/summary.csv", "head_similarity/deit_full_e2_attention_summary.csv"):
         here = pd.read_csv(tmp_path / "here" / table).drop(columns=TIMING, errors="ignore")
         there = pd.read_csv(tmp_path / "jobs" / table).drop(columns=TIMING, errors="ignore")
         pd.testing.assert_frame_equal(here, there, check_exact=True)
