@@ -52,7 +52,7 @@ class ControlsConfig:
     ratios: list[float] = knob([0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], "the depth control's global ratios")
     cost: float = knob(PAPER_COST, "points of top-1 the depth control's last ratio costs before fine-tuning")
     criteria: list[str] = knob(
-        ["molchanov", tp.DEFAULT_CRITERION], "criteria each control runs under (taylor_pruning.CRITERIA)"
+        ["molchanov", "output-signed"], "criteria each control runs under (taylor_pruning.CRITERIA)"
     )
     batches: int = knob(10, "training batches the filters are scored on")
     batch: int = knob(32, "images per scoring batch")

@@ -41,6 +41,7 @@ def elsewhere(preset_path, tmp_path, name):
     return path
 
 
+@pytest.mark.slow
 def test_local_jobs_train_what_the_process_would_and_the_analyses_then_train_nothing(preset, tmp_path, one_thread):  # noqa: F811
     in_process = reproduce(str(elsewhere(preset, tmp_path, "here")), tmp_path / "here", ["fig4"])
     assert in_process is not None
@@ -67,6 +68,7 @@ def signal_the_task(job) -> None:
     os.kill(int(task), signal.SIGUSR2)
 
 
+@pytest.mark.slow
 def test_a_job_killed_mid_training_is_requeued_and_resumes_without_training_an_epoch_twice(tmp_path):
     data = make_synthetic(tmp_path / "data", classes=4, train=512, val=16, size=64, seed=0)
     kwargs = {**TINY_DEIT, "embed_dim": 48, "patch_size": 8}

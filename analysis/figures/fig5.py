@@ -637,7 +637,7 @@ def explanation(effects: pd.DataFrame, found: dict, out: Path) -> list[str]:
             shifts.append((f"criterion {criterion} instead of Molchanov's ({proxy})", shift))
     shifts += width_shifts(found, theirs)
     toward = [(name, s) for name, s in shifts if s.verdict == REPRODUCED]
-    listed = "; ".join(f"{name}: {s.effect:+.1f} [{s.low:.1f}, {s.high:.1f}]" for name, s in shifts)
+    listed = "; ".join(f"{name}: {s.evidence()}" for name, s in shifts)
     if toward:
         lead = (
             "Moved toward the paper's Q/K minus FFN (interval clear of zero): "
@@ -651,10 +651,27 @@ def explanation(effects: pd.DataFrame, found: dict, out: Path) -> list[str]:
         lead = "No control moved Q/K minus FFN toward the paper's by more than its interval: the hypotheses stay open."
     return [
         "",
-        "**What explains the reading.** " + lead,
+        "**What explains the reading.** " + lead + oracle_reading(found),
         "",
         f"Every shift of Q/K minus FFN against its base (points): {listed}.",
     ]
+
+
+def oracle_reading(found: dict) -> str:
+    """Whether the oracles themselves put Q/K above FFN: then the reading is in the proxies, not in the criterion."""
+    cuts = found["cuts"]
+    if cuts is None or cuts.empty:
+        return ""
+    cuts = at_longest(cuts)
+    parts = []
+    for (proxy, ranking), group in cuts[cuts["ranking"].str.startswith("oracle")].groupby(["proxy", "ranking"]):
+        wide = group.pivot_table(index="run", columns="kind", values="kept_fraction")
+        parts.append(f"{proxy}, {ranking.removeprefix('oracle, ')}: {100 * (wide['qk'] - wide['ffn']).mean():+.0f}")
+    return (
+        " Cut by the oracles themselves (the groups whose removal harms least, or changes the loss least, first), Q/K "
+        f"minus FFN would be {'; '.join(parts)} points: where these are as far from the paper's as the criterion's, "
+        "the reading comes from what the proxies' filters do, not from how the criterion scores them."
+    )
 
 
 def width_shifts(found: dict, theirs: float) -> list[tuple[str, Verdict]]:
@@ -724,7 +741,9 @@ def glance(out: Path) -> list[Finding]:
         )
         for proxy, result in late_cuts(longest, out)
     ]
+    paper_criterion = molchanov_one_shot(found)
     for row in at_longest(findings(found, out)).itertuples():
+        control = paper_criterion.get((row.proxy, row.finding))
         rows.append(
             Finding(
                 "Fig. 5",
@@ -732,7 +751,57 @@ def glance(out: Path) -> list[Finding]:
                 f"{row.proxy} proxies, {budget}: kept fractions, paired within each run",
                 row.evidence,
                 row.word,
+                control="-"
+                if control is None
+                else f"Molchanov's criterion (the paper's), one shot: {control.describe()}",
                 paper=f"{row.paper:+.1f} (Swin-T, ImageNet)",
+            )
+        )
+    return rows + oracle_glance(found)
+
+
+def molchanov_one_shot(found: dict) -> dict[tuple[str, str], Verdict]:
+    """Per proxy and finding, the effect under the paper's own criterion (the controls' one-shot Molchanov row at
+    the longest budget the controls ran at), beside the pipeline's in the table at a glance."""
+    controls = found["controls"]
+    if controls is None or controls.empty:
+        return {}
+    effects = control_effects(at_longest(controls))
+    chosen = effects[(effects["control"] == "one-shot") & (effects["criterion"] == "molchanov")]
+    return {
+        (proxy, finding): verdict
+        for proxy, group in chosen.groupby("proxy")
+        for finding, verdict in verdicts_of(group).items()
+    }
+
+
+def oracle_glance(found: dict) -> list[Finding]:
+    """Our check of the method, per proxy: how well the paper's criterion and the pipeline's predict the harm of
+    a removal (groups, pooled over the kinds, against the signed oracle), beside the oracle's own reliability."""
+    oracle = found["oracle"]
+    if oracle is None or oracle.empty:
+        return []
+    oracle = at_longest(oracle)
+    rows = []
+    pooled = oracle[
+        (oracle["kind"] == pruning_oracle.POOLED) & (oracle["unit"] == "group") & (oracle["oracle"] == "signed")
+    ]
+    budget = budget_label(oracle["budget"].iloc[0])
+    for proxy, group in pooled.groupby("proxy"):
+        means = group.groupby("criterion")["rho"].mean()
+        rho = {name: spread(values) for name, values in group.groupby("criterion")["rho"]}
+        others = means.drop(["molchanov", "split-half reliability"], errors="ignore")
+        best = others.idxmax() if len(others) else "-"
+        rows.append(
+            Finding(
+                "Fig. 5 check",
+                "Taylor pruning's criterion ranks filters by the loss change their removal causes (our check; "
+                "Molchanov et al.: rho above 0.93)",
+                f"{proxy} proxies, {budget}: groups of a kind in a block, pooled over the kinds, signed oracle",
+                f"rho {rho.get('molchanov', '-')} (Molchanov's), the best other {rho.get(best, '-')} ({best}); the "
+                f"oracle's split-half reliability {rho.get('split-half reliability', '-')}",
+                "a check of the method, no verdict",
+                paper="rho > 0.93 (ImageNet CNNs, squared oracle)",
             )
         )
     return rows
