@@ -133,6 +133,7 @@ class BenchRun:
         meta = table.reindex(columns=list(META_COLUMNS)).iloc[0].to_dict()
         peaks = {field: meta.pop(column) for field, column in PEAKS.items()}
         peaks = {field: None if pd.isna(value) else value * 1e9 for field, value in peaks.items()}
+        meta["cpu"] = None if pd.isna(meta["cpu"]) else meta["cpu"]  # not recorded before the instruction sets were
         return cls(table.drop(columns=list(META_COLUMNS), errors="ignore"), **meta, **peaks)
 
 
