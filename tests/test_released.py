@@ -36,6 +36,7 @@ def small(tmp_path: Path) -> Path:
     values["proxies"]["eval_images"] = 8
     values["fig2"]["profile"].update(batch=1, iters=1)
     values["fig4"]["similarity"].update(batch=4)
+    values["fig4"]["features"] = ["attention"]  # the head outputs' similarity: tests/analysis
     values["fig5"]["proxies"] = ["efficientvit_m4", "deit_tiny"]  # Swin-T's pruning: tests/analysis, at a small size
     values["fig5"]["pruning"].update(batch=2, iterative=1, step_finetune=0)
     values["fig5"]["oracle"].update(filters=0, group=0.9, batch=2)  # one group per kind and block
