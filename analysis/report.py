@@ -52,7 +52,8 @@ RULES = (
     "of zero and the effect is at least a third of the paper's; on the paper's side but smaller, **same direction, "
     "Nx smaller**; on the other side, **not reproduced** (on trained proxies the cell adds that it is about these "
     "small models and this device, not the paper's); straddling zero, or with a single run on a side, "
-    "**inconclusive**. A verdict read on proxies below 88% top-1 says **on unconverged proxies** in its own cell. "
+    "**inconclusive**. A verdict read on proxies still learning (below 88% top-1 and not at their plateau: 0.3 "
+    "points or more gained over the two epochs before) says **on unconverged proxies** in its own cell. "
     "Fig. 3's best point must beat each neighbour, paired over seeds, to count; the late-blocks finding of Fig. 5 is "
     "a trend over the blocks after the first, and Fig. 4's takes each family's direction from the paper's own curve."
 )

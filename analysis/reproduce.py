@@ -184,7 +184,8 @@ DESCRIPTION = (
 class ReproduceConfig:
     preset: str = knob(
         "demo",
-        "demo (~19 min on 2 cores, 21 with the install), quick (smaller), paper (ImageNet, GPUs), or a preset YAML",
+        "demo (13-20 min on 2 cores), quick (smaller), reference (the committed run, ~11.5 h), released (the paper's "
+        "weights on your ImageNet), paper (ImageNet, GPUs), or a preset YAML",
     )
     out: Path | None = knob(None, "results folder (default results/<preset>: never the committed results/)")
     only: str | None = knob(None, f"figures to run, e.g. fig2,fig4 (default: all of {', '.join(figure_keys())})")

@@ -18,8 +18,9 @@ The rules, written down so that a reader can check them:
 - `trend_over_depth(frame)`: "more so in the last blocks" as a trend: per run, the least-squares slope of the
   value against the block's position, fitted on every block after the first (so that a first block unlike the
   rest cannot make a trend alone), as the fitted change from the second block to the last; `compare`d with 0.
-- A verdict about proxies carries its caveat in its own words: "on unconverged proxies" when the models read had
-  not reached the level at which this project calls a proxy learned (88% on Fashion-MNIST).
+- A verdict about proxies carries its caveat in its own words: "on unconverged proxies" when a model read was still
+  learning there: below the level at which this project calls a proxy learned (88% on Fashion-MNIST) and not at
+  its plateau (it had gained 0.3 points of top-1 or more over the two epochs before).
 """
 
 from __future__ import annotations

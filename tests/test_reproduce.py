@@ -19,6 +19,7 @@ from analysis.preset import Preset, check_preset, load_preset
 from analysis.report import write_report
 from analysis.reproduce import main as reproduce_main
 from analysis.reproduce import reproduce
+from analysis.verdicts import UNCONVERGED
 from efficientvit.checkpoint import model_from_checkpoint
 from efficientvit.config import config_from_dict
 from efficientvit.errors import UserError
@@ -471,12 +472,22 @@ def test_the_proxies_section_says_how_far_they_learned_and_names_a_diverged_run(
     assert "| proxy | after 1 ep | after 5 ep |" in text
     assert "| deit_full | 66.3 (66.0-67.0) | 88.0 (83.0-91.0) |" in text
     assert "2 of 3 runs reach 88% top-1" in text and "1 stay below a linear classifier" in text
-    assert "deit_full_seed2 (83.0%)" in text and "still learning when their schedule ended" in text
+    assert "deit_full_seed2 (83.0%)" in text and "Below 88%: 0 at their plateau, 1 still learning" in text
+    assert "| deit_full_seed2 | deit_tiny | full |" in text and "| 83.0% | 99.0% | still learning |" in text
     assert "deit_full_seed2 lost 42 points of top-1 in epoch 3 (72.0% to 30.0%" in text
     assert proxies.headline(out)[0].startswith("At the end of their training 2 of 3 runs reach 88% top-1")
-    flat = curves.assign(val_top1=curves["val_top1"].where(curves["epoch"] < 3, 91.0))  # no gain over the last two
+    # what a finding reading these runs says: seeds 0 and 1 learned, seed 2 still rising (+13 over two epochs)
+    assert proxies.caveat(out, {"deit_full_seed0", "deit_full_seed1"}, 5) == ""
+    assert proxies.caveat(out, {"deit_full_seed0", "deit_full_seed2"}, 5) == UNCONVERGED
+    assert proxies.caveat(out, {"deit_full_seed0"}, 1) == UNCONVERGED  # one epoch read: no plateau to speak of
+    assert proxies.caveat(out, {"deit_full_seed0"}, 0) == ""  # the untrained control is no proxy's state
+    flat = curves.assign(val_top1=curves["val_top1"].where(curves["epoch"] < 3, 83.1))  # level over the last two
     write_results(flat, out / "proxies" / "curves.csv", {})
-    assert "levelled off (a plateau)" in "\n".join(proxies.report(out))
+    assert "Below 88%: 3 at their plateau (deit_full_seed0, deit_full_seed1, deit_full_seed2)" in "\n".join(
+        proxies.report(out)
+    )
+    assert proxies.caveat(out, {"deit_full_seed0", "deit_full_seed2"}, 5) == ""  # levelled off: learned what it can
+    assert proxies.caveat(out, {"deit_full_seed0"}, 3) == UNCONVERGED  # 66 to 83.1 over epochs 1-3: still rising
 
 
 def test_the_reference_preset_trains_three_seeds_through_their_schedule_and_reads_them_along_training(monkeypatch):

@@ -44,6 +44,7 @@ FOLDER = "proxies"
 LINEAR_TOP1 = 84.0  # a linear classifier on the pixels (the data set's own benchmark): below it, little is learned
 LEARNED_TOP1 = 88.0  # clearly beyond a linear model: the level this project asks of a converged proxy
 PLATEAU_GAIN = 0.3  # a run that gained less over its last two epochs has levelled off (the training's plateau rule)
+LEARNED, AT_PLATEAU, STILL_LEARNING = "learned", "at its plateau", "still learning"  # a run's state where it is read
 COLLAPSE_DROP = 10.0  # a run that lost more from one epoch to the next diverged (its loss spiked) on the way
 
 
@@ -274,19 +275,36 @@ def summarize(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
     return tables["summary"].drop(columns="source")
 
 
+def state_at(found: pd.DataFrame, budget: float | None = None) -> pd.Series:
+    """Each run's state where a finding reads it (at `budget` epochs, or at its last epoch): LEARNED at
+    LEARNED_TOP1 or above; AT_PLATEAU below it but gaining under PLATEAU_GAIN over the two epochs before (the
+    training's plateau rule: what this schedule teaches it, it has learned); STILL_LEARNING otherwise, and when
+    fewer than three epochs were read."""
+    if budget is not None and pd.notna(budget):
+        found = found[found["epoch"] <= budget]
+    states = {}
+    for proxy, group in found.sort_values("epoch").groupby("proxy"):
+        last = group.iloc[-1]
+        earlier = group[group["epoch"] <= last["epoch"] - 2]
+        if last["val_top1"] >= LEARNED_TOP1:
+            states[proxy] = LEARNED
+        elif not earlier.empty and last["val_top1"] - earlier["val_top1"].iloc[-1] < PLATEAU_GAIN:
+            states[proxy] = AT_PLATEAU
+        else:
+            states[proxy] = STILL_LEARNING
+    return pd.Series(states, dtype=object)
+
+
 def caveat(out: Path, runs: set[str], budget: float | None) -> str:
-    """UNCONVERGED when a finding reads one of these proxy runs below LEARNED_TOP1: at `budget` epochs (its
-    snapshot there, or its last epoch before), or at its last epoch for an unknown budget; "" otherwise, and for
-    the untrained control (budget 0) or a folder without curves."""
+    """UNCONVERGED when a finding reads one of these proxy runs still learning (below LEARNED_TOP1 and not at its
+    plateau) at `budget` epochs (its snapshot there, or its last epoch before), or at its last epoch for an unknown
+    budget; "" otherwise, and for the untrained control (budget 0) or a folder without curves."""
     curves = tables(out)["curves"] if out is not None else None
     if curves is None or budget == 0:
         return ""
     found = scores(curves)
-    found = found[found["proxy"].isin(runs)]
-    if pd.notna(budget):
-        found = found[found["epoch"] <= budget]
-    read = found.sort_values("epoch").groupby("proxy")["val_top1"].last()
-    return UNCONVERGED if (read < LEARNED_TOP1).any() else ""
+    states = state_at(found[found["proxy"].isin(runs)], budget)
+    return UNCONVERGED if (states == STILL_LEARNING).any() else ""
 
 
 def scale(out: Path | None, runs: set[str]) -> str:
@@ -336,6 +354,8 @@ def how_far_learned(summary: pd.DataFrame, found: pd.DataFrame) -> list[str]:
     learned = int((summary["top1"] >= LEARNED_TOP1).sum())
     below = summary[summary["top1"] < LINEAR_TOP1]
     named = ", ".join(f"{row.proxy} ({row.top1:.1f}%)" for row in below.itertuples())
+    states = state_at(found)
+    plateaued = ", ".join(f"{proxy}" for proxy in states.index[states == AT_PLATEAU])
     lines = [
         f"At the end of their training {learned} of {runs} runs reach {LEARNED_TOP1:.0f}% top-1, the level at which "
         f"this project calls a Fashion-MNIST proxy learned; {len(below)} stay below a linear classifier (about "
@@ -349,14 +369,13 @@ def how_far_learned(summary: pd.DataFrame, found: pd.DataFrame) -> list[str]:
     if gains:
         gains = pd.Series(gains)
         rising = int((gains >= PLATEAU_GAIN).sum())
-        state = (
-            "still learning when their schedule ended, not at a plateau"
-            if gains.median() >= PLATEAU_GAIN
-            else "levelled off (a plateau)"
-        )
         lines.append(
             f"Over their last two epochs the runs gained {gains.median():+.1f} points of top-1 (median; {rising} of "
-            f"{len(gains)} at least {PLATEAU_GAIN} points): {state}."
+            f"{len(gains)} at least {PLATEAU_GAIN} points, the plateau rule's threshold). Below {LEARNED_TOP1:.0f}%: "
+            f"{(states == AT_PLATEAU).sum()} at their plateau"
+            + (f" ({plateaued})" if plateaued else "")
+            + f", {(states == STILL_LEARNING).sum()} still learning (findings read on these say "
+            f'"{UNCONVERGED}").'
         )
     for proxy, group in found.sort_values("epoch").groupby("proxy"):
         drops = group["val_top1"].diff()
@@ -404,6 +423,11 @@ def report(out: Path) -> list[str]:
             **({"images seen": summary["images_seen"].map("{:,}".format)} if "images_seen" in summary else {}),
             "top-1": summary["top1"].map("{:.1f}%".format),
             "top-5": summary["top5"].map("{:.1f}%".format),
+            **(
+                {"state": summary["proxy"].map(state_at(scores(found["curves"])))}
+                if found["curves"] is not None
+                else {}
+            ),
             "train img/s (median epoch)": summary["train_img_s"].map("{:.0f}".format),
             "minutes": summary["train_minutes"].map("{:.1f}".format),
         }
