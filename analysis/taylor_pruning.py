@@ -603,6 +603,7 @@ def finetune_steps(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     losses = []
+    progress = tqdm(total=batches, desc="fine-tune between rounds", unit="step", leave=False)
     while len(losses) < batches:
         seen = len(losses)
         for x, y, bad in loader:
@@ -614,10 +615,12 @@ def finetune_steps(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+            progress.update()
             if len(losses) >= batches:
                 break
         if len(losses) == seen:
             raise UserError("no images were read from the training split")
+    progress.close()
     model.zero_grad(set_to_none=True)
     model.eval()
     return sum(losses) / len(losses)
