@@ -275,6 +275,16 @@ def summarize(tables: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
     return tables["summary"].drop(columns="source")
 
 
+def recent_gains(found: pd.DataFrame) -> pd.Series:
+    """Each run's top-1 gain over its last two epochs (runs with fewer than three epochs read are left out)."""
+    gains = {}
+    for proxy, group in found.sort_values("epoch").groupby("proxy"):
+        earlier = group[group["epoch"] <= group["epoch"].max() - 2]
+        if not earlier.empty:
+            gains[proxy] = group["val_top1"].iloc[-1] - earlier["val_top1"].iloc[-1]
+    return pd.Series(gains, dtype=float)
+
+
 def state_at(found: pd.DataFrame, budget: float | None = None) -> pd.Series:
     """Each run's state where a finding reads it (at `budget` epochs, or at its last epoch): LEARNED at
     LEARNED_TOP1 or above; AT_PLATEAU below it but gaining under PLATEAU_GAIN over the two epochs before (the
@@ -282,17 +292,12 @@ def state_at(found: pd.DataFrame, budget: float | None = None) -> pd.Series:
     fewer than three epochs were read."""
     if budget is not None and pd.notna(budget):
         found = found[found["epoch"] <= budget]
-    states = {}
-    for proxy, group in found.sort_values("epoch").groupby("proxy"):
-        last = group.iloc[-1]
-        earlier = group[group["epoch"] <= last["epoch"] - 2]
-        if last["val_top1"] >= LEARNED_TOP1:
-            states[proxy] = LEARNED
-        elif not earlier.empty and last["val_top1"] - earlier["val_top1"].iloc[-1] < PLATEAU_GAIN:
-            states[proxy] = AT_PLATEAU
-        else:
-            states[proxy] = STILL_LEARNING
-    return pd.Series(states, dtype=object)
+    top1 = found.sort_values("epoch").groupby("proxy")["val_top1"].last()
+    gains = recent_gains(found).reindex(top1.index)
+    states = pd.Series(STILL_LEARNING, index=top1.index, dtype=object)
+    states[gains < PLATEAU_GAIN] = AT_PLATEAU  # a missing gain (too few epochs) compares False: still learning
+    states[top1 >= LEARNED_TOP1] = LEARNED
+    return states
 
 
 def caveat(out: Path, runs: set[str], budget: float | None) -> str:
@@ -355,19 +360,14 @@ def how_far_learned(summary: pd.DataFrame, found: pd.DataFrame) -> list[str]:
     below = summary[summary["top1"] < LINEAR_TOP1]
     named = ", ".join(f"{row.proxy} ({row.top1:.1f}%)" for row in below.itertuples())
     states = state_at(found)
-    plateaued = ", ".join(f"{proxy}" for proxy in states.index[states == AT_PLATEAU])
+    plateaued = ", ".join(states.index[states == AT_PLATEAU])
     lines = [
         f"At the end of their training {learned} of {runs} runs reach {LEARNED_TOP1:.0f}% top-1, the level at which "
         f"this project calls a Fashion-MNIST proxy learned; {len(below)} stay below a linear classifier (about "
         f"{LINEAR_TOP1:.0f}%)" + (f": {named}." if named else ".")
     ]
-    gains = {}
-    for proxy, group in found.sort_values("epoch").groupby("proxy"):
-        earlier = group[group["epoch"] <= group["epoch"].max() - 2]
-        if not earlier.empty:
-            gains[proxy] = group["val_top1"].iloc[-1] - earlier["val_top1"].iloc[-1]
-    if gains:
-        gains = pd.Series(gains)
+    gains = recent_gains(found)
+    if not gains.empty:
         rising = int((gains >= PLATEAU_GAIN).sum())
         lines.append(
             f"Over their last two epochs the runs gained {gains.median():+.1f} points of top-1 (median; {rising} of "
