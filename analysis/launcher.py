@@ -19,8 +19,10 @@ that many tasks of one job, each a process of PyTorch's DDP (the environment tor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import signal
 import sys
 import time
 import typing
@@ -76,19 +78,20 @@ def launch_overrides_class() -> type:
 
 
 class TrainingJob:
-    """What one job runs: a training to the end of its schedule, resuming from its checkpoint. Checkpointable: on
-    preemption or timeout submitit asks for `checkpoint` and requeues the job, which resumes the same training."""
+    """What one job runs: a training to the end of its schedule (or to epoch `until`), resuming from its checkpoint.
+    Checkpointable: on preemption or timeout submitit asks for `checkpoint` and requeues the job, which resumes the
+    same training."""
 
-    def __call__(self, config: TrainConfig, threads: int) -> str:
+    def __call__(self, config: TrainConfig, threads: int, until: int | None = None) -> str:
         torch.set_num_threads(threads)
         environment = submitit().JobEnvironment()
         if environment.num_tasks > 1:  # one training across the job's GPUs: the variables torchrun would set
             submitit().helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        train(config, resume=True)
+        train(config, resume=True, until=until)
         return config.out
 
-    def checkpoint(self, config: TrainConfig, threads: int):
-        return submitit().helpers.DelayedSubmission(TrainingJob(), config, threads)
+    def checkpoint(self, config: TrainConfig, threads: int, until: int | None = None):
+        return submitit().helpers.DelayedSubmission(TrainingJob(), config, threads, until)
 
 
 def search_job(ctx: Context, section) -> None:
@@ -164,12 +167,15 @@ def wait(jobs: dict[str, object], what: str, queue: dict[str, TrainConfig] | Non
     return failed
 
 
-def trainings_of(ctx: Context, only: set[str]) -> dict[str, TrainConfig]:
-    """Every training the chosen figures register, by name (a figure that reads another's trains those too)."""
+def trainings_of(ctx: Context, only: set[str], along_training: bool = False) -> dict[str, TrainConfig]:
+    """Every training the chosen figures register, by name (a figure that reads another's trains those too); only
+    those of the figures read along training (the proxies) with `along_training`."""
     from analysis.figures import registered
 
     figures = {figure.key: figure for figure in registered()}
     wanted = set(only) | {needed for key in only if key in figures for needed in figures[key].reads}
+    if along_training:
+        wanted = {key for key in wanted if key in figures and figures[key].along_training}
     found = {}
     for key in wanted:
         figure, section = figures.get(key), getattr(ctx.preset, key, None)
@@ -178,21 +184,65 @@ def trainings_of(ctx: Context, only: set[str]) -> dict[str, TrainConfig]:
     return found
 
 
-def launch(kind: str, ctx: Context, only: set[str], settings: Launch, wait_for_them: bool = True) -> bool:
+def exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def ending_with_this_command(kind: str, submitted: list):
+    """Local jobs are processes of this command: when it is interrupted (Ctrl-C, or SIGTERM, which submitit's jobs
+    themselves ignore as SLURM jobs do) it cancels those still running, so that none trains on, an orphan, beside a
+    rerun that resumes the same training. SLURM jobs outlive the command by design (`--no-wait`)."""
+    if kind != "local":
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        yield
+    except BaseException:
+        for job in submitted:
+            if not job.done():
+                job.cancel()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def launch(
+    kind: str, ctx: Context, only: set[str], settings: Launch, wait_for_them: bool = True, *, until: int | None = None
+) -> bool:
     """Run the trainings as jobs (the subnet search first). True once every one is trained; False when `--no-wait`
-    left them queued."""
+    left them queued. With `until`, only the proxies, each to that epoch (no subnet search)."""
     if kind not in LAUNCHERS:
         raise UserError(f"--launcher takes {', '.join(LAUNCHERS)}, got {kind!r}")
     if kind == "local" and not wait_for_them:
         raise UserError("--no-wait needs --launcher slurm: local jobs are processes of this command")
     folder = ctx.runs / "jobs"
-    run = executor(kind, folder, settings)
-    if "fig3" in only and ctx.preset.fig3 is not None:
-        failed = wait({"subnet search": run.submit(search_job, ctx, ctx.preset.fig3)}, "subnet search")
-        if failed:
-            raise UserError(f"the subnet search job failed: see {failed['subnet search'].paths.stderr}")
-    everything = trainings_of(ctx, only)
-    trainings = {name: config for name, config in everything.items() if not status(config).finished}
+    run, submitted = executor(kind, folder, settings), []
+    with ending_with_this_command(kind, submitted):
+        if "fig3" in only and ctx.preset.fig3 is not None and until is None:
+            search = run.submit(search_job, ctx, ctx.preset.fig3)
+            submitted.append(search)
+            if wait({"subnet search": search}, "subnet search"):
+                raise UserError(f"the subnet search job failed: see {search.paths.stderr}")
+        return launch_trainings(
+            ctx, only, settings, kind=kind, run=run, submitted=submitted, wait_for_them=wait_for_them, until=until
+        )
+
+
+def launch_trainings(
+    ctx: Context, only: set[str], settings: Launch, *, kind, run, submitted, wait_for_them, until
+) -> bool:
+    """`launch` once the subnet search is done: the trainings' job array (every job into `submitted`), waited for
+    and retried."""
+    folder = ctx.runs / "jobs"
+    everything = trainings_of(ctx, only, along_training=until is not None)
+
+    def to_do(config: TrainConfig) -> bool:
+        done, finished = status(config)
+        return not finished and (until is None or done < min(until, config.epochs))
+
+    trainings = {name: config for name, config in everything.items() if to_do(config)}
     ledger, jobs = read_ledger(folder), {}
     for name in list(trainings):
         job = still_active(kind, folder, ledger[name]) if name in ledger else None
@@ -204,7 +254,9 @@ def launch(kind: str, ctx: Context, only: set[str], settings: Launch, wait_for_t
         """SLURM: the whole queue as one array (its parallelism limits it); local: what fits beside the running."""
         room = len(queue) if kind == "slurm" else max(0, settings.parallelism - running)
         chosen = {name: queue.pop(name) for name in list(queue)[:room]}
-        return submit(run, folder, chosen, settings)
+        jobs = submit(run, folder, chosen, settings, until)
+        submitted.extend(jobs.values())
+        return jobs
 
     if not wait_for_them:
         jobs |= top_up(trainings, 0)
@@ -225,13 +277,17 @@ def launch(kind: str, ctx: Context, only: set[str], settings: Launch, wait_for_t
     raise UserError(f"{len(failed)} training jobs failed after {settings.retries} retries, see their logs: {logs}")
 
 
-def submit(run, folder: Path, trainings: dict[str, TrainConfig], settings: Launch) -> dict[str, object]:
-    """The trainings as one job array, recorded in the ledger."""
+def submit(
+    run, folder: Path, trainings: dict[str, TrainConfig], settings: Launch, until: int | None = None
+) -> dict[str, object]:
+    """The trainings as one job array (each to epoch `until`, or to its end), recorded in the ledger."""
     if not trainings:
         return {}
     threads = max(1, settings.cpus_per_job // max(1, settings.gpus_per_job))
     names = list(trainings)
-    submitted = run.map_array(TrainingJob(), [trainings[n] for n in names], [threads] * len(names))
+    submitted = run.map_array(
+        TrainingJob(), [trainings[n] for n in names], [threads] * len(names), [until] * len(names)
+    )
     jobs = dict(zip(names, submitted))
     record(folder, jobs)
     return jobs

@@ -71,10 +71,16 @@ def load_preset(name: str):
     return config_from_dict(preset_class(), read_yaml(path, "preset"), f"preset {path.name}")
 
 
-def recipe_digest(preset) -> str:
-    """A fingerprint of everything a preset asks for except its progress estimates: a finished stage is kept
-    only under the recipe it ran (any change to the preset runs every stage again, each resuming what it can)."""
-    settings = {k: v for k, v in dataclasses.asdict(preset).items() if k not in ("minutes", "launch")}
+RUN_KEYS = ("runs", "data", "device")  # what every stage depends on besides its own section and those it reads
+
+
+def recipe_digest(preset, figure) -> str:
+    """A fingerprint of what a figure's stage asks for: the run's data, device and runs folder, the figure's own
+    section and the sections it reads (its progress estimate and the jobs' resources left out). A finished stage is
+    kept only under the recipe it ran: a change to a section runs again the stages that depend on it, each resuming
+    what it can, and keeps the others (a long run's finished tables survive a change to a later figure)."""
+    keys = (*RUN_KEYS, figure.key, *figure.reads)
+    settings = {k: v for k, v in dataclasses.asdict(preset).items() if k in keys}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -95,8 +101,11 @@ def check_preset(preset) -> None:
 
 def prepare_data(data: Data) -> str:
     """The preset's data: Fashion-MNIST prepared, the shapes generated, or an ImageFolder root checked."""
+    if data.path == fashion_mnist.NAME:  # the trainings (and their jobs) resolve the name: prepared once, here
+        fashion_mnist.prepare(fashion_mnist.DEFAULT_ROOT)
+        return data.path
     if fashion_mnist.refers_to_fashion_mnist(data.path):
-        return data.path if data.path == fashion_mnist.NAME else str(fashion_mnist.prepare(data.path, download=False))
+        return str(fashion_mnist.prepare(data.path, download=False))
     if (Path(data.path) / "train").is_dir() and (Path(data.path) / "val").is_dir():
         return data.path
     if data.synthetic is None:

@@ -53,20 +53,22 @@ class Stage:
         return self.figure.run(at, getattr(ctx.preset, self.figure.key))
 
 
-def stage_table(preset, only: set[str]) -> list[Stage]:
+def stage_table(preset, only: set[str], until: int | None = None) -> list[Stage]:
     """The stages this run does, in order. The proxies train budget by budget (their snapshots' epochs), and the
     figures read along training (Figs. 4 and 5) read each budget as soon as it is trained, so every finding is
     followed along training and a run that stops loses at most the training in progress; then each other figure
-    the preset configures."""
+    the preset configures. With `until` (a budget), only the stages along training up to it."""
     figures = [figure for figure in registered() if getattr(preset, figure.key) is not None]
     chosen = [figure for figure in figures if figure.key in only]
     stages = []
     if preset.proxies is not None and any(proxies.STAGE in figure.reads for figure in chosen):
         budgets = proxies.budgets(preset.proxies)
         along = [f for f in figures if f.along_training and (f.key == proxies.STAGE or f.key in only)]
-        for budget in budgets:
+        for budget in budgets if until is None else [b for b in budgets if b <= until]:
             at = "" if len(budgets) == 1 else f" (epoch {budget})"
             stages += [Stage(f"{f.key}{at}", f, budget, budget == budgets[-1]) for f in along]
+    if until is not None:
+        return stages
     return stages + [Stage(figure.key, figure) for figure in chosen if not figure.along_training]
 
 
@@ -97,12 +99,12 @@ class Progress:
         self.done_actual += time.perf_counter() - started
 
 
-def run_stages(preset, preset_name: str, out: Path, only: set[str]) -> Path:
+def run_stages(preset, preset_name: str, out: Path, only: set[str], until: int | None = None) -> Path:
     """The whole pipeline: data, each stage (its files and time into the manifest as it ends), then the notebooks
     and the report."""
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(out, preset.runs, "", preset.device, preset)  # ctx.data is set once the data is prepared
-    stages = stage_table(preset, only)
+    stages = stage_table(preset, only, until)
     base = [s.name.split(" (")[0] for s in stages]  # a figure read at several budgets shares its minutes
     progress = Progress(
         [("data", preset.minutes.get("data", 1))]
@@ -112,8 +114,9 @@ def run_stages(preset, preset_name: str, out: Path, only: set[str]) -> Path:
     started = progress.begin(0)
     ctx.data = prepare_data(preset.data)
     progress.end(0, started)
-    device, recipe = device_description(ctx.device), recipe_digest(preset)
+    device = device_description(ctx.device)
     for index, stage in enumerate(stages, start=1):
+        recipe = recipe_digest(preset, stage.figure)
         if finished_earlier(out, stage.name, recipe):
             progress.skip(index, out)
             continue
@@ -142,6 +145,7 @@ def reproduce(
     launch_overrides: dict | None = None,
     wait: bool = True,
     images: int | None = None,
+    until: int | None = None,
 ) -> Path | None:
     """The pipeline of a preset: everything in this process, or its trainings first as jobs (`launcher`: local or
     slurm, analysis/launcher.py) and the analyses here once they are done. None when nothing was analysed (only the
@@ -154,6 +158,7 @@ def reproduce(
     if images is not None:
         draw_images(preset, images)
     check_preset(preset)
+    check_until(preset, until)
     if fresh:
         for folder in (out, preset.runs):
             shutil.rmtree(folder, ignore_errors=True)
@@ -165,11 +170,21 @@ def reproduce(
     if launcher is not None:
         ctx = Context(out, preset.runs, prepare_data(preset.data), preset.device, preset)
         started = time.perf_counter()
-        trained = launch(launcher, ctx, set(only), preset.launch, wait)
+        trained = launch(launcher, ctx, set(only), preset.launch, wait, until=until)
         add_stage_time(out, f"trainings as {launcher} jobs", time.perf_counter() - started, launcher)
         if not trained:
             return None
-    return run_stages(preset, preset_name, out, set(only))
+    return run_stages(preset, preset_name, out, set(only), until)
+
+
+def check_until(preset, until: int | None) -> None:
+    """--until names one of the budgets the preset reads its proxies at."""
+    if until is None:
+        return
+    budgets = proxies.budgets(preset.proxies) if preset.proxies is not None else [None]
+    if until not in budgets:
+        known = ", ".join(str(b) for b in budgets if b is not None) or "none"
+        raise UserError(f"--until takes one of the budgets this preset reads its proxies at ({known}), got {until}")
 
 
 DESCRIPTION = (
@@ -203,6 +218,11 @@ class ReproduceConfig:
         choices=LAUNCHERS,
     )
     no_wait: bool = knob(False, "with --launcher slurm: queue the jobs and return; run the command again to analyse")
+    until: int | None = knob(
+        None,
+        "train the proxies only to this budget (epochs, one of the preset's) and run only the figures read along "
+        "training up to it: a long run's findings so far, committed stage by stage; run again without it to go on",
+    )
 
 
 def run(config: ReproduceConfig, launch_overrides: dict | None = None) -> Path | None:
@@ -225,6 +245,7 @@ def run(config: ReproduceConfig, launch_overrides: dict | None = None) -> Path |
         launch_overrides=launch_overrides,
         wait=not config.no_wait,
         images=config.images,
+        until=config.until,
     )
 
 

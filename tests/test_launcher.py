@@ -47,9 +47,16 @@ def test_local_jobs_train_what_the_process_would_and_the_analyses_then_train_not
     assert in_process is not None
     jobs_preset = elsewhere(preset, tmp_path, "jobs")
     args = ["--preset", str(jobs_preset), "--out", str(tmp_path / "jobs"), "--only", "fig4"]
-    assert reproduce_main([*args, "--launcher", "local", "--cpus-per-job", "1", "--parallelism", "2"]) == 0
+    side_by_side = ["--launcher", "local", "--cpus-per-job", "1", "--parallelism", "2"]
+    assert reproduce_main([*args, *side_by_side, "--until", "1"]) == 0  # the first budget's jobs, then its stages
     runs = tmp_path / "runs_jobs"
-    assert len(list((runs / "jobs").glob("*_log.out"))) == 2  # the two proxies, one job each, side by side
+    assert [len(pd.read_csv(runs / name / "metrics.csv")) for name in ("deit_full", "deit_split")] == [1, 1]
+    assert set(json.loads((tmp_path / "jobs" / "manifest.json").read_text())["stages"]) == {
+        "proxies (epoch 1)",
+        "fig4 (epoch 1)",
+    }
+    assert reproduce_main([*args, *side_by_side]) == 0  # on to the end: each training resumed by a job
+    assert len(list((runs / "jobs").glob("*_log.out"))) == 4  # the two proxies, one job each, side by side, twice
     assert set(json.loads((runs / "jobs" / "jobs.json").read_text())) == {"deit_full", "deit_split"}
     for table in ("proxies/summary.csv", "head_similarity/deit_full_e2_attention_summary.csv"):
         here = pd.read_csv(tmp_path / "here" / table).drop(columns=TIMING, errors="ignore")
@@ -91,6 +98,36 @@ def test_a_job_killed_mid_training_is_requeued_and_resumes_without_training_an_e
     assert list(done["epoch"]) == [1, 2, 3, 4]  # every epoch once
     # the first epoch, trained before the interrupt, is not trained again
     assert done.iloc[0].fillna(-1).to_dict() == first
+
+
+def wait_for_training(job, seconds: float = 60.0) -> None:
+    started = time.perf_counter()
+    while not job.paths.stdout.exists() or "training" not in job.paths.stdout.read_text():
+        assert time.perf_counter() - started < seconds and not job.done(), "the job never started training"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("interrupt", ["ctrl-c", "sigterm"])
+def test_an_interrupted_command_cancels_its_local_jobs(tmp_path, interrupt):
+    """Local jobs are the command's processes: interrupted, it ends them (submitit's jobs ignore SIGTERM, as SLURM
+    jobs do), so no training goes on as an orphan beside the rerun that resumes it."""
+    data = make_synthetic(tmp_path / "data", classes=4, train=64, val=8, size=64, seed=0)
+    config = make_config({"model": "deit_tiny", "model_kwargs": TINY_DEIT, **TRAIN, "epochs": 9999, "data": str(data)})
+    config.out = str(tmp_path / "run")
+    executor, submitted = launcher.executor("local", tmp_path / "jobs", launcher.Launch(cpus_per_job=1)), []
+    with pytest.raises(KeyboardInterrupt if interrupt == "ctrl-c" else SystemExit):
+        with launcher.ending_with_this_command("local", submitted):
+            submitted.append(executor.submit(launcher.TrainingJob(), config, 1))
+            wait_for_training(submitted[0])
+            if interrupt == "ctrl-c":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the signal arrives first
+    started = time.perf_counter()
+    while not submitted[0].done():
+        assert time.perf_counter() - started < 10, "the local job still runs after its command was interrupted"
+        time.sleep(0.05)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command's own handling is back
 
 
 def test_job_settings_are_checked_and_need_a_launcher(preset, tmp_path):  # noqa: F811

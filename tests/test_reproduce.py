@@ -214,6 +214,32 @@ def test_a_run_resumes_under_changes_to_how_it_runs_but_not_to_what_it_learns(tm
             check_same_recipe(dataclasses.replace(config, **change))
 
 
+@pytest.mark.slow
+def test_until_reads_the_budgets_so_far_a_rerun_goes_on_and_a_changed_section_reruns_only_its_stages(
+    preset, tmp_path, capsys
+):
+    out = tmp_path / "results"
+    with pytest.raises(UserError, match=r"--until takes one of the budgets .* \(1, 2\), got 3"):
+        reproduce(str(preset), out, ["fig4"], until=3)
+    reproduce(str(preset), out, ["fig4"], until=1)
+    assert set(stage_timing(out)) == {"proxies (epoch 1)", "fig4 (epoch 1)"}  # nothing past the budget, no fig2..
+    assert list(pd.read_csv(tmp_path / "runs" / "deit_full" / "metrics.csv")["epoch"]) == [1]
+    assert (out / "REPORT.md").exists()  # the findings so far
+    reproduce(str(preset), out, ["fig4"])  # goes on from there
+    timing = stage_timing(out)
+    assert set(timing) == {f"{stage} (epoch {epoch})" for stage in ("proxies", "fig4") for epoch in (1, 2)}
+    assert all(t["runs"] == 1 for t in timing.values())
+    values = yaml.safe_load(preset.read_text())
+    values["fig4"]["similarity"]["images"] = 6  # a change to Fig. 4 alone: the proxies' stages are kept
+    preset.write_text(yaml.safe_dump(values))
+    capsys.readouterr()
+    reproduce(str(preset), out, ["fig4"])
+    timing = stage_timing(out)
+    assert [timing[f"proxies (epoch {e})"]["runs"] for e in (1, 2)] == [1, 1]
+    assert [timing[f"fig4 (epoch {e})"]["runs"] for e in (1, 2)] == [2, 2]
+    assert capsys.readouterr().out.count("finished earlier") == 2
+
+
 def test_the_subnet_search_alone_needs_a_fig3(preset, tmp_path):
     without_fig3 = tmp_path / "no_fig3.yaml"
     without_fig3.write_text(
