@@ -52,7 +52,9 @@ class ControlsConfig:
     ratios: list[float] = knob([0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], "the depth control's global ratios")
     cost: float = knob(PAPER_COST, "points of top-1 the depth control's last ratio costs before fine-tuning")
     criteria: list[str] = knob(
-        ["molchanov", "output-signed"], "criteria each control runs under (taylor_pruning.CRITERIA)"
+        ["molchanov", "output", "output-signed"],
+        "criteria each control runs under (taylor_pruning.CRITERIA): the paper's, its output term alone (no double "
+        "count of a filter's two sides), the signed first-order estimate",
     )
     batches: int = knob(10, "training batches the filters are scored on")
     batch: int = knob(32, "images per scoring batch")
@@ -75,10 +77,10 @@ def as_filters(chosen: dict) -> list[tuple[int, str, int | None, int]]:
     return filters
 
 
-def choose_per_head(layers: list, scores: list[dict], amount: float) -> list[tuple]:
+def per_head_order(layers: list, scores: list[dict]):
     """The per-head control's global ranking: every head's Q/K and V channels and every FFN unit as a candidate of
-    its own (a Q/K channel of one head is 2 channels, Q and K), lowest score first, until `amount` channels are cut;
-    every head keeps at least one channel of each kind."""
+    its own, lowest score first, as the filters it removes (layer index, kind, head, channel), every head keeping at
+    least one channel of each kind."""
     ranked = []
     for i, layer_scores in enumerate(scores):
         for kind, values in layer_scores.items():
@@ -94,29 +96,49 @@ def choose_per_head(layers: list, scores: list[dict], amount: float) -> list[tup
         for kind, width in layer.widths().items()
         for head in ([None] if kind == "ffn" else range(layer.heads))
     }
-    filters, removed = [], 0.0
     for _, i, kind, head, channel in sorted(
         ranked, key=lambda r: (r[0], r[1], r[2], -1 if r[3] is None else r[3], r[4])
     ):
+        if remaining[(i, kind, head)] > 1:
+            remaining[(i, kind, head)] -= 1
+            yield i, kind, head, channel
+
+
+def filter_channels(layers: list, i: int, kind: str) -> float:
+    """Channels one head's filter holds (2 for Q/K: its Q and K rows), or one FFN unit's (1)."""
+    return 1 if kind == "ffn" else layers[i].channels(kind) / layers[i].heads
+
+
+def choose_per_head(layers: list, scores: list[dict], amount: float) -> list[tuple]:
+    """The per-head ranking's filters until `amount` channels are cut."""
+    filters, removed = [], 0.0
+    for i, kind, head, channel in per_head_order(layers, scores):
         if removed >= amount:
             break
-        if remaining[(i, kind, head)] <= 1:
-            continue
-        remaining[(i, kind, head)] -= 1
         filters.append((i, kind, head, channel))
-        removed += 1 if kind == "ffn" else layers[i].channels(kind) / layers[i].heads
+        removed += filter_channels(layers, i, kind)
     return filters
 
 
-def first_qk_cut(layers: list, scores: list[dict], rank_by: str) -> float:
-    """The share of the prunable channels the global ranking has cut when it first cuts a Q/K channel."""
-    total = total_channels(layers)
-    removed = 0.0
-    for _, i, kind, _, _ in tp.candidates(layers, scores, rank_by):
+def first_qk_cut(layers: list, removals) -> float:
+    """The share of the prunable channels a ranking has cut when it first cuts a Q/K channel; `removals` are its
+    removals in order, each (kind, the channels it holds)."""
+    total, removed = total_channels(layers), 0.0
+    for kind, channels in removals:
         if kind == "qk":
             return removed / total
-        removed += layers[i].channels(kind)
+        removed += channels
     return 1.0
+
+
+def equal_cut_removals(layers: list, scores: list[dict], rank_by: str):
+    """The pipeline's ranking (a channel of every head at once) as (kind, channels) in order."""
+    return ((kind, layers[i].channels(kind)) for i, kind, _ in tp.removal_order(layers, scores, rank_by))
+
+
+def per_head_removals(layers: list, scores: list[dict]):
+    """The per-head ranking as (kind, channels) in order."""
+    return ((kind, filter_channels(layers, i, kind)) for i, kind, _, _ in per_head_order(layers, scores))
 
 
 def total_channels(layers: list) -> float:
@@ -176,7 +198,7 @@ def run_controls(
 
     for criterion in config.criteria:
         scores = tp.criterion_scores(layers, moments, criterion)
-        first = first_qk_cut(layers, scores, "importance")
+        first = first_qk_cut(layers, equal_cut_removals(layers, scores, "importance"))
 
         def equal_cut(ratio: float, scores: list[dict] = scores) -> list[tuple]:  # the pipeline's rule
             return as_filters(tp.choose(layers, scores, "channels", ratio * total, "importance"))
@@ -188,9 +210,10 @@ def run_controls(
             criterion,
             config.ratio,
             as_filters(per_flop),
-            first_qk_cut(layers, scores, "importance-per-flop"),
+            first_qk_cut(layers, equal_cut_removals(layers, scores, "importance-per-flop")),
         )
-        measure("per-head", criterion, config.ratio, choose_per_head(layers, scores, config.ratio * total), first)
+        per_head = choose_per_head(layers, scores, config.ratio * total)
+        measure("per-head", criterion, config.ratio, per_head, first_qk_cut(layers, per_head_removals(layers, scores)))
         curve = pd.concat(
             [measure("depth", criterion, ratio, equal_cut(ratio), first).iloc[:1] for ratio in config.ratios]
         )

@@ -7,9 +7,12 @@ the oracle itself is.
 
 Units. Single filters (a Q/K channel of one head: its Q and K rows; a V channel: its V row and the projection's
 column; an FFN unit: fc1's row and fc2's column), a seeded sample of `--filters` per kind and block (all of them
-when there are fewer); and groups: each kind of each block cut into consecutive groups of `--group` of its filters
-in the order of Molchanov's criterion (the least important tenth together, then the next), so that the groups
-cover every filter, which single filters do not need to.
+when there are fewer); and groups: each kind of each block cut into groups of `--group` of its filters, at random
+(seeded), so that the groups cover every filter. Random, not in any criterion's order: groups sorted by one
+criterion spread that criterion's sums and squeeze every other's, and the comparison would favour it. A group's
+loss change is large enough to measure reliably where one filter's is not (the oracle's reliability, below, says
+which unit to read), and pooled over the kinds it asks what a global ranking needs: whether the criterion puts a
+block's Q/K, V and FFN filters on the scale of the harm their removal does.
 
 The oracle. A unit's parameters are zeroed (`PrunableLayer.filter_slices`: what pruning it leaves the model
 computing), and the mean cross-entropy on a fixed, seeded draw of `--images` held-out images (the validation split)
@@ -52,6 +55,7 @@ from efficientvit.runtime import resolve_device
 
 ORACLES = ("signed", "squared")
 POOLED = "pooled"
+RELIABLE = 0.7  # an oracle whose two halves of the images rank the units alike at least this well is read
 
 
 @dataclass
@@ -162,8 +166,9 @@ def filter_value(scores: torch.Tensor, head: int | None, channel: int) -> float:
 
 
 def make_units(layers: list, scores: dict[str, list], config: OracleConfig) -> list[dict]:
-    """The single filters (a seeded sample per kind and block) and the groups (Molchanov's order), each with the
-    layer it is in, its members and its criteria (a group's: the sum of its members')."""
+    """The single filters (a seeded sample per kind and block) and the groups (a seeded random partition of each
+    kind in each block), each with the layer it is in, its members and its criteria (a group's: the sum of its
+    members')."""
     rng = np.random.default_rng(config.seed)
     units = []
     for i, layer in enumerate(layers):
@@ -173,11 +178,11 @@ def make_units(layers: list, scores: dict[str, list], config: OracleConfig) -> l
             chosen = rng.permutation(len(members))[: config.filters] if config.filters else []
             units += [{**where, "unit": "filter", "members": [members[j]]} for j in sorted(chosen)]
             if config.group:
-                order = sorted(members, key=lambda m: filter_value(scores["molchanov"][i][kind], *m))
-                count = min(len(order), max(1, round(1 / config.group)))
+                shuffled = rng.permutation(len(members))
+                count = min(len(members), max(1, round(1 / config.group)))
                 units += [
-                    {**where, "unit": "group", "members": [order[j] for j in part]}
-                    for part in np.array_split(np.arange(len(order)), count)
+                    {**where, "unit": "group", "members": [members[j] for j in sorted(part)]}
+                    for part in np.array_split(shuffled, count)
                 ]
     for unit in units:
         for name, values in scores.items():
@@ -235,25 +240,56 @@ def summarize(units: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def reliable_unit(summary: pd.DataFrame, oracle: str = "signed") -> str | None:
+    """The unit (filter or group) a criterion is judged on against `oracle`: single filters where their pooled
+    split-half reliability reaches RELIABLE, else groups where theirs does, else None (neither is reliable)."""
+    pooled = summary[
+        (summary["kind"] == POOLED) & (summary["oracle"] == oracle) & (summary["criterion"] == "split-half reliability")
+    ].set_index("unit")["rho"]
+    return next((unit for unit in ("filter", "group") if pooled.get(unit, float("nan")) >= RELIABLE), None)
+
+
+def best_criterion(summary: pd.DataFrame, unit: str, oracle: str = "signed") -> tuple[str, float] | None:
+    """The criterion whose scores rank `unit`s most like `oracle` pooled over the kinds (the highest rho), and that
+    rho; None when no criterion has one (a NaN rho never wins)."""
+    rows = summary[
+        (summary["kind"] == POOLED)
+        & (summary["oracle"] == oracle)
+        & (summary["unit"] == unit)
+        & summary["criterion"].isin(list(tp.CRITERIA))
+    ].dropna(subset=["rho"])
+    if rows.empty:
+        return None
+    best = rows.loc[rows["rho"].idxmax()]
+    return str(best["criterion"]), float(best["rho"])
+
+
 def cuts(units: pd.DataFrame, ratio: float) -> pd.DataFrame:
     """What each ranking would cut at `ratio` of the prunable channels: the groups ranked by value per filter
-    (least important, or least harmful, first), cut until the budget; the kept fraction of each kind."""
+    (least important, or least harmful, first), cut until the budget, every kind of every block keeping one group
+    (as pruning keeps every head runnable); the kept fraction of each kind."""
     groups = units[units["unit"] == "group"].copy()
     if groups.empty:
         return pd.DataFrame(columns=["ranking", "kind", "kept_fraction"])
     per_filter = {kind: (2 if kind == "qk" else 1) for kind in tp.KINDS}  # channels of one head's filter
     groups["filters"] = groups["members"].map(len)
     groups["channels"] = groups["filters"] * groups["kind"].map(per_filter)
-    totals = groups.groupby("kind")["channels"].sum()
+    totals, budget = groups.groupby("kind")["channels"].sum(), ratio * groups["channels"].sum()
     rankings = {f"oracle, {oracle}": oracle_values(groups, oracle) for oracle in ORACLES}
     rankings |= {f"criterion: {name}": groups[name] for name in tp.CRITERIA}
     rows = []
     for ranking, values in rankings.items():
         order = groups.assign(value=values / groups["filters"]).sort_values("value", kind="stable")
-        cut = order[order["channels"].cumsum().shift(fill_value=0) < ratio * totals.sum()]
-        for kind, total in totals.items():
-            kept = 1 - cut.loc[cut["kind"] == kind, "channels"].sum() / total
-            rows.append({"ranking": ranking, "kind": kind, "kept_fraction": kept})
+        left = order.groupby(["layer", "kind"]).size().to_dict()
+        cut, removed = {kind: 0 for kind in totals.index}, 0
+        for group in order.itertuples():
+            if removed >= budget:
+                break
+            if left[(group.layer, group.kind)] > 1:
+                left[(group.layer, group.kind)] -= 1
+                cut[group.kind] += group.channels
+                removed += group.channels
+        rows += [{"ranking": ranking, "kind": k, "kept_fraction": 1 - cut[k] / t} for k, t in totals.items()]
     return pd.DataFrame(rows)
 
 
@@ -313,6 +349,12 @@ def show(config: OracleConfig) -> None:
     wide = result.summary.pivot_table(index=["unit", "criterion"], columns=["oracle", "kind"], values="rho")
     print(wide.round(2).to_string())
     print(result.cuts.pivot_table(index="ranking", columns="kind", values="kept_fraction").round(2).to_string())
+    unit = reliable_unit(result.summary)
+    best = best_criterion(result.summary, unit) if unit else None
+    if best is None:
+        print(f"no unit's signed oracle reaches a split-half reliability of {RELIABLE}: measure more --images")
+    else:
+        print(f"the best predictor of the harm of a removal ({unit}s, pooled): {best[0]} (rho {best[1]:.2f})")
     print(f"written to {', '.join(map(str, result.paths))}")
 
 

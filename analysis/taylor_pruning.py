@@ -440,6 +440,17 @@ def candidate_cost(layer, kind: str, unit: str) -> float:
     return layer.costs()[kind] if unit == "flops" else layer.channels(kind)
 
 
+def removal_order(layers: list, scores: list[dict[str, torch.Tensor]], rank_by: str = "importance"):
+    """The global ranking's removals in the order it takes them, (layer index, kind, channel) (`candidates`),
+    skipping those that would leave a head without a channel of its kind."""
+    remaining = {(i, kind): w for i, layer in enumerate(layers) for kind, w in layer.widths().items()}
+    for _, i, kind, _, channel in candidates(layers, scores, rank_by):
+        if remaining[(i, kind)] <= 1:
+            continue  # keep every head runnable
+        remaining[(i, kind)] -= 1
+        yield i, kind, channel
+
+
 def choose(
     layers: list, scores: list[dict[str, torch.Tensor]], unit: str, amount: float, rank_by: str = "importance"
 ) -> dict:
@@ -448,14 +459,10 @@ def choose(
 
     unit "channels": remove `amount` prunable channels; "flops": remove `amount` multiply-adds per image.
     rank_by "importance" (Molchanov et al., the paper) or "importance-per-flop" (each value over its cost)."""
-    remaining = {(i, kind): w for i, layer in enumerate(layers) for kind, w in layer.widths().items()}
     chosen, removed = {}, 0.0
-    for _, i, kind, _, channel in candidates(layers, scores, rank_by):
+    for i, kind, channel in removal_order(layers, scores, rank_by):
         if removed >= amount:
             break
-        if remaining[(i, kind)] <= 1:
-            continue  # keep every head runnable
-        remaining[(i, kind)] -= 1
         if kind == "ffn":
             chosen.setdefault((i, kind), []).append(channel)
         else:

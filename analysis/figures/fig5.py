@@ -468,6 +468,37 @@ def rho_cell(rows: pd.DataFrame) -> str:
     return f"{kinds}; pooled **{spread(pooled)}**" if len(pooled) else kinds
 
 
+def oracle_settings(out: Path) -> dict:
+    """The oracle's own settings (its sidecar's arguments: images, filters, group), from the first table."""
+    tables = sorted((out / ORACLE_FOLDER).glob("*_units.json"))
+    return json.loads(tables[0].read_text())["arguments"] if tables else {}
+
+
+def best_predictors(oracle: pd.DataFrame) -> list[str]:
+    """Per proxy: the unit its oracle is reliable on (single filters, else groups; pruning_oracle.reliable_unit,
+    per run) and the criterion with the highest pooled rho against the signed oracle there, the mean over runs."""
+    parts = []
+    for proxy, rows in oracle.groupby("proxy"):
+        units = {run: pruning_oracle.reliable_unit(group) for run, group in rows.groupby("run")}
+        reliable = [unit for unit in ("filter", "group") if any(u == unit for u in units.values())]
+        if not reliable:
+            parts.append(f"{proxy}: neither unit reaches a split-half reliability of {pruning_oracle.RELIABLE}")
+            continue
+        unit = reliable[0]
+        pooled = rows[(rows["unit"] == unit) & (rows["oracle"] == "signed") & (rows["kind"] == pruning_oracle.POOLED)]
+        means = pooled[pooled["criterion"].isin(list(taylor_pruning.CRITERIA))].groupby("criterion")["rho"].mean()
+        means = means.dropna()
+        if means.empty:
+            parts.append(f"{proxy}: no criterion has a rho on {unit}s")
+            continue
+        ranked = means.sort_values(ascending=False)
+        parts.append(
+            f"{proxy} ({unit}s): {ranked.index[0]} ({ranked.iloc[0]:.2f}), then "
+            + ", ".join(f"{name} ({rho:.2f})" for name, rho in ranked.iloc[1:].items())
+        )
+    return parts
+
+
 def oracle_lines(found: dict, out: Path) -> list[str]:
     """The criteria against the oracle at the longest budget the oracle ran at: rho per kind and pooled, per
     proxy, unit and oracle; what each ranking would cut; and which criterion predicts the harm best."""
@@ -476,7 +507,8 @@ def oracle_lines(found: dict, out: Path) -> list[str]:
         return []
     oracle = at_longest(oracle)
     budget = budget_label(oracle["budget"].iloc[0])
-    cells, best = [], {}
+    settings = oracle_settings(out)
+    cells = []
     for (proxy, unit, criterion), rows in oracle.groupby(["proxy", "unit", "criterion"], sort=False):
         cells.append(
             {
@@ -486,29 +518,33 @@ def oracle_lines(found: dict, out: Path) -> list[str]:
                 **{f"rho with the {o} oracle": rho_cell(rows[rows["oracle"] == o]) for o in pruning_oracle.ORACLES},
             }
         )
-        pooled = rows[(rows["oracle"] == "signed") & (rows["kind"] == pruning_oracle.POOLED)]["rho"].mean()
-        if criterion in taylor_pruning.CRITERIA and unit == "group":
-            best.setdefault(proxy, []).append((pooled, criterion))
     drawn = out / "figures" / ORACLE_FIGURE
+    group = settings.get("group")
+    units = (
+        f"single filters ({settings.get('filters', '?')} drawn per kind and block) and groups (each kind of a block "
+        f"cut at random into groups of {group:.0%} of its filters, so that they cover every filter and favour no "
+        "criterion's order)"
+        if group
+        else "single filters"
+    )
     lines = [*([] if not drawn.exists() else ["", f"![each criterion against the oracle](figures/{ORACLE_FIGURE})"])]
     lines += [
         "",
-        f"**The criterion against its oracle** ({budget}; analysis/pruning_oracle.py): Spearman's rho of each "
-        "criterion with the true loss change when a unit is removed (zeroed), signed (the harm) and squared "
-        "(Molchanov's oracle, the size of the change), per kind and pooled over the kinds (what a global ranking "
-        "needs), the mean over runs (± s.d. over runs); units are single filters (a seeded sample per kind and "
-        "block) and groups (each kind of a block in tenths, in the order of Molchanov's criterion, which covers "
-        "every filter). The split-half reliability row is each oracle against itself on two halves of the images: "
-        "no criterion can track an oracle better. Molchanov et al. report rho above 0.93 on ImageNet CNNs.",
+        f"**The criterion against its oracle** ({budget}; analysis/pruning_oracle.py, on "
+        f"{settings.get('images', '?')} held-out images): Spearman's rho of each criterion with the true loss "
+        "change when a unit is removed (zeroed), signed (the harm) and squared (Molchanov's oracle, the size of the "
+        "change), per kind and pooled over the kinds (what a global ranking needs), the mean over runs (± s.d. over "
+        f"runs); units are {units}. The split-half reliability row is each oracle against itself on two halves of "
+        "the images: no criterion can track an oracle better; a unit is read where it reaches "
+        f"{pruning_oracle.RELIABLE}. Molchanov et al. report rho above 0.93 on ImageNet CNNs.",
         "",
         *markdown_table(pd.DataFrame(cells)),
+        "",
+        "The criteria by how well they predict the harm of a removal (pooled over the kinds, signed oracle, on the "
+        "reliable unit; mean rho over runs): "
+        + "; ".join(best_predictors(oracle))
+        + f". The pipeline prunes with {taylor_pruning.DEFAULT_CRITERION} (taylor_pruning.DEFAULT_CRITERION).",
     ]
-    if best:
-        winners = "; ".join(f"{proxy}: {max(pairs)[1]} ({max(pairs)[0]:.2f})" for proxy, pairs in best.items())
-        lines += [
-            "",
-            f"The criterion that best predicts the harm of a removal (groups, pooled, signed oracle): {winners}.",
-        ]
     return lines + cut_lines(found)
 
 
@@ -540,16 +576,40 @@ def cut_lines(found: dict) -> list[str]:
     return [
         "",
         "What each ranking would cut at the pruning's budget (the groups ranked by value per filter, least harmful "
-        "first, one shot): the kept fraction of each kind (mean ± s.d. over runs) and Q/K minus FFN (paper's Swin-T "
-        f"{paper_effects()['qk_minus_ffn']:+.1f}).",
+        "first, one shot, every kind of a block keeping a group): the kept fraction of each kind (mean ± s.d. over "
+        f"runs) and Q/K minus FFN (paper's Swin-T {paper_effects()['qk_minus_ffn']:+.1f}).",
         "",
         *markdown_table(pd.DataFrame(rows)),
+        "",
+        *oracles_on_qk_and_ffn(cuts),
+    ]
+
+
+def oracles_on_qk_and_ffn(cuts: pd.DataFrame) -> list[str]:
+    """Per proxy, whether the two oracles agree about Q/K against FFN: each one's Q/K minus FFN (mean over runs)
+    when the groups it would cut least harmfully (signed) or least changing (squared) go first."""
+    parts = []
+    for proxy, group in cuts[cuts["ranking"].str.startswith("oracle")].groupby("proxy"):
+        effect = {}
+        for ranking, rows in group.groupby("ranking"):
+            wide = rows.pivot_table(index="run", columns="kind", values="kept_fraction")
+            effect[ranking.removeprefix("oracle, ")] = float(100 * (wide["qk"] - wide["ffn"]).mean())
+        signed, squared = effect.get("signed", float("nan")), effect.get("squared", float("nan"))
+        agree = "agree" if np.sign(signed) == np.sign(squared) else "disagree"
+        parts.append(f"{proxy}: signed {signed:+.0f}, squared {squared:+.0f} points ({agree})")
+    if not parts:
+        return []
+    return [
+        "Q/K minus FFN if the oracles themselves chose: " + "; ".join(parts) + ". Where an oracle keeps Q/K over FFN "
+        "as the criterion does, the reading comes from what the proxies' filters do, not from how the criterion "
+        "scores them; where the signed oracle cuts Q/K and the squared keeps them, Q/K filters change the loss a lot "
+        "in either direction without harming the model."
     ]
 
 
 def control_effects(controls: pd.DataFrame) -> pd.DataFrame:
-    """Per proxy, control, criterion (and ratio, for the depth control): every run's paired effects, the top-1
-    drop of its masked model and where Q/K first lost a channel."""
+    """Per proxy, control, criterion (and ratio, for the depth control): every run's paired effects, kept fractions,
+    the top-1 drop of its masked model and where Q/K first lost a channel."""
     rows = []
     for (proxy, control, criterion, run), group in controls.groupby(["proxy", "control", "criterion", "run"]):
         for ratio, at in group.groupby("ratio"):
@@ -563,15 +623,16 @@ def control_effects(controls: pd.DataFrame) -> pd.DataFrame:
                     "ratio": ratio,
                     "drop": at["top1_before"].iloc[0] - at["top1"].iloc[0],
                     "qk_first_cut": at["qk_first_cut"].iloc[0],
-                    **{k: effects[k] for k in ("qk_minus_ffn", "v_minus_qk", "qk_kept_fraction", "ffn_kept_fraction")},
+                    **{k: effects[k] for k in ("qk_minus_ffn", "v_minus_qk")},
+                    **{f"{k}_kept_fraction": effects[f"{k}_kept_fraction"] for k in KINDS},
                 }
             )
     return pd.DataFrame(rows)
 
 
 def control_lines(found: dict, out: Path) -> list[str]:
-    """Each control as a row with both paired effects and their intervals over runs, at the longest budget the
-    controls ran at; the depth control at its ratios; then which control moves Q/K minus FFN toward the paper's."""
+    """Each control as a row with its kept fractions and both paired effects with their intervals over runs, at the
+    longest budget the controls ran at; the depth control at its ratios; then what moves Q/K minus FFN."""
     controls = found["controls"]
     if controls is None or controls.empty:
         return []
@@ -586,92 +647,94 @@ def control_lines(found: dict, out: Path) -> list[str]:
         verdicts = verdicts_of(group, caveat, proxies.scale(out, set(group["run"])))
         rows.append(
             {
-                "control": control
-                + (f" {group['ratio'].mean():.2f}" if control != "one-shot" and "depth" in control else ""),
+                "control": control + (f" {group['ratio'].mean():.2f}" if control == "depth" else ""),
                 "criterion": criterion,
                 "proxy": proxy,
                 "runs": len(group),
                 "ratio": spread(group["ratio"]),
                 "top-1 cost, points": spread(group["drop"], 1),
+                **{
+                    f"{label} kept": spread(group[f"{k}_kept_fraction"]) for k, label in zip(KINDS, ("Q/K", "V", "FFN"))
+                },
                 "Q/K first cut at": spread(group["qk_first_cut"]),
                 "Q/K minus FFN, points": verdicts["qk_minus_ffn"].describe(),
                 "V minus Q/K, points": verdicts["v_minus_qk"].describe(),
             }
         )
+    depth = sorted(effects.loc[effects["control"] == "depth", "ratio"].unique())
+    widths = [name for name in set(effects["proxy"]) if re.search(r"_qk\d+$", name)]
     lines = [
         "",
         f"**The controls** ({budget_label(budget)}; analysis/pruning_controls.py): the same scores ranked under each "
         "choice, one shot, on the masked model; `one-shot` is the pipeline's rule at the pruning's budget, the row "
-        "each control is read against. depth: the global ratio from 0.2 to 0.8, and at the ratio whose cut costs "
-        f"the paper's {pruning_controls.PAPER_COST} points before fine-tuning; per-flop: each candidate's score over "
-        "its multiply-adds; per-head: every head's channels ranked on their own. `Q/K first cut at`: the share of "
-        "the channels cut when the ranking first takes a Q/K channel. The width control is a proxy of its own (Q/K "
-        "as wide as the paper's model's), pruned as the others (its rows above and below).",
+        "each control is read against. depth: the global ratio at "
+        + ", ".join(f"{r:g}" for r in depth)
+        + f", and at the ratio whose cut costs the paper's {pruning_controls.PAPER_COST} points before fine-tuning "
+        "(where one of the measured ratios costs that much); per-flop: each candidate's score over its multiply-adds; "
+        "per-head: every head's channels ranked on their own. `Q/K first cut at`: the share of the channels that "
+        "ranking has cut when it first takes a Q/K channel."
+        + (
+            f" The width control is a proxy of its own ({', '.join(sorted(widths))}: Q/K as wide per head as the "
+            "paper's model's), pruned as the others."
+            if widths
+            else ""
+        ),
         "",
         *markdown_table(pd.DataFrame(rows)),
     ]
     return lines + explanation(effects, found, out)
 
 
+def closer(shifted, base, paper: float) -> Verdict:
+    """Whether `shifted` lies closer to the paper's value than `base` (paired over runs): the reduction of the
+    distance |effect - paper|, in points; reproduced when its interval is clear of zero on the closer side."""
+    shifted, base = np.asarray(shifted, dtype=float), np.asarray(base, dtype=float)
+    return compare(np.abs(base - paper), np.abs(shifted - paper), "greater", paired=True)
+
+
 def explanation(effects: pd.DataFrame, found: dict, out: Path) -> list[str]:
-    """Which control moves Q/K minus FFN toward the paper's, by how much (paired over runs against the one-shot
-    row of the same criterion; the width control against its base proxy, Welch over runs), or that none does."""
+    """Which control brings Q/K minus FFN closer to the paper's, by how much (the distance to the paper's value,
+    paired over runs against the one-shot row of the same criterion; the width control against its base proxy),
+    or that none does. The depth control is read where its cut costs the paper's top-1 (the deepest ratio cuts
+    FFN away by arithmetic alone)."""
     theirs = paper_effects()["qk_minus_ffn"]
     shifts = []
     one_shot = effects[effects["control"] == "one-shot"].set_index(["proxy", "criterion", "run"])["qk_minus_ffn"]
-    for (proxy, control, criterion, ratio), group in effects[effects["control"] != "one-shot"].groupby(
-        ["proxy", "control", "criterion", "ratio"]
+    for (proxy, control, criterion), group in effects[~effects["control"].isin(["one-shot", "depth"])].groupby(
+        ["proxy", "control", "criterion"]
     ):
-        if control == "depth" and ratio != effects[effects["control"] == "depth"]["ratio"].max():
-            continue  # the deepest ratio speaks for the depth control
         base = one_shot.reindex([(proxy, criterion, run) for run in group["run"]]).to_numpy()
-        shift = compare(group["qk_minus_ffn"].to_numpy(), base, "less" if theirs < 0 else "greater", paired=True)
-        shifts.append((f"{control}{f' {ratio:.2f}' if 'depth' in control else ''} ({criterion}, {proxy})", shift))
-    for criterion in sorted(set(effects["criterion"]) - {"molchanov"}):  # the criterion itself, against the paper's
+        shifts.append((f"{control} ({criterion}, {proxy})", closer(group["qk_minus_ffn"], base, theirs)))
+    for criterion in sorted(set(effects["criterion"]) - {"molchanov"}):  # the criterion itself
         a = one_shot.xs(criterion, level="criterion")
         b = one_shot.xs("molchanov", level="criterion").reindex(a.index)
         for proxy in sorted(set(a.index.get_level_values("proxy"))):
-            shift = compare(
-                a.xs(proxy).to_numpy(), b.xs(proxy).to_numpy(), "less" if theirs < 0 else "greater", paired=True
-            )
+            shift = closer(a.xs(proxy).to_numpy(), b.xs(proxy).to_numpy(), theirs)
             shifts.append((f"criterion {criterion} instead of Molchanov's ({proxy})", shift))
     shifts += width_shifts(found, theirs)
     toward = [(name, s) for name, s in shifts if s.verdict == REPRODUCED]
     listed = "; ".join(f"{name}: {s.evidence()}" for name, s in shifts)
     if toward:
         lead = (
-            "Moved toward the paper's Q/K minus FFN (interval clear of zero): "
+            "Brought Q/K minus FFN closer to the paper's (the distance to its value shrank, interval clear of zero): "
             + "; ".join(
-                f"{name} by {s.effect:+.1f} points"
+                f"{name} by {s.effect:.1f} points"
                 for name, s in sorted(toward, key=lambda p: abs(p[1].effect), reverse=True)
             )
             + f" (the paper's Swin-T sits at {theirs:+.1f})."
         )
     else:
-        lead = "No control moved Q/K minus FFN toward the paper's by more than its interval: the hypotheses stay open."
+        lead = (
+            "No control brought Q/K minus FFN closer to the paper's by more than its interval: the hypotheses stay "
+            "open."
+        )
     return [
         "",
-        "**What explains the reading.** " + lead + oracle_reading(found),
+        "**What explains the reading.** " + lead,
         "",
-        f"Every shift of Q/K minus FFN against its base (points): {listed}.",
+        f"Every control's reduction of the distance to the paper's Q/K minus FFN ({theirs:+.1f}), against its base "
+        f"(points, positive: closer): {listed}.",
     ]
-
-
-def oracle_reading(found: dict) -> str:
-    """Whether the oracles themselves put Q/K above FFN: then the reading is in the proxies, not in the criterion."""
-    cuts = found["cuts"]
-    if cuts is None or cuts.empty:
-        return ""
-    cuts = at_longest(cuts)
-    parts = []
-    for (proxy, ranking), group in cuts[cuts["ranking"].str.startswith("oracle")].groupby(["proxy", "ranking"]):
-        wide = group.pivot_table(index="run", columns="kind", values="kept_fraction")
-        parts.append(f"{proxy}, {ranking.removeprefix('oracle, ')}: {100 * (wide['qk'] - wide['ffn']).mean():+.0f}")
-    return (
-        " Cut by the oracles themselves (the groups whose removal harms least, or changes the loss least, first), Q/K "
-        f"minus FFN would be {'; '.join(parts)} points: where these are as far from the paper's as the criterion's, "
-        "the reading comes from what the proxies' filters do, not from how the criterion scores them."
-    )
 
 
 def width_shifts(found: dict, theirs: float) -> list[tuple[str, Verdict]]:
@@ -683,10 +746,9 @@ def width_shifts(found: dict, theirs: float) -> list[tuple[str, Verdict]]:
     for proxy in sorted(set(effects["proxy"])):
         base = re.sub(r"_qk\d+$", "", proxy)
         if base != proxy and base in set(effects["proxy"]):
-            wide, narrow = (effects[effects["proxy"] == p]["qk_minus_ffn"] for p in (proxy, base))
-            shifts.append(
-                (f"width: {proxy} against {base}", compare(wide, narrow, "less" if theirs < 0 else "greater"))
-            )
+            wide, narrow = (effects[effects["proxy"] == p]["qk_minus_ffn"].to_numpy() for p in (proxy, base))
+            distance = compare(np.abs(narrow - theirs), np.abs(wide - theirs), "greater")  # Welch over runs
+            shifts.append((f"width: {proxy} against {base}", distance))
     return shifts
 
 

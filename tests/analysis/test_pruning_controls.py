@@ -43,6 +43,9 @@ def test_per_head_ranking_lets_a_head_with_low_scores_lose_more_than_the_others(
     assert heads.count(0) == heads.count(1)  # the equal-cut rule: every head loses as many
     table = pc.kept_per_block(layers, per_head)
     assert table["qk_kept"].iloc[0] == 2 * qk_dim - (qk_dim - 1)
+    # each ranking's own first Q/K cut: the low head's Q/K come first per head, after V and FFN at an equal cut
+    assert pc.first_qk_cut(layers, pc.per_head_removals(layers, scores)) == 0.0
+    assert pc.first_qk_cut(layers, pc.equal_cut_removals(layers, scores, "importance")) > 0.5
 
 
 def test_the_first_qk_cut_is_the_share_of_channels_ranked_below_the_first_qk_candidate():
@@ -54,8 +57,15 @@ def test_the_first_qk_cut_is_the_share_of_channels_ranked_below_the_first_qk_can
             layer_scores["qk"] = layer_scores["qk"] + 75.0  # Q/K between V and the FFN units' upper half
     v_channels = sum(layer.channels("v") * layer.widths()["v"] for layer in layers if layer.kind == "A")
     ffn_below = sum(int((s["ffn"] < 125.0).sum()) for s in scores if "ffn" in s)
-    expected = (v_channels + ffn_below) / pc.total_channels(layers)
-    assert pc.first_qk_cut(layers, scores, "importance") == pytest.approx(expected)
+    v_floors = sum(layer.channels("v") for layer in layers if layer.kind == "A")  # every head keeps a V channel
+    expected = (v_channels - v_floors + ffn_below) / pc.total_channels(layers)
+    assert pc.first_qk_cut(layers, pc.equal_cut_removals(layers, scores, "importance")) == pytest.approx(expected)
+    for layer_scores in scores:  # every FFN unit and V channel below Q/K: the ranking takes all it may first
+        if "qk" in layer_scores:
+            layer_scores["qk"] = layer_scores["qk"] + 1000.0
+    floors = sum(layer.channels(kind) for layer in layers for kind in layer.widths() if kind != "qk")
+    expected = (v_channels + sum(len(s["ffn"]) for s in scores if "ffn" in s) - floors) / pc.total_channels(layers)
+    assert pc.first_qk_cut(layers, pc.equal_cut_removals(layers, scores, "importance")) == pytest.approx(expected)
 
 
 def test_the_ratio_at_the_papers_cost_is_interpolated_between_measured_ratios():

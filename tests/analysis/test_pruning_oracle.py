@@ -124,21 +124,75 @@ def test_the_summary_ranks_each_criterion_against_both_oracles_per_kind_and_pool
     assert abs(summary["pooled", "signed", "molchanov"]) < 0.5  # noise predicts nothing
 
 
-def test_each_ranking_cuts_its_least_valued_groups_first():
+def test_each_ranking_cuts_its_least_valued_groups_first_and_leaves_every_kind_of_a_block_a_group():
     groups = pd.DataFrame(
         {
             "unit": "group",
-            "kind": ["qk", "qk", "ffn", "ffn"],
-            "members": [[(0, 0)], [(0, 1)], [(None, 0), (None, 1)], [(None, 2), (None, 3)]],
-            "delta": [5.0, 6.0, 0.1, 0.2],  # removing Q/K hurts; FFN units barely
-            **{name: [1.0, 2.0, 0.0, 0.0] for name in tp.CRITERIA},
+            "layer": [0, 0, 0, 1, 1, 1],
+            "kind": ["qk", "qk", "qk", "ffn", "ffn", "ffn"],
+            "members": [[(0, 0)], [(0, 1)], [(0, 2)], *[[(None, 2 * u), (None, 2 * u + 1)] for u in range(3)]],
+            "delta": [5.0, 6.0, 7.0, 0.1, 0.2, 0.3],  # removing Q/K hurts; FFN units barely
+            **{name: [1.0, 2.0, 3.0, 0.0, 0.0, 0.0] for name in tp.CRITERIA},
         }
     )
-    groups["molchanov"] = [0.0, 0.1, 10.0, 20.0]  # a criterion that has it the other way round
-    cut = po.cuts(groups, 0.5).set_index(["ranking", "kind"])["kept_fraction"]
-    # 8 channels (2 per Q/K filter, 1 per FFN unit): half of them is the two FFN groups by the oracle
-    assert cut["oracle, signed", "ffn"] == 0.0 and cut["oracle, signed", "qk"] == 1.0
-    assert cut["criterion: molchanov", "qk"] == 0.0 and cut["criterion: molchanov", "ffn"] == 1.0
+    groups["molchanov"] = [0.0, 0.1, 0.2, 10.0, 20.0, 30.0]  # a criterion that has it the other way round
+    # 12 channels (2 per Q/K filter, 1 per FFN unit): a third of them is two FFN groups by the oracle
+    cut = po.cuts(groups, 1 / 3).set_index(["ranking", "kind"])["kept_fraction"]
+    assert cut["oracle, signed", "ffn"] == pytest.approx(1 / 3) and cut["oracle, signed", "qk"] == 1.0
+    assert cut["criterion: molchanov", "qk"] == pytest.approx(1 / 3) and cut["criterion: molchanov", "ffn"] == 1.0
+    # at 90% the last group of each kind in its block stays, as pruning keeps every head one channel
+    deep = po.cuts(groups, 0.9).set_index(["ranking", "kind"])["kept_fraction"]
+    assert deep["oracle, signed", "ffn"] == pytest.approx(1 / 3) and deep["oracle, signed", "qk"] == pytest.approx(
+        1 / 3
+    )
+
+
+def test_groups_are_drawn_at_random_not_in_any_criterions_order():
+    """Groups sorted by one criterion would spread its sums and squeeze the others': the partition is seeded and
+    the same whatever the scores say, and it covers every filter."""
+    layers = tp.model_layers(perturbed(*FAMILIES[0]))
+    config = po.OracleConfig(data="unused", checkpoint="unused", filters=0, group=0.25)
+    rng = np.random.default_rng(0)
+
+    def random_scores():
+        def shaped(layer, kind, width):
+            return torch.tensor(rng.normal(size=(width,) if kind == "ffn" else (layer.heads, width)))
+
+        return {
+            name: [{kind: shaped(layer, kind, w) for kind, w in layer.widths().items()} for layer in layers]
+            for name in tp.CRITERIA
+        }
+
+    def partition(scores):
+        return [(u["layer"], u["kind"], tuple(u["members"])) for u in po.make_units(layers, scores, config)]
+
+    first = partition(random_scores())
+    assert first == partition(random_scores())
+    covered = {}
+    for layer_index, kind, members in first:
+        covered[(layer_index, kind)] = covered.get((layer_index, kind), 0) + len(members)
+    assert covered == {(i, k): len(po.filters_of(layer, k)) for i, layer in enumerate(layers) for k in layer.widths()}
+
+
+def test_the_best_criterion_is_read_on_a_reliable_unit_and_a_nan_never_wins():
+    rows = []
+    for unit, reliability in (("filter", 0.2), ("group", 0.9)):
+        rows.append(
+            {
+                "unit": unit,
+                "kind": "pooled",
+                "oracle": "signed",
+                "criterion": "split-half reliability",
+                "rho": reliability,
+            }
+        )
+        for criterion, rho in (("molchanov", 0.5), ("output", float("nan")), ("output-signed", 0.6)):
+            rows.append({"unit": unit, "kind": "pooled", "oracle": "signed", "criterion": criterion, "rho": rho})
+    summary = pd.DataFrame(rows)
+    assert po.reliable_unit(summary) == "group"
+    assert po.best_criterion(summary, "group") == ("output-signed", pytest.approx(0.6))
+    summary.loc[summary["criterion"] == "split-half reliability", "rho"] = 0.1
+    assert po.reliable_unit(summary) is None
 
 
 def test_the_oracle_run_writes_its_tables(tmp_path):
