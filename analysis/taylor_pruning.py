@@ -92,7 +92,7 @@ from efficientvit.models.layers import FFNLayer
 from efficientvit.results import write_results
 from efficientvit.runtime import resolve_device
 from efficientvit.train import train as train_model
-from efficientvit.train_config import load_config
+from efficientvit.train_config import recipe
 
 KINDS = ("qk", "v", "ffn")
 RANKINGS = ("importance", "importance-per-flop")
@@ -763,6 +763,7 @@ def run(config: PruneConfig) -> PruneResult:
     if config.iterative < 1:
         raise UserError(f"--iterative must be at least 1 (1: one-shot), got {config.iterative}")
     device = resolve_device(config.device)
+    finetune = recipe(config.finetune_config) if config.finetune_config else None  # a bad one refused before work
     classes = open_split(config.data, "train", config.img_size or 224).classes
     model = model_to_prune(config.model, config.checkpoint, len(classes), config.img_size).to(device)
     train_loader, val_loader = data_loaders(config, model.img_size[0], classes, model.pretrained_cfg)
@@ -787,11 +788,9 @@ def run(config: PruneConfig) -> PruneResult:
     run_name = config.run or f"{name}_{budget.label}"
     save = Path(config.save or Path("runs/pruned") / f"{run_name}.pth")
     efficientvit.save_checkpoint(save, model, pruning=stats)
-    if config.finetune_config:
-        finetune = dataclasses.replace(
-            load_config(config.finetune_config), init=str(save), model=name, out=f"{save.with_suffix('')}_finetuned"
-        )
-        stats["top1_finetuned"] = train_model(finetune)[-1]["val_top1"]
+    if finetune is not None:
+        fixed = {"init": str(save), "model": name, "out": f"{save.with_suffix('')}_finetuned"}
+        stats["top1_finetuned"] = train_model(recipe(dataclasses.asdict(finetune), fixed))[-1]["val_top1"]
     table = block_table(layers, before, after)
     table.insert(0, "model", name)
     extra = {"pruning": stats, "checkpoint": str(save)}

@@ -343,6 +343,16 @@ def test_a_misspelt_training_key_anywhere_in_a_preset_is_refused_before_anything
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()  # nothing trained or written
 
 
+@pytest.mark.parametrize("where", ["proxies: train", "fig3: train", "fig5: finetune: train", "pareto: train"])
+def test_a_training_value_out_of_range_anywhere_in_a_preset_is_refused_before_anything_runs(preset, tmp_path, where):
+    values = yaml.safe_load(preset.read_text())
+    TRAINING_KEYS[where](values)["epochs"] = 0
+    preset.write_text(yaml.safe_dump(values))
+    with pytest.raises(UserError, match="epochs must be at least 1"):
+        reproduce(str(preset), tmp_path / "results", ["fig2", "fig3", "fig4", "fig5", "pareto"])
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
 def test_a_wrong_fine_tune_rate_or_budget_is_refused_when_the_preset_is_read(preset, tmp_path):
     values = yaml.safe_load(preset.read_text())
     values["fig5"]["finetune"]["lr_scale"] = "a tenth"

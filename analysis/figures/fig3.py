@@ -26,7 +26,7 @@ from efficientvit.models import create_model
 from efficientvit.results import markdown_table, write_results
 from efficientvit.runtime import resolve_device
 from efficientvit.subnet import SearchBudget, layer_costs
-from efficientvit.train_config import TrainConfig, check_overrides
+from efficientvit.train_config import TrainConfig, check_overrides, recipe
 
 STAGE = "fig3"
 TITLE = "Figure 3: MHSA proportion of throughput-matched subnets"
@@ -47,8 +47,10 @@ class Section:
 
 
 def check(preset) -> None:
-    """The sweep YAML reads, and defines every family the section sweeps, whose full model builds."""
+    """The sweep YAML reads, its training recipe with the section's keys makes a config, and it defines every family
+    the section sweeps, whose full model builds."""
     sweep = mhsa_sweep.read_sweep_config(preset.fig3.config)
+    recipe(sweep.train, preset.fig3.train, {"data": "unused"})
     for name in preset.fig3.sweep.families:
         if name not in sweep.families:
             raise UserError(f"fig3 sweeps {name!r}, which {preset.fig3.config} does not define")

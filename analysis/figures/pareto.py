@@ -30,7 +30,7 @@ from efficientvit.errors import UserError
 from efficientvit.flops import count_params
 from efficientvit.models import ModelSpec
 from efficientvit.results import markdown_table, write_results
-from efficientvit.train_config import TrainConfig, check_overrides, make_config, recipe
+from efficientvit.train_config import TrainConfig, check_overrides, recipe
 
 STAGE = "pareto"
 FOLDER = "pareto"
@@ -147,12 +147,12 @@ def peers(ctx: Context, trained_proxies: proxies.Section) -> dict:
     if sweep.exists():
         points = pd.read_csv(sweep)
         points = points[points["speedup_met"].astype(bool)]
-        recipe = mhsa_sweep.read_sweep_config(ctx.out / "mhsa_sweep" / "sweep_config.yaml")
+        sweep_recipe = mhsa_sweep.read_sweep_config(ctx.out / "mhsa_sweep" / "sweep_config.yaml")
         for name, group in points.groupby("family"):
             best = group.groupby("mhsa_proportion_actual")["top1"].mean().idxmax()
             chosen = group[group["mhsa_proportion_actual"] == best]
-            spec = mhsa_sweep.subnet_spec(chosen.iloc[0].to_dict(), recipe)
-            trained_as = budget_text(make_config(recipe.train), int(chosen["epochs"].max()))
+            spec = mhsa_sweep.subnet_spec(chosen.iloc[0].to_dict(), sweep_recipe)
+            trained_as = budget_text(recipe(sweep_recipe.train), int(chosen["epochs"].max()))
             found[f"{name}_subnet_p{best:.2f}"] = (
                 "best Fig. 3 subnet",
                 spec,

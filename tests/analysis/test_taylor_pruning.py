@@ -477,3 +477,7 @@ def test_pruned_model_fine_tunes_with_the_training_pipeline(data, tmp_path):
         tuned.spec.kwargs["layer_dims"]
         == efficientvit.model_from_checkpoint(tmp_path / "pruned.pth").spec.kwargs["layer_dims"]
     )
+    misspelt, elsewhere = tmp_path / "misspelt.yaml", tmp_path / "elsewhere"
+    misspelt.write_text(finetune.read_text().replace("epochs:", "epoch:"))
+    assert tpr.main(cli_args(checkpoint, data, elsewhere, "--finetune-config", str(misspelt))) == 2
+    assert not elsewhere.exists()  # refused before pruning: nothing pruned, saved or written
