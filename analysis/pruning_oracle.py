@@ -28,7 +28,9 @@ filters'. Tables (results/pruning_oracle/<run>_units.csv, one row per unit; <run
   rho per criterion, oracle (signed, squared), unit (filter, group) and kind (qk, v, ffn, and `pooled`: all kinds
   in one ranking, what a global ranking needs); the oracles' split-half reliability in the same rows;
 and <run>_cuts.csv: what each oracle and each criterion would cut per kind at `--ratio` of the prunable channels,
-ranking the groups by value per filter (least harmful first), as the global ranking does: kept fraction per kind.
+ranking the groups by value per filter (least harmful first), as the global ranking does: kept fraction per kind;
+and what that whole cut does when its groups are removed together (the loss change and top-1 drop measured, beside
+the sum of its groups' single changes): a ranking of single removals is only as good as removals add up.
 """
 
 from __future__ import annotations
@@ -123,6 +125,16 @@ class HeldOut:
         if len(self.inputs) == 0 or len(self.inputs[-1]) == len(self.chain):
             self.inputs.append([])
         self.inputs[-1].append(args[0].detach())
+
+    @torch.no_grad()
+    def whole(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image's cross-entropy and whether it is classified right, the model run whole."""
+        losses, correct = [], []
+        for x, y in self.batches:
+            logits = self.model(x)
+            losses.append(F.cross_entropy(logits.double(), y, reduction="none"))
+            correct.append(logits.argmax(1) == y)
+        return torch.cat(losses), torch.cat(correct)
 
     @torch.no_grad()
     def losses(self, start: nn.Module | None) -> torch.Tensor:
@@ -264,33 +276,75 @@ def best_criterion(summary: pd.DataFrame, unit: str, oracle: str = "signed") -> 
     return str(best["criterion"]), float(best["rho"])
 
 
-def cuts(units: pd.DataFrame, ratio: float) -> pd.DataFrame:
-    """What each ranking would cut at `ratio` of the prunable channels: the groups ranked by value per filter
-    (least important, or least harmful, first), cut until the budget, every kind of every block keeping one group
-    (as pruning keeps every head runnable); the kept fraction of each kind."""
+def ranked_groups(units: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+    """The groups, with their filters and channels, and every ranking's value per group: each oracle's and each
+    criterion's."""
     groups = units[units["unit"] == "group"].copy()
-    if groups.empty:
-        return pd.DataFrame(columns=["ranking", "kind", "kept_fraction"])
     per_filter = {kind: (2 if kind == "qk" else 1) for kind in tp.KINDS}  # channels of one head's filter
     groups["filters"] = groups["members"].map(len)
     groups["channels"] = groups["filters"] * groups["kind"].map(per_filter)
-    totals, budget = groups.groupby("kind")["channels"].sum(), ratio * groups["channels"].sum()
     rankings = {f"oracle, {oracle}": oracle_values(groups, oracle) for oracle in ORACLES}
     rankings |= {f"criterion: {name}": groups[name] for name in tp.CRITERIA}
+    return groups, rankings
+
+
+def cut_by(groups: pd.DataFrame, values: pd.Series, ratio: float) -> list:
+    """The groups a ranking cuts at `ratio` of the channels: by value per filter (least important, or least
+    harmful, first), until the budget, every kind of every block keeping one group (as pruning keeps every head
+    runnable); their index labels."""
+    order = groups.assign(value=values / groups["filters"]).sort_values("value", kind="stable")
+    left = order.groupby(["layer", "kind"]).size().to_dict()
+    chosen, removed, budget = [], 0, ratio * groups["channels"].sum()
+    for label, group in zip(order.index, order.itertuples()):
+        if removed >= budget:
+            break
+        if left[(group.layer, group.kind)] > 1:
+            left[(group.layer, group.kind)] -= 1
+            chosen.append(label)
+            removed += group.channels
+    return chosen
+
+
+def cuts(units: pd.DataFrame, ratio: float, joint: dict[str, dict] | None = None) -> pd.DataFrame:
+    """What each ranking would cut at `ratio` of the prunable channels (`cut_by`): the kept fraction of each kind,
+    the loss change its groups predict when their single changes are added up, and (`joint`, per ranking) what the
+    whole cut does to the model when measured: its loss change and top-1 drop."""
+    groups, rankings = ranked_groups(units)
+    if groups.empty:
+        return pd.DataFrame(columns=["ranking", "kind", "kept_fraction"])
+    totals = groups.groupby("kind")["channels"].sum()
     rows = []
     for ranking, values in rankings.items():
-        order = groups.assign(value=values / groups["filters"]).sort_values("value", kind="stable")
-        left = order.groupby(["layer", "kind"]).size().to_dict()
-        cut, removed = {kind: 0 for kind in totals.index}, 0
-        for group in order.itertuples():
-            if removed >= budget:
-                break
-            if left[(group.layer, group.kind)] > 1:
-                left[(group.layer, group.kind)] -= 1
-                cut[group.kind] += group.channels
-                removed += group.channels
-        rows += [{"ranking": ranking, "kind": k, "kept_fraction": 1 - cut[k] / t} for k, t in totals.items()]
+        cut = groups.loc[cut_by(groups, values, ratio)]
+        measured = (joint or {}).get(ranking, {})
+        for kind, total in totals.items():
+            kept = 1 - cut.loc[cut["kind"] == kind, "channels"].sum() / total
+            rows.append(
+                {"ranking": ranking, "kind": kind, "kept_fraction": kept, "added_loss_change": cut["delta"].sum()}
+                | measured
+            )
     return pd.DataFrame(rows)
+
+
+def joint_changes(units: pd.DataFrame, ratio: float, layers: list, held: HeldOut) -> dict[str, dict]:
+    """Each ranking's whole cut removed at once: the change of the mean loss and the top-1 drop, in points, on the
+    held-out images. Beside the sum of its groups' single changes it says whether removals add up."""
+    groups, rankings = ranked_groups(units)
+    base_loss, base_correct = held.whole()
+    found = {}
+    for ranking, values in rankings.items():
+        filters = [
+            (group.layer, group.kind, head, channel)
+            for group in groups.loc[cut_by(groups, values, ratio)].itertuples()
+            for head, channel in group.members
+        ]
+        with tp.removed(layers, filters):
+            loss, correct = held.whole()
+        found[ranking] = {
+            "joint_loss_change": float((loss - base_loss).mean()),
+            "top1_drop": float(100 * (base_correct.double().mean() - correct.double().mean())),
+        }
+    return found
 
 
 # -- the whole check ------------------------------------------------------------------------------------------
@@ -330,9 +384,11 @@ def run(config: OracleConfig) -> OracleResult:
     scores = {name: tp.criterion_scores(layers, moments, name) for name in tp.CRITERIA}
     units = make_units(layers, scores, config)
     images, labels = held_out(config, model, classes, device)
-    measure_units(units, layers, model, HeldOut(model, images, labels))
+    held = HeldOut(model, images, labels)
+    measure_units(units, layers, model, held)
     frame = pd.DataFrame(units).assign(model=model.spec.name)
-    table, cut = summarize(frame), cuts(frame, config.ratio)
+    joint = joint_changes(frame, config.ratio, layers, held) if config.group else None
+    table, cut = summarize(frame), cuts(frame, config.ratio, joint)
     name = config.run or f"{Path(config.checkpoint).parent.name or model.spec.name}"
     arguments = config_arguments(config)
     written = frame.assign(members=frame["members"].map(lambda m: " ".join(f"{h}:{c}" for h, c in m)))
@@ -349,6 +405,8 @@ def show(config: OracleConfig) -> None:
     wide = result.summary.pivot_table(index=["unit", "criterion"], columns=["oracle", "kind"], values="rho")
     print(wide.round(2).to_string())
     print(result.cuts.pivot_table(index="ranking", columns="kind", values="kept_fraction").round(2).to_string())
+    measured = [c for c in ("added_loss_change", "joint_loss_change", "top1_drop") if c in result.cuts]
+    print(result.cuts.groupby("ranking", sort=False)[measured].first().round(4).to_string())
     unit = reliable_unit(result.summary)
     best = best_criterion(result.summary, unit) if unit else None
     if best is None:

@@ -108,10 +108,11 @@ CRITERIA = {
     "molchanov-per-param": "Molchanov's divided by the filter's parameter count",
 }
 MOMENTS = ("a", "b", "a2", "b2", "ab2")
-# The default: the criterion that best predicted the harm of a removal (the signed oracle, pooled over the kinds) on
-# groups of filters, what a pruning round removes, on the proxies analysis/pruning_oracle.py measured (results/
-# REPORT.md, Fig. 5): Molchanov's, the paper's. The signed first-order estimate ranks single filters better on some
-# proxies but not groups, and cutting by it costs tens of points of top-1 (its "removal helps" estimates do not add).
+# The default is the criterion whose cut harms the model least, Molchanov's (the paper's). The one that best
+# predicts the harm of removing one filter or group alone is the signed first-order estimate (output-signed: it
+# tracks the signed oracle where Molchanov's squared sum tracks the squared one), but removals do not add up: a cut
+# made of many removals that each barely harm, or help, costs tens of points of top-1 where Molchanov's costs a
+# fraction of one (analysis/pruning_oracle.py measures both, each whole cut too; results/REPORT.md, Fig. 5).
 DEFAULT_CRITERION = "molchanov"
 BUDGETS = ("ratio", "target_flops", "target_speedup")
 

@@ -565,23 +565,57 @@ def cut_lines(found: dict) -> list[str]:
             paired=True,
             paper=paper_effects()["qk_minus_ffn"],
         )
+        per_run = group.drop_duplicates("run")
+        measured = (
+            {
+                "top-1 cost of the cut, points": spread(per_run["top1_drop"], 1),
+                "loss change: whole cut / its groups added": f"{per_run['joint_loss_change'].mean():+.3f} / "
+                f"{per_run['added_loss_change'].mean():+.3f}",
+            }
+            if "top1_drop" in per_run and per_run["top1_drop"].notna().any()
+            else {}
+        )
         rows.append(
             {
                 "proxy": proxy,
                 "ranking": ranking,
                 **{f"{label} kept": spread(wide[k]) for k, label in zip(KINDS, ("Q/K", "V", "FFN")) if k in wide},
                 "Q/K minus FFN, points": effect.describe(),
+                **measured,
             }
         )
     return [
         "",
         "What each ranking would cut at the pruning's budget (the groups ranked by value per filter, least harmful "
         "first, one shot, every kind of a block keeping a group): the kept fraction of each kind (mean ± s.d. over "
-        f"runs) and Q/K minus FFN (paper's Swin-T {paper_effects()['qk_minus_ffn']:+.1f}).",
+        f"runs) and Q/K minus FFN (paper's Swin-T {paper_effects()['qk_minus_ffn']:+.1f}); where measured, what "
+        "the whole cut costs when its groups are removed together, and its loss change beside the sum of its groups' "
+        "single changes (they differ where removals do not add up).",
         "",
         *markdown_table(pd.DataFrame(rows)),
         "",
         *oracles_on_qk_and_ffn(cuts),
+        *cheapest_cuts(cuts),
+    ]
+
+
+def cheapest_cuts(cuts: pd.DataFrame) -> list[str]:
+    """Per proxy, the criterion whose whole cut costs the least top-1 (mean over runs), beside the signed oracle's
+    own cut: what a global ranking must predict is the harm of the cut, not of each removal alone."""
+    if "top1_drop" not in cuts or cuts["top1_drop"].isna().all():
+        return []
+    parts = []
+    for proxy, group in cuts.drop_duplicates(["run", "ranking"]).groupby("proxy"):
+        cost = group.groupby("ranking")["top1_drop"].mean()
+        criteria = cost[cost.index.str.startswith("criterion: ")].sort_values()
+        parts.append(
+            f"{proxy}: "
+            + ", ".join(f"{name.removeprefix('criterion: ')} {drop:.1f}" for name, drop in criteria.items())
+            + f"; the signed oracle's own cut {cost.get('oracle, signed', float('nan')):.1f}"
+        )
+    return [
+        "",
+        "Top-1 each whole cut costs, points (mean over runs; cheapest criterion first): " + "; ".join(parts) + ".",
     ]
 
 

@@ -84,3 +84,19 @@ def test_the_oracle_text_states_the_units_it_measured(tmp_path, group):
     text = " ".join(fig5.oracle_lines({"oracle": oracle, "cuts": None}, tmp_path))
     assert f"groups of {group:.0%} of its filters" in text and "on 500 held-out images" in text
     assert "(4 drawn per kind and block)" in text
+
+
+def test_the_cheapest_cut_is_named_beside_the_signed_oracles_own():
+    rows = [
+        {"proxy": "deit_tiny_full", "run": run, "ranking": ranking, "kind": kind, "kept_fraction": 0.5}
+        | {"top1_drop": drop, "joint_loss_change": 0.1, "added_loss_change": -0.2}
+        for run in ("seed0", "seed1")
+        for ranking, drop in (
+            ("criterion: molchanov", 0.5),
+            ("criterion: output-signed", 28.0),
+            ("oracle, signed", 30.0),
+        )
+        for kind in fig5.KINDS
+    ]
+    (_, line) = fig5.cheapest_cuts(pd.DataFrame(rows))
+    assert "deit_tiny_full: molchanov 0.5, output-signed 28.0; the signed oracle's own cut 30.0" in line

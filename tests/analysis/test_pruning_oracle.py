@@ -221,3 +221,37 @@ def test_the_oracle_run_writes_its_tables(tmp_path):
     assert set(result.cuts["ranking"]) >= {"oracle, signed", "oracle, squared", "criterion: molchanov"}
     with pytest.raises(efficientvit.UserError, match="single filters .* or groups"):
         po.run(po.OracleConfig(data=str(data), checkpoint=str(checkpoint), filters=0, group=0))
+
+
+def test_a_cut_of_one_group_changes_the_loss_by_that_groups_own_change_and_a_bigger_cut_is_measured_whole():
+    model = perturbed(*FAMILIES[0], dtype=torch.float64)
+    layers = tp.model_layers(model)
+    g = torch.Generator().manual_seed(3)
+    images, labels = torch.randn(8, 3, 32, 32, generator=g, dtype=torch.float64), torch.randint(0, 4, (8,), generator=g)
+    held = po.HeldOut(model, images, labels)
+    config = po.OracleConfig(data="unused", checkpoint="unused", filters=0, group=0.5)
+    scores = {
+        name: tp.criterion_scores(
+            layers, tp.term_moments(model, layers, batches(dtype=torch.float64), 1, torch.device("cpu")), name
+        )
+        for name in tp.CRITERIA
+    }
+    units = pd.DataFrame(po.make_units(layers, scores, config))
+    records = units.to_dict("records")
+    po.measure_units(records, layers, model, held)
+    units = pd.DataFrame(records)
+    groups, _ = po.ranked_groups(units)
+    smallest = groups["channels"].min() / groups["channels"].sum()
+    one = po.joint_changes(units, smallest / 2, layers, held)  # every ranking cuts exactly its first group
+    for ranking, measured in one.items():
+        cut = po.cut_by(groups, po.ranked_groups(units)[1][ranking], smallest / 2)
+        assert len(cut) == 1
+        assert measured["joint_loss_change"] == pytest.approx(units.loc[cut[0], "delta"], abs=1e-12)
+    deep = po.joint_changes(units, 0.6, layers, held)["oracle, signed"]
+    cut = groups.loc[po.cut_by(groups, groups["delta"], 0.6)]
+    filters = [(u.layer, u.kind, h, c) for u in cut.itertuples() for h, c in u.members]
+    with tp.removed(layers, filters), torch.no_grad():
+        expected = F.cross_entropy(model(images), labels, reduction="none").mean() - held.base.mean()
+    assert deep["joint_loss_change"] == pytest.approx(float(expected), abs=1e-12)
+    table = po.cuts(units, 0.6, po.joint_changes(units, 0.6, layers, held))
+    assert {"added_loss_change", "joint_loss_change", "top1_drop"} <= set(table.columns)
