@@ -28,7 +28,6 @@ from typing import Any
 
 import huggingface_hub
 import safetensors.torch
-import timm
 import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -92,9 +91,17 @@ def is_name(checkpoint: Any) -> bool:
 
 
 @functools.cache
+def timm():
+    """timm, imported on first use: it costs seconds at start-up, and most commands read no pretrained name."""
+    import timm as module
+
+    return module
+
+
+@functools.cache
 def timm_names() -> frozenset[str]:
     """timm's pretrained names (<arch>.<tag>) of the architectures in TIMM_ARCHS."""
-    return frozenset(name for arch in TIMM_ARCHS for name in timm.list_pretrained(f"{arch}.*"))
+    return frozenset(name for arch in TIMM_ARCHS for name in timm().list_pretrained(f"{arch}.*"))
 
 
 def names() -> list[str]:
@@ -110,7 +117,7 @@ def resolve(name: str) -> Pretrained:
     else:
         bare = name.removeprefix(HF_HUB).removeprefix(TIMM)
         if bare in TIMM_ARCHS:  # timm's default tag, as timm.create_model(arch, pretrained=True)
-            bare = f"{bare}.{timm.models.get_pretrained_cfg(bare).tag}"
+            bare = f"{bare}.{timm().models.get_pretrained_cfg(bare).tag}"
         if bare in timm_names():
             return from_timm(bare)
     raise UserError(unknown(name))
@@ -134,7 +141,7 @@ def unknown(name: str) -> str:
     if "/" in repo:
         known = "only timm's own Hugging Face repositories (timm/...) and the official release (cream/...) are known; "
     else:
-        known = f"timm's {arch} has no counterpart among our models; " if timm.is_model(arch) else ""
+        known = f"timm's {arch} has no counterpart among our models; " if timm().is_model(arch) else ""
     return (
         f"no checkpoint file or pretrained name {name!r}: {known}the nearest pretrained names are "
         f"{', '.join(nearest)} (`efficientvit list --pretrained` lists them all)"
@@ -148,7 +155,7 @@ def model_spec(model: str, pretrained_cfg: dict[str, Any]) -> ModelSpec:
 
 
 def from_timm(name: str) -> Pretrained:
-    pretrained_cfg = timm.models.get_pretrained_cfg(name).to_dict()
+    pretrained_cfg = timm().models.get_pretrained_cfg(name).to_dict()
     return Pretrained(
         TIMM + name, model_spec(TIMM_ARCHS[pretrained_cfg["architecture"]], pretrained_cfg), pretrained_cfg
     )
@@ -157,7 +164,7 @@ def from_timm(name: str) -> Pretrained:
 def official(model: str) -> Pretrained:
     # timm's port of these very weights publishes the official evaluation transform (Cream's build_transform:
     # resize by 256/224, centre crop, bicubic, ImageNet mean and std): its config, with the official file's address
-    ported = timm.models.get_pretrained_cfg(f"{model}.r224_in1k").to_dict()
+    ported = timm().models.get_pretrained_cfg(f"{model}.r224_in1k").to_dict()
     pretrained_cfg = {**ported, "url": OFFICIAL_URL.format(model), "hf_hub_id": None, "tag": "cream"}
     return Pretrained(OFFICIAL + model, model_spec(model, pretrained_cfg), pretrained_cfg)
 

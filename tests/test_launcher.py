@@ -42,21 +42,20 @@ def elsewhere(preset_path, tmp_path, name):
 
 
 @pytest.mark.slow
-def test_local_jobs_train_what_the_process_would_and_the_analyses_then_train_nothing(preset, tmp_path, one_thread):  # noqa: F811
+def test_local_jobs_train_what_the_process_would_and_the_analyses_then_train_nothing(
+    preset,  # noqa: F811
+    tmp_path,
+    one_thread,
+    monkeypatch,
+):
+    monkeypatch.setattr("analysis.reproduce.draw_figures", lambda out: None)  # the tables, not the notebooks
     in_process = reproduce(str(elsewhere(preset, tmp_path, "here")), tmp_path / "here", ["fig4"])
     assert in_process is not None
     jobs_preset = elsewhere(preset, tmp_path, "jobs")
     args = ["--preset", str(jobs_preset), "--out", str(tmp_path / "jobs"), "--only", "fig4"]
-    side_by_side = ["--launcher", "local", "--cpus-per-job", "1", "--parallelism", "2"]
-    assert reproduce_main([*args, *side_by_side, "--until", "1"]) == 0  # the first budget's jobs, then its stages
+    assert reproduce_main([*args, "--launcher", "local", "--cpus-per-job", "1", "--parallelism", "2"]) == 0
     runs = tmp_path / "runs_jobs"
-    assert [len(pd.read_csv(runs / name / "metrics.csv")) for name in ("deit_full", "deit_split")] == [1, 1]
-    assert set(json.loads((tmp_path / "jobs" / "manifest.json").read_text())["stages"]) == {
-        "proxies (epoch 1)",
-        "fig4 (epoch 1)",
-    }
-    assert reproduce_main([*args, *side_by_side]) == 0  # on to the end: each training resumed by a job
-    assert len(list((runs / "jobs").glob("*_log.out"))) == 4  # the two proxies, one job each, side by side, twice
+    assert len(list((runs / "jobs").glob("*_log.out"))) == 2  # the two proxies, one job each, side by side
     assert set(json.loads((runs / "jobs" / "jobs.json").read_text())) == {"deit_full", "deit_split"}
     for table in ("proxies/summary.csv", "head_similarity/deit_full_e2_attention_summary.csv"):
         here = pd.read_csv(tmp_path / "here" / table).drop(columns=TIMING, errors="ignore")
@@ -67,22 +66,28 @@ def test_local_jobs_train_what_the_process_would_and_the_analyses_then_train_not
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
+def running_task(job, seconds: float = 30.0) -> int:
+    """The pid of a local job's task: the local job's process is submitit's controller, the job runs in its child."""
+    controller, started = job._process.pid, time.perf_counter()
+    while not (children := Path(f"/proc/{controller}/task/{controller}/children").read_text().split()):
+        assert time.perf_counter() - started < seconds and not job.done(), "the job's task never started"
+        time.sleep(0.02)
+    return int(children[0])
+
+
 def signal_the_task(job) -> None:
-    """SIGUSR2 to the job's task, as SLURM signals a job it preempts or that reaches its time limit (the local job's
-    process is submitit's controller; the training runs in its child)."""
-    controller = job._process.pid
-    (task,) = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
-    os.kill(int(task), signal.SIGUSR2)
+    """SIGUSR2 to the job's task, as SLURM signals a job it preempts or that reaches its time limit."""
+    os.kill(running_task(job), signal.SIGUSR2)
 
 
 @pytest.mark.slow
 def test_a_job_killed_mid_training_is_requeued_and_resumes_without_training_an_epoch_twice(tmp_path):
     data = make_synthetic(tmp_path / "data", classes=4, train=512, val=16, size=64, seed=0)
     kwargs = {**TINY_DEIT, "embed_dim": 48, "patch_size": 8}
-    config = make_config({"model": "deit_tiny", "model_kwargs": kwargs, **TRAIN, "epochs": 4, "data": str(data)})
+    config = make_config({"model": "deit_tiny", "model_kwargs": kwargs, **TRAIN, "epochs": 5, "data": str(data)})
     config.out = str(tmp_path / "run")
     executor = launcher.executor("local", tmp_path / "jobs", launcher.Launch(cpus_per_job=1))
-    job = executor.submit(launcher.TrainingJob(), config, 1)
+    job = executor.submit(launcher.TrainingJob(), config, 1, 4)  # to epoch 4 of 5 (`reproduce --until`)
     metrics = tmp_path / "run" / "metrics.csv"
     started = time.perf_counter()
     while not (metrics.exists() and len(pd.read_csv(metrics)) >= 1):  # the first epoch is done and checkpointed
@@ -95,37 +100,27 @@ def test_a_job_killed_mid_training_is_requeued_and_resumes_without_training_an_e
     assert "preempted" in log and "Requeued" in log  # submitit requeued it ...
     assert "resumed" in log and "after epoch" in log  # ... and the training went on from its checkpoint
     done = pd.read_csv(metrics)
-    assert list(done["epoch"]) == [1, 2, 3, 4]  # every epoch once
+    assert list(done["epoch"]) == [1, 2, 3, 4]  # every epoch once, and the requeued job still stops at epoch 4
     # the first epoch, trained before the interrupt, is not trained again
     assert done.iloc[0].fillna(-1).to_dict() == first
-
-
-def wait_for_training(job, seconds: float = 60.0) -> None:
-    started = time.perf_counter()
-    while not job.paths.stdout.exists() or "training" not in job.paths.stdout.read_text():
-        assert time.perf_counter() - started < seconds and not job.done(), "the job never started training"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("interrupt", ["ctrl-c", "sigterm"])
 def test_an_interrupted_command_cancels_its_local_jobs(tmp_path, interrupt):
     """Local jobs are the command's processes: interrupted, it ends them (submitit's jobs ignore SIGTERM, as SLURM
     jobs do), so no training goes on as an orphan beside the rerun that resumes it."""
-    data = make_synthetic(tmp_path / "data", classes=4, train=64, val=8, size=64, seed=0)
-    config = make_config({"model": "deit_tiny", "model_kwargs": TINY_DEIT, **TRAIN, "epochs": 9999, "data": str(data)})
-    config.out = str(tmp_path / "run")
     executor, submitted = launcher.executor("local", tmp_path / "jobs", launcher.Launch(cpus_per_job=1)), []
     with pytest.raises(KeyboardInterrupt if interrupt == "ctrl-c" else SystemExit):
         with launcher.ending_with_this_command("local", submitted):
-            submitted.append(executor.submit(launcher.TrainingJob(), config, 1))
-            wait_for_training(submitted[0])
+            submitted.append(executor.submit(time.sleep, 600))  # a job that would outlive the test
+            task = running_task(submitted[0])
             if interrupt == "ctrl-c":
                 raise KeyboardInterrupt
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the signal arrives first
     started = time.perf_counter()
-    while not submitted[0].done():
-        assert time.perf_counter() - started < 10, "the local job still runs after its command was interrupted"
+    while Path(f"/proc/{task}").exists() and "Z" not in Path(f"/proc/{task}/stat").read_text().split()[2]:
+        assert time.perf_counter() - started < 10, "the job's task still runs after its command was interrupted"
         time.sleep(0.05)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command's own handling is back
 

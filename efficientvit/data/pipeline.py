@@ -18,7 +18,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from timm.data import create_transform, resolve_data_config
 from torch.utils.data import Sampler, default_collate
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -49,6 +48,8 @@ def train_transform(
     `stats` (mean, std) normalise; `before` are steps a data set adds first (e.g. Fashion-MNIST's padding and
     conversion to an RGB image).
     """
+    from timm.data import create_transform  # here: timm costs seconds at start-up, and evaluation needs none of it
+
     recipe = create_transform(
         img_size,
         is_training=True,
@@ -81,6 +82,8 @@ def published_eval_transform(pretrained_cfg: dict, img_size: int):
     """The evaluation transform published with pretrained weights, as timm builds it from their pretrained config
     (resize to img_size / crop_pct with their interpolation, centre crop, their mean and std; DeiT-T: 248, 224,
     bicubic), at the model's input size."""
+    from timm.data import create_transform, resolve_data_config
+
     config = resolve_data_config({"input_size": (3, img_size, img_size)}, pretrained_cfg=pretrained_cfg)
     return create_transform(**config)
 
