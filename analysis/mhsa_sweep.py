@@ -9,9 +9,10 @@ measured speed-up, and `speedup_met` (False: more than 5% off even after the wid
 report marks it); top-1 after the last epoch (`top1`) and after each one (`top1_per_epoch`, space-separated), so the
 sweep reads at every training budget.
 
-Resumable and shardable: finished points are skipped, an interrupted training resumes from its checkpoint,
-`--shard i/n` runs every n-th point starting at i (for several processes or machines), `--merge` joins shard
-CSVs. The CSV is rewritten atomically after every point.
+Resumable: finished points are skipped, an interrupted training resumes from its checkpoint, and the CSV is
+rewritten atomically after every point. Beyond one process, `python analysis/reproduce.py --launcher slurm|local`
+runs the search once and every point's training as a job of its own (analysis/launcher.py: one mechanism for
+splitting the work).
 
 Example: python analysis/mhsa_sweep.py --families deit_tiny --speedups 1.25 1.5 --proportions 0 0.2 0.4 0.6 1.0 \
              --config experiments/cpu/sweep.yaml
@@ -108,16 +109,6 @@ def grid(families: list[str], speedups: list[float], proportions: list[float], s
     ]
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard takes i/n, e.g. 0/4, got {text!r}") from None
-    if not 0 <= index < count:
-        raise UserError(f"--shard i/n needs 0 <= i < n, got {text!r}")
-    return index, count
-
-
 def point_name(point: dict) -> str:
     return f"{point['family']}_s{point['speedup_target']}_p{point['mhsa_proportion']}_seed{point['seed']}"
 
@@ -140,11 +131,10 @@ def point_config(point: dict, sweep: SweepRecipe, device: str, search: bool = Tr
     return subnet, recipe(sweep.train, fixed)
 
 
-def run_point(point: dict, sweep: SweepRecipe, device: str, search: bool = True) -> dict:
-    """Find the subnet (from the cache only, without `search`), train it (resuming a checkpoint if one is there),
-    and describe the result."""
+def run_point(point: dict, sweep: SweepRecipe, device: str) -> dict:
+    """Find the subnet, train it (resuming a checkpoint if one is there), and describe the result."""
     base = sweep.families.get(point["family"], {})
-    subnet, config = point_config(point, sweep, device, search)
+    subnet, config = point_config(point, sweep, device)
     kwargs = config.model_kwargs
     history = train(config, resume=True)  # a finished run returns its history from the checkpoint
     final = history[-1]
@@ -203,9 +193,7 @@ def search_subnets(points: list[dict], sweep: SweepRecipe, device: str) -> None:
 
 
 def sweep_points(points: list[dict], sweep: SweepRecipe, out: Path, arguments: dict, device: str) -> pd.DataFrame:
-    """Every point not in `out` yet, trained and appended to it. Several shards share a machine or a cluster: a
-    point's subnet then comes from the cache (`--subnets-only` filled it once), never from a timing of their own."""
-    search = parse_shard(arguments["shard"])[1] == 1
+    """Every point not in `out` yet, trained and appended to it."""
     writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun only the first process writes the CSV
     done = read_results(out)
     # rows written before the FFN-width search had every FFN at the expansion of 4
@@ -215,23 +203,11 @@ def sweep_points(points: list[dict], sweep: SweepRecipe, out: Path, arguments: d
         if tuple(point[k] for k in KEY) in finished:
             continue
         print(f"[{n}/{len(points)}] {point_name(point)}", flush=True)
-        row = run_point(point, sweep, device, search)
+        row = run_point(point, sweep, device)
         rows.append(row)
         if writer:
             write_results(pd.DataFrame(rows).reindex(columns=COLUMNS), out, arguments)
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def merge(paths: list[str], out: Path, arguments: dict) -> pd.DataFrame:
-    frames = []
-    for path in paths:
-        if not Path(path).exists():
-            raise UserError(f"shard CSV {path} does not exist")
-        frames.append(pd.read_csv(path))
-    merged = pd.concat(frames, ignore_index=True).drop_duplicates(subset=KEY, keep="last")
-    merged = merged.sort_values(KEY, ignore_index=True)
-    write_results(merged, out, arguments)
-    return merged
 
 
 DESCRIPTION = (
@@ -247,31 +223,23 @@ class SweepConfig:
     proportions: list[float] = knob([0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0], "MHSA proportions, 0 to 1")
     seeds: list[int] = knob([0], "training seeds")
     config: str | None = knob(None, "sweep YAML (experiments/cpu/sweep.yaml, experiments/paper/sweep.yaml)")
-    shard: str = knob("0/1", "run every n-th point from i", metavar="i/n")
     device: str = knob("cpu", "where the subnets are timed")
-    out: Path | None = knob(None, "CSV (default results/mhsa_sweep/<config>[_shard_i_of_n].csv)")
-    merge: list[str] = knob([], "join these shard CSVs into --out and stop", metavar="CSV")
+    out: Path | None = knob(None, "CSV (default results/mhsa_sweep/<config>.csv)")
     subnets_only: bool = knob(False, "only search (and cache) the subnets; do this once before running under torchrun")
 
 
 def run(config: SweepConfig) -> pd.DataFrame:
-    """Every point of the grid (this shard's), or the merged shards; returns the table."""
+    """Every point of the grid, trained (or, with subnets_only, its subnets searched); returns the table."""
     arguments = config_arguments(config)
-    if config.merge:
-        if not config.out:
-            raise UserError("--merge needs --out, the merged CSV to write")
-        return merge(config.merge, config.out, arguments)
     if not config.config:
         raise UserError("give --config, the sweep YAML (e.g. experiments/cpu/sweep.yaml)")
     sweep = read_sweep_config(config.config)
     points = grid(config.families, config.speedups, config.proportions, config.seeds)
-    index, count = parse_shard(config.shard)
-    shard = f"_shard_{index}_of_{count}" if count > 1 else ""
-    out = config.out or Path("results/mhsa_sweep") / f"{Path(config.config or 'sweep').stem}{shard}.csv"
+    out = config.out or Path("results/mhsa_sweep") / f"{Path(config.config).stem}.csv"
     if config.subnets_only:
-        search_subnets(points[index::count], sweep, config.device)
+        search_subnets(points, sweep, config.device)
         return pd.DataFrame(columns=COLUMNS)
-    return sweep_points(points[index::count], sweep, out, arguments, config.device)
+    return sweep_points(points, sweep, out, arguments, config.device)
 
 
 def show(config: SweepConfig) -> None:

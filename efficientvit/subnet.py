@@ -68,7 +68,7 @@ class SearchBudget:
 
 def default_cache() -> Path:
     """The user's subnet cache, $XDG_CACHE_HOME/efficientvit-lab/subnets.json (read when called, so a test or a
-    shard can point it elsewhere)."""
+    job can point it elsewhere)."""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "efficientvit-lab" / "subnets.json"
 
 
@@ -190,7 +190,7 @@ def find_subnet(
     `budget.steps` bisection steps on the width scale, then the subnets of the two nearest rounded widths on either
     side are timed together with `2 x rounds` rounds (six and `4 x rounds` if that misses the target, then the
     FFN expansion steps of `finer_ffn` if it still misses); the closest to the target is re-timed for the
-    figure. With `search=False` the answer must come from the cache (a shard of a sweep never times: timings of
+    figure. With `search=False` the answer must come from the cache (a training job of a sweep never times: timings of
     processes sharing a machine would disturb each other). The cache (`budget.cache`) is not read or written with
     `use_cache=False`. `base`: the full model's constructor arguments (img_size among them)."""
     batch_size, seconds, rounds, steps = budget.batch_size, budget.seconds, budget.rounds, budget.steps

@@ -1,7 +1,7 @@
 """Figure 3: accuracy of throughput-matched subnets against their share of MHSA layers.
 
-Stage: `analysis/mhsa_sweep.py` over the preset's families, speed-ups, proportions and seeds (or one shard's share
-of it, or only the subnet search), then the cost regime: what an attention layer costs against an FFN layer on the
+Stage: `analysis/mhsa_sweep.py` over the preset's families, speed-ups, proportions and seeds (or only the subnet
+search), then the cost regime: what an attention layer costs against an FFN layer on the
 device that matched the subnets, at the sweep's scale and at the paper's (224 px). The report tests the paper's
 "a 20-40% MHSA proportion is best" on the proportions the paper names (asked; a DeiT subnet asked 0.2 of 12 layers
 has 2 attention layers, 0.167), after every training epoch, and names the subnets that stayed below a linear model.
@@ -32,7 +32,7 @@ STAGE = "fig3"
 TITLE = "Figure 3: MHSA proportion of throughput-matched subnets"
 FOLDER = "mhsa_sweep"
 PAPER_SCALE = {"img_size": 224}  # the full models as the paper timed them
-SweepSettings = settings_of(mhsa_sweep.SweepConfig, owned=("config", "shard", "device", "out", "merge", "subnets_only"))
+SweepSettings = settings_of(mhsa_sweep.SweepConfig, owned=("config", "device", "out", "subnets_only"))
 
 
 @dataclass

@@ -46,11 +46,11 @@ def test_grid_runs_every_point_and_resumes_after_a_crash(config, tmp_path, monke
     real = mhsa_sweep.run_point
     calls = []
 
-    def crash_on_third(point, sweep, device, search):
+    def crash_on_third(point, sweep, device):
         calls.append(point)
         if len(calls) == 3:
             raise KeyboardInterrupt  # killed in the middle of the sweep
-        return real(point, sweep, device, search)
+        return real(point, sweep, device)
 
     monkeypatch.setattr(mhsa_sweep, "run_point", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
@@ -105,23 +105,6 @@ def test_a_sweep_killed_inside_a_training_resumes_it_from_its_last_epoch(config,
     assert len(frame) == 2 and not frame.duplicated(subset=mhsa_sweep.KEY).any() and (frame["epochs"] == 2).all()
     for row in frame.itertuples():
         assert list(pd.read_csv(Path(row.checkpoint).parent / "metrics.csv")["epoch"]) == [1, 2]
-
-
-def test_shards_take_their_subnets_from_the_search_and_merge_into_the_whole_grid(config, tmp_path, capsys):
-    shards = [tmp_path / f"shard{i}.csv" for i in range(2)]
-    other_cache = yaml.safe_load(config.read_text())
-    other_cache["subnet"]["cache"] = str(tmp_path / "empty.json")
-    (tmp_path / "uncached.yaml").write_text(yaml.safe_dump(other_cache))
-    args = [*ARGS, "--config", str(tmp_path / "uncached.yaml"), "--shard", "0/2"]
-    assert mhsa_sweep.main(args) == 2  # a shard never times a subnet of its own: the search comes first
-    assert "--subnets-only" in capsys.readouterr().err
-    assert mhsa_sweep.main([*ARGS, "--config", str(config), "--subnets-only"]) == 0
-    for i, shard in enumerate(shards):
-        assert mhsa_sweep.main([*ARGS, "--config", str(config), "--shard", f"{i}/2", "--out", str(shard)]) == 0
-    assert [len(pd.read_csv(s)) for s in shards] == [2, 2]
-    merged = tmp_path / "merged.csv"
-    assert mhsa_sweep.main(["--merge", *map(str, shards), "--out", str(merged)]) == 0
-    assert len(pd.read_csv(merged)) == 4
 
 
 @pytest.mark.parametrize(
