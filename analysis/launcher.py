@@ -102,7 +102,7 @@ def search_job(ctx: Context, section) -> None:
 
 
 def submitit():
-    return require("submitit", "--launcher")
+    return require("submitit", "--launcher", "pip install submitit (a dependency of efficientvit-lab)")
 
 
 def executor(kind: str, folder: Path, launch: Launch):
@@ -221,7 +221,9 @@ def launch(
     run, submitted = executor(kind, folder, settings), []
     with ending_with_this_command(kind, submitted):
         if "fig3" in only and ctx.preset.fig3 is not None and until is None:
-            search = run.submit(search_job, ctx, ctx.preset.fig3)
+            # the search times models on one device, whatever a training job may take
+            searcher = executor(kind, folder, dataclasses.replace(settings, gpus_per_job=min(1, settings.gpus_per_job)))
+            search = searcher.submit(search_job, ctx, ctx.preset.fig3)
             submitted.append(search)
             if wait({"subnet search": search}, "subnet search"):
                 raise UserError(f"the subnet search job failed: see {search.paths.stderr}")

@@ -57,12 +57,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def require(module: str, what: str) -> ModuleType:
-    """Import an optional package, or say which feature needs it and how to install it."""
+def require(module: str, what: str, install: str = EXTRAS) -> ModuleType:
+    """Import a package imported only where it is used, or say which feature needs it and how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise UserError(f"{what} needs {module}, which is not installed: {EXTRAS}") from None
+        raise UserError(f"{what} needs {module}, which is not installed: {install}") from None
 
 
 def out_of_memory(error: BaseException) -> bool:
