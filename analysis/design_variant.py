@@ -38,11 +38,12 @@ import efficientvit
 from analysis import pruning_efficientvit, taylor_pruning
 from efficientvit.bench.measure import interleaved_throughput
 from efficientvit.checkpoint import read_checkpoint
-from efficientvit.config import knob, parse_config
+from efficientvit.config import config_arguments, knob, parse_config
 from efficientvit.errors import UserError, exit_status
 from efficientvit.flops import count_flops, count_params
 from efficientvit.models import ModelSpec, model_family
 from efficientvit.models.efficientvit import CONFIGS
+from efficientvit.results import write_results
 
 REQUIRED = ("in_width", "heads", "qk_kept", "v_ratio", "ffn_ratio")
 
@@ -191,7 +192,8 @@ def pruned_spec(pruning: Path) -> ModelSpec | None:
 
 
 def run(config: VariantConfig) -> ModelSpec:
-    """Design the variant, write it as a model YAML, print it beside M0..M5; returns its spec."""
+    """Design the variant, write it as a model YAML and its comparison with M0..M5 beside it (<name>_compare.csv),
+    print both; returns its spec."""
     path = Path(config.pruning)
     if not path.exists():
         raise UserError(f"pruning CSV {path} does not exist: run analysis/taylor_pruning.py first")
@@ -218,8 +220,10 @@ def run(config: VariantConfig) -> ModelSpec:
         f"Designed by analysis/design_variant.py from {path} (Taylor pruning ratios).\n"
         "Build: create_model(model, **model_kwargs); train: merge into a training config.",
     )
+    threads = torch.get_num_threads()
+    write_results(table, config.out_dir / f"{name}_compare.csv", {**config_arguments(config), "threads": threads})
     print(yaml.safe_dump(variant["model_kwargs"], sort_keys=False, default_flow_style=None).strip())
-    print(f"\n{table.to_string(index=False)}\n(CPU, batch 16, {torch.get_num_threads()} threads, interleaved medians)")
+    print(f"\n{table.to_string(index=False)}\n(CPU, batch 16, {threads} threads, interleaved medians)")
     print(f"written to {out}")
     return spec
 

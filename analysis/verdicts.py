@@ -9,7 +9,8 @@ The rules, written down so that a reader can check them:
   **same direction, Nx smaller** (N: the paper's effect over ours), a sign without the size; entirely on the
   other side, it is **not reproduced** at this scale (a statement about our small models, not about the paper's);
   straddling zero, **inconclusive**. Fewer than two runs on a side: inconclusive (one run says nothing about the
-  spread).
+  spread), except on the paper's own released weights (`scale` RELEASED): there one model is the paper's model,
+  no seed varies, and its paired effect is read by its sign and the size rule alone (no interval).
 - `best_point(curve, low, high)`: the paper says the best x (e.g. the MHSA proportion) lies in [low, high]. The
   best point (highest mean) is compared with each neighbour, paired over the seeds both trained (the 95%
   t-interval of the differences, which with three seeds is as wide as three seeds are): it beats every
@@ -42,6 +43,7 @@ SIZE = 1 / 3  # an effect on the paper's side under this share of the paper's is
 UNCONVERGED = "on unconverged proxies"
 PROXY_SCALE = "at proxy scale"
 UNCLAIMED = "not a finding of the paper for this model"  # the paper's own curve shows no such effect
+RELEASED = ""  # the scale of the paper's own released weights: like for like, nothing to qualify
 
 
 @dataclass(frozen=True)
@@ -110,17 +112,13 @@ def compare(
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     runs = f"{len(a)} paired {unit}" if paired else f"{len(a)} vs {len(b)} {unit}"
     effect = a.mean() - b.mean() if len(a) and len(b) else float("nan")
-    if len(a) < 2 or len(b) < 2:
+    if scale == RELEASED and paired and len(a) == 1:  # the paper's own model: its effect, read by sign and size
+        runs = "the released model (no seeds to vary: no interval)"
+        low = high = float(effect)
+    elif len(a) < 2 or len(b) < 2:
         return Verdict(INCONCLUSIVE, effect, float("nan"), float("nan"), runs, paper, caveat, scale)
-    if paired:
-        d = a - b
-        se, dof = d.std(ddof=1) / np.sqrt(len(d)), len(d) - 1
     else:
-        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-        se = np.sqrt(va + vb)
-        dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se > 0 else 1
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, dof) * se  # 0 when the runs agree exactly
-    low, high = effect - half, effect + half
+        low, high = interval(a, b, paired, effect)
     sign = 1 if expect == "greater" else -1
     if sign * low > 0 and sign * high > 0:
         verdict = REPRODUCED
@@ -130,7 +128,22 @@ def compare(
         verdict = NOT_REPRODUCED
     else:
         verdict = INCONCLUSIVE
+    if low == high == effect and len(a) == 1:
+        low = high = float("nan")  # the released model's reading has no interval to print
     return Verdict(verdict, effect, low, high, runs, paper, caveat, scale)
+
+
+def interval(a: np.ndarray, b: np.ndarray, paired: bool, effect: float) -> tuple[float, float]:
+    """The 95% t-interval of the difference: the paired one, or Welch's."""
+    if paired:
+        d = a - b
+        se, dof = d.std(ddof=1) / np.sqrt(len(d)), len(d) - 1
+    else:
+        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+        se = np.sqrt(va + vb)
+        dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se > 0 else 1
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, dof) * se  # 0 when the runs agree exactly
+    return effect - half, effect + half
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from analysis.pipeline import (
     at_longest,
     budget_label,
     family,
+    listed_outputs,
     read_tables,
     settings_of,
     tool_config,
@@ -195,7 +196,7 @@ def run(ctx: Context, section: Section) -> list[Path]:
         rows.append(row)
     summary = add_rows(ctx.out / "pruned" / "summary.csv", rows, section)
     written = [p for r in rows for p in with_sidecar(ctx.out / FOLDER / f"{r['table']}.csv")] + with_sidecar(summary)
-    return written + checks + ([design(ctx, section, ctx.out / FOLDER / f"{rows[0]['table']}.csv")] if ctx.last else [])
+    return written + checks + (design(ctx, section, ctx.out / FOLDER / f"{rows[0]['table']}.csv") if ctx.last else [])
 
 
 def add_rows(path: Path, rows: list[dict], section: Section) -> Path:
@@ -206,16 +207,38 @@ def add_rows(path: Path, rows: list[dict], section: Section) -> Path:
     return write_results(frame, path, {"fig5": dataclasses.asdict(section)})
 
 
-def design(ctx: Context, section: Section, pruning: Path) -> Path:
-    """The designed variant's model YAML (kept when it exists)."""
+def design(ctx: Context, section: Section, pruning: Path) -> list[Path]:
+    """The designed variant's model YAML and its comparison with M0..M5 (kept when they exist)."""
     path = ctx.out / "variants" / f"{pruning.stem}_variant.yaml"
-    if not path.exists():
+    compared = path.with_name(f"{path.stem}_compare.csv")
+    if not path.exists() or not compared.exists():
         config = tool_config(
             design_variant.VariantConfig, section.variant, pruning=str(pruning), out_dir=ctx.out / "variants"
         )
         announce(config)
         design_variant.run(config)
-    return path
+    return [path, *with_sidecar(compared)]
+
+
+def variant_lines(out: Path) -> list[str]:
+    """The designed variant beside M0..M5: parameters, fused FLOPs and CPU throughput, as the designer timed them."""
+    files = listed_outputs(out, "variants", "*_compare.csv")
+    if not files:
+        return []
+    table = pd.read_csv(files[0])
+    settings = json.loads(files[0].with_suffix(".json").read_text())["arguments"]
+    cells = table.assign(params=table["params"].map("{:,}".format)).rename(
+        columns={"mflops_fused": "MFLOPs (BN fused)", "cpu_img_s": "CPU img/s"}
+    )
+    variant = files[0].stem.removesuffix("_compare")
+    return [
+        "",
+        f"The variant designed from {Path(settings['pruning']).stem}'s pruning ({variant}.yaml) beside "
+        f"EfficientViT M0-M5, all at {settings['img_size']} px with the variant's stem (CPU, batch 16, "
+        f"{settings.get('threads', '?')} threads, interleaved medians):",
+        "",
+        *markdown_table(cells),
+    ]
 
 
 def tables(out: Path) -> dict[str, pd.DataFrame | None]:
@@ -816,7 +839,7 @@ def report(out: Path) -> list[str]:
         lines += ["", f"![{TITLE}, along training](figures/{BUDGET_FIGURE})"]
     if found["pruned"] is not None:
         lines += top1_lines(found["pruned"])
-    return lines + oracle_lines(found, out) + control_lines(found, out)
+    return lines + variant_lines(out) + oracle_lines(found, out) + control_lines(found, out)
 
 
 def glance(out: Path) -> list[Finding]:

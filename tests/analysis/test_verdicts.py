@@ -7,6 +7,7 @@ import pytest
 from analysis.verdicts import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
+    RELEASED,
     REPRODUCED,
     SMALLER,
     UNCONVERGED,
@@ -142,3 +143,11 @@ def test_an_effect_moves_toward_or_away_from_the_paper_only_beyond_its_interval(
     assert movement(narrow, back, 2.0) == "moved away from the paper's (-15.0 -> -20.0)"
     single = Verdict("inconclusive", -15.0, float("nan"), float("nan"), "1 vs 1 runs")
     assert movement(first, single, 2.0) == "went (-20.0 -> -15.0) (no interval from a single run)"
+
+
+def test_the_papers_own_released_model_is_read_by_sign_and_size_without_an_interval():
+    one = compare([-30.0], [0.0], "less", paired=True, paper=-36.1, scale=RELEASED)
+    assert one.verdict == REPRODUCED and np.isnan(one.low) and "released model" in one.runs
+    assert compare([5.0], [0.0], "less", paired=True, paper=-36.1, scale=RELEASED).verdict == NOT_REPRODUCED
+    assert compare([-3.0], [0.0], "less", paired=True, paper=-36.1, scale=RELEASED).verdict == SMALLER
+    assert compare([-30.0], [0.0], "less", paired=True, paper=-36.1).verdict == INCONCLUSIVE  # a proxy: one seed
