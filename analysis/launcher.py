@@ -29,6 +29,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import torch
 from tqdm import tqdm
 
@@ -191,8 +192,9 @@ def exit_on_sigterm(signum, frame):
 @contextlib.contextmanager
 def ending_with_this_command(kind: str, submitted: list):
     """Local jobs are processes of this command: when it is interrupted (Ctrl-C, or SIGTERM, which submitit's jobs
-    themselves ignore as SLURM jobs do) it cancels those still running, so that none trains on, an orphan, beside a
-    rerun that resumes the same training. SLURM jobs outlive the command by design (`--no-wait`)."""
+    themselves ignore as SLURM jobs do) it ends those still running, so that none trains on, an orphan, beside a
+    rerun that resumes the same training from its last epoch. SLURM jobs outlive the command by design
+    (`--no-wait`)."""
     if kind != "local":
         yield
         return
@@ -201,11 +203,22 @@ def ending_with_this_command(kind: str, submitted: list):
         yield
     except BaseException:
         for job in submitted:
-            if not job.done():
-                job.cancel()
+            end_local_job(job)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def end_local_job(job) -> None:
+    """Kill a local job's controller and every process under it (its training, the data loaders). Not submitit's
+    cancel: that sends SIGINT, which processes started in the background ignore, as do their children."""
+    try:
+        controller = psutil.Process(int(job.job_id))  # a local job's id is its controller's pid
+    except psutil.NoSuchProcess:
+        return
+    for process in [*controller.children(recursive=True), controller]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
 
 
 def launch(
