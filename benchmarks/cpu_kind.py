@@ -112,6 +112,9 @@ def section(kinds: Path = KINDS) -> list[str]:
     for folder in folders:
         cpu, inference, training = kind_rows(folder)
         lines += [f"### {folder.name}", "", cpu, "", *markdown_table(inference), "", *markdown_table(training), ""]
+        mfu = folder / "train_mfu.md"  # benchmarks/train_mfu.py: a proxy's training step against the matmul peak
+        if mfu.exists():
+            lines += ["Training step against the machine (model-FLOPs utilisation):", "", mfu.read_text().strip(), ""]
     return lines
 
 

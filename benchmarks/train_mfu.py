@@ -2,7 +2,7 @@
 multiply-adds per second over the matmul peak of the arithmetic it runs in (fp32, or bf16 for the bf16 mode),
 measured in the same run: its model-FLOPs utilisation (MFU).
 
-    python benchmarks/train_mfu.py              # about 5 minutes on 2 idle cores: benchmarks/train_mfu.md
+    python benchmarks/train_mfu.py --out benchmarks/cpu_kinds/NAME/train_mfu.csv   # 5 min on 2 idle cores, and .md
 
 A step's work is three forward passes' multiply-adds (the forward, and in the backward the gradients of the
 activations and of the weights), counted by fvcore on the forward; the peak is `runtime.peak_matmul_macs` (the one
@@ -37,11 +37,11 @@ CONFIGS = HERE.parent / "experiments" / "cpu"
 
 @dataclass
 class MfuConfig:
+    out: Path = knob(help="the samples' CSV, benchmarks/cpu_kinds/<kind>/train_mfu.csv (a .json and the .md beside)")
     proxies: list[str] = knob(["deit_tiny_proxy_full", "swin_tiny_proxy_full"], "configs in experiments/cpu")
     threads: list[int] = knob([1, 2], "torch threads to time at")
     steps: int = knob(20, "training steps per mode and round")
     rounds: int = knob(3, "rounds of the modes in turns")
-    out: Path = knob(HERE / "train_mfu.csv", "the samples (with a .json sidecar and the .md table beside)")
 
 
 def step_of(model: torch.nn.Module, batch: int, img_size: int, speed: Speed):
