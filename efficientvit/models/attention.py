@@ -364,14 +364,20 @@ def relative_position_index(height: int, width: int) -> torch.Tensor:
     return dy * (2 * width - 1) + dx
 
 
-def split_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Fused `qkv` projections -> separate `q`, `k`, `v` (timm packs them in that order)."""
+def split_qkv(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fused `qkv` projections -> separate `q`, `k`, `v` (timm packs them in that order), each as wide as the model's
+    own (`own`, its state dict): Q/K may be wider or narrower than V (qk_dim)."""
     out = {}
     for key, value in state.items():
         prefix, _, param = key.rpartition(".qkv.")
         if _ and param in ("weight", "bias"):
-            for name, part in zip("qkv", value.chunk(3, dim=0)):
-                out[f"{prefix}.{name}.{param}"] = part.clone()
+            names = [f"{prefix}.{name}.{param}" for name in "qkv"]
+            widths = [own[n].shape[0] for n in names] if all(n in own for n in names) else [value.shape[0] // 3] * 3
+            if sum(widths) != value.shape[0]:  # not this model's projection: left for the shape check to name
+                out[key] = value
+                continue
+            for name, part in zip(names, value.split(widths, dim=0)):
+                out[name] = part.clone()
         else:
             out[key] = value
     return out
@@ -394,7 +400,7 @@ def match_qkv_layout(state: dict[str, torch.Tensor], model: nn.Module) -> dict[s
     """`state`'s q/k/v projections fused or separate, as `model` has them (fused_qkv)."""
     own = model.state_dict()
     if any(k.endswith(".qkv.weight") and k not in own for k in state):
-        return split_qkv(state)
+        return split_qkv(state, own)
     if any(k.endswith(".q.weight") and k not in own for k in state):
         return join_qkv(state)
     return state

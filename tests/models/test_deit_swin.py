@@ -42,6 +42,17 @@ def test_timm_layout_round_trips_through_load_checkpoint():
     assert set(other.to_timm_layout()) == set(model.to_timm_layout())
 
 
+def test_fused_qkv_splits_at_the_models_own_widths_when_qk_and_v_differ():
+    # Fig. 5's width control: Q/K 64 channels a head, V 32 (a fused qkv of 480 rows is not three equal thirds)
+    kwargs = dict(embed_dim=96, num_heads=3, head_dim=64, layout="AF", layer_dims=[[64, 32], 384], img_size=32)
+    model = efficientvit.create_model("deit_tiny", **kwargs).eval()
+    other = efficientvit.create_model("deit_tiny", fused_qkv=False, **kwargs).eval()
+    efficientvit.load_checkpoint(other, model.to_timm_layout())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(other(x), model(x), atol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["full", "split", "cascade"])
 @pytest.mark.parametrize("layout", ["A", "F", "AAFF", "FAFFA"])
 def test_any_layout_and_attention_kind_builds_and_runs(kind, layout):
