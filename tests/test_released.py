@@ -68,6 +68,8 @@ def test_the_released_preset_reads_the_weights_offline_and_reports_like_for_like
     assert "**The criterion against its oracle**" in fig5 and "**The controls**" in fig5
     assert "| efficientvit_m4 | group | molchanov (the paper's) |" in fig5
     assert "at proxy scale" not in report and "the paper's own released weights" in report  # like for like
+    glance = report.split("## The findings at a glance")[1].split("\n## ")[0]
+    assert "the released deit_tiny, " in glance and "proxies," not in glance  # the weights named as what they are
     assert "released model (no seeds to vary" in fig5  # one model, the paper's: read by sign and size
     assert "beside EfficientViT M0-M5" in fig5 and "| efficientvit_m0 |" in fig5  # (the test compares M0 alone)
     oracle = pd.read_csv(out / "pruning_oracle" / "efficientvit_m4_ratio_0.3.csv")

@@ -473,6 +473,7 @@ def test_the_report_opens_with_every_finding_and_the_verdict_its_section_gives(t
     assert "| deit_tiny subnets at 1.25x, 5 proportions, after 2 epochs | best at 0.6, over its neighbours" in glance
     assert all("| **inconclusive, on subnets below a linear classifier** |" in row for row in rows[2:4])
     assert "**not a finding of the paper for this model (its own curve: -0.8)**" in rows[6]  # DeiT-T's late blocks
+    assert all(" proxies, " in row and "released" not in row for row in rows[4:11])  # trained here, named so
     fig5 = text.split("## Figure 5")[1]
     design = "-0.9 [-3.9, 2.1], 2 vs 2 trainings"
     assert f"{design}: **inconclusive**" in fig5 and f"| {design} | **inconclusive** |" in rows[-1]

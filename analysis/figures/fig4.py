@@ -439,7 +439,7 @@ def glance(out: Path) -> list[Finding]:
                 Finding(
                     "Fig. 4",
                     SPLIT,
-                    f"{name} proxies, {'attention maps' if feature == 'attention' else 'head outputs'}, "
+                    f"{proxies.subject(out, name)}, {'attention maps' if feature == 'attention' else 'head outputs'}, "
                     f"{comparison} heads, {budget}",
                     paper.evidence,
                     paper.word,
@@ -453,7 +453,8 @@ def glance(out: Path) -> list[Finding]:
             Finding(
                 "Fig. 4",
                 LATE,
-                f"{name} proxies, full heads, attention maps, {budget}: last third of the blocks minus the first",
+                f"{proxies.subject(out, name)}, full heads, attention maps, {budget}: last third of the blocks minus "
+                "the first",
                 result.evidence(),
                 result.word(),
                 paper="-" if versus is None else f"{versus:+.1f} (ImageNet)",

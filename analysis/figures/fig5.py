@@ -853,7 +853,7 @@ def glance(out: Path) -> list[Finding]:
         Finding(
             "Fig. 5",
             LATE,
-            f"{proxy} proxies, {budget}: kept share, its trend over the blocks after the first",
+            f"{proxies.subject(out, proxy)}, {budget}: kept share, its trend over the blocks after the first",
             result.evidence(),
             result.word(),
             paper=f"{paper_late():+.1f} (Swin-T, ImageNet)",
@@ -867,7 +867,7 @@ def glance(out: Path) -> list[Finding]:
             Finding(
                 "Fig. 5",
                 row.claim,
-                f"{row.proxy} proxies, {budget}: kept fractions, paired within each run",
+                f"{proxies.subject(out, row.proxy)}, {budget}: kept fractions, paired within each run",
                 row.evidence,
                 row.word,
                 control="-"
@@ -876,7 +876,7 @@ def glance(out: Path) -> list[Finding]:
                 paper=f"{row.paper:+.1f} (Swin-T, ImageNet)",
             )
         )
-    return rows + oracle_glance(found)
+    return rows + oracle_glance(found, out)
 
 
 def molchanov_one_shot(found: dict) -> dict[tuple[str, str], Verdict]:
@@ -894,7 +894,7 @@ def molchanov_one_shot(found: dict) -> dict[tuple[str, str], Verdict]:
     }
 
 
-def oracle_glance(found: dict) -> list[Finding]:
+def oracle_glance(found: dict, out: Path) -> list[Finding]:
     """Our check of the method, per proxy: how well the paper's criterion and the pipeline's predict the harm of
     a removal (groups, pooled over the kinds, against the signed oracle), beside the oracle's own reliability."""
     oracle = found["oracle"]
@@ -916,7 +916,8 @@ def oracle_glance(found: dict) -> list[Finding]:
                 "Fig. 5 check",
                 "Taylor pruning's criterion ranks filters by the loss change their removal causes (our check; "
                 "Molchanov et al.: rho above 0.93)",
-                f"{proxy} proxies, {budget}: groups of a kind in a block, pooled over the kinds, signed oracle",
+                f"{proxies.subject(out, proxy)}, {budget}: groups of a kind in a block, pooled over the kinds, "
+                "signed oracle",
                 f"rho {rho.get('molchanov', '-')} (Molchanov's), the best other {rho.get(best, '-')} ({best}); the "
                 f"oracle's split-half reliability {rho.get('split-half reliability', '-')}",
                 "a check of the method, no verdict",

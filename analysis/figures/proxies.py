@@ -319,6 +319,13 @@ def scale(out: Path | None, runs: set[str]) -> str:
     return "" if weights is not None and runs and runs <= set(weights["proxy"]) else PROXY_SCALE
 
 
+def subject(out: Path | None, name: str) -> str:
+    """How a finding names what it was read on: "<name> proxies" (trained here), or "the released <name>" in a
+    folder of released weights read as they are."""
+    found = tables(out) if out is not None else {"released": None, "summary": None}
+    return f"the released {name}" if found["released"] is not None and found["summary"] is None else f"{name} proxies"
+
+
 def read_budgets(out: Path) -> list[int]:
     """The budgets the run read its proxies at (the summary's sidecar), or none for a folder without one."""
     sidecar = out / FOLDER / "summary.json"
